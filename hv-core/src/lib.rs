@@ -1,0 +1,9 @@
+//! # hv-core: the hypervisor's logic
+//!
+//! Everything Umbra decides about a guest lives here: what a hypercall
+//! means, which trap goes back to the guest and which one kills it, when a
+//! virtual interrupt is delivered. It is safe Rust behind small traits
+//! (guest memory, frame pool, CPU) so it can be tested on the host; the
+//! firmware supplies the real hardware behind those traits.
+#![no_std]
+#![forbid(unsafe_code)]
