@@ -1,1 +1,230 @@
-fn main() {}
+//! # Umbra: the firmware image
+//!
+//! This is the binary a VMM boots. The path from power-on to the banner:
+//!
+//! 1. `boot.s`: the VMM enters `pvh_start32` in 32-bit mode with the
+//!    address of `hvm_start_info`. The stub clears .bss, takes its own
+//!    stack, identity-maps 4 GiB and enters long mode, then calls
+//!    [`umbra_main`].
+//! 2. [`serial`] and [`cpu`]: the console first, so everything after can
+//!    speak; then the host GDT, TSS and IDT, so that a fault from here on
+//!    prints a crash report ([`crash`]) instead of resetting the machine.
+//! 3. `umbra_firmware::bootinfo` validates start_info; the cmdline sets the
+//!    log level.
+//! 4. [`acpi`]: the CPUs from the MADT, the power-off method from the FADT.
+//! 5. [`memory`]: the frame pool, then the host's own page tables.
+//! 6. The banner, and the exit contract in [`power`].
+//!
+//! On a host build (plain `cargo build`) this file is only a stub that
+//! says how to build the real image, so the workspace builds anywhere.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("umbra is a firmware image: build it with scripts/build.sh (--target x86_64-unknown-none)");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "none")]
+#[macro_use]
+mod serial;
+#[cfg(target_os = "none")]
+mod acpi;
+#[cfg(target_os = "none")]
+mod cpu;
+#[cfg(target_os = "none")]
+mod crash;
+#[cfg(target_os = "none")]
+mod memory;
+#[cfg(target_os = "none")]
+mod power;
+
+#[cfg(target_os = "none")]
+mod image {
+    core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
+    core::arch::global_asm!(include_str!("traps.s"), options(att_syntax));
+}
+
+#[cfg(target_os = "none")]
+mod boot {
+    use core::fmt;
+
+    use umbra_firmware::bootinfo::{self, Notices};
+    use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
+    use umbra_firmware::{VERSION, status};
+
+    use crate::{acpi, cpu, memory, power, serial};
+
+    /// Printable form of the VMM's command line: quoted, escaped, bounded.
+    struct Quoted<'a>(&'a [u8]);
+
+    impl fmt::Display for Quoted<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            const SHOWN: usize = 160;
+            write!(f, "\"")?;
+            for &byte in self.0.iter().take(SHOWN) {
+                match byte {
+                    b'"' | b'\\' => write!(f, "\\{}", byte as char)?,
+                    b' '..=b'~' => write!(f, "{}", byte as char)?,
+                    _ => write!(f, "\\x{byte:02x}")?,
+                }
+            }
+            write!(f, "\"")?;
+            if self.0.len() > SHOWN {
+                write!(f, " ({} bytes, first {SHOWN} shown)", self.0.len())?;
+            }
+            Ok(())
+        }
+    }
+
+    fn level_filter(level: LogLevel) -> log::LevelFilter {
+        match level {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+
+    /// One line that says what was wrong, then the exit contract.
+    fn fatal(what: impl fmt::Display) -> ! {
+        println!("umbra: error: {what}");
+        power::exit(status::FIRMWARE_ERROR)
+    }
+
+    /// The hypervisor signature from CPUID leaf 0x4000_0000, if any.
+    fn hypervisor_signature() -> Option<[u8; 12]> {
+        let features = core::arch::x86_64::__cpuid(1);
+        if features.ecx & (1 << 31) == 0 {
+            return None;
+        }
+        // The hypervisor bit says leaf 0x4000_0000 exists.
+        let leaf = core::arch::x86_64::__cpuid(0x4000_0000);
+        let mut signature = [0u8; 12];
+        signature[0..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+        signature[4..8].copy_from_slice(&leaf.ecx.to_le_bytes());
+        signature[8..12].copy_from_slice(&leaf.edx.to_le_bytes());
+        Some(signature)
+    }
+
+    fn text(bytes: &[u8]) -> &str {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        core::str::from_utf8(&bytes[..end]).unwrap_or("?").trim_end()
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn umbra_main(start_info: u64) -> ! {
+        serial::init();
+        println!("umbra {VERSION}");
+        cpu::init();
+        let debug_exit = power::probe_debug_exit();
+
+        let mut notices = Notices::new();
+        let info = match bootinfo::parse(&memory::BootMemory, start_info, &mut notices) {
+            Ok(info) => info,
+            Err(error) => fatal(error),
+        };
+        let mut cmdline_notices = CmdlineNotices::new();
+        let config = cmdline::parse(&info.cmdline, &mut cmdline_notices);
+        log::set_max_level(level_filter(config.log_level));
+
+        let hypervisor = hypervisor_signature();
+        println!(
+            "boot: PVH start_info v{} at {:#x}, hypervisor {}",
+            info.version,
+            info.start_info_addr,
+            hypervisor.as_ref().map_or("none", |s| text(s)),
+        );
+        println!("cmdline: {}", Quoted(&info.cmdline));
+        for region in &info.memory_map {
+            log::debug!("memory map: {:#014x}-{:#014x} {:?}", region.range.start, region.range.end, region.kind);
+        }
+        for notice in &notices {
+            log::warn!("{notice}");
+        }
+        for notice in &cmdline_notices {
+            log::warn!("{notice}");
+        }
+
+        let platform = match acpi::init(info.rsdp_addr) {
+            Ok(platform) => platform,
+            Err(problem) => fatal(format_args!("ACPI: {problem}")),
+        };
+        let cpus = &platform.cpus;
+        print_cpus(cpus);
+        log::info!(
+            "acpi: OEM '{}', RSDP {}, power off by {}",
+            text(&platform.oem_id),
+            if platform.rsdp_found_by_scan { "found by scan" } else { "from start_info" },
+            match platform.power_off {
+                Some(acpi::PowerOff::SleepControl { .. }) => "sleep-control register",
+                Some(acpi::PowerOff::Pm1Control { .. }) => "PM1a control",
+                None => "nothing (no usable FADT method)",
+            }
+        );
+        if cpus.disabled > 0 || cpus.ignored > 0 {
+            log::warn!("cpus: {} disabled, {} beyond the limit of {}", cpus.disabled, cpus.ignored, umbra_firmware::madt::MAX_CPUS);
+        }
+
+        let summary = match memory::init(&info, &acpi::touched_ranges()) {
+            Ok(summary) => summary,
+            Err(error) => fatal(error),
+        };
+        println!(
+            "memory: {} MiB usable ({} MiB RAM in the memory map)",
+            summary.usable_bytes >> 20,
+            info.ram_bytes() >> 20
+        );
+        if let Some(limit) = summary.ignored_above {
+            log::warn!("memory: RAM above {} GiB is ignored", limit >> 30);
+        }
+        for (index, module) in info.modules.iter().enumerate() {
+            log::info!(
+                "module {index}: {} bytes at {:#x}, cmdline {}",
+                module.range.len(),
+                module.range.start,
+                Quoted(&module.cmdline)
+            );
+        }
+        log::debug!("exit: isa-debug-exit {}", if debug_exit { "present" } else { "absent" });
+
+        if let Some(kind) = config.crash {
+            crash_on_purpose(kind);
+        }
+        power::exit(status::SUCCESS)
+    }
+
+    fn print_cpus(cpus: &umbra_firmware::madt::Cpus) {
+        struct Ids<'a>(&'a [u32]);
+        impl fmt::Display for Ids<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                for (i, id) in self.0.iter().enumerate() {
+                    write!(f, "{}{id}", if i == 0 { "" } else { ", " })?;
+                }
+                Ok(())
+            }
+        }
+        println!("cpus: {} (APIC IDs {})", cpus.apic_ids.len(), Ids(&cpus.apic_ids));
+    }
+
+    /// The `crash=` test hooks: prove the crash report works.
+    fn crash_on_purpose(kind: CrashKind) {
+        log::info!("crash: {kind:?}, on purpose (crash= on the cmdline)");
+        match kind {
+            // SAFETY: deliberately faulting instructions; the handlers
+            // report and exit, nothing returns here.
+            CrashKind::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
+            CrashKind::PageFault => {
+                // SAFETY: as above; page 0 is unmapped in the host tables.
+                let _ = unsafe { core::ptr::read_volatile(0x8 as *const u64) };
+            }
+            CrashKind::Panic => panic!("a panic asked for on the cmdline"),
+            // SAFETY: as above: a stack the CPU cannot push to turns the
+            // #PF into a #DF, which runs on its own IST stack.
+            CrashKind::UnusableStack => unsafe {
+                core::arch::asm!("mov rsp, {0}", "push rax", in(reg) 0x8u64, options(noreturn))
+            },
+        };
+    }
+}

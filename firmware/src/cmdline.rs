@@ -1,0 +1,231 @@
+//! # The command line
+//!
+//! The VMM's command line (`-append` in QEMU, `--cmdline` in Cloud
+//! Hypervisor) is a list of `key=value` words. A typo must not stop a boot
+//! and a flood of junk must not flood the console: unknown words are
+//! counted and reported in one line, a bad value falls back to its default
+//! with one line of its own.
+
+use core::fmt;
+
+use heapless::Vec;
+
+/// How much the firmware says, from `log=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn from_word(word: &[u8]) -> Option<LogLevel> {
+        Some(match word {
+            b"error" => LogLevel::Error,
+            b"warn" => LogLevel::Warn,
+            b"info" => LogLevel::Info,
+            b"debug" => LogLevel::Debug,
+            b"trace" => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+}
+
+/// Deliberate crashes, so the tests can prove the crash report works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashKind {
+    /// An invalid opcode (#UD).
+    InvalidOpcode,
+    /// A read of an unmapped address (#PF).
+    PageFault,
+    /// A Rust panic.
+    Panic,
+    /// A push onto an unmapped stack, which only an IST stack survives (#DF).
+    UnusableStack,
+}
+
+impl CrashKind {
+    fn from_word(word: &[u8]) -> Option<CrashKind> {
+        Some(match word {
+            b"ud" => CrashKind::InvalidOpcode,
+            b"pf" => CrashKind::PageFault,
+            b"panic" => CrashKind::Panic,
+            b"stack" => CrashKind::UnusableStack,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub log_level: LogLevel,
+    pub crash: Option<CrashKind>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { log_level: LogLevel::Info, crash: None }
+    }
+}
+
+/// A short, printable excerpt of a word, for messages.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Excerpt(Vec<u8, 32>);
+
+impl Excerpt {
+    fn of(word: &[u8]) -> Excerpt {
+        let mut excerpt = Excerpt::default();
+        for &byte in word.iter().take(excerpt.0.capacity()) {
+            let _ = excerpt.0.push(byte);
+        }
+        excerpt
+    }
+}
+
+impl fmt::Display for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &byte in &self.0 {
+            if byte.is_ascii_graphic() {
+                write!(f, "{}", byte as char)?;
+            } else {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        if self.0.len() == self.0.capacity() {
+            write!(f, "...")?;
+        }
+        Ok(())
+    }
+}
+
+/// A problem with the command line; the boot goes on with defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CmdlineNotice {
+    UnknownWords { count: usize, first: Excerpt },
+    BadValue { key: &'static str, value: Excerpt, expected: &'static str, default: &'static str },
+}
+
+impl fmt::Display for CmdlineNotice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownWords { count: 1, first } => {
+                write!(f, "cmdline: ignored unknown word '{first}'")
+            }
+            Self::UnknownWords { count, first } => {
+                write!(f, "cmdline: ignored {count} unknown words (first: '{first}')")
+            }
+            Self::BadValue { key, value, expected, default } => write!(
+                f,
+                "cmdline: unknown value '{value}' for {key}= (expected {expected}); using {default}"
+            ),
+        }
+    }
+}
+
+pub type CmdlineNotices = Vec<CmdlineNotice, 4>;
+
+/// Parse the command line. Any byte sequence is accepted.
+pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
+    let mut config = Config::default();
+    let mut unknown_count = 0;
+    let mut first_unknown = Excerpt::default();
+    for word in cmdline.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+        let (key, value) = match word.iter().position(|&b| b == b'=') {
+            Some(eq) => (&word[..eq], &word[eq + 1..]),
+            None => (word, &b""[..]),
+        };
+        match key {
+            b"log" => match LogLevel::from_word(value) {
+                Some(level) => config.log_level = level,
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "log",
+                        value: Excerpt::of(value),
+                        expected: "error|warn|info|debug|trace",
+                        default: "info",
+                    });
+                }
+            },
+            b"crash" => match CrashKind::from_word(value) {
+                Some(kind) => config.crash = Some(kind),
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "crash",
+                        value: Excerpt::of(value),
+                        expected: "ud|pf|panic|stack",
+                        default: "no crash",
+                    });
+                }
+            },
+            _ => {
+                if unknown_count == 0 {
+                    first_unknown = Excerpt::of(word);
+                }
+                unknown_count += 1;
+            }
+        }
+    }
+    if unknown_count > 0 {
+        let _ = notices.push(CmdlineNotice::UnknownWords { count: unknown_count, first: first_unknown });
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::format;
+    use std::vec::Vec as StdVec;
+
+    use super::*;
+
+    fn parse_all(text: &[u8]) -> (Config, CmdlineNotices) {
+        let mut notices = CmdlineNotices::new();
+        (parse(text, &mut notices), notices)
+    }
+
+    #[test]
+    fn empty_gives_defaults() {
+        let (config, notices) = parse_all(b"");
+        assert_eq!(config, Config::default());
+        assert!(notices.is_empty());
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse_all(b"log=trace").0.log_level, LogLevel::Trace);
+        assert_eq!(parse_all(b"  log=error\tlog=warn ").0.log_level, LogLevel::Warn);
+        let (config, notices) = parse_all(b"log=loud");
+        assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(
+            format!("{}", notices[0]),
+            "cmdline: unknown value 'loud' for log= (expected error|warn|info|debug|trace); using info"
+        );
+    }
+
+    #[test]
+    fn junk_is_one_notice() {
+        let junk: StdVec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (config, notices) = parse_all(&junk);
+        assert_eq!(config, Config::default());
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        let line = format!("{}", notices[0]);
+        assert!(line.starts_with("cmdline: ignored") && !line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn crash_hooks() {
+        assert_eq!(parse_all(b"crash=pf").0.crash, Some(CrashKind::PageFault));
+        assert_eq!(parse_all(b"crash=").1.len(), 1);
+    }
+
+    #[test]
+    fn excerpts_escape_and_truncate() {
+        let text = format!("{}", Excerpt::of(b"a\x01b"));
+        assert_eq!(text, "a\\x01b");
+        let text = format!("{}", Excerpt::of(&[b'z'; 100]));
+        assert!(text.ends_with("...") && text.len() == 35);
+    }
+}

@@ -1,0 +1,136 @@
+//! # The host's CPU tables: GDT, TSS and IDT
+//!
+//! The boot stub's GDT only gets us into long mode. The host needs a TSS
+//! so that the exceptions that can strike when the stack itself is bad
+//! (double fault, NMI, machine check) switch to stacks of their own (the
+//! TSS's interrupt stack table), and an IDT whose every exception vector
+//! leads to the crash report in `crash.rs`.
+
+use core::mem::size_of;
+
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::{lidt, load_tss};
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// Vectors that get their own stack, and the IST slot (1-based) for each.
+pub const DOUBLE_FAULT_IST: u8 = 1;
+pub const NMI_IST: u8 = 2;
+pub const MACHINE_CHECK_IST: u8 = 3;
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; IST_STACK_SIZE]);
+
+/// The IST stacks. The CPU writes them; Rust only takes their addresses.
+static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+
+struct HostTables {
+    gdt: GlobalDescriptorTable,
+    code: SegmentSelector,
+    data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static TABLES: Once<HostTables> = Once::new();
+static IDT: Once<Idt> = Once::new();
+
+/// One 16-byte long-mode interrupt gate.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attributes: u8,
+    offset_middle: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+const _: () = assert!(size_of::<Gate>() == 16);
+
+/// Present, DPL 0, 64-bit interrupt gate (interrupts stay off inside).
+const INTERRUPT_GATE: u8 = 0x8e;
+
+impl Gate {
+    fn new(handler: u64, selector: SegmentSelector, ist: u8) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector: selector.0,
+            ist,
+            type_attributes: INTERRUPT_GATE,
+            offset_middle: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+unsafe extern "C" {
+    /// The 32 exception entry points, from traps.s.
+    static exception_stubs: [u64; 32];
+}
+
+fn ist_stack_top(index: usize) -> VirtAddr {
+    // SAFETY: only the address is taken; the stack is written by the CPU.
+    let stack = unsafe { &raw const IST_STACKS[index] };
+    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+}
+
+/// Load the host GDT, TSS and IDT on the boot CPU.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
+            tss.interrupt_stack_table[ist as usize - 1] = ist_stack_top(slot);
+        }
+        tss
+    });
+    let tables = TABLES.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        HostTables { gdt, code, data, tss }
+    });
+    tables.gdt.load();
+    // SAFETY: the selectors name descriptors of the GDT just loaded, which
+    // is 'static; the TSS descriptor is loaded exactly once.
+    unsafe {
+        CS::set_reg(tables.code);
+        DS::set_reg(tables.data);
+        ES::set_reg(tables.data);
+        SS::set_reg(tables.data);
+        load_tss(tables.tss);
+    }
+
+    let idt = IDT.call_once(|| {
+        let mut idt = Idt([Gate::default(); 256]);
+        // SAFETY: exception_stubs is an immutable table defined in traps.s.
+        let stubs = unsafe { &*(&raw const exception_stubs) };
+        for (vector, &stub) in stubs.iter().enumerate() {
+            let ist = match vector {
+                2 => NMI_IST,
+                8 => DOUBLE_FAULT_IST,
+                18 => MACHINE_CHECK_IST,
+                _ => 0,
+            };
+            idt.0[vector] = Gate::new(stub, tables.code, ist);
+        }
+        idt
+    });
+    let pointer = DescriptorTablePointer {
+        limit: (size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::from_ptr(idt),
+    };
+    // SAFETY: the IDT is 'static and every present gate points at a stub.
+    unsafe { lidt(&pointer) };
+}

@@ -1,0 +1,365 @@
+//! # Physical page frames
+//!
+//! Umbra owns all the RAM the memory map calls RAM, except what is
+//! already in use when it boots: the first megabyte (real-mode leftovers,
+//! BIOS data, sometimes ACPI), the image itself, `start_info` and what
+//! hangs from it, the modules, and the ACPI tables. [`free_ranges`] takes
+//! those out of the memory map; [`FrameAllocator`] then hands out 4 KiB
+//! frames from what is left, one bit per frame. A bitmap rather than a
+//! free list because guests need long contiguous runs of frames too, and
+//! because a bitmap can tell a double free from a real one.
+
+use core::fmt;
+
+use heapless::Vec;
+
+use crate::PhysRange;
+use crate::bootinfo::{MemRegion, RegionKind};
+
+pub const PAGE_SIZE: u64 = 4096;
+/// Nothing below 1 MiB is ever handed out.
+pub const LOW_MEMORY_END: u64 = 0x10_0000;
+/// How many separate free ranges we track; a memory map rarely has ten.
+pub const MAX_FREE_RANGES: usize = 64;
+
+pub type FreeRanges = Vec<PhysRange, MAX_FREE_RANGES>;
+
+const fn align_down(value: u64) -> u64 {
+    value & !(PAGE_SIZE - 1)
+}
+
+const fn align_up(value: u64) -> u64 {
+    align_down(value.saturating_add(PAGE_SIZE - 1))
+}
+
+/// The page-aligned RAM left over once every non-RAM region of the map,
+/// every range in `occupied`, and everything below 1 MiB or at and above
+/// `limit` are taken out. The result is sorted and merged.
+pub fn free_ranges(map: &[MemRegion], occupied: &[PhysRange], limit: u64) -> FreeRanges {
+    let mut free = FreeRanges::new();
+    for region in map.iter().filter(|r| r.kind == RegionKind::Ram) {
+        let start = align_up(region.range.start.max(LOW_MEMORY_END));
+        let end = align_down(region.range.end.min(limit));
+        if start < end {
+            let _ = free.push(PhysRange { start, end });
+        }
+    }
+    let holes = map
+        .iter()
+        .filter(|r| r.kind != RegionKind::Ram)
+        .map(|r| r.range)
+        .chain(occupied.iter().copied());
+    for hole in holes {
+        let hole = PhysRange { start: align_down(hole.start), end: align_up(hole.end) };
+        subtract(&mut free, hole);
+    }
+    free.sort_unstable_by_key(|r| r.start);
+    merge_adjacent(&mut free);
+    free
+}
+
+/// Remove `hole` from every range. When a split would overflow the list,
+/// the smaller half is dropped: losing memory is safe, handing out a
+/// frame that is in use is not.
+fn subtract(free: &mut FreeRanges, hole: PhysRange) {
+    let mut index = 0;
+    while index < free.len() {
+        let range = free[index];
+        if !range.overlaps(&hole) {
+            index += 1;
+            continue;
+        }
+        let below = PhysRange { start: range.start, end: hole.start };
+        let above = PhysRange { start: hole.end, end: range.end };
+        match (below.is_empty(), above.is_empty()) {
+            (true, true) => {
+                free.swap_remove(index);
+                continue;
+            }
+            (false, true) => free[index] = below,
+            (true, false) => free[index] = above,
+            (false, false) => {
+                let (larger, smaller) = if below.len() >= above.len() { (below, above) } else { (above, below) };
+                free[index] = larger;
+                let _ = free.push(smaller);
+            }
+        }
+        index += 1;
+    }
+}
+
+fn merge_adjacent(free: &mut FreeRanges) {
+    let mut merged = FreeRanges::new();
+    for range in free.iter() {
+        match merged.last_mut() {
+            Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+            _ => {
+                let _ = merged.push(*range);
+            }
+        }
+    }
+    *free = merged;
+}
+
+/// Carve `bytes` (rounded up to pages) from the start of the first free
+/// range big enough, for the allocator's own bitmap.
+pub fn carve(free: &mut FreeRanges, bytes: u64) -> Option<PhysRange> {
+    let bytes = align_up(bytes.max(1));
+    let range = free.iter_mut().find(|r| r.len() >= bytes)?;
+    let carved = PhysRange { start: range.start, end: range.start + bytes };
+    range.start = carved.end;
+    free.retain(|r| !r.is_empty());
+    Some(carved)
+}
+
+/// Bitmap words needed to cover every frame up to the end of `free`.
+pub fn bitmap_words(free: &[PhysRange]) -> usize {
+    let frames = free.iter().map(|r| r.end).max().unwrap_or(0) / PAGE_SIZE;
+    frames.div_ceil(64) as usize
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeError {
+    Misaligned(u64),
+    NotManaged(u64),
+    AlreadyFree(u64),
+}
+
+impl fmt::Display for FreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Misaligned(addr) => write!(f, "frame {addr:#x} is not page-aligned"),
+            Self::NotManaged(addr) => write!(f, "frame {addr:#x} was never the allocator's"),
+            Self::AlreadyFree(addr) => write!(f, "frame {addr:#x} freed twice"),
+        }
+    }
+}
+
+/// Hands out 4 KiB frames. A set bit means the frame is free.
+pub struct FrameAllocator<'bits> {
+    bits: &'bits mut [u64],
+    managed: FreeRanges,
+    total: usize,
+    free: usize,
+    /// Where the next single-frame search starts, so allocation does not
+    /// rescan the full words at the bottom every time.
+    hint: usize,
+}
+
+impl<'bits> FrameAllocator<'bits> {
+    /// Manage the frames in `free`. `bits` must hold at least
+    /// [`bitmap_words`]`(free)` words; frames it cannot describe are left out.
+    pub fn new(bits: &'bits mut [u64], free: &[PhysRange]) -> Self {
+        bits.fill(0);
+        let mut allocator = FrameAllocator { bits, managed: FreeRanges::new(), total: 0, free: 0, hint: 0 };
+        let coverable = allocator.bits.len() as u64 * 64 * PAGE_SIZE;
+        for range in free {
+            let range = PhysRange { start: align_up(range.start), end: align_down(range.end.min(coverable)) };
+            if range.is_empty() || allocator.managed.push(range).is_err() {
+                continue;
+            }
+            for frame in range.start / PAGE_SIZE..range.end / PAGE_SIZE {
+                allocator.set_free(frame as usize, true);
+            }
+            allocator.total += (range.len() / PAGE_SIZE) as usize;
+        }
+        allocator.free = allocator.total;
+        allocator
+    }
+
+    pub fn total_frames(&self) -> usize {
+        self.total
+    }
+
+    pub fn free_frames(&self) -> usize {
+        self.free
+    }
+
+    /// The ranges this allocator manages (free or not).
+    pub fn managed(&self) -> &[PhysRange] {
+        &self.managed
+    }
+
+    fn is_free(&self, frame: usize) -> bool {
+        self.bits[frame / 64] & (1 << (frame % 64)) != 0
+    }
+
+    fn set_free(&mut self, frame: usize, free: bool) {
+        if free {
+            self.bits[frame / 64] |= 1 << (frame % 64);
+        } else {
+            self.bits[frame / 64] &= !(1 << (frame % 64));
+        }
+    }
+
+    /// One frame's physical address. The frame's contents are whatever a
+    /// previous owner left; callers that hand it on must clear it.
+    pub fn alloc(&mut self) -> Option<u64> {
+        let words = self.bits.len();
+        for step in 0..words {
+            let word = (self.hint + step) % words;
+            let bits = self.bits[word];
+            if bits != 0 {
+                let frame = word * 64 + bits.trailing_zeros() as usize;
+                self.set_free(frame, false);
+                self.free -= 1;
+                self.hint = word;
+                return Some(frame as u64 * PAGE_SIZE);
+            }
+        }
+        None
+    }
+
+    /// `count` contiguous frames whose first frame number is a multiple
+    /// of `align` frames.
+    pub fn alloc_contiguous(&mut self, count: usize, align: usize) -> Option<u64> {
+        if count == 0 || count > self.free {
+            return None;
+        }
+        let align = align.max(1);
+        let frames = self.bits.len() * 64;
+        let mut start = 0;
+        while start + count <= frames {
+            match (start..start + count).rev().find(|&f| !self.is_free(f)) {
+                None => {
+                    for frame in start..start + count {
+                        self.set_free(frame, false);
+                    }
+                    self.free -= count;
+                    return Some(start as u64 * PAGE_SIZE);
+                }
+                // Restart just past the used frame, aligned up.
+                Some(used) => start = (used + 1).div_ceil(align) * align,
+            }
+        }
+        None
+    }
+
+    pub fn free(&mut self, addr: u64) -> Result<(), FreeError> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(FreeError::Misaligned(addr));
+        }
+        if !self.managed.iter().any(|r| r.start <= addr && addr < r.end) {
+            return Err(FreeError::NotManaged(addr));
+        }
+        let frame = (addr / PAGE_SIZE) as usize;
+        if self.is_free(frame) {
+            return Err(FreeError::AlreadyFree(addr));
+        }
+        self.set_free(frame, true);
+        self.free += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec;
+
+    use super::*;
+
+    fn ram(start: u64, end: u64) -> MemRegion {
+        MemRegion { range: PhysRange { start, end }, kind: RegionKind::Ram }
+    }
+
+    fn reserved(start: u64, end: u64) -> MemRegion {
+        MemRegion { range: PhysRange { start, end }, kind: RegionKind::Reserved }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn low_memory_and_occupied_ranges_are_excluded() {
+        let map = [ram(0, 0x9fc00), ram(MIB, 64 * MIB)];
+        let image = PhysRange { start: MIB, end: MIB + 0x23456 };
+        let module = PhysRange { start: 10 * MIB + 5, end: 11 * MIB };
+        let free = free_ranges(&map, &[image, module], u64::MAX);
+        assert_eq!(
+            free.as_slice(),
+            &[
+                PhysRange { start: MIB + 0x24000, end: 10 * MIB },
+                PhysRange { start: 11 * MIB, end: 64 * MIB }
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_wins_over_overlapping_ram_and_limit_applies() {
+        let map = [ram(MIB, 32 * MIB), reserved(4 * MIB + 1, 5 * MIB), ram(4096 * MIB, 4352 * MIB)];
+        let free = free_ranges(&map, &[], 4096 * MIB);
+        assert_eq!(
+            free.as_slice(),
+            &[PhysRange { start: MIB, end: 4 * MIB }, PhysRange { start: 5 * MIB, end: 32 * MIB }]
+        );
+    }
+
+    #[test]
+    fn many_holes_never_hand_out_a_hole() {
+        let map = [ram(MIB, 512 * MIB)];
+        let holes: std::vec::Vec<PhysRange> =
+            (0..200).map(|i| PhysRange { start: MIB + i * 2 * MIB, end: MIB + i * 2 * MIB + 4096 }).collect();
+        let free = free_ranges(&map, &holes, u64::MAX);
+        for range in &free {
+            for hole in &holes {
+                assert!(!range.overlaps(hole));
+            }
+        }
+    }
+
+    #[test]
+    fn carve_takes_from_the_first_fitting_range() {
+        let mut free = FreeRanges::new();
+        free.push(PhysRange { start: MIB, end: MIB + 4096 }).unwrap();
+        free.push(PhysRange { start: 8 * MIB, end: 16 * MIB }).unwrap();
+        let carved = carve(&mut free, 5000).unwrap();
+        assert_eq!(carved, PhysRange { start: 8 * MIB, end: 8 * MIB + 8192 });
+        assert_eq!(free[1].start, 8 * MIB + 8192);
+        assert!(carve(&mut free, 64 * MIB).is_none());
+    }
+
+    fn allocator_over<'a>(bits: &'a mut [u64], ranges: &[PhysRange]) -> FrameAllocator<'a> {
+        FrameAllocator::new(bits, ranges)
+    }
+
+    #[test]
+    fn alloc_free_round_trip_and_double_free() {
+        let ranges = [PhysRange { start: MIB, end: MIB + 8 * PAGE_SIZE }];
+        let mut bits = vec![0u64; bitmap_words(&ranges)];
+        let mut frames = allocator_over(&mut bits, &ranges);
+        assert_eq!(frames.total_frames(), 8);
+        let taken: std::vec::Vec<u64> = (0..8).map(|_| frames.alloc().unwrap()).collect();
+        assert!(frames.alloc().is_none());
+        assert!(taken.iter().all(|&a| (MIB..MIB + 8 * PAGE_SIZE).contains(&a)));
+        frames.free(taken[3]).unwrap();
+        assert_eq!(frames.free(taken[3]), Err(FreeError::AlreadyFree(taken[3])));
+        assert_eq!(frames.free(0x1000), Err(FreeError::NotManaged(0x1000)));
+        assert_eq!(frames.free(MIB + 1), Err(FreeError::Misaligned(MIB + 1)));
+        assert_eq!(frames.alloc(), Some(taken[3]));
+    }
+
+    #[test]
+    fn contiguous_runs_respect_alignment_and_gaps() {
+        let ranges = [
+            PhysRange { start: MIB, end: MIB + 3 * PAGE_SIZE },
+            PhysRange { start: 2 * MIB, end: 6 * MIB },
+        ];
+        let mut bits = vec![0u64; bitmap_words(&ranges)];
+        let mut frames = allocator_over(&mut bits, &ranges);
+        let run = frames.alloc_contiguous(512, 512).unwrap();
+        assert_eq!(run, 2 * MIB);
+        let before = frames.free_frames();
+        assert!(frames.alloc_contiguous(2048, 1).is_none());
+        assert_eq!(frames.free_frames(), before);
+        let small = frames.alloc_contiguous(3, 1).unwrap();
+        assert_eq!(small, MIB);
+    }
+
+    #[test]
+    fn short_bitmap_leaves_the_rest_out() {
+        let ranges = [PhysRange { start: MIB, end: 64 * MIB }];
+        let mut bits = vec![0u64; 1];
+        let frames = allocator_over(&mut bits, &ranges);
+        assert_eq!(frames.total_frames(), 0);
+    }
+}

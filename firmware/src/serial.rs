@@ -1,0 +1,125 @@
+//! # The console: COM1 and the `log` crate
+//!
+//! Everything Umbra says goes out of the first 16550 UART at port 0x3f8,
+//! which QEMU (`-serial stdio`) and Cloud Hypervisor (`--serial tty`)
+//! both provide. Waiting for the transmitter is bounded, so a machine
+//! without a UART is slow to talk to but never hangs.
+//!
+//! Two kinds of output go through here: the lines that form the boot
+//! contract (the banner, `umbra: exit status N`), which are always
+//! printed, and `log` records, filtered by `log=` on the command line.
+
+use core::fmt::{self, Write};
+
+use spin::Mutex;
+use x86_64::instructions::port::Port;
+
+const COM1: u16 = 0x3f8;
+const LINE_STATUS: u16 = COM1 + 5;
+const TRANSMIT_EMPTY: u8 = 1 << 5;
+/// How long to wait for the transmitter before writing anyway.
+const TRANSMIT_SPINS: u32 = 100_000;
+
+pub struct Serial;
+
+impl Serial {
+    fn out(port: u16, value: u8) {
+        // SAFETY: the COM1 registers have no effect beyond the UART.
+        unsafe { Port::new(port).write(value) }
+    }
+
+    fn line_status() -> u8 {
+        // SAFETY: reading the line status register has no side effects.
+        unsafe { Port::<u8>::new(LINE_STATUS).read() }
+    }
+
+    /// 115200 baud, 8N1, FIFOs on, interrupts off.
+    fn init() {
+        Self::out(COM1 + 1, 0x00);
+        Self::out(COM1 + 3, 0x80);
+        Self::out(COM1, 0x01);
+        Self::out(COM1 + 1, 0x00);
+        Self::out(COM1 + 3, 0x03);
+        Self::out(COM1 + 2, 0xc7);
+        Self::out(COM1 + 4, 0x03);
+    }
+
+    fn put(byte: u8) {
+        for _ in 0..TRANSMIT_SPINS {
+            if Self::line_status() & TRANSMIT_EMPTY != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        Self::out(COM1, byte);
+    }
+}
+
+impl Write for Serial {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        for byte in text.bytes() {
+            if byte == b'\n' {
+                Serial::put(b'\r');
+            }
+            Serial::put(byte);
+        }
+        Ok(())
+    }
+}
+
+/// Keeps lines from different CPUs whole.
+static CONSOLE: Mutex<Serial> = Mutex::new(Serial);
+
+pub fn print(args: fmt::Arguments) {
+    let _ = CONSOLE.lock().write_fmt(args);
+}
+
+/// For the crash path: whoever held the console is not coming back.
+pub fn print_crashing(args: fmt::Arguments) {
+    let _ = Serial.write_fmt(args);
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::serial::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let prefix = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warn: ",
+            log::Level::Info => "",
+            log::Level::Debug => "debug: ",
+            log::Level::Trace => "trace: ",
+        };
+        // The acpi crate logs too; name foreign sources.
+        let target = record.target();
+        if target.starts_with("umbra") {
+            print(format_args!("{prefix}{}\n", record.args()));
+        } else {
+            print(format_args!("{prefix}{target}: {}\n", record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+pub fn init() {
+    Serial::init();
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}

@@ -1,0 +1,59 @@
+/*
+ * Exception entry for the host.
+ *
+ * Every one of the 32 architectural exception vectors gets a stub that
+ * makes the stack uniform: a zero where the CPU pushes no error code,
+ * then the vector number. The common path saves every general register
+ * on top, so the stack holds a complete `ExceptionFrame` (see crash.rs,
+ * whose field order is this push order reversed), and hands its address
+ * to Rust. The host never resumes from an exception in its own code:
+ * the Rust side prints a crash report and exits.
+ */
+    .pushsection .text.traps, "ax"
+    .code64
+
+    .irp vector, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    .balign 16
+exception_stub_\vector:
+    push $0
+    push $\vector
+    jmp exception_common
+    .endr
+
+    .irp vector, 8,10,11,12,13,14,17,21,29,30
+    .balign 16
+exception_stub_\vector:
+    push $\vector
+    jmp exception_common
+    .endr
+
+exception_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    cld
+    call crash_from_exception
+    ud2
+    .popsection
+
+    .pushsection .rodata.traps, "a"
+    .balign 8
+    .global exception_stubs
+exception_stubs:
+    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad exception_stub_\vector
+    .endr
+    .popsection
