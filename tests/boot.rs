@@ -1,1 +1,414 @@
+//! # Boot tests
+//!
+//! Each case boots the real image and checks what a user would see. The
+//! matrix: pc, q35 and microvm, under TCG always and under KVM when
+//! `/dev/kvm` opens (otherwise those cases are skipped by name), each with
+//! two CPUs. Then the odd inputs: junk and over-long command lines, an
+//! unknown log level, too little RAM, the deliberate crashes, a module,
+//! power-off through ACPI without QEMU's exit device, and Cloud Hypervisor
+//! when it is installed.
+//!
+//! Run them with `cargo test -p boot-tests`; add words after `--` to run
+//! only the cases whose names contain them.
 
+use boot_tests::{Accel, Boot, Case, Outcome, Verdict, check, kvm_opens, on_path, run_cases};
+
+const MACHINES: [&str; 3] = ["pc", "q35", "microvm"];
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const GUEST_KILLED: u8 = 100;
+const FIRMWARE_ERROR: u8 = 101;
+const CRASH: u8 = 102;
+
+fn qemu_exit_code(status: u8) -> i32 {
+    (i32::from(status) << 1) | 1
+}
+
+/// Boot, or say why this case cannot run here.
+fn boot(name: &str, boot: &Boot) -> Result<Outcome, Verdict> {
+    if boot.accel == Accel::Kvm && !kvm_opens() {
+        return Err(Verdict::Skip(
+            "/dev/kvm does not open on this machine".into(),
+        ));
+    }
+    boot.run(name).map_err(Verdict::Fail)
+}
+
+/// The exit contract: last line `umbra: exit status N`, and QEMU's
+/// exit code `(N << 1) | 1` (or 0 after an ACPI power-off).
+fn check_exit(outcome: &Outcome, status: u8, debug_exit: bool) -> Verdict {
+    check!(
+        outcome,
+        outcome.exit_code.is_some(),
+        "timed out: the VMM was killed"
+    );
+    check!(
+        outcome,
+        outcome.reported_status() == Some(status),
+        "last line should be 'umbra: exit status {status}'"
+    );
+    let expected = if debug_exit {
+        qemu_exit_code(status)
+    } else {
+        0
+    };
+    check!(
+        outcome,
+        outcome.exit_code == Some(expected),
+        "VMM exit code {:?}, expected {expected}",
+        outcome.exit_code
+    );
+    Verdict::Pass
+}
+
+/// The banner every good boot prints.
+fn check_banner(outcome: &Outcome, cpus: usize, mem_mib: u64) -> Verdict {
+    let lines = outcome.lines();
+    check!(
+        outcome,
+        lines.first() == Some(&format!("umbra {VERSION}").as_str()),
+        "first line should be 'umbra {VERSION}'"
+    );
+    check!(
+        outcome,
+        outcome.line_starting(&format!("cpus: {cpus} ")).is_some(),
+        "expected a 'cpus: {cpus}' line"
+    );
+    let usable = outcome
+        .line_starting("memory: ")
+        .and_then(|l| l.strip_prefix("memory: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    check!(
+        outcome,
+        usable.is_some_and(|mib| mib + 16 >= mem_mib && mib <= mem_mib),
+        "memory line should report about {mem_mib} MiB usable, found {usable:?}"
+    );
+    check!(
+        outcome,
+        outcome.line_starting("cmdline: \"").is_some(),
+        "expected the VMM cmdline line"
+    );
+    Verdict::Pass
+}
+
+fn both(first: Verdict, second: impl FnOnce() -> Verdict) -> Verdict {
+    match first {
+        Verdict::Pass => second(),
+        other => other,
+    }
+}
+
+fn standard_boot(machine: &'static str, accel: Accel) -> Case {
+    Case::new(format!("{}_{machine}_smp2", accel.name()), move |name| {
+        let config = Boot::new(machine, accel).append("log=info");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        both(check_banner(&outcome, 2, 256), || {
+            both(check_exit(&outcome, 0, true), || {
+                check!(
+                    outcome,
+                    outcome.has_line("cmdline: \"log=info\""),
+                    "the cmdline line should quote the cmdline"
+                );
+                check!(
+                    outcome,
+                    !outcome.serial.contains("warn:"),
+                    "a clean boot should print no warnings"
+                );
+                Verdict::Pass
+            })
+        })
+    })
+}
+
+/// A boot on microvm (TCG) that must warn once and still exit 0.
+fn warns_and_goes_on(case: &'static str, cmdline: Vec<u8>, warning_prefix: &'static str) -> Case {
+    Case::new(case, move |name| {
+        let outcome = match boot(
+            name,
+            &Boot::new("microvm", Accel::Tcg).append(cmdline.clone()),
+        ) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let warnings: Vec<&str> = outcome
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("warn: cmdline"))
+            .collect();
+        check!(
+            outcome,
+            warnings.len() == 1,
+            "expected exactly one cmdline warning, got {warnings:?}"
+        );
+        check!(
+            outcome,
+            warnings[0].starts_with(warning_prefix),
+            "warning should start '{warning_prefix}': {:?}",
+            warnings[0]
+        );
+        both(check_banner(&outcome, 2, 256), || {
+            check_exit(&outcome, 0, true)
+        })
+    })
+}
+
+/// Printable junk with spaces, a deterministic 4 KiB of it.
+fn junk(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"abcdefxyz=-_,./%@!~ "[(state % 20) as usize]
+        })
+        .collect()
+}
+
+fn too_little_ram(machine: &'static str) -> Case {
+    Case::new(format!("tcg_{machine}_too_little_ram"), move |name| {
+        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).mem("24M")) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let errors: Vec<&str> = outcome
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("umbra: error:"))
+            .collect();
+        check!(
+            outcome,
+            errors.len() == 1,
+            "expected one error line, got {errors:?}"
+        );
+        check!(
+            outcome,
+            errors[0].contains("too little memory"),
+            "error should say too little memory: {:?}",
+            errors[0]
+        );
+        check_exit(&outcome, FIRMWARE_ERROR, true)
+    })
+}
+
+fn deliberate_crash(kind: &'static str, expect: &'static str) -> Case {
+    Case::new(format!("tcg_microvm_crash_{kind}"), move |name| {
+        let outcome = match boot(
+            name,
+            &Boot::new("microvm", Accel::Tcg).append(format!("crash={kind}")),
+        ) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let report = outcome.line_starting("umbra: crash: ").unwrap_or("");
+        check!(
+            outcome,
+            report.contains(expect),
+            "crash report should name '{expect}': {report:?}"
+        );
+        check!(
+            outcome,
+            outcome.line_starting("  backtrace").is_some(),
+            "crash report should have a backtrace"
+        );
+        if kind != "panic" {
+            check!(
+                outcome,
+                outcome.line_starting("  rip 0x").is_some(),
+                "crash report should show rip"
+            );
+            check!(
+                outcome,
+                outcome.line_starting("  cr2 0x").is_some(),
+                "crash report should show cr2"
+            );
+        }
+        check_exit(&outcome, CRASH, true)
+    })
+}
+
+fn acpi_power_off(machine: &'static str) -> Case {
+    Case::new(format!("tcg_{machine}_acpi_power_off"), move |name| {
+        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).without_debug_exit()) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        both(check_banner(&outcome, 2, 256), || {
+            check_exit(&outcome, 0, false)
+        })
+    })
+}
+
+fn module_is_listed() -> Case {
+    Case::new("tcg_pc_module", |name| {
+        let module = std::env::temp_dir().join(format!("umbra-test-module-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&module, vec![0x5a; 12345]) {
+            return Verdict::Fail(format!("cannot write a module file: {e}"));
+        }
+        let result = boot(name, &Boot::new("pc", Accel::Tcg).initrd(module.clone()));
+        let _ = std::fs::remove_file(&module);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome
+                .line_starting("module 0: 12345 bytes at 0x")
+                .is_some(),
+            "expected 'module 0: 12345 bytes at ...'"
+        );
+        check_exit(&outcome, 0, true)
+    })
+}
+
+/// Cloud Hypervisor: hardware-reduced ACPI, power-off through the
+/// sleep-control register, no isa-debug-exit.
+fn cloud_hypervisor() -> Case {
+    Case::new("cloud_hypervisor_smp2", |name| {
+        let Some(vmm) = on_path("cloud-hypervisor") else {
+            return Verdict::Skip("cloud-hypervisor is not on PATH".into());
+        };
+        if !kvm_opens() {
+            return Verdict::Skip(
+                "cloud-hypervisor needs /dev/kvm, which does not open here".into(),
+            );
+        }
+        let image = match boot_tests::image() {
+            Ok(image) => image,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let mut command = std::process::Command::new(vmm);
+        command
+            .arg("--kernel")
+            .arg(image)
+            .args([
+                "--serial",
+                "tty",
+                "--console",
+                "off",
+                "--cpus",
+                "boot=2",
+                "--memory",
+                "size=256M",
+            ])
+            .args(["--cmdline", "log=info"]);
+        let outcome = match boot_tests::run_with_timeout(
+            command,
+            std::time::Duration::from_secs(120),
+            name,
+        ) {
+            Ok(outcome) => outcome,
+            Err(e) => return Verdict::Fail(e),
+        };
+        both(check_banner(&outcome, 2, 256), || {
+            check_exit(&outcome, 0, false)
+        })
+    })
+}
+
+/// The image itself: ET_EXEC, loaded at 1 MiB or above, with a PVH note
+/// whose entry is the ELF entry point.
+fn image_is_a_pvh_exec() -> Case {
+    Case::new("image_pvh_note", |_| {
+        let image =
+            match boot_tests::image().and_then(|p| std::fs::read(p).map_err(|e| e.to_string())) {
+                Ok(bytes) => bytes,
+                Err(e) => return Verdict::Fail(e),
+            };
+        match pvh_entry(&image) {
+            Ok((entry, note_entry)) if entry == note_entry && entry >= 0x10_0000 => Verdict::Pass,
+            Ok((entry, note_entry)) => Verdict::Fail(format!(
+                "ELF entry {entry:#x}, PVH note entry {note_entry:#x}: must match, at or above 1 MiB"
+            )),
+            Err(e) => Verdict::Fail(e),
+        }
+    })
+}
+
+fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    if elf.get(0..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return Err("not a 64-bit ELF".into());
+    }
+    if u16_at(16) != Some(2) {
+        return Err(format!("ELF type {:?}, expected 2 (EXEC)", u16_at(16)));
+    }
+    let entry = u64_at(24).ok_or("short ELF header")?;
+    let phoff = u64_at(32).ok_or("short ELF header")? as usize;
+    let phentsize = u16_at(54).ok_or("short ELF header")? as usize;
+    let phnum = u16_at(56).ok_or("short ELF header")? as usize;
+    for index in 0..phnum {
+        let ph = phoff + index * phentsize;
+        if u32_at(ph) != Some(4) {
+            continue; // not PT_NOTE
+        }
+        let (mut at, end) = (u64_at(ph + 8).unwrap_or(0) as usize, 0);
+        let end = end + at + u64_at(ph + 32).unwrap_or(0) as usize;
+        while at + 12 <= end {
+            let (namesz, descsz, kind) = (
+                u32_at(at).unwrap_or(0),
+                u32_at(at + 4).unwrap_or(0),
+                u32_at(at + 8).unwrap_or(0),
+            );
+            let name_at = at + 12;
+            let desc_at = name_at + (namesz as usize).div_ceil(4) * 4;
+            if kind == 18 && elf.get(name_at..name_at + 4) == Some(b"Xen\0") {
+                return Ok((entry, u32_at(desc_at).ok_or("short note")? as u64));
+            }
+            at = desc_at + (descsz as usize).div_ceil(4) * 4;
+        }
+    }
+    Err("no XEN_ELFNOTE_PHYS32_ENTRY note".into())
+}
+
+fn main() {
+    let _ = GUEST_KILLED;
+    let mut cases = vec![image_is_a_pvh_exec()];
+    for accel in [Accel::Tcg, Accel::Kvm] {
+        for machine in MACHINES {
+            cases.push(standard_boot(machine, accel));
+        }
+    }
+    cases.push(warns_and_goes_on(
+        "tcg_microvm_junk_cmdline_4k",
+        junk(4096),
+        "warn: cmdline: ignored",
+    ));
+    cases.push(warns_and_goes_on(
+        "tcg_microvm_unknown_log_level",
+        b"log=verbose".to_vec(),
+        "warn: cmdline: unknown value 'verbose' for log=",
+    ));
+    cases.push(warns_and_goes_on(
+        "tcg_microvm_cmdline_too_long",
+        vec![b'x'; 10_000],
+        "warn: cmdline is longer than",
+    ));
+    for machine in MACHINES {
+        cases.push(too_little_ram(machine));
+        cases.push(acpi_power_off(machine));
+    }
+    for (kind, expect) in [
+        ("ud", "#UD"),
+        ("pf", "#PF"),
+        ("panic", "panic"),
+        ("stack", "#DF"),
+    ] {
+        cases.push(deliberate_crash(kind, expect));
+    }
+    cases.push(module_is_listed());
+    cases.push(cloud_hypervisor());
+    run_cases(cases, 2)
+}

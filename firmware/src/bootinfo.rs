@@ -26,12 +26,14 @@ pub trait PhysMemory {
 
 fn read_u32(mem: &dyn PhysMemory, addr: u64) -> Option<u32> {
     let mut bytes = [0; 4];
-    mem.read(addr, &mut bytes).then(|| u32::from_le_bytes(bytes))
+    mem.read(addr, &mut bytes)
+        .then(|| u32::from_le_bytes(bytes))
 }
 
 fn read_u64(mem: &dyn PhysMemory, addr: u64) -> Option<u64> {
     let mut bytes = [0; 8];
-    mem.read(addr, &mut bytes).then(|| u64::from_le_bytes(bytes))
+    mem.read(addr, &mut bytes)
+        .then(|| u64::from_le_bytes(bytes))
 }
 
 /// The magic number that opens every `hvm_start_info`.
@@ -51,7 +53,7 @@ pub const MAX_MEMMAP_ENTRIES: usize = 128;
 pub const MAX_MODULES: usize = 16;
 /// The longest command line Umbra keeps. A longer one is ignored whole
 /// rather than cut at an arbitrary word.
-pub const MAX_CMDLINE: usize = 4096;
+pub const MAX_CMDLINE: usize = 8192;
 /// A module's own command line is kept shorter.
 pub const MAX_MODULE_CMDLINE: usize = 256;
 
@@ -139,7 +141,8 @@ fn map_covers(map: &[MemRegion], range: PhysRange) -> bool {
     if range.is_empty() {
         return false;
     }
-    let describes_memory = |r: &&MemRegion| !matches!(r.kind, RegionKind::Unusable | RegionKind::Disabled);
+    let describes_memory =
+        |r: &&MemRegion| !matches!(r.kind, RegionKind::Unusable | RegionKind::Disabled);
     let mut covered_up_to = range.start;
     for region in map.iter().filter(describes_memory) {
         if region.range.start <= covered_up_to && region.range.end > covered_up_to {
@@ -187,7 +190,10 @@ impl fmt::Display for BootInfoError {
                 "start_info memory map claims {count} entries; more than {MAX_MEMMAP_ENTRIES} is not believable"
             ),
             Self::MemoryMapUnreadable { addr } => {
-                write!(f, "start_info memory map at {addr:#x} is outside readable memory")
+                write!(
+                    f,
+                    "start_info memory map at {addr:#x} is outside readable memory"
+                )
             }
             Self::NoRam => write!(f, "start_info memory map describes no RAM"),
             Self::TooManyModules { count } => write!(
@@ -195,7 +201,10 @@ impl fmt::Display for BootInfoError {
                 "start_info claims {count} modules; Umbra accepts at most {MAX_MODULES}"
             ),
             Self::ModuleListOutsideMemory { addr } => {
-                write!(f, "start_info module list at {addr:#x} is outside the memory map")
+                write!(
+                    f,
+                    "start_info module list at {addr:#x} is outside the memory map"
+                )
             }
             Self::ModuleOutsideMemory { index, addr, size } => write!(
                 f,
@@ -208,15 +217,38 @@ impl fmt::Display for BootInfoError {
 /// Something odd that the firmware can live with, printed as a warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
-    ZeroSizedEntries { count: usize },
-    UnknownRegionTypes { count: usize, first: u32 },
-    OverlappingRegions { first_at: u64 },
+    ZeroSizedEntries {
+        count: usize,
+    },
+    UnknownRegionTypes {
+        count: usize,
+        first: u32,
+    },
+    OverlappingRegions {
+        first_at: u64,
+    },
     /// A range that wraps past the top of the address space.
-    WrappingEntries { count: usize },
-    CmdlineOutsideMemory { addr: u64 },
+    WrappingEntries {
+        count: usize,
+    },
+    CmdlineOutsideMemory {
+        addr: u64,
+    },
     CmdlineTooLong,
-    ZeroSizedModule { index: usize },
-    ModuleCmdlineIgnored { index: usize },
+    ZeroSizedModule {
+        index: usize,
+    },
+    ModuleCmdlineIgnored {
+        index: usize,
+    },
+}
+
+impl Notice {
+    /// Worth a line, but not a warning: qboot (QEMU's microvm) always ends
+    /// its memory map with an all-zero entry.
+    pub fn is_benign(&self) -> bool {
+        matches!(self, Notice::ZeroSizedEntries { .. })
+    }
 }
 
 impl fmt::Display for Notice {
@@ -297,14 +329,23 @@ pub fn parse(
     };
     // The fixed-size part and the memory map were readable; whether they
     // sit in mapped memory matters only for keeping them out of the frame pool.
-    let _ = info.occupied.push(PhysRange { start: addr, end: addr.saturating_add(START_INFO_SIZE) });
+    let _ = info.occupied.push(PhysRange {
+        start: addr,
+        end: addr.saturating_add(START_INFO_SIZE),
+    });
     let memmap_bytes = u64::from(memmap_entries) * MEMMAP_ENTRY_SIZE;
-    let _ = info.occupied.push(PhysRange { start: memmap_addr, end: memmap_addr.saturating_add(memmap_bytes) });
+    let _ = info.occupied.push(PhysRange {
+        start: memmap_addr,
+        end: memmap_addr.saturating_add(memmap_bytes),
+    });
 
     if cmdline_addr != 0 {
         match read_c_string(mem, &info.memory_map, cmdline_addr, &mut info.cmdline) {
             Ok(len) => {
-                let _ = info.occupied.push(PhysRange { start: cmdline_addr, end: cmdline_addr + len + 1 });
+                let _ = info.occupied.push(PhysRange {
+                    start: cmdline_addr,
+                    end: cmdline_addr + len + 1,
+                });
             }
             Err(StringProblem::OutsideMemory) => {
                 let _ = notices.push(Notice::CmdlineOutsideMemory { addr: cmdline_addr });
@@ -370,10 +411,15 @@ fn read_memory_map(
         let _ = notices.push(Notice::WrappingEntries { count: wrapping });
     }
     if unknown > 0 {
-        let _ = notices.push(Notice::UnknownRegionTypes { count: unknown, first: first_unknown });
+        let _ = notices.push(Notice::UnknownRegionTypes {
+            count: unknown,
+            first: first_unknown,
+        });
     }
     if let Some(pair) = map.windows(2).find(|w| w[0].range.overlaps(&w[1].range)) {
-        let _ = notices.push(Notice::OverlappingRegions { first_at: pair[1].range.start });
+        let _ = notices.push(Notice::OverlappingRegions {
+            first_at: pair[1].range.start,
+        });
     }
     if !map.iter().any(|r| r.kind == RegionKind::Ram) {
         return Err(BootInfoError::NoRam);
@@ -396,8 +442,16 @@ fn read_c_string<const N: usize>(
 ) -> Result<u64, StringProblem> {
     out.clear();
     for offset in 0..N as u64 {
-        let byte_addr = addr.checked_add(offset).ok_or(StringProblem::OutsideMemory)?;
-        if !map_covers(map, PhysRange { start: byte_addr, end: byte_addr + 1 }) {
+        let byte_addr = addr
+            .checked_add(offset)
+            .ok_or(StringProblem::OutsideMemory)?;
+        if !map_covers(
+            map,
+            PhysRange {
+                start: byte_addr,
+                end: byte_addr + 1,
+            },
+        ) {
             return Err(StringProblem::OutsideMemory);
         }
         let mut byte = [0u8];
@@ -443,11 +497,17 @@ fn read_modules(
         let range = PhysRange::from_len(addr, size)
             .filter(|range| info.map_covers(*range))
             .ok_or(BootInfoError::ModuleOutsideMemory { index, addr, size })?;
-        let mut module = Module { range, cmdline: Vec::new() };
+        let mut module = Module {
+            range,
+            cmdline: Vec::new(),
+        };
         if cmdline_addr != 0 {
             match read_c_string(mem, &info.memory_map, cmdline_addr, &mut module.cmdline) {
                 Ok(len) => {
-                    let _ = info.occupied.push(PhysRange { start: cmdline_addr, end: cmdline_addr + len + 1 });
+                    let _ = info.occupied.push(PhysRange {
+                        start: cmdline_addr,
+                        end: cmdline_addr + len + 1,
+                    });
                 }
                 Err(_) => {
                     module.cmdline.clear();
@@ -484,7 +544,9 @@ mod tests {
     impl PhysMemory for FakeMemory {
         fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
             for (base, blob) in &self.blobs {
-                let Some(offset) = addr.checked_sub(*base) else { continue };
+                let Some(offset) = addr.checked_sub(*base) else {
+                    continue;
+                };
                 let offset = offset as usize;
                 if offset + buf.len() <= blob.len() {
                     buf.copy_from_slice(&blob[offset..offset + buf.len()]);
@@ -524,7 +586,11 @@ mod tests {
         b
     }
 
-    const NORMAL_MAP: &[(u64, u64, u32)] = &[(0, 0x9fc00, 1), (0xf0000, 0x10000, 2), (0x100000, 0xff00000, 1)];
+    const NORMAL_MAP: &[(u64, u64, u32)] = &[
+        (0, 0x9fc00, 1),
+        (0xf0000, 0x10000, 2),
+        (0x100000, 0xff00000, 1),
+    ];
 
     fn machine(cmdline: &[u8], map: &[(u64, u64, u32)]) -> FakeMemory {
         let mut mem = FakeMemory::default();
@@ -562,13 +628,19 @@ mod tests {
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[4..8].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(parse_err(&mem), BootInfoError::NoMemoryMapInVersion { version: 0 });
+        assert_eq!(
+            parse_err(&mem),
+            BootInfoError::NoMemoryMapInVersion { version: 0 }
+        );
     }
 
     #[test]
     fn unreadable_start_info_is_fatal() {
         let mem = FakeMemory::default();
-        assert_eq!(parse_err(&mem), BootInfoError::StartInfoUnreadable { addr: SI });
+        assert_eq!(
+            parse_err(&mem),
+            BootInfoError::StartInfoUnreadable { addr: SI }
+        );
     }
 
     #[test]
@@ -577,23 +649,40 @@ mod tests {
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[48..52].copy_from_slice(&100_000u32.to_le_bytes());
-        assert_eq!(parse_err(&mem), BootInfoError::TooManyMemmapEntries { count: 100_000 });
+        assert_eq!(
+            parse_err(&mem),
+            BootInfoError::TooManyMemmapEntries { count: 100_000 }
+        );
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[48..52].copy_from_slice(&10u32.to_le_bytes());
-        assert_eq!(parse_err(&mem), BootInfoError::MemoryMapUnreadable { addr: MEMMAP });
+        assert_eq!(
+            parse_err(&mem),
+            BootInfoError::MemoryMapUnreadable { addr: MEMMAP }
+        );
 
-        assert_eq!(parse_err(&machine(b"\0", &[(0, 0x1000_0000, 2)])), BootInfoError::NoRam);
+        assert_eq!(
+            parse_err(&machine(b"\0", &[(0, 0x1000_0000, 2)])),
+            BootInfoError::NoRam
+        );
     }
 
     #[test]
     fn odd_entries_become_notices() {
-        let map = [(0x100000, 0x1000000, 1), (0, 0, 0), (0x5000_0000, 0x1000, 99), (u64::MAX - 5, 100, 1)];
+        let map = [
+            (0x100000, 0x1000000, 1),
+            (0, 0, 0),
+            (0x5000_0000, 0x1000, 99),
+            (u64::MAX - 5, 100, 1),
+        ];
         let (info, notices) = parse_ok(&machine(b"\0", &map));
         assert_eq!(info.memory_map.len(), 2);
         assert!(notices.contains(&Notice::ZeroSizedEntries { count: 1 }));
         assert!(notices.contains(&Notice::WrappingEntries { count: 1 }));
-        assert!(notices.contains(&Notice::UnknownRegionTypes { count: 1, first: 99 }));
+        assert!(notices.contains(&Notice::UnknownRegionTypes {
+            count: 1,
+            first: 99
+        }));
         assert_eq!(info.memory_map[1].kind, RegionKind::Reserved);
     }
 
@@ -615,7 +704,10 @@ mod tests {
         mem.blobs[0].1[24..32].copy_from_slice(&0xfff0_0000u64.to_le_bytes());
         let (info, notices) = parse_ok(&mem);
         assert!(info.cmdline.is_empty());
-        assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: 0xfff0_0000 }]);
+        assert_eq!(
+            notices.as_slice(),
+            &[Notice::CmdlineOutsideMemory { addr: 0xfff0_0000 }]
+        );
     }
 
     fn with_modules(entries: &[(u64, u64, u64)]) -> FakeMemory {
@@ -634,18 +726,37 @@ mod tests {
 
     #[test]
     fn modules_are_read_and_occupied() {
-        let (info, notices) = parse_ok(&with_modules(&[(0x800000, 0x4000, 0x30000), (0x900000, 0, 0)]));
+        let (info, notices) = parse_ok(&with_modules(&[
+            (0x800000, 0x4000, 0x30000),
+            (0x900000, 0, 0),
+        ]));
         assert_eq!(info.modules.len(), 1);
-        assert_eq!(info.modules[0].range, PhysRange { start: 0x800000, end: 0x804000 });
+        assert_eq!(
+            info.modules[0].range,
+            PhysRange {
+                start: 0x800000,
+                end: 0x804000
+            }
+        );
         assert_eq!(info.modules[0].cmdline.as_slice(), b"guest=one");
         assert!(notices.contains(&Notice::ZeroSizedModule { index: 1 }));
-        assert!(info.occupied.contains(&PhysRange { start: 0x800000, end: 0x804000 }));
+        assert!(info.occupied.contains(&PhysRange {
+            start: 0x800000,
+            end: 0x804000
+        }));
     }
 
     #[test]
     fn modules_outside_ram_are_fatal() {
         let err = parse_err(&with_modules(&[(0xfff0_0000, 0x1000, 0)]));
-        assert_eq!(err, BootInfoError::ModuleOutsideMemory { index: 0, addr: 0xfff0_0000, size: 0x1000 });
+        assert_eq!(
+            err,
+            BootInfoError::ModuleOutsideMemory {
+                index: 0,
+                addr: 0xfff0_0000,
+                size: 0x1000
+            }
+        );
         let err = parse_err(&with_modules(&[(u64::MAX - 1, 0x1000, 0)]));
         assert!(matches!(err, BootInfoError::ModuleOutsideMemory { .. }));
         // Straddling the hole after low RAM, which the map does not describe.
@@ -654,28 +765,52 @@ mod tests {
 
         let mut mem = with_modules(&[(0x800000, 0x1000, 0)]);
         mem.blobs[0].1[12..16].copy_from_slice(&1000u32.to_le_bytes());
-        assert_eq!(parse_err(&mem), BootInfoError::TooManyModules { count: 1000 });
+        assert_eq!(
+            parse_err(&mem),
+            BootInfoError::TooManyModules { count: 1000 }
+        );
     }
 
     #[test]
     fn adjacent_ram_entries_chain() {
         let map = [(0x100000, 0x100000, 1), (0x200000, 0x100000, 1)];
         let (info, _) = parse_ok(&machine(b"\0", &map));
-        assert!(info.map_covers(PhysRange { start: 0x1ff000, end: 0x201000 }));
-        assert!(!info.map_covers(PhysRange { start: 0x2ff000, end: 0x301000 }));
+        assert!(info.map_covers(PhysRange {
+            start: 0x1ff000,
+            end: 0x201000
+        }));
+        assert!(!info.map_covers(PhysRange {
+            start: 0x2ff000,
+            end: 0x301000
+        }));
     }
 
     #[test]
     fn reserved_and_nvs_count_but_unusable_does_not() {
-        let map = [(0, 0x9fc00, 1), (0xd0000, 0x20000, 4), (0xf0000, 0x10000, 2), (0x100000, 0x1000000, 5)];
+        let map = [
+            (0, 0x9fc00, 1),
+            (0xd0000, 0x20000, 4),
+            (0xf0000, 0x10000, 2),
+            (0x100000, 0x1000000, 5),
+        ];
         let (info, _) = parse_ok(&machine(b"\0", &map));
-        assert!(info.map_covers(PhysRange { start: 0xefc70, end: 0xf0100 }));
-        assert!(!info.map_covers(PhysRange { start: 0x100000, end: 0x101000 }));
+        assert!(info.map_covers(PhysRange {
+            start: 0xefc70,
+            end: 0xf0100
+        }));
+        assert!(!info.map_covers(PhysRange {
+            start: 0x100000,
+            end: 0x101000
+        }));
     }
 
     #[test]
     fn errors_read_as_one_line() {
-        let err = BootInfoError::ModuleOutsideMemory { index: 2, addr: 0x10, size: 5 };
+        let err = BootInfoError::ModuleOutsideMemory {
+            index: 2,
+            addr: 0x10,
+            size: 5,
+        };
         let text = std::format!("{err}");
         assert!(!text.contains('\n') && text.contains("module 2"));
     }

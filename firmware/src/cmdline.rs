@@ -66,7 +66,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { log_level: LogLevel::Info, crash: None }
+        Config {
+            log_level: LogLevel::Info,
+            crash: None,
+        }
     }
 }
 
@@ -103,8 +106,16 @@ impl fmt::Display for Excerpt {
 /// A problem with the command line; the boot goes on with defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CmdlineNotice {
-    UnknownWords { count: usize, first: Excerpt },
-    BadValue { key: &'static str, value: Excerpt, expected: &'static str, default: &'static str },
+    UnknownWords {
+        count: usize,
+        first: Excerpt,
+    },
+    BadValue {
+        key: &'static str,
+        value: Excerpt,
+        expected: &'static str,
+        default: &'static str,
+    },
 }
 
 impl fmt::Display for CmdlineNotice {
@@ -114,9 +125,17 @@ impl fmt::Display for CmdlineNotice {
                 write!(f, "cmdline: ignored unknown word '{first}'")
             }
             Self::UnknownWords { count, first } => {
-                write!(f, "cmdline: ignored {count} unknown words (first: '{first}')")
+                write!(
+                    f,
+                    "cmdline: ignored {count} unknown words (first: '{first}')"
+                )
             }
-            Self::BadValue { key, value, expected, default } => write!(
+            Self::BadValue {
+                key,
+                value,
+                expected,
+                default,
+            } => write!(
                 f,
                 "cmdline: unknown value '{value}' for {key}= (expected {expected}); using {default}"
             ),
@@ -131,7 +150,10 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
     let mut config = Config::default();
     let mut unknown_count = 0;
     let mut first_unknown = Excerpt::default();
-    for word in cmdline.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+    for word in cmdline
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+    {
         let (key, value) = match word.iter().position(|&b| b == b'=') {
             Some(eq) => (&word[..eq], &word[eq + 1..]),
             None => (word, &b""[..]),
@@ -168,7 +190,10 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
         }
     }
     if unknown_count > 0 {
-        let _ = notices.push(CmdlineNotice::UnknownWords { count: unknown_count, first: first_unknown });
+        let _ = notices.push(CmdlineNotice::UnknownWords {
+            count: unknown_count,
+            first: first_unknown,
+        });
     }
     config
 }
@@ -196,7 +221,10 @@ mod tests {
     #[test]
     fn log_levels() {
         assert_eq!(parse_all(b"log=trace").0.log_level, LogLevel::Trace);
-        assert_eq!(parse_all(b"  log=error\tlog=warn ").0.log_level, LogLevel::Warn);
+        assert_eq!(
+            parse_all(b"  log=error\tlog=warn ").0.log_level,
+            LogLevel::Warn
+        );
         let (config, notices) = parse_all(b"log=loud");
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(
@@ -207,12 +235,17 @@ mod tests {
 
     #[test]
     fn junk_is_one_notice() {
-        let junk: StdVec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let junk: StdVec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let (config, notices) = parse_all(&junk);
         assert_eq!(config, Config::default());
         assert_eq!(notices.len(), 1, "{notices:?}");
         let line = format!("{}", notices[0]);
-        assert!(line.starts_with("cmdline: ignored") && !line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("cmdline: ignored") && !line.contains('\n'),
+            "{line}"
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ fn ist_stack_top(index: usize) -> VirtAddr {
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
+        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
+            .into_iter()
+            .enumerate()
+        {
             tss.interrupt_stack_table[ist as usize - 1] = ist_stack_top(slot);
         }
         tss
@@ -99,7 +102,12 @@ pub fn init() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        HostTables { gdt, code, data, tss }
+        HostTables {
+            gdt,
+            code,
+            data,
+            tss,
+        }
     });
     tables.gdt.load();
     // SAFETY: the selectors name descriptors of the GDT just loaded, which
@@ -115,7 +123,7 @@ pub fn init() {
     let idt = IDT.call_once(|| {
         let mut idt = Idt([Gate::default(); 256]);
         // SAFETY: exception_stubs is an immutable table defined in traps.s.
-        let stubs = unsafe { &*(&raw const exception_stubs) };
+        let stubs = unsafe { &exception_stubs };
         for (vector, &stub) in stubs.iter().enumerate() {
             let ist = match vector {
                 2 => NMI_IST,

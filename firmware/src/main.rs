@@ -21,7 +21,9 @@
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("umbra is a firmware image: build it with scripts/build.sh (--target x86_64-unknown-none)");
+    eprintln!(
+        "umbra is a firmware image: build it with scripts/build.sh (--target x86_64-unknown-none)"
+    );
     std::process::exit(2);
 }
 
@@ -110,7 +112,9 @@ mod boot {
 
     fn text(bytes: &[u8]) -> &str {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        core::str::from_utf8(&bytes[..end]).unwrap_or("?").trim_end()
+        core::str::from_utf8(&bytes[..end])
+            .unwrap_or("?")
+            .trim_end()
     }
 
     #[unsafe(no_mangle)]
@@ -138,10 +142,19 @@ mod boot {
         );
         println!("cmdline: {}", Quoted(&info.cmdline));
         for region in &info.memory_map {
-            log::debug!("memory map: {:#014x}-{:#014x} {:?}", region.range.start, region.range.end, region.kind);
+            log::debug!(
+                "memory map: {:#014x}-{:#014x} {:?}",
+                region.range.start,
+                region.range.end,
+                region.kind
+            );
         }
         for notice in &notices {
-            log::warn!("{notice}");
+            if notice.is_benign() {
+                log::info!("{notice}");
+            } else {
+                log::warn!("{notice}");
+            }
         }
         for notice in &cmdline_notices {
             log::warn!("{notice}");
@@ -156,15 +169,20 @@ mod boot {
         log::info!(
             "acpi: OEM '{}', RSDP {}, power off by {}",
             text(&platform.oem_id),
-            if platform.rsdp_found_by_scan { "found by scan" } else { "from start_info" },
-            match platform.power_off {
-                Some(acpi::PowerOff::SleepControl { .. }) => "sleep-control register",
-                Some(acpi::PowerOff::Pm1Control { .. }) => "PM1a control",
-                None => "nothing (no usable FADT method)",
-            }
+            if platform.rsdp_found_by_scan {
+                "found by scan"
+            } else {
+                "from start_info"
+            },
+            PowerOffName(platform.power_off),
         );
         if cpus.disabled > 0 || cpus.ignored > 0 {
-            log::warn!("cpus: {} disabled, {} beyond the limit of {}", cpus.disabled, cpus.ignored, umbra_firmware::madt::MAX_CPUS);
+            log::warn!(
+                "cpus: {} disabled, {} beyond the limit of {}",
+                cpus.disabled,
+                cpus.ignored,
+                umbra_firmware::madt::MAX_CPUS
+            );
         }
 
         let summary = match memory::init(&info, &acpi::touched_ranges()) {
@@ -187,12 +205,34 @@ mod boot {
                 Quoted(&module.cmdline)
             );
         }
-        log::debug!("exit: isa-debug-exit {}", if debug_exit { "present" } else { "absent" });
+        log::debug!(
+            "exit: isa-debug-exit {}",
+            if debug_exit { "present" } else { "absent" }
+        );
 
         if let Some(kind) = config.crash {
             crash_on_purpose(kind);
         }
         power::exit(status::SUCCESS)
+    }
+
+    struct PowerOffName(Option<acpi::PowerOff>);
+
+    impl fmt::Display for PowerOffName {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let (what, register) = match &self.0 {
+                Some(acpi::PowerOff::SleepControl { register, .. }) => {
+                    ("sleep-control register", register)
+                }
+                Some(acpi::PowerOff::Pm1Control { a, .. }) => ("PM1a control", a),
+                None => return write!(f, "nothing (no usable FADT method)"),
+            };
+            let space = match register.address_space {
+                ::acpi::address::AddressSpace::SystemIo => "port",
+                _ => "address",
+            };
+            write!(f, "{what} ({space} {:#x})", register.address)
+        }
     }
 
     fn print_cpus(cpus: &umbra_firmware::madt::Cpus) {
@@ -205,7 +245,11 @@ mod boot {
                 Ok(())
             }
         }
-        println!("cpus: {} (APIC IDs {})", cpus.apic_ids.len(), Ids(&cpus.apic_ids));
+        println!(
+            "cpus: {} (APIC IDs {})",
+            cpus.apic_ids.len(),
+            Ids(&cpus.apic_ids)
+        );
     }
 
     /// The `crash=` test hooks: prove the crash report works.
@@ -217,7 +261,7 @@ mod boot {
             CrashKind::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
             CrashKind::PageFault => {
                 // SAFETY: as above; page 0 is unmapped in the host tables.
-                let _ = unsafe { core::ptr::read_volatile(0x8 as *const u64) };
+                let _ = unsafe { core::ptr::read_volatile(0x10 as *const u64) };
             }
             CrashKind::Panic => panic!("a panic asked for on the cmdline"),
             // SAFETY: as above: a stack the CPU cannot push to turns the

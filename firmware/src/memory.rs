@@ -38,7 +38,9 @@ pub struct BootMemory;
 
 impl PhysMemory for BootMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let Some(end) = addr.checked_add(buf.len() as u64) else { return false };
+        let Some(end) = addr.checked_add(buf.len() as u64) else {
+            return false;
+        };
         if end > BOOT_MAPPED {
             return false;
         }
@@ -68,14 +70,22 @@ fn symbol(address: *const u8) -> u64 {
 
 /// The image's physical extent, from the linker script.
 pub fn image_range() -> PhysRange {
-    PhysRange { start: symbol(&raw const __image_start), end: symbol(&raw const __image_end) }
+    PhysRange {
+        start: symbol(&raw const __image_start),
+        end: symbol(&raw const __image_end),
+    }
 }
 
 /// Is `addr..addr+len` inside one of the host's own stacks?
 pub fn is_host_stack(addr: u64, len: u64) -> bool {
-    let boot = PhysRange { start: symbol(&raw const boot_stack_bottom), end: symbol(&raw const boot_stack_top) };
+    let boot = PhysRange {
+        start: symbol(&raw const boot_stack_bottom),
+        end: symbol(&raw const boot_stack_top),
+    };
     let image = image_range();
-    let Some(range) = PhysRange::from_len(addr, len) else { return false };
+    let Some(range) = PhysRange::from_len(addr, len) else {
+        return false;
+    };
     // The IST stacks live in the image's .bss; anything in the image is
     // mapped, and the boot stack is where frames normally are.
     boot.contains_range(&range) || image.contains_range(&range)
@@ -157,11 +167,17 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
     // the host uses (the image, its stacks, RAM, the first 4 GiB), so
     // execution continues at the same addresses.
     unsafe {
-        Cr3::write(PhysFrame::containing_address(PhysAddr::new(pml4)), Cr3Flags::empty());
+        Cr3::write(
+            PhysFrame::containing_address(PhysAddr::new(pml4)),
+            Cr3Flags::empty(),
+        );
     }
     tlb::flush_all();
     *FRAMES.lock() = Some(allocator);
-    Ok(MemorySummary { usable_bytes, ignored_above })
+    Ok(MemorySummary {
+        usable_bytes,
+        ignored_above,
+    })
 }
 
 const PRESENT: u64 = 1 << 0;

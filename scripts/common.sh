@@ -1,0 +1,68 @@
+# Shared by the scripts in this folder: where things are, what is
+# installed, and whether KVM opens. Source it; do not run it.
+
+UMBRA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+UMBRA_TARGET=x86_64-unknown-none
+UMBRA_IMAGE="$UMBRA_ROOT/target/$UMBRA_TARGET/release/umbra"
+
+say() { echo "umbra-scripts: $*" >&2; }
+
+# The freestanding target for the firmware (rustup installs it).
+ensure_rust_target() {
+    if rustup target list --installed 2>/dev/null | grep -qx "$UMBRA_TARGET"; then
+        return 0
+    fi
+    say "installing the Rust target $UMBRA_TARGET"
+    rustup target add "$UMBRA_TARGET" || {
+        say "could not install it; run: rustup target add $UMBRA_TARGET"
+        exit 1
+    }
+}
+
+# QEMU from Debian's packages, when we are root and it is missing.
+ensure_qemu() {
+    command -v qemu-system-x86_64 >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Debian's qemu-system-x86"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q qemu-system-x86 >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q qemu-system-x86 >/dev/null; } || true
+    fi
+    command -v qemu-system-x86_64 >/dev/null || {
+        say "qemu-system-x86_64 is missing; install it with: sudo apt-get install qemu-system-x86"
+        exit 1
+    }
+}
+
+# Does /dev/kvm open for reading and writing?
+kvm_opens() {
+    [ -e /dev/kvm ] && (exec 3<>/dev/kvm) 2>/dev/null
+}
+
+build_image() {
+    ensure_rust_target
+    (cd "$UMBRA_ROOT" && cargo build --release --target "$UMBRA_TARGET" -p umbra-firmware) || exit 1
+}
+
+# QEMU's arguments for one boot of the image.
+#   qemu_args ACCEL MACHINE SMP MEM [SERIAL]
+# SERIAL is QEMU's -serial destination, stdio unless given.
+# The CPU model: this machine's KVM rejects -cpu host (MSR 0x10a), so
+# under KVM the default model is used; TCG uses the default too.
+qemu_args() {
+    local accel=$1 machine=$2 smp=$3 mem=$4 serial=${5:-stdio}
+    QEMU_ARGS=(-machine "$machine" -accel "$accel" -smp "$smp" -m "$mem"
+        -display none -monitor none -serial "$serial" -nic none -no-reboot
+        -device isa-debug-exit,iobase=0xf4,iosize=0x04
+        -kernel "$UMBRA_IMAGE")
+}
+
+# QEMU's exit code to Umbra's status: isa-debug-exit gives (N << 1) | 1,
+# an ACPI power-off gives 0; anything else is QEMU's own failure.
+status_from_qemu() {
+    local rc=$1
+    if [ "$rc" = 0 ]; then echo 0
+    elif [ $((rc & 1)) = 1 ]; then echo $((rc >> 1))
+    else echo "$rc"
+    fi
+}

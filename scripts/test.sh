@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Everything CI checks: formatting, lints, host tests and boot tests.
+# Installs what it needs first (the Rust target; QEMU when run as root).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$UMBRA_ROOT"
+
+ensure_rust_target
+ensure_qemu
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" ||
+        rustup component add "$component" || { say "run: rustup component add $component"; exit 1; }
+done
+
+step() { echo; echo "== $*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints (host crates)"
+cargo clippy --all-targets -- -D warnings
+step "lints (firmware and guest, $UMBRA_TARGET)"
+cargo clippy --release --target "$UMBRA_TARGET" -p umbra-firmware -p guest -- -D warnings
+
+step "build the image"
+build_image
+
+step "host tests and boot tests"
+if kvm_opens; then
+    say "/dev/kvm opens: boot tests run under TCG and KVM"
+else
+    say "/dev/kvm does not open: KVM boot cases will be skipped by name"
+fi
+cargo test
+
+echo
+echo "== all checks passed"
