@@ -242,6 +242,28 @@ fn acpi_power_off(machine: &'static str) -> Case {
     })
 }
 
+/// No ACPI at all: the RSDP scan finds nothing, one warning, and the
+/// boot goes on with the boot CPU (exit through isa-debug-exit).
+fn no_acpi() -> Case {
+    Case::new("tcg_microvm_no_acpi", |name| {
+        let outcome = match boot(name, &Boot::new("microvm,acpi=off", Accel::Tcg)) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let warning = outcome
+            .line_starting("warn: acpi: no valid RSDP found")
+            .is_some();
+        check!(
+            outcome,
+            warning,
+            "expected 'warn: acpi: no valid RSDP found ...'"
+        );
+        both(check_banner(&outcome, 1, 256), || {
+            check_exit(&outcome, 0, true)
+        })
+    })
+}
+
 fn module_is_listed() -> Case {
     Case::new("tcg_pc_module", |name| {
         let module = std::env::temp_dir().join(format!("umbra-test-module-{}", std::process::id()));
@@ -409,6 +431,7 @@ fn main() {
         cases.push(deliberate_crash(kind, expect));
     }
     cases.push(module_is_listed());
+    cases.push(no_acpi());
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)
 }

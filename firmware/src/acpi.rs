@@ -10,7 +10,9 @@
 //! them through [`IdentityHandler`], which sees every physical range the
 //! crate reads; those ranges are remembered so the frame pool never hands
 //! an ACPI table out. The RSDP comes from start_info, or, where the VMM
-//! does not say (microvm), from a scan of the BIOS areas.
+//! does not say (microvm), from a scan of the BIOS areas. A machine with
+//! no usable ACPI at all (`-machine microvm,acpi=off`) still boots: with
+//! the boot CPU only, and no way to power off but QEMU's exit device.
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -106,6 +108,7 @@ pub enum PowerOff {
 pub static POWER_OFF: Mutex<Option<PowerOff>> = Mutex::new(None);
 
 pub struct Platform {
+    /// Empty when there is no usable ACPI: then only the boot CPU is known.
     pub cpus: Cpus,
     pub oem_id: [u8; 6],
     pub power_off: Option<PowerOff>,
@@ -134,7 +137,10 @@ pub fn init(rsdp: Option<u64>) -> Result<Platform, AcpiProblem> {
     // a bogus RSDP address reads only mapped memory.
     let tables = unsafe {
         match rsdp {
-            Some(address) => AcpiTables::from_rsdp(IdentityHandler, address as usize),
+            Some(address) => AcpiTables::from_rsdp(IdentityHandler, address as usize).or_else(|error| {
+                log::warn!("acpi: RSDP at {address:#x} from start_info is invalid ({error:?}); scanning");
+                AcpiTables::search_for_rsdp_bios(IdentityHandler)
+            }),
             None => AcpiTables::search_for_rsdp_bios(IdentityHandler),
         }
     }

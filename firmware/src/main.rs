@@ -161,8 +161,17 @@ mod boot {
         }
 
         let platform = match acpi::init(info.rsdp_addr) {
-            Ok(platform) => platform,
-            Err(problem) => fatal(format_args!("ACPI: {problem}")),
+            Ok(platform) => Some(platform),
+            Err(problem) => {
+                log::warn!(
+                    "acpi: {problem}; going on with the boot CPU only and no ACPI power-off"
+                );
+                None
+            }
+        };
+        let Some(platform) = platform else {
+            println!("cpus: 1 (the boot CPU; no ACPI MADT)");
+            boot_rest(&info, &config, debug_exit)
         };
         let cpus = &platform.cpus;
         print_cpus(cpus);
@@ -185,7 +194,12 @@ mod boot {
             );
         }
 
-        let summary = match memory::init(&info, &acpi::touched_ranges()) {
+        boot_rest(&info, &config, debug_exit)
+    }
+
+    /// Memory, the rest of the banner, and the end of the run.
+    fn boot_rest(info: &bootinfo::BootInfo, config: &cmdline::Config, debug_exit: bool) -> ! {
+        let summary = match memory::init(info, &acpi::touched_ranges()) {
             Ok(summary) => summary,
             Err(error) => fatal(error),
         };
