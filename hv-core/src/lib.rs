@@ -5,5 +5,11 @@
 //! virtual interrupt is delivered. It is safe Rust behind small traits
 //! (guest memory, frame pool, CPU) so it can be tested on the host; the
 //! firmware supplies the real hardware behind those traits.
+//!
+//! - [`abi`]: the hypercall ABI, shared word for word with the guest;
+//! - [`elf`]: loading a guest's ELF image into its memory.
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod abi;
+pub mod elf;

@@ -1,0 +1,171 @@
+//! # The hypercall ABI: what a guest and Umbra agree on
+//!
+//! This module is shared, word for word, by the host (hv-core) and the
+//! guest kernel (`guest/`), so the two cannot drift apart. `docs/abi.md`
+//! explains each call; this file is the truth.
+//!
+//! ## Making a call
+//! The guest kernel, at ring 1, puts the call number in `rax` and up to
+//! five arguments in `rdi, rsi, rdx, r10, r8`, then executes `ud2`. The
+//! resulting invalid-opcode exception is the trap into Umbra: an exception
+//! frame records the ring it came from, so a `ud2` from guest user mode
+//! (ring 3) is never taken for a hypercall. Umbra steps over the 2-byte
+//! `ud2` and puts the result in `rax`. (`int n` below ring 3 kills the VM
+//! on some nested KVMs; `syscall` would not tell ring 1 from ring 3.)
+//!
+//! ## Starting
+//! The guest starts at its ELF entry in 64-bit mode at ring 1, in linear
+//! mode (virtual = guest-physical), interrupts enabled, with `rdi` and
+//! `rsp` both holding the guest-physical address of a [`BootInfo`] at the
+//! top page of its memory; the stack grows down from there. Its first
+//! call must be [`INIT`], naming its [`SharedPage`].
+
+/// Bumped on any incompatible change.
+pub const ABI_VERSION: u32 = 1;
+
+/// The hypercall instruction, `ud2`, and its length.
+pub const HYPERCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x0b];
+
+/// INIT(shared_page): register the [`SharedPage`] (page-aligned guest
+/// virtual address). Must be the first call, and only once.
+pub const INIT: u64 = 0;
+/// SHUTDOWN(status, message, message_len): stop the guest; `status`
+/// (0-99) becomes the firmware's exit status.
+pub const SHUTDOWN: u64 = 1;
+/// CONSOLE_WRITE(buffer, len): print `len` bytes (at most
+/// [`CONSOLE_WRITE_MAX`]); returns the count written.
+pub const CONSOLE_WRITE: u64 = 2;
+/// NEW_PGTABLE(cr3): switch to the page tables rooted at guest-physical `cr3`.
+pub const NEW_PGTABLE: u64 = 3;
+/// SET_PTE(cr3, va, pte): the guest wrote `pte` as the last-level entry
+/// for `va` in the tables rooted at `cr3`.
+pub const SET_PTE: u64 = 4;
+/// SET_PMD(cr3, va): the page-directory entry covering `va` changed.
+pub const SET_PMD: u64 = 5;
+/// SET_PUD(cr3, va): the PDPT entry covering `va` changed.
+pub const SET_PUD: u64 = 6;
+/// SET_PGD(cr3, va): the PML4 entry covering `va` changed.
+pub const SET_PGD: u64 = 7;
+/// FLUSH_TLB(all): drop shadow mappings: the user half (`all` = 0), or
+/// everything (`all` = 1).
+pub const FLUSH_TLB: u64 = 8;
+/// FLUSH_ASYNC(): nothing but a chance for Umbra to drain the async ring.
+pub const FLUSH_ASYNC: u64 = 9;
+/// LOAD_IDT_ENTRY(vector, handler, flags): the guest's trap handler.
+pub const LOAD_IDT_ENTRY: u64 = 10;
+/// SET_STACK(va, len): the kernel stack for traps from guest user mode.
+pub const SET_STACK: u64 = 11;
+/// SET_CLOCKEVENT(delta_ns): raise guest IRQ 0 after `delta_ns`.
+pub const SET_CLOCKEVENT: u64 = 12;
+/// HALT(): sleep until the next interrupt.
+pub const HALT: u64 = 13;
+/// SEND_INTERRUPTS(): deliver whatever is pending.
+pub const SEND_INTERRUPTS: u64 = 14;
+/// One past the last call number.
+pub const CALL_COUNT: u64 = 15;
+
+/// Names for statistics and messages.
+pub fn call_name(number: u64) -> &'static str {
+    match number {
+        INIT => "INIT",
+        SHUTDOWN => "SHUTDOWN",
+        CONSOLE_WRITE => "CONSOLE_WRITE",
+        NEW_PGTABLE => "NEW_PGTABLE",
+        SET_PTE => "SET_PTE",
+        SET_PMD => "SET_PMD",
+        SET_PUD => "SET_PUD",
+        SET_PGD => "SET_PGD",
+        FLUSH_TLB => "FLUSH_TLB",
+        FLUSH_ASYNC => "FLUSH_ASYNC",
+        LOAD_IDT_ENTRY => "LOAD_IDT_ENTRY",
+        SET_STACK => "SET_STACK",
+        SET_CLOCKEVENT => "SET_CLOCKEVENT",
+        HALT => "HALT",
+        SEND_INTERRUPTS => "SEND_INTERRUPTS",
+        _ => "unknown",
+    }
+}
+
+/// Results in `rax`: 0 or a count for success, these for refusals that
+/// do not kill (most bad arguments kill instead).
+pub const RESULT_OK: u64 = 0;
+/// The call exists but is not implemented yet.
+pub const RESULT_UNSUPPORTED: u64 = u64::MAX;
+
+/// The most CONSOLE_WRITE prints in one call.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+/// The most SHUTDOWN's message may hold.
+pub const SHUTDOWN_MESSAGE_MAX: u64 = 256;
+/// Statuses a guest may exit with; 100 and up are Umbra's own.
+pub const GUEST_STATUS_MAX: u64 = 99;
+
+/// Selectors the guest runs with (RPL included).
+pub const GUEST_KERNEL_CS: u16 = 0x19;
+pub const GUEST_KERNEL_SS: u16 = 0x21;
+pub const GUEST_USER_SS: u16 = 0x2b;
+pub const GUEST_USER_CS: u16 = 0x33;
+
+/// Slots in the async ring.
+pub const ASYNC_SLOTS: usize = 64;
+
+/// One queued call. The guest fills `number` and `args`, then sets
+/// `ready` to 1; Umbra runs it, then sets `ready` back to 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AsyncCall {
+    pub ready: u64,
+    pub number: u64,
+    pub args: [u64; 5],
+}
+
+/// The page the guest registers with INIT. Both sides write it, so Umbra
+/// reads every field as untrusted and keeps its own copy of anything it
+/// relies on (the ring position, the kernel boundary once set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SharedPage {
+    /// Written by Umbra at INIT.
+    pub abi_version: u32,
+    /// The virtual interrupt flag: nonzero when the guest accepts interrupts.
+    pub irq_enabled: u32,
+    /// Interrupts waiting for delivery (bit n = vector n), set by Umbra.
+    pub irq_pending: [u64; 4],
+    /// The faulting address of the last page fault reflected to the guest.
+    pub cr2: u64,
+    /// Nanoseconds since boot, updated by Umbra before each entry.
+    pub time_ns: u64,
+    /// The TSC frequency, written by Umbra at INIT.
+    pub tsc_khz: u64,
+    /// Where the guest's kernel half starts. Read by Umbra at the first
+    /// NEW_PGTABLE; later changes are ignored.
+    pub kernel_boundary: u64,
+    /// The address of the guest's `iretq` (for interrupts in its window).
+    pub noirq_iret: u64,
+    /// Umbra's view of how many async calls it has run (informational).
+    pub async_completed: u64,
+    /// Calls queued for Umbra, run in ring order before every
+    /// synchronous call.
+    pub async_ring: [AsyncCall; ASYNC_SLOTS],
+}
+
+/// What the guest finds at `rdi` when it starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// [`BOOT_INFO_MAGIC`].
+    pub magic: u64,
+    pub abi_version: u32,
+    pub reserved: u32,
+    /// Bytes of guest-physical memory, from 0.
+    pub memory_size: u64,
+    /// Guest-physical address and length of the guest's command line
+    /// (not NUL-terminated).
+    pub cmdline_addr: u64,
+    pub cmdline_len: u64,
+}
+
+/// "UMBRABOO" in little-endian ASCII.
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"UMBRABOO");
+
+const _: () = assert!(core::mem::size_of::<SharedPage>() <= 4096);
+const _: () = assert!(core::mem::size_of::<AsyncCall>() == 56);
