@@ -44,11 +44,7 @@ static ZERO_PAGE: ZeroPage = ZeroPage([0; 4096]);
 struct IdentityHandler;
 
 impl AcpiHandler for IdentityHandler {
-    unsafe fn map_physical_region<T>(
-        &self,
-        physical: usize,
-        size: usize,
-    ) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(&self, physical: usize, size: usize) -> PhysicalMapping<Self, T> {
         let range = PhysRange::from_len(physical as u64, size as u64);
         let reachable = physical != 0 && range.is_some_and(|r| r.end <= BOOT_MAPPED);
         let (virtual_start, length) = match range {
@@ -82,10 +78,7 @@ fn table_bytes<T>(mapping: &PhysicalMapping<IdentityHandler, T>) -> &[u8] {
     // SAFETY: the mapping covers region_length readable bytes (identity
     // memory or the zero page), for as long as the mapping lives.
     unsafe {
-        core::slice::from_raw_parts(
-            mapping.virtual_start().as_ptr() as *const u8,
-            mapping.region_length(),
-        )
+        core::slice::from_raw_parts(mapping.virtual_start().as_ptr() as *const u8, mapping.region_length())
     }
 }
 
@@ -93,16 +86,9 @@ fn table_bytes<T>(mapping: &PhysicalMapping<IdentityHandler, T>) -> &[u8] {
 #[derive(Clone, Copy, Debug)]
 pub enum PowerOff {
     /// Hardware-reduced ACPI: write SLP_TYP | SLP_EN to the sleep-control register.
-    SleepControl {
-        register: GenericAddress,
-        sleep_type: u8,
-    },
+    SleepControl { register: GenericAddress, sleep_type: u8 },
     /// Legacy ACPI: write SLP_TYP | SLP_EN to PM1a (and PM1b) control.
-    Pm1Control {
-        a: GenericAddress,
-        b: Option<GenericAddress>,
-        types: SleepTypes,
-    },
+    Pm1Control { a: GenericAddress, b: Option<GenericAddress>, types: SleepTypes },
 }
 
 pub static POWER_OFF: Mutex<Option<PowerOff>> = Mutex::new(None);
@@ -152,27 +138,18 @@ pub fn init(rsdp: Option<u64>) -> Result<Platform, AcpiProblem> {
     let fadt = tables.find_table::<Fadt>().map_err(AcpiProblem::Tables)?;
     let oem_id = fadt.header().oem_id;
     if let Ok(facs) = fadt.facs_address() {
-        let _ = TOUCHED.lock().push(PhysRange {
-            start: facs as u64,
-            end: facs as u64 + 64,
-        });
+        let _ = TOUCHED.lock().push(PhysRange { start: facs as u64, end: facs as u64 + 64 });
     }
     let s5 = find_s5(&tables);
     let power_off = power_off_method(&fadt, s5);
     *POWER_OFF.lock() = power_off;
-    Ok(Platform {
-        cpus,
-        oem_id,
-        power_off,
-        rsdp_found_by_scan: rsdp.is_none(),
-    })
+    Ok(Platform { cpus, oem_id, power_off, rsdp_found_by_scan: rsdp.is_none() })
 }
 
 fn find_s5(tables: &AcpiTables<IdentityHandler>) -> Option<SleepTypes> {
     let dsdt = tables.dsdt().ok()?;
     // SAFETY: the handler bounds-checks the range.
-    let mapping =
-        unsafe { IdentityHandler.map_physical_region::<u8>(dsdt.address, dsdt.length as usize) };
+    let mapping = unsafe { IdentityHandler.map_physical_region::<u8>(dsdt.address, dsdt.length as usize) };
     aml::find_s5(table_bytes(&mapping))
 }
 
@@ -182,10 +159,7 @@ fn power_off_method(fadt: &Fadt, s5: Option<SleepTypes>) -> Option<PowerOff> {
         // Without \_S5_, 5 is the conventional S5 type on these platforms.
         let sleep_type = s5.map_or(5, |types| types.a);
         let register = fadt.sleep_control_register().ok().flatten()?;
-        Some(PowerOff::SleepControl {
-            register,
-            sleep_type,
-        })
+        Some(PowerOff::SleepControl { register, sleep_type })
     } else {
         let types = s5?;
         let a = fadt.pm1a_control_block().ok()?;
@@ -236,14 +210,8 @@ fn write_register(register: &GenericAddress, value: u32) {
 impl PowerOff {
     pub fn perform(&self) {
         match *self {
-            PowerOff::SleepControl {
-                register,
-                sleep_type,
-            } => {
-                write_register(
-                    &register,
-                    u32::from((sleep_type & 7) << 2 | SLP_EN_SLEEP_CONTROL),
-                );
+            PowerOff::SleepControl { register, sleep_type } => {
+                write_register(&register, u32::from((sleep_type & 7) << 2 | SLP_EN_SLEEP_CONTROL));
             }
             PowerOff::Pm1Control { a, b, types } => {
                 write_register(&a, u32::from(u16::from(types.a & 7) << 10 | SLP_EN_PM1));

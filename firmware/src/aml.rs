@@ -86,28 +86,21 @@ mod tests {
     #[test]
     fn qemu_style_s5() {
         // Name (_S5, Package (0x04) { Zero, Zero, Zero, Zero }) as QEMU's q35 writes it.
-        let aml = [
-            0x10, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
-        ];
+        let aml = [0x10, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00];
         assert_eq!(find_s5(&aml[1..]), Some(SleepTypes { a: 0, b: 0 }));
     }
 
     #[test]
     fn byte_prefixed_and_rooted() {
-        let aml = [
-            0xff, 0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x0a, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0,
-            0,
-        ];
+        let aml = [0xff, 0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x0a, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0, 0];
         assert_eq!(find_s5(&aml), Some(SleepTypes { a: 5, b: 5 }));
     }
 
     #[test]
     fn skips_references_that_are_not_the_name() {
         // A method that merely mentions _S5_ first, then the real object.
-        let aml = [
-            0x70, b'_', b'S', b'5', b'_', 0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x01,
-            0x0a, 0x07,
-        ];
+        let aml =
+            [0x70, b'_', b'S', b'5', b'_', 0x08, b'_', b'S', b'5', b'_', 0x12, 0x05, 0x02, 0x01, 0x0a, 0x07];
         assert_eq!(find_s5(&aml), Some(SleepTypes { a: 1, b: 7 }));
     }
 

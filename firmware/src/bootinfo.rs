@@ -26,14 +26,12 @@ pub trait PhysMemory {
 
 fn read_u32(mem: &dyn PhysMemory, addr: u64) -> Option<u32> {
     let mut bytes = [0; 4];
-    mem.read(addr, &mut bytes)
-        .then(|| u32::from_le_bytes(bytes))
+    mem.read(addr, &mut bytes).then(|| u32::from_le_bytes(bytes))
 }
 
 fn read_u64(mem: &dyn PhysMemory, addr: u64) -> Option<u64> {
     let mut bytes = [0; 8];
-    mem.read(addr, &mut bytes)
-        .then(|| u64::from_le_bytes(bytes))
+    mem.read(addr, &mut bytes).then(|| u64::from_le_bytes(bytes))
 }
 
 /// The magic number that opens every `hvm_start_info`.
@@ -121,11 +119,7 @@ pub struct BootInfo {
 impl BootInfo {
     /// Bytes of RAM the memory map describes (before Umbra takes any).
     pub fn ram_bytes(&self) -> u64 {
-        self.memory_map
-            .iter()
-            .filter(|r| r.kind == RegionKind::Ram)
-            .map(|r| r.range.len())
-            .sum()
+        self.memory_map.iter().filter(|r| r.kind == RegionKind::Ram).map(|r| r.range.len()).sum()
     }
 
     /// Does memory the map describes cover every byte of `range`?
@@ -141,8 +135,7 @@ fn map_covers(map: &[MemRegion], range: PhysRange) -> bool {
     if range.is_empty() {
         return false;
     }
-    let describes_memory =
-        |r: &&MemRegion| !matches!(r.kind, RegionKind::Unusable | RegionKind::Disabled);
+    let describes_memory = |r: &&MemRegion| !matches!(r.kind, RegionKind::Unusable | RegionKind::Disabled);
     let mut covered_up_to = range.start;
     for region in map.iter().filter(describes_memory) {
         if region.range.start <= covered_up_to && region.range.end > covered_up_to {
@@ -180,36 +173,27 @@ impl fmt::Display for BootInfoError {
                 f,
                 "start_info magic is {found:#010x}, expected {START_INFO_MAGIC:#010x}: not a PVH boot"
             ),
-            Self::NoMemoryMapInVersion { version } => write!(
-                f,
-                "start_info version {version} has no memory map; Umbra needs version 1 or later"
-            ),
+            Self::NoMemoryMapInVersion { version } => {
+                write!(f, "start_info version {version} has no memory map; Umbra needs version 1 or later")
+            }
             Self::NoMemoryMap => write!(f, "start_info has no memory map (address 0 or 0 entries)"),
             Self::TooManyMemmapEntries { count } => write!(
                 f,
                 "start_info memory map claims {count} entries; more than {MAX_MEMMAP_ENTRIES} is not believable"
             ),
             Self::MemoryMapUnreadable { addr } => {
-                write!(
-                    f,
-                    "start_info memory map at {addr:#x} is outside readable memory"
-                )
+                write!(f, "start_info memory map at {addr:#x} is outside readable memory")
             }
             Self::NoRam => write!(f, "start_info memory map describes no RAM"),
-            Self::TooManyModules { count } => write!(
-                f,
-                "start_info claims {count} modules; Umbra accepts at most {MAX_MODULES}"
-            ),
-            Self::ModuleListOutsideMemory { addr } => {
-                write!(
-                    f,
-                    "start_info module list at {addr:#x} is outside the memory map"
-                )
+            Self::TooManyModules { count } => {
+                write!(f, "start_info claims {count} modules; Umbra accepts at most {MAX_MODULES}")
             }
-            Self::ModuleOutsideMemory { index, addr, size } => write!(
-                f,
-                "module {index} ({size} bytes at {addr:#x}) is outside the memory map"
-            ),
+            Self::ModuleListOutsideMemory { addr } => {
+                write!(f, "start_info module list at {addr:#x} is outside the memory map")
+            }
+            Self::ModuleOutsideMemory { index, addr, size } => {
+                write!(f, "module {index} ({size} bytes at {addr:#x}) is outside the memory map")
+            }
         }
     }
 }
@@ -257,26 +241,21 @@ impl fmt::Display for Notice {
             Self::ZeroSizedEntries { count } => {
                 write!(f, "memory map: ignored {count} zero-sized entries")
             }
-            Self::UnknownRegionTypes { count, first } => write!(
-                f,
-                "memory map: {count} entries of unknown type (first: {first}) treated as reserved"
-            ),
-            Self::OverlappingRegions { first_at } => write!(
-                f,
-                "memory map: entries overlap at {first_at:#x}; reserved wins over RAM"
-            ),
-            Self::WrappingEntries { count } => write!(
-                f,
-                "memory map: ignored {count} entries that run past the end of the address space"
-            ),
+            Self::UnknownRegionTypes { count, first } => {
+                write!(f, "memory map: {count} entries of unknown type (first: {first}) treated as reserved")
+            }
+            Self::OverlappingRegions { first_at } => {
+                write!(f, "memory map: entries overlap at {first_at:#x}; reserved wins over RAM")
+            }
+            Self::WrappingEntries { count } => {
+                write!(f, "memory map: ignored {count} entries that run past the end of the address space")
+            }
             Self::CmdlineOutsideMemory { addr } => {
                 write!(f, "cmdline at {addr:#x} is outside the memory map; ignored")
             }
-            Self::CmdlineTooLong => write!(
-                f,
-                "cmdline is longer than {} bytes or unterminated; ignored",
-                MAX_CMDLINE - 1
-            ),
+            Self::CmdlineTooLong => {
+                write!(f, "cmdline is longer than {} bytes or unterminated; ignored", MAX_CMDLINE - 1)
+            }
             Self::ZeroSizedModule { index } => {
                 write!(f, "module {index} is zero-sized; ignored")
             }
@@ -293,11 +272,7 @@ impl fmt::Display for Notice {
 pub type Notices = Vec<Notice, 16>;
 
 /// Validate the `hvm_start_info` at `addr` and copy out what it says.
-pub fn parse(
-    mem: &dyn PhysMemory,
-    addr: u64,
-    notices: &mut Notices,
-) -> Result<BootInfo, BootInfoError> {
+pub fn parse(mem: &dyn PhysMemory, addr: u64, notices: &mut Notices) -> Result<BootInfo, BootInfoError> {
     let field32 = |offset: u64| read_u32(mem, addr.wrapping_add(offset));
     let field64 = |offset: u64| read_u64(mem, addr.wrapping_add(offset));
     let unreadable = BootInfoError::StartInfoUnreadable { addr };
@@ -329,23 +304,15 @@ pub fn parse(
     };
     // The fixed-size part and the memory map were readable; whether they
     // sit in mapped memory matters only for keeping them out of the frame pool.
-    let _ = info.occupied.push(PhysRange {
-        start: addr,
-        end: addr.saturating_add(START_INFO_SIZE),
-    });
+    let _ = info.occupied.push(PhysRange { start: addr, end: addr.saturating_add(START_INFO_SIZE) });
     let memmap_bytes = u64::from(memmap_entries) * MEMMAP_ENTRY_SIZE;
-    let _ = info.occupied.push(PhysRange {
-        start: memmap_addr,
-        end: memmap_addr.saturating_add(memmap_bytes),
-    });
+    let _ =
+        info.occupied.push(PhysRange { start: memmap_addr, end: memmap_addr.saturating_add(memmap_bytes) });
 
     if cmdline_addr != 0 {
         match read_c_string(mem, &info.memory_map, cmdline_addr, &mut info.cmdline) {
             Ok(len) => {
-                let _ = info.occupied.push(PhysRange {
-                    start: cmdline_addr,
-                    end: cmdline_addr + len + 1,
-                });
+                let _ = info.occupied.push(PhysRange { start: cmdline_addr, end: cmdline_addr + len + 1 });
             }
             Err(StringProblem::OutsideMemory) => {
                 let _ = notices.push(Notice::CmdlineOutsideMemory { addr: cmdline_addr });
@@ -411,15 +378,10 @@ fn read_memory_map(
         let _ = notices.push(Notice::WrappingEntries { count: wrapping });
     }
     if unknown > 0 {
-        let _ = notices.push(Notice::UnknownRegionTypes {
-            count: unknown,
-            first: first_unknown,
-        });
+        let _ = notices.push(Notice::UnknownRegionTypes { count: unknown, first: first_unknown });
     }
     if let Some(pair) = map.windows(2).find(|w| w[0].range.overlaps(&w[1].range)) {
-        let _ = notices.push(Notice::OverlappingRegions {
-            first_at: pair[1].range.start,
-        });
+        let _ = notices.push(Notice::OverlappingRegions { first_at: pair[1].range.start });
     }
     if !map.iter().any(|r| r.kind == RegionKind::Ram) {
         return Err(BootInfoError::NoRam);
@@ -442,16 +404,8 @@ fn read_c_string<const N: usize>(
 ) -> Result<u64, StringProblem> {
     out.clear();
     for offset in 0..N as u64 {
-        let byte_addr = addr
-            .checked_add(offset)
-            .ok_or(StringProblem::OutsideMemory)?;
-        if !map_covers(
-            map,
-            PhysRange {
-                start: byte_addr,
-                end: byte_addr + 1,
-            },
-        ) {
+        let byte_addr = addr.checked_add(offset).ok_or(StringProblem::OutsideMemory)?;
+        if !map_covers(map, PhysRange { start: byte_addr, end: byte_addr + 1 }) {
             return Err(StringProblem::OutsideMemory);
         }
         let mut byte = [0u8];
@@ -497,17 +451,12 @@ fn read_modules(
         let range = PhysRange::from_len(addr, size)
             .filter(|range| info.map_covers(*range))
             .ok_or(BootInfoError::ModuleOutsideMemory { index, addr, size })?;
-        let mut module = Module {
-            range,
-            cmdline: Vec::new(),
-        };
+        let mut module = Module { range, cmdline: Vec::new() };
         if cmdline_addr != 0 {
             match read_c_string(mem, &info.memory_map, cmdline_addr, &mut module.cmdline) {
                 Ok(len) => {
-                    let _ = info.occupied.push(PhysRange {
-                        start: cmdline_addr,
-                        end: cmdline_addr + len + 1,
-                    });
+                    let _ =
+                        info.occupied.push(PhysRange { start: cmdline_addr, end: cmdline_addr + len + 1 });
                 }
                 Err(_) => {
                     module.cmdline.clear();
@@ -586,11 +535,8 @@ mod tests {
         b
     }
 
-    const NORMAL_MAP: &[(u64, u64, u32)] = &[
-        (0, 0x9fc00, 1),
-        (0xf0000, 0x10000, 2),
-        (0x100000, 0xff00000, 1),
-    ];
+    const NORMAL_MAP: &[(u64, u64, u32)] =
+        &[(0, 0x9fc00, 1), (0xf0000, 0x10000, 2), (0x100000, 0xff00000, 1)];
 
     fn machine(cmdline: &[u8], map: &[(u64, u64, u32)]) -> FakeMemory {
         let mut mem = FakeMemory::default();
@@ -628,19 +574,13 @@ mod tests {
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[4..8].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(
-            parse_err(&mem),
-            BootInfoError::NoMemoryMapInVersion { version: 0 }
-        );
+        assert_eq!(parse_err(&mem), BootInfoError::NoMemoryMapInVersion { version: 0 });
     }
 
     #[test]
     fn unreadable_start_info_is_fatal() {
         let mem = FakeMemory::default();
-        assert_eq!(
-            parse_err(&mem),
-            BootInfoError::StartInfoUnreadable { addr: SI }
-        );
+        assert_eq!(parse_err(&mem), BootInfoError::StartInfoUnreadable { addr: SI });
     }
 
     #[test]
@@ -649,40 +589,23 @@ mod tests {
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[48..52].copy_from_slice(&100_000u32.to_le_bytes());
-        assert_eq!(
-            parse_err(&mem),
-            BootInfoError::TooManyMemmapEntries { count: 100_000 }
-        );
+        assert_eq!(parse_err(&mem), BootInfoError::TooManyMemmapEntries { count: 100_000 });
 
         let mut mem = machine(b"\0", NORMAL_MAP);
         mem.blobs[0].1[48..52].copy_from_slice(&10u32.to_le_bytes());
-        assert_eq!(
-            parse_err(&mem),
-            BootInfoError::MemoryMapUnreadable { addr: MEMMAP }
-        );
+        assert_eq!(parse_err(&mem), BootInfoError::MemoryMapUnreadable { addr: MEMMAP });
 
-        assert_eq!(
-            parse_err(&machine(b"\0", &[(0, 0x1000_0000, 2)])),
-            BootInfoError::NoRam
-        );
+        assert_eq!(parse_err(&machine(b"\0", &[(0, 0x1000_0000, 2)])), BootInfoError::NoRam);
     }
 
     #[test]
     fn odd_entries_become_notices() {
-        let map = [
-            (0x100000, 0x1000000, 1),
-            (0, 0, 0),
-            (0x5000_0000, 0x1000, 99),
-            (u64::MAX - 5, 100, 1),
-        ];
+        let map = [(0x100000, 0x1000000, 1), (0, 0, 0), (0x5000_0000, 0x1000, 99), (u64::MAX - 5, 100, 1)];
         let (info, notices) = parse_ok(&machine(b"\0", &map));
         assert_eq!(info.memory_map.len(), 2);
         assert!(notices.contains(&Notice::ZeroSizedEntries { count: 1 }));
         assert!(notices.contains(&Notice::WrappingEntries { count: 1 }));
-        assert!(notices.contains(&Notice::UnknownRegionTypes {
-            count: 1,
-            first: 99
-        }));
+        assert!(notices.contains(&Notice::UnknownRegionTypes { count: 1, first: 99 }));
         assert_eq!(info.memory_map[1].kind, RegionKind::Reserved);
     }
 
@@ -704,10 +627,7 @@ mod tests {
         mem.blobs[0].1[24..32].copy_from_slice(&0xfff0_0000u64.to_le_bytes());
         let (info, notices) = parse_ok(&mem);
         assert!(info.cmdline.is_empty());
-        assert_eq!(
-            notices.as_slice(),
-            &[Notice::CmdlineOutsideMemory { addr: 0xfff0_0000 }]
-        );
+        assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: 0xfff0_0000 }]);
     }
 
     fn with_modules(entries: &[(u64, u64, u64)]) -> FakeMemory {
@@ -726,37 +646,18 @@ mod tests {
 
     #[test]
     fn modules_are_read_and_occupied() {
-        let (info, notices) = parse_ok(&with_modules(&[
-            (0x800000, 0x4000, 0x30000),
-            (0x900000, 0, 0),
-        ]));
+        let (info, notices) = parse_ok(&with_modules(&[(0x800000, 0x4000, 0x30000), (0x900000, 0, 0)]));
         assert_eq!(info.modules.len(), 1);
-        assert_eq!(
-            info.modules[0].range,
-            PhysRange {
-                start: 0x800000,
-                end: 0x804000
-            }
-        );
+        assert_eq!(info.modules[0].range, PhysRange { start: 0x800000, end: 0x804000 });
         assert_eq!(info.modules[0].cmdline.as_slice(), b"guest=one");
         assert!(notices.contains(&Notice::ZeroSizedModule { index: 1 }));
-        assert!(info.occupied.contains(&PhysRange {
-            start: 0x800000,
-            end: 0x804000
-        }));
+        assert!(info.occupied.contains(&PhysRange { start: 0x800000, end: 0x804000 }));
     }
 
     #[test]
     fn modules_outside_ram_are_fatal() {
         let err = parse_err(&with_modules(&[(0xfff0_0000, 0x1000, 0)]));
-        assert_eq!(
-            err,
-            BootInfoError::ModuleOutsideMemory {
-                index: 0,
-                addr: 0xfff0_0000,
-                size: 0x1000
-            }
-        );
+        assert_eq!(err, BootInfoError::ModuleOutsideMemory { index: 0, addr: 0xfff0_0000, size: 0x1000 });
         let err = parse_err(&with_modules(&[(u64::MAX - 1, 0x1000, 0)]));
         assert!(matches!(err, BootInfoError::ModuleOutsideMemory { .. }));
         // Straddling the hole after low RAM, which the map does not describe.
@@ -765,52 +666,28 @@ mod tests {
 
         let mut mem = with_modules(&[(0x800000, 0x1000, 0)]);
         mem.blobs[0].1[12..16].copy_from_slice(&1000u32.to_le_bytes());
-        assert_eq!(
-            parse_err(&mem),
-            BootInfoError::TooManyModules { count: 1000 }
-        );
+        assert_eq!(parse_err(&mem), BootInfoError::TooManyModules { count: 1000 });
     }
 
     #[test]
     fn adjacent_ram_entries_chain() {
         let map = [(0x100000, 0x100000, 1), (0x200000, 0x100000, 1)];
         let (info, _) = parse_ok(&machine(b"\0", &map));
-        assert!(info.map_covers(PhysRange {
-            start: 0x1ff000,
-            end: 0x201000
-        }));
-        assert!(!info.map_covers(PhysRange {
-            start: 0x2ff000,
-            end: 0x301000
-        }));
+        assert!(info.map_covers(PhysRange { start: 0x1ff000, end: 0x201000 }));
+        assert!(!info.map_covers(PhysRange { start: 0x2ff000, end: 0x301000 }));
     }
 
     #[test]
     fn reserved_and_nvs_count_but_unusable_does_not() {
-        let map = [
-            (0, 0x9fc00, 1),
-            (0xd0000, 0x20000, 4),
-            (0xf0000, 0x10000, 2),
-            (0x100000, 0x1000000, 5),
-        ];
+        let map = [(0, 0x9fc00, 1), (0xd0000, 0x20000, 4), (0xf0000, 0x10000, 2), (0x100000, 0x1000000, 5)];
         let (info, _) = parse_ok(&machine(b"\0", &map));
-        assert!(info.map_covers(PhysRange {
-            start: 0xefc70,
-            end: 0xf0100
-        }));
-        assert!(!info.map_covers(PhysRange {
-            start: 0x100000,
-            end: 0x101000
-        }));
+        assert!(info.map_covers(PhysRange { start: 0xefc70, end: 0xf0100 }));
+        assert!(!info.map_covers(PhysRange { start: 0x100000, end: 0x101000 }));
     }
 
     #[test]
     fn errors_read_as_one_line() {
-        let err = BootInfoError::ModuleOutsideMemory {
-            index: 2,
-            addr: 0x10,
-            size: 5,
-        };
+        let err = BootInfoError::ModuleOutsideMemory { index: 2, addr: 0x10, size: 5 };
         let text = std::format!("{err}");
         assert!(!text.contains('\n') && text.contains("module 2"));
     }

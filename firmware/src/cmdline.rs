@@ -5,6 +5,9 @@
 //! and a flood of junk must not flood the console: unknown words are
 //! counted and reported in one line, a bad value falls back to its default
 //! with one line of its own.
+//!
+//! Everything after a standalone `--` belongs to the guest and is handed
+//! to it untouched (see [`split_guest`]).
 
 use core::fmt;
 
@@ -62,15 +65,50 @@ impl CrashKind {
 pub struct Config {
     pub log_level: LogLevel,
     pub crash: Option<CrashKind>,
+    /// Bytes of memory each guest gets, from `guest_mem=` (default 64M).
+    pub guest_mem: u64,
 }
+
+pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
+pub const MIN_GUEST_MEM: u64 = 4 << 20;
+/// Guest-physical addresses must fit the shadow MMU's checks comfortably.
+pub const MAX_GUEST_MEM: u64 = 64 << 30;
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            log_level: LogLevel::Info,
-            crash: None,
-        }
+        Config { log_level: LogLevel::Info, crash: None, guest_mem: DEFAULT_GUEST_MEM }
     }
+}
+
+/// Split the command line at the first standalone `--`: Umbra's words
+/// before it, the guest's after it.
+pub fn split_guest(cmdline: &[u8]) -> (&[u8], &[u8]) {
+    let mut start = 0;
+    for word in cmdline.split(|b| b.is_ascii_whitespace()) {
+        let end = start + word.len();
+        if word == b"--" {
+            let rest = cmdline.get(end..).unwrap_or(&[]);
+            let first = rest.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(rest.len());
+            return (&cmdline[..start], &rest[first..]);
+        }
+        start = end + 1;
+    }
+    (cmdline, &[])
+}
+
+/// `64M`, `1G`, `65536K` or plain bytes; a whole number of pages.
+fn parse_size(word: &[u8]) -> Option<u64> {
+    let (digits, unit) = match word.last()? {
+        b'K' | b'k' => (&word[..word.len() - 1], 1 << 10),
+        b'M' | b'm' => (&word[..word.len() - 1], 1 << 20),
+        b'G' | b'g' => (&word[..word.len() - 1], 1 << 30),
+        _ => (word, 1),
+    };
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    number.checked_mul(unit).filter(|bytes| bytes % 4096 == 0)
 }
 
 /// A short, printable excerpt of a word, for messages.
@@ -106,16 +144,8 @@ impl fmt::Display for Excerpt {
 /// A problem with the command line; the boot goes on with defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CmdlineNotice {
-    UnknownWords {
-        count: usize,
-        first: Excerpt,
-    },
-    BadValue {
-        key: &'static str,
-        value: Excerpt,
-        expected: &'static str,
-        default: &'static str,
-    },
+    UnknownWords { count: usize, first: Excerpt },
+    BadValue { key: &'static str, value: Excerpt, expected: &'static str, default: &'static str },
 }
 
 impl fmt::Display for CmdlineNotice {
@@ -125,17 +155,9 @@ impl fmt::Display for CmdlineNotice {
                 write!(f, "cmdline: ignored unknown word '{first}'")
             }
             Self::UnknownWords { count, first } => {
-                write!(
-                    f,
-                    "cmdline: ignored {count} unknown words (first: '{first}')"
-                )
+                write!(f, "cmdline: ignored {count} unknown words (first: '{first}')")
             }
-            Self::BadValue {
-                key,
-                value,
-                expected,
-                default,
-            } => write!(
+            Self::BadValue { key, value, expected, default } => write!(
                 f,
                 "cmdline: unknown value '{value}' for {key}= (expected {expected}); using {default}"
             ),
@@ -150,10 +172,7 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
     let mut config = Config::default();
     let mut unknown_count = 0;
     let mut first_unknown = Excerpt::default();
-    for word in cmdline
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
-    {
+    for word in cmdline.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
         let (key, value) = match word.iter().position(|&b| b == b'=') {
             Some(eq) => (&word[..eq], &word[eq + 1..]),
             None => (word, &b""[..]),
@@ -167,6 +186,17 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                         value: Excerpt::of(value),
                         expected: "error|warn|info|debug|trace",
                         default: "info",
+                    });
+                }
+            },
+            b"guest_mem" => match parse_size(value).filter(|b| (MIN_GUEST_MEM..=MAX_GUEST_MEM).contains(b)) {
+                Some(bytes) => config.guest_mem = bytes,
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "guest_mem",
+                        value: Excerpt::of(value),
+                        expected: "a size from 4M to 64G, like 64M",
+                        default: "64M",
                     });
                 }
             },
@@ -190,10 +220,7 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
         }
     }
     if unknown_count > 0 {
-        let _ = notices.push(CmdlineNotice::UnknownWords {
-            count: unknown_count,
-            first: first_unknown,
-        });
+        let _ = notices.push(CmdlineNotice::UnknownWords { count: unknown_count, first: first_unknown });
     }
     config
 }
@@ -221,10 +248,7 @@ mod tests {
     #[test]
     fn log_levels() {
         assert_eq!(parse_all(b"log=trace").0.log_level, LogLevel::Trace);
-        assert_eq!(
-            parse_all(b"  log=error\tlog=warn ").0.log_level,
-            LogLevel::Warn
-        );
+        assert_eq!(parse_all(b"  log=error\tlog=warn ").0.log_level, LogLevel::Warn);
         let (config, notices) = parse_all(b"log=loud");
         assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(
@@ -235,17 +259,34 @@ mod tests {
 
     #[test]
     fn junk_is_one_notice() {
-        let junk: StdVec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let junk: StdVec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let (config, notices) = parse_all(&junk);
         assert_eq!(config, Config::default());
         assert_eq!(notices.len(), 1, "{notices:?}");
         let line = format!("{}", notices[0]);
-        assert!(
-            line.starts_with("cmdline: ignored") && !line.contains('\n'),
-            "{line}"
-        );
+        assert!(line.starts_with("cmdline: ignored") && !line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn guest_memory_sizes() {
+        assert_eq!(parse_all(b"guest_mem=128M").0.guest_mem, 128 << 20);
+        assert_eq!(parse_all(b"guest_mem=1g").0.guest_mem, 1 << 30);
+        for bad in
+            [&b"guest_mem=1M"[..], b"guest_mem=lots", b"guest_mem=100G", b"guest_mem=4097", b"guest_mem="]
+        {
+            let (config, notices) = parse_all(bad);
+            assert_eq!(config.guest_mem, DEFAULT_GUEST_MEM, "{bad:?}");
+            assert_eq!(notices.len(), 1);
+        }
+    }
+
+    #[test]
+    fn the_guest_gets_what_follows_a_double_dash() {
+        assert_eq!(split_guest(b"log=info -- test=exit:7 x"), (&b"log=info "[..], &b"test=exit:7 x"[..]));
+        assert_eq!(split_guest(b"-- a"), (&b""[..], &b"a"[..]));
+        assert_eq!(split_guest(b"log=info"), (&b"log=info"[..], &b""[..]));
+        assert_eq!(split_guest(b"a --b c"), (&b"a --b c"[..], &b""[..]));
+        assert_eq!(split_guest(b"a --"), (&b"a "[..], &b""[..]));
     }
 
     #[test]

@@ -85,14 +85,16 @@ fn ist_stack_top(index: usize) -> VirtAddr {
     VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
 }
 
+/// The host TSS's selector, which the switcher reloads on every exit.
+pub fn host_tss_selector() -> u16 {
+    TABLES.get().map_or(0, |tables| tables.tss.0)
+}
+
 /// Load the host GDT, TSS and IDT on the boot CPU.
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
-            .into_iter()
-            .enumerate()
-        {
+        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
             tss.interrupt_stack_table[ist as usize - 1] = ist_stack_top(slot);
         }
         tss
@@ -102,12 +104,7 @@ pub fn init() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        HostTables {
-            gdt,
-            code,
-            data,
-            tss,
-        }
+        HostTables { gdt, code, data, tss }
     });
     tables.gdt.load();
     // SAFETY: the selectors name descriptors of the GDT just loaded, which
@@ -135,10 +132,8 @@ pub fn init() {
         }
         idt
     });
-    let pointer = DescriptorTablePointer {
-        limit: (size_of::<Idt>() - 1) as u16,
-        base: VirtAddr::from_ptr(idt),
-    };
+    let pointer =
+        DescriptorTablePointer { limit: (size_of::<Idt>() - 1) as u16, base: VirtAddr::from_ptr(idt) };
     // SAFETY: the IDT is 'static and every present gate points at a stub.
     unsafe { lidt(&pointer) };
 }

@@ -90,9 +90,7 @@ static CRASHING: AtomicBool = AtomicBool::new(false);
 
 fn begin_crash() {
     if CRASHING.swap(true, Ordering::SeqCst) {
-        print_crashing(format_args!(
-            "umbra: crashed again while reporting a crash\n"
-        ));
+        print_crashing(format_args!("umbra: crashed again while reporting a crash\n"));
         crate::power::exit(status::CRASH);
     }
 }
@@ -100,10 +98,7 @@ fn begin_crash() {
 #[unsafe(no_mangle)]
 extern "C" fn crash_from_exception(frame: &ExceptionFrame) -> ! {
     begin_crash();
-    let name = EXCEPTION_NAMES
-        .get(frame.vector as usize)
-        .copied()
-        .unwrap_or("unknown");
+    let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("unknown");
     let f = frame;
     print_crashing(format_args!(
         "umbra: crash: {name} (vector {}) error code {:#x}\n\
@@ -164,9 +159,7 @@ const MAX_FRAMES: usize = 32;
 /// `[rbp + 8] = return address`. Only frames inside the image's own
 /// stacks are trusted; anything else ends the walk.
 fn backtrace(rip: u64, mut rbp: u64) {
-    print_crashing(format_args!(
-        "  backtrace (addr2line -e <image> -f -i -C):\n    {rip:#018x}\n"
-    ));
+    print_crashing(format_args!("  backtrace (addr2line -e <image> -f -i -C):\n    {rip:#018x}\n"));
     for _ in 0..MAX_FRAMES {
         if rbp == 0 || !rbp.is_multiple_of(8) || !crate::memory::is_host_stack(rbp, 16) {
             break;

@@ -44,16 +44,10 @@ pub fn free_ranges(map: &[MemRegion], occupied: &[PhysRange], limit: u64) -> Fre
             let _ = free.push(PhysRange { start, end });
         }
     }
-    let holes = map
-        .iter()
-        .filter(|r| r.kind != RegionKind::Ram)
-        .map(|r| r.range)
-        .chain(occupied.iter().copied());
+    let holes =
+        map.iter().filter(|r| r.kind != RegionKind::Ram).map(|r| r.range).chain(occupied.iter().copied());
     for hole in holes {
-        let hole = PhysRange {
-            start: align_down(hole.start),
-            end: align_up(hole.end),
-        };
+        let hole = PhysRange { start: align_down(hole.start), end: align_up(hole.end) };
         subtract(&mut free, hole);
     }
     free.sort_unstable_by_key(|r| r.start);
@@ -72,14 +66,8 @@ fn subtract(free: &mut FreeRanges, hole: PhysRange) {
             index += 1;
             continue;
         }
-        let below = PhysRange {
-            start: range.start,
-            end: hole.start,
-        };
-        let above = PhysRange {
-            start: hole.end,
-            end: range.end,
-        };
+        let below = PhysRange { start: range.start, end: hole.start };
+        let above = PhysRange { start: hole.end, end: range.end };
         match (below.is_empty(), above.is_empty()) {
             (true, true) => {
                 free.swap_remove(index);
@@ -88,11 +76,8 @@ fn subtract(free: &mut FreeRanges, hole: PhysRange) {
             (false, true) => free[index] = below,
             (true, false) => free[index] = above,
             (false, false) => {
-                let (larger, smaller) = if below.len() >= above.len() {
-                    (below, above)
-                } else {
-                    (above, below)
-                };
+                let (larger, smaller) =
+                    if below.len() >= above.len() { (below, above) } else { (above, below) };
                 free[index] = larger;
                 let _ = free.push(smaller);
             }
@@ -119,10 +104,7 @@ fn merge_adjacent(free: &mut FreeRanges) {
 pub fn carve(free: &mut FreeRanges, bytes: u64) -> Option<PhysRange> {
     let bytes = align_up(bytes.max(1));
     let range = free.iter_mut().find(|r| r.len() >= bytes)?;
-    let carved = PhysRange {
-        start: range.start,
-        end: range.start + bytes,
-    };
+    let carved = PhysRange { start: range.start, end: range.start + bytes };
     range.start = carved.end;
     free.retain(|r| !r.is_empty());
     Some(carved)
@@ -167,19 +149,10 @@ impl<'bits> FrameAllocator<'bits> {
     /// [`bitmap_words`]`(free)` words; frames it cannot describe are left out.
     pub fn new(bits: &'bits mut [u64], free: &[PhysRange]) -> Self {
         bits.fill(0);
-        let mut allocator = FrameAllocator {
-            bits,
-            managed: FreeRanges::new(),
-            total: 0,
-            free: 0,
-            hint: 0,
-        };
+        let mut allocator = FrameAllocator { bits, managed: FreeRanges::new(), total: 0, free: 0, hint: 0 };
         let coverable = allocator.bits.len() as u64 * 64 * PAGE_SIZE;
         for range in free {
-            let range = PhysRange {
-                start: align_up(range.start),
-                end: align_down(range.end.min(coverable)),
-            };
+            let range = PhysRange { start: align_up(range.start), end: align_down(range.end.min(coverable)) };
             if range.is_empty() || allocator.managed.push(range).is_err() {
                 continue;
             }
@@ -285,17 +258,11 @@ mod tests {
     use super::*;
 
     fn ram(start: u64, end: u64) -> MemRegion {
-        MemRegion {
-            range: PhysRange { start, end },
-            kind: RegionKind::Ram,
-        }
+        MemRegion { range: PhysRange { start, end }, kind: RegionKind::Ram }
     }
 
     fn reserved(start: u64, end: u64) -> MemRegion {
-        MemRegion {
-            range: PhysRange { start, end },
-            kind: RegionKind::Reserved,
-        }
+        MemRegion { range: PhysRange { start, end }, kind: RegionKind::Reserved }
     }
 
     const MIB: u64 = 1 << 20;
@@ -303,62 +270,33 @@ mod tests {
     #[test]
     fn low_memory_and_occupied_ranges_are_excluded() {
         let map = [ram(0, 0x9fc00), ram(MIB, 64 * MIB)];
-        let image = PhysRange {
-            start: MIB,
-            end: MIB + 0x23456,
-        };
-        let module = PhysRange {
-            start: 10 * MIB + 5,
-            end: 11 * MIB,
-        };
+        let image = PhysRange { start: MIB, end: MIB + 0x23456 };
+        let module = PhysRange { start: 10 * MIB + 5, end: 11 * MIB };
         let free = free_ranges(&map, &[image, module], u64::MAX);
         assert_eq!(
             free.as_slice(),
             &[
-                PhysRange {
-                    start: MIB + 0x24000,
-                    end: 10 * MIB
-                },
-                PhysRange {
-                    start: 11 * MIB,
-                    end: 64 * MIB
-                }
+                PhysRange { start: MIB + 0x24000, end: 10 * MIB },
+                PhysRange { start: 11 * MIB, end: 64 * MIB }
             ]
         );
     }
 
     #[test]
     fn reserved_wins_over_overlapping_ram_and_limit_applies() {
-        let map = [
-            ram(MIB, 32 * MIB),
-            reserved(4 * MIB + 1, 5 * MIB),
-            ram(4096 * MIB, 4352 * MIB),
-        ];
+        let map = [ram(MIB, 32 * MIB), reserved(4 * MIB + 1, 5 * MIB), ram(4096 * MIB, 4352 * MIB)];
         let free = free_ranges(&map, &[], 4096 * MIB);
         assert_eq!(
             free.as_slice(),
-            &[
-                PhysRange {
-                    start: MIB,
-                    end: 4 * MIB
-                },
-                PhysRange {
-                    start: 5 * MIB,
-                    end: 32 * MIB
-                }
-            ]
+            &[PhysRange { start: MIB, end: 4 * MIB }, PhysRange { start: 5 * MIB, end: 32 * MIB }]
         );
     }
 
     #[test]
     fn many_holes_never_hand_out_a_hole() {
         let map = [ram(MIB, 512 * MIB)];
-        let holes: std::vec::Vec<PhysRange> = (0..200)
-            .map(|i| PhysRange {
-                start: MIB + i * 2 * MIB,
-                end: MIB + i * 2 * MIB + 4096,
-            })
-            .collect();
+        let holes: std::vec::Vec<PhysRange> =
+            (0..200).map(|i| PhysRange { start: MIB + i * 2 * MIB, end: MIB + i * 2 * MIB + 4096 }).collect();
         let free = free_ranges(&map, &holes, u64::MAX);
         for range in &free {
             for hole in &holes {
@@ -370,24 +308,10 @@ mod tests {
     #[test]
     fn carve_takes_from_the_first_fitting_range() {
         let mut free = FreeRanges::new();
-        free.push(PhysRange {
-            start: MIB,
-            end: MIB + 4096,
-        })
-        .unwrap();
-        free.push(PhysRange {
-            start: 8 * MIB,
-            end: 16 * MIB,
-        })
-        .unwrap();
+        free.push(PhysRange { start: MIB, end: MIB + 4096 }).unwrap();
+        free.push(PhysRange { start: 8 * MIB, end: 16 * MIB }).unwrap();
         let carved = carve(&mut free, 5000).unwrap();
-        assert_eq!(
-            carved,
-            PhysRange {
-                start: 8 * MIB,
-                end: 8 * MIB + 8192
-            }
-        );
+        assert_eq!(carved, PhysRange { start: 8 * MIB, end: 8 * MIB + 8192 });
         assert_eq!(free[1].start, 8 * MIB + 8192);
         assert!(carve(&mut free, 64 * MIB).is_none());
     }
@@ -398,20 +322,13 @@ mod tests {
 
     #[test]
     fn alloc_free_round_trip_and_double_free() {
-        let ranges = [PhysRange {
-            start: MIB,
-            end: MIB + 8 * PAGE_SIZE,
-        }];
+        let ranges = [PhysRange { start: MIB, end: MIB + 8 * PAGE_SIZE }];
         let mut bits = vec![0u64; bitmap_words(&ranges)];
         let mut frames = allocator_over(&mut bits, &ranges);
         assert_eq!(frames.total_frames(), 8);
         let taken: std::vec::Vec<u64> = (0..8).map(|_| frames.alloc().unwrap()).collect();
         assert!(frames.alloc().is_none());
-        assert!(
-            taken
-                .iter()
-                .all(|&a| (MIB..MIB + 8 * PAGE_SIZE).contains(&a))
-        );
+        assert!(taken.iter().all(|&a| (MIB..MIB + 8 * PAGE_SIZE).contains(&a)));
         frames.free(taken[3]).unwrap();
         assert_eq!(frames.free(taken[3]), Err(FreeError::AlreadyFree(taken[3])));
         assert_eq!(frames.free(0x1000), Err(FreeError::NotManaged(0x1000)));
@@ -421,16 +338,8 @@ mod tests {
 
     #[test]
     fn contiguous_runs_respect_alignment_and_gaps() {
-        let ranges = [
-            PhysRange {
-                start: MIB,
-                end: MIB + 3 * PAGE_SIZE,
-            },
-            PhysRange {
-                start: 2 * MIB,
-                end: 6 * MIB,
-            },
-        ];
+        let ranges =
+            [PhysRange { start: MIB, end: MIB + 3 * PAGE_SIZE }, PhysRange { start: 2 * MIB, end: 6 * MIB }];
         let mut bits = vec![0u64; bitmap_words(&ranges)];
         let mut frames = allocator_over(&mut bits, &ranges);
         let run = frames.alloc_contiguous(512, 512).unwrap();
@@ -444,10 +353,7 @@ mod tests {
 
     #[test]
     fn short_bitmap_leaves_the_rest_out() {
-        let ranges = [PhysRange {
-            start: MIB,
-            end: 64 * MIB,
-        }];
+        let ranges = [PhysRange { start: MIB, end: 64 * MIB }];
         let mut bits = vec![0u64; 1];
         let frames = allocator_over(&mut bits, &ranges);
         assert_eq!(frames.total_frames(), 0);

@@ -39,10 +39,7 @@ pub struct PhysRange {
 impl PhysRange {
     /// The range of `len` bytes at `start`, or `None` if it would wrap.
     pub fn from_len(start: u64, len: u64) -> Option<PhysRange> {
-        Some(PhysRange {
-            start,
-            end: start.checked_add(len)?,
-        })
+        Some(PhysRange { start, end: start.checked_add(len)? })
     }
 
     pub fn len(&self) -> u64 {

@@ -34,10 +34,9 @@ impl fmt::Display for MadtError {
             Self::TooShort { length } => {
                 write!(f, "MADT is {length} bytes, shorter than its header")
             }
-            Self::BadEntry { offset, length } => write!(
-                f,
-                "MADT entry at offset {offset} claims length {length}, which does not fit"
-            ),
+            Self::BadEntry { offset, length } => {
+                write!(f, "MADT entry at offset {offset} claims length {length}, which does not fit")
+            }
         }
     }
 }
@@ -52,9 +51,7 @@ const ONLINE_CAPABLE: u32 = 1 << 1;
 /// Walk the whole table (`table` includes the 36-byte SDT header).
 pub fn parse(table: &[u8]) -> Result<Cpus, MadtError> {
     if table.len() < ENTRIES_OFFSET {
-        return Err(MadtError::TooShort {
-            length: table.len(),
-        });
+        return Err(MadtError::TooShort { length: table.len() });
     }
     let mut cpus = Cpus::default();
     let mut offset = ENTRIES_OFFSET;
@@ -118,25 +115,13 @@ mod tests {
     #[test]
     fn zero_length_entry_is_an_error_not_a_loop() {
         let t = table(&[&[0, 0, 0, 0]]);
-        assert_eq!(
-            parse(&t),
-            Err(MadtError::BadEntry {
-                offset: 44,
-                length: 0
-            })
-        );
+        assert_eq!(parse(&t), Err(MadtError::BadEntry { offset: 44, length: 0 }));
     }
 
     #[test]
     fn entry_past_the_end_is_an_error() {
         let t = table(&[&[0, 8, 0, 0]]);
-        assert_eq!(
-            parse(&t),
-            Err(MadtError::BadEntry {
-                offset: 44,
-                length: 8
-            })
-        );
+        assert_eq!(parse(&t), Err(MadtError::BadEntry { offset: 44, length: 8 }));
         assert_eq!(parse(&[0; 10]), Err(MadtError::TooShort { length: 10 }));
     }
 

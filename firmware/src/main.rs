@@ -13,7 +13,10 @@
 //!    log level.
 //! 4. [`acpi`]: the CPUs from the MADT, the power-off method from the FADT.
 //! 5. [`memory`]: the frame pool, then the host's own page tables.
-//! 6. The banner, and the exit contract in [`power`].
+//! 6. [`switcher`]: every CPU's switcher pages.
+//! 7. The banner; then [`guest`] runs the guest (PVH module 0, or the
+//!    default guest built into the image) and its status becomes Umbra's,
+//!    through the exit contract in [`power`].
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -21,9 +24,7 @@
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!(
-        "umbra is a firmware image: build it with scripts/build.sh (--target x86_64-unknown-none)"
-    );
+    eprintln!("umbra is a firmware image: build it with scripts/build.sh (--target x86_64-unknown-none)");
     std::process::exit(2);
 }
 
@@ -37,9 +38,13 @@ mod cpu;
 #[cfg(target_os = "none")]
 mod crash;
 #[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod power;
+#[cfg(target_os = "none")]
+mod switcher;
 
 #[cfg(target_os = "none")]
 mod image {
@@ -55,7 +60,11 @@ mod boot {
     use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
     use umbra_firmware::{VERSION, status};
 
-    use crate::{acpi, cpu, memory, power, serial};
+    use crate::{acpi, cpu, guest, memory, power, serial, switcher};
+
+    /// The guest built into the image (see build.rs), run when the VMM
+    /// passes no module.
+    static DEFAULT_GUEST: &[u8] = include_bytes!(env!("UMBRA_DEFAULT_GUEST"));
 
     /// Printable form of the VMM's command line: quoted, escaped, bounded.
     struct Quoted<'a>(&'a [u8]);
@@ -112,9 +121,7 @@ mod boot {
 
     fn text(bytes: &[u8]) -> &str {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        core::str::from_utf8(&bytes[..end])
-            .unwrap_or("?")
-            .trim_end()
+        core::str::from_utf8(&bytes[..end]).unwrap_or("?").trim_end()
     }
 
     #[unsafe(no_mangle)]
@@ -130,7 +137,8 @@ mod boot {
             Err(error) => fatal(error),
         };
         let mut cmdline_notices = CmdlineNotices::new();
-        let config = cmdline::parse(&info.cmdline, &mut cmdline_notices);
+        let (host_words, guest_words) = cmdline::split_guest(&info.cmdline);
+        let config = cmdline::parse(host_words, &mut cmdline_notices);
         log::set_max_level(level_filter(config.log_level));
 
         let hypervisor = hypervisor_signature();
@@ -163,26 +171,20 @@ mod boot {
         let platform = match acpi::init(info.rsdp_addr) {
             Ok(platform) => Some(platform),
             Err(problem) => {
-                log::warn!(
-                    "acpi: {problem}; going on with the boot CPU only and no ACPI power-off"
-                );
+                log::warn!("acpi: {problem}; going on with the boot CPU only and no ACPI power-off");
                 None
             }
         };
         let Some(platform) = platform else {
             println!("cpus: 1 (the boot CPU; no ACPI MADT)");
-            boot_rest(&info, &config, debug_exit)
+            boot_rest(&info, &config, guest_words, debug_exit, 1)
         };
         let cpus = &platform.cpus;
         print_cpus(cpus);
         log::info!(
             "acpi: OEM '{}', RSDP {}, power off by {}",
             text(&platform.oem_id),
-            if platform.rsdp_found_by_scan {
-                "found by scan"
-            } else {
-                "from start_info"
-            },
+            if platform.rsdp_found_by_scan { "found by scan" } else { "from start_info" },
             PowerOffName(platform.power_off),
         );
         if cpus.disabled > 0 || cpus.ignored > 0 {
@@ -194,11 +196,17 @@ mod boot {
             );
         }
 
-        boot_rest(&info, &config, debug_exit)
+        boot_rest(&info, &config, guest_words, debug_exit, cpus.apic_ids.len())
     }
 
     /// Memory, the rest of the banner, and the end of the run.
-    fn boot_rest(info: &bootinfo::BootInfo, config: &cmdline::Config, debug_exit: bool) -> ! {
+    fn boot_rest(
+        info: &bootinfo::BootInfo,
+        config: &cmdline::Config,
+        guest_cmdline: &[u8],
+        debug_exit: bool,
+        cpu_count: usize,
+    ) -> ! {
         let summary = match memory::init(info, &acpi::touched_ranges()) {
             Ok(summary) => summary,
             Err(error) => fatal(error),
@@ -219,15 +227,37 @@ mod boot {
                 Quoted(&module.cmdline)
             );
         }
-        log::debug!(
-            "exit: isa-debug-exit {}",
-            if debug_exit { "present" } else { "absent" }
-        );
+        log::debug!("exit: isa-debug-exit {}", if debug_exit { "present" } else { "absent" });
 
         if let Some(kind) = config.crash {
             crash_on_purpose(kind);
         }
-        power::exit(status::SUCCESS)
+        if let Err(error) = switcher::init(cpu_count) {
+            fatal(format_args!("switcher: {error}"));
+        }
+        log::debug!("switcher: pages for {} CPUs", switcher::cpu_count());
+
+        // The guest: PVH module 0 if the VMM gave one, else the default.
+        let (image, module_cmdline): (&[u8], &[u8]) = match info.modules.first() {
+            Some(module) => {
+                // SAFETY: the module lies in memory the map describes (checked
+                // by bootinfo), identity-mapped, and the frame pool keeps it.
+                let bytes = unsafe {
+                    core::slice::from_raw_parts(module.range.start as *const u8, module.range.len() as usize)
+                };
+                (bytes, &module.cmdline)
+            }
+            None => (DEFAULT_GUEST, &[]),
+        };
+        let guest_cmdline = if guest_cmdline.is_empty() { module_cmdline } else { guest_cmdline };
+        log::info!(
+            "guest: {} ({} bytes), cmdline {}",
+            if info.modules.is_empty() { "the default guest" } else { "module 0" },
+            image.len(),
+            Quoted(guest_cmdline)
+        );
+        let status = guest::run(image, guest_cmdline, config.guest_mem);
+        power::exit(status)
     }
 
     struct PowerOffName(Option<acpi::PowerOff>);
@@ -235,9 +265,7 @@ mod boot {
     impl fmt::Display for PowerOffName {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             let (what, register) = match &self.0 {
-                Some(acpi::PowerOff::SleepControl { register, .. }) => {
-                    ("sleep-control register", register)
-                }
+                Some(acpi::PowerOff::SleepControl { register, .. }) => ("sleep-control register", register),
                 Some(acpi::PowerOff::Pm1Control { a, .. }) => ("PM1a control", a),
                 None => return write!(f, "nothing (no usable FADT method)"),
             };
@@ -259,11 +287,7 @@ mod boot {
                 Ok(())
             }
         }
-        println!(
-            "cpus: {} (APIC IDs {})",
-            cpus.apic_ids.len(),
-            Ids(&cpus.apic_ids)
-        );
+        println!("cpus: {} (APIC IDs {})", cpus.apic_ids.len(), Ids(&cpus.apic_ids));
     }
 
     /// The `crash=` test hooks: prove the crash report works.

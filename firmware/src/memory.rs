@@ -70,18 +70,13 @@ fn symbol(address: *const u8) -> u64 {
 
 /// The image's physical extent, from the linker script.
 pub fn image_range() -> PhysRange {
-    PhysRange {
-        start: symbol(&raw const __image_start),
-        end: symbol(&raw const __image_end),
-    }
+    PhysRange { start: symbol(&raw const __image_start), end: symbol(&raw const __image_end) }
 }
 
 /// Is `addr..addr+len` inside one of the host's own stacks?
 pub fn is_host_stack(addr: u64, len: u64) -> bool {
-    let boot = PhysRange {
-        start: symbol(&raw const boot_stack_bottom),
-        end: symbol(&raw const boot_stack_top),
-    };
+    let boot =
+        PhysRange { start: symbol(&raw const boot_stack_bottom), end: symbol(&raw const boot_stack_top) };
     let image = image_range();
     let Some(range) = PhysRange::from_len(addr, len) else {
         return false;
@@ -167,23 +162,22 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
     // the host uses (the image, its stacks, RAM, the first 4 GiB), so
     // execution continues at the same addresses.
     unsafe {
-        Cr3::write(
-            PhysFrame::containing_address(PhysAddr::new(pml4)),
-            Cr3Flags::empty(),
-        );
+        Cr3::write(PhysFrame::containing_address(PhysAddr::new(pml4)), Cr3Flags::empty());
     }
     tlb::flush_all();
     *FRAMES.lock() = Some(allocator);
-    Ok(MemorySummary {
-        usable_bytes,
-        ignored_above,
-    })
+    Ok(MemorySummary { usable_bytes, ignored_above })
 }
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
 const HUGE: u64 = 1 << 7;
-const NO_EXECUTE: u64 = 1 << 63;
+pub const NO_EXECUTE: u64 = 1 << 63;
+
+/// The no-execute bit, or 0 where the CPU lacks it (it is reserved then).
+pub fn nx_bit() -> u64 {
+    if nx_supported() { NO_EXECUTE } else { 0 }
+}
 
 fn nx_supported() -> bool {
     let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
@@ -225,7 +219,7 @@ fn low_page_flags(addr: u64, nx: u64) -> u64 {
 }
 
 fn build_host_tables(allocator: &mut FrameAllocator, top: u64) -> Result<u64, MemoryError> {
-    let nx = if nx_supported() { NO_EXECUTE } else { 0 };
+    let nx = nx_bit();
     let pml4 = table_frame(allocator)?;
     let low_pdpt = table_frame(allocator)?;
     set_entry(pml4, 0, low_pdpt | PRESENT | WRITABLE);

@@ -74,6 +74,22 @@ pub fn print(args: fmt::Arguments) {
     let _ = CONSOLE.lock().write_fmt(args);
 }
 
+/// A guest's console output: its bytes, but never control sequences that
+/// could rewrite the host's terminal; anything unprintable becomes '?'.
+pub fn write_bytes(bytes: &[u8]) {
+    let _console = CONSOLE.lock();
+    for &byte in bytes {
+        match byte {
+            b'\n' => {
+                Serial::put(b'\r');
+                Serial::put(b'\n');
+            }
+            b'\t' | b' '..=b'~' => Serial::put(byte),
+            _ => Serial::put(b'?'),
+        }
+    }
+}
+
 /// For the crash path: whoever held the console is not coming back.
 pub fn print_crashing(args: fmt::Arguments) {
     let _ = Serial.write_fmt(args);

@@ -1,1 +1,952 @@
-//! placeholder: the ELF loader
+//! # Loading a guest kernel: from ELF file to guest memory
+//!
+//! A guest begins as an ELF64 executable, a file somebody else built. Before
+//! its first instruction can run, the file's loadable segments have to be
+//! copied into the guest's memory: the bytes the file holds, then zeros for
+//! the rest of each segment (the `.bss`, which the file leaves out to stay
+//! small). And we have to know where to start it.
+//!
+//! The guest wakes up in linear mode, where a virtual address *is* a
+//! guest-physical one. So each segment goes at its physical address,
+//! `p_paddr`, and the entry point has to land inside something we loaded, in
+//! a segment the file marks executable; anywhere else the guest's very first
+//! fetch would be garbage. The virtual addresses are the guest's own business
+//! once it builds page tables of its own.
+//!
+//! We trust nothing in the image. It is only bytes: an offset may point past
+//! the end of the file, an address plus a size may wrap around 2^64, two
+//! segments may claim the same memory, the header may describe a program for
+//! another machine. So every number read from the file is checked before it
+//! is used, with checked arithmetic and `get()` rather than indexing, and a
+//! broken or hostile image earns an error that says what is wrong: never a
+//! panic in the hypervisor, never a write outside the guest.
+//!
+//! And we check everything first, then write. [`load`] works out the whole
+//! plan without even seeing the target, which only gets touched once the
+//! plan is known to be good, so a rejected image leaves guest memory exactly
+//! as it was. Having no allocator, the plan lives in a fixed array; hence
+//! the limit of [`MAX_PROGRAM_HEADERS`], far more than a kernel needs.
+//!
+//! Segments are named in errors by their index in the program header table,
+//! the same number `readelf -l` prints, so a message can be checked against
+//! the file.
+
+use core::fmt;
+
+/// The most program headers an image may have.
+pub const MAX_PROGRAM_HEADERS: usize = 16;
+
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+const MAGIC: [u8; 4] = *b"\x7fELF";
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ET_EXEC: u16 = 2;
+const EM_X86_64: u16 = 62;
+const PT_LOAD: u32 = 1;
+const PF_X: u32 = 1;
+
+/// Where the loaded guest starts, and what it occupies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedImage {
+    /// The entry point, a guest-physical address inside an executable segment.
+    pub entry: u64,
+    /// The lowest guest-physical address written.
+    pub lowest: u64,
+    /// The exclusive end of the highest segment, guest-physical.
+    pub highest: u64,
+    /// How many segments were loaded (empty ones are not counted).
+    pub segments: usize,
+}
+
+/// The sink: guest-physical memory of `size()` bytes starting at 0.
+pub trait LoadTarget {
+    fn size(&self) -> u64;
+    /// Copy `bytes` to guest-physical `gpa`; the loader has already checked bounds.
+    fn write(&mut self, gpa: u64, bytes: &[u8]);
+    /// Zero `len` bytes at `gpa` (the .bss part of a segment); bounds checked already.
+    fn zero(&mut self, gpa: u64, len: u64);
+}
+
+/// Why an image was refused. `segment` is a program header index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadError {
+    /// The first four bytes are not `\x7fELF`.
+    BadMagic,
+    /// The image ends before its 64-byte ELF header does.
+    HeaderTruncated { len: usize },
+    /// `EI_CLASS` is not ELFCLASS64.
+    Not64Bit { class: u8 },
+    /// `EI_DATA` is not ELFDATA2LSB.
+    NotLittleEndian { data: u8 },
+    /// `e_type` is not ET_EXEC.
+    NotExecutable { e_type: u16 },
+    /// `e_machine` is not EM_X86_64.
+    NotX86_64 { machine: u16 },
+    /// `e_phentsize` is not 56.
+    BadProgramHeaderSize { size: u16 },
+    /// `e_phnum` is over [`MAX_PROGRAM_HEADERS`].
+    TooManyProgramHeaders { count: u16 },
+    /// `e_phoff + e_phnum * 56` is past the end of the image.
+    ProgramHeadersOutsideImage,
+    /// A PT_LOAD segment's `p_filesz` exceeds its `p_memsz`.
+    MemSizeSmallerThanFileSize { segment: usize, filesz: u64, memsz: u64 },
+    /// `p_offset + p_filesz` is past the end of the image.
+    FileDataOutsideImage { segment: usize },
+    /// `p_paddr + p_memsz` is past the end of guest memory, or wraps.
+    SegmentOutsideMemory { segment: usize, paddr: u64, memsz: u64, memory: u64 },
+    /// Two segments share guest-physical memory.
+    Overlap { first: usize, second: usize },
+    /// No PT_LOAD segment with a non-zero `p_memsz`.
+    NoLoadableSegments,
+    /// `e_entry` is in no loaded segment.
+    EntryOutsideSegments { entry: u64 },
+    /// `e_entry` is in a segment without PF_X.
+    EntryNotExecutable { entry: u64, segment: usize },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadMagic => write!(f, "not an ELF file (bad magic)"),
+            Self::HeaderTruncated { len } => {
+                write!(f, "image is {len} bytes, too short for an ELF64 header ({EHDR_SIZE} bytes)")
+            }
+            Self::Not64Bit { class } => {
+                write!(f, "not a 64-bit little-endian x86-64 executable (ELF class {class}, not 64-bit)")
+            }
+            Self::NotLittleEndian { data } => write!(
+                f,
+                "not a 64-bit little-endian x86-64 executable (data encoding {data}, not little-endian)"
+            ),
+            Self::NotExecutable { e_type } => {
+                write!(f, "not a 64-bit little-endian x86-64 executable (e_type {e_type}, not ET_EXEC)")
+            }
+            Self::NotX86_64 { machine } => {
+                write!(f, "not a 64-bit little-endian x86-64 executable (machine {machine}, not x86-64)")
+            }
+            Self::BadProgramHeaderSize { size } => {
+                write!(f, "program header entries are {size} bytes, expected {PHDR_SIZE}")
+            }
+            Self::TooManyProgramHeaders { count } => {
+                write!(f, "too many program headers ({count}, at most {MAX_PROGRAM_HEADERS})")
+            }
+            Self::ProgramHeadersOutsideImage => {
+                write!(f, "program header table runs past the end of the image")
+            }
+            Self::MemSizeSmallerThanFileSize { segment, filesz, memsz } => {
+                write!(f, "segment {segment} memory size {memsz:#x} smaller than file size {filesz:#x}")
+            }
+            Self::FileDataOutsideImage { segment } => {
+                write!(f, "segment {segment} file data runs past the end of the image")
+            }
+            Self::SegmentOutsideMemory { segment, paddr, memsz, memory } => write!(
+                f,
+                "segment {segment} ({memsz:#x} bytes at {paddr:#x}) lies outside guest memory ({})",
+                Size(memory)
+            ),
+            Self::Overlap { first, second } => write!(f, "segments {first} and {second} overlap"),
+            Self::NoLoadableSegments => write!(f, "no loadable segments"),
+            Self::EntryOutsideSegments { entry } => {
+                write!(f, "entry point {entry:#x} is outside the loaded segments")
+            }
+            Self::EntryNotExecutable { entry, segment } => {
+                write!(f, "entry point {entry:#x} is in segment {segment}, which is not executable")
+            }
+        }
+    }
+}
+
+/// A memory size the way people say it: "64 MiB" rather than 0x4000000.
+struct Size(u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 3] = [(30, "GiB"), (20, "MiB"), (10, "KiB")];
+        for (shift, name) in UNITS {
+            if self.0 != 0 && self.0.trailing_zeros() >= shift {
+                return write!(f, "{} {name}", self.0 >> shift);
+            }
+        }
+        write!(f, "{:#x} bytes", self.0)
+    }
+}
+
+/// Put the ELF64 executable `image` into `target`, or say why not.
+///
+/// Nothing is written unless the whole image checks out.
+pub fn load(image: &[u8], target: &mut impl LoadTarget) -> Result<LoadedImage, LoadError> {
+    let plan = plan(image, target.size())?;
+    for segment in plan.segments.iter().flatten() {
+        if !segment.data.is_empty() {
+            target.write(segment.start, segment.data);
+        }
+        if segment.bss_len != 0 {
+            target.zero(segment.bss_start, segment.bss_len);
+        }
+    }
+    Ok(plan.loaded)
+}
+
+/// One segment, checked: every address here is inside guest memory.
+#[derive(Clone, Copy)]
+struct Segment<'a> {
+    index: usize,
+    start: u64,
+    end: u64,
+    data: &'a [u8],
+    bss_start: u64,
+    bss_len: u64,
+    executable: bool,
+}
+
+/// Everything to write, and the summary to hand back. Slot `i` belongs to
+/// program header `i`, so building it needs no fallible push.
+struct Plan<'a> {
+    segments: [Option<Segment<'a>>; MAX_PROGRAM_HEADERS],
+    loaded: LoadedImage,
+}
+
+/// Check the whole image against a guest memory of `memory` bytes. It is
+/// given only the size, not the target, so it cannot write too early.
+fn plan(image: &[u8], memory: u64) -> Result<Plan<'_>, LoadError> {
+    if image.get(..MAGIC.len()) != Some(&MAGIC[..]) {
+        return Err(LoadError::BadMagic);
+    }
+    let header = image
+        .get(..EHDR_SIZE)
+        .and_then(Header::parse)
+        .ok_or(LoadError::HeaderTruncated { len: image.len() })?;
+    header.check()?;
+
+    let count = usize::from(header.phnum);
+    let table = image
+        .get(usize::try_from(header.phoff).unwrap_or(usize::MAX)..)
+        .and_then(|rest| rest.get(..count.checked_mul(PHDR_SIZE)?))
+        .ok_or(LoadError::ProgramHeadersOutsideImage)?;
+
+    let mut segments = [None; MAX_PROGRAM_HEADERS];
+    // `count` is at most MAX_PROGRAM_HEADERS (Header::check), and `table`
+    // holds exactly `count` entries, so the zip visits every header.
+    for ((index, slot), raw) in segments.iter_mut().enumerate().zip(table.chunks_exact(PHDR_SIZE)) {
+        let header = ProgramHeader::parse(raw).ok_or(LoadError::ProgramHeadersOutsideImage)?;
+        *slot = header.check(image, memory, index)?;
+    }
+
+    let mut loaded = segments.iter().flatten();
+    for (position, a) in loaded.clone().enumerate() {
+        for b in loaded.clone().skip(position + 1) {
+            if a.start < b.end && b.start < a.end {
+                return Err(LoadError::Overlap { first: a.index, second: b.index });
+            }
+        }
+    }
+
+    let first = loaded.next().ok_or(LoadError::NoLoadableSegments)?;
+    let summary = loaded.fold(
+        LoadedImage { entry: header.entry, lowest: first.start, highest: first.end, segments: 1 },
+        |summary, segment| LoadedImage {
+            lowest: summary.lowest.min(segment.start),
+            highest: summary.highest.max(segment.end),
+            segments: summary.segments.saturating_add(1),
+            ..summary
+        },
+    );
+
+    let entry = header.entry;
+    let home = segments
+        .iter()
+        .flatten()
+        .find(|segment| segment.start <= entry && entry < segment.end)
+        .ok_or(LoadError::EntryOutsideSegments { entry })?;
+    if !home.executable {
+        return Err(LoadError::EntryNotExecutable { entry, segment: home.index });
+    }
+
+    Ok(Plan { segments, loaded: summary })
+}
+
+/// The parts of the ELF header the loader cares about.
+struct Header {
+    class: u8,
+    data: u8,
+    e_type: u16,
+    machine: u16,
+    entry: u64,
+    phoff: u64,
+    phentsize: u16,
+    phnum: u16,
+}
+
+impl Header {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        Some(Self {
+            class: *bytes.get(4)?,
+            data: *bytes.get(5)?,
+            e_type: le_u16(bytes, 16)?,
+            machine: le_u16(bytes, 18)?,
+            entry: le_u64(bytes, 24)?,
+            phoff: le_u64(bytes, 32)?,
+            phentsize: le_u16(bytes, 54)?,
+            phnum: le_u16(bytes, 56)?,
+        })
+    }
+
+    fn check(&self) -> Result<(), LoadError> {
+        if self.class != ELFCLASS64 {
+            return Err(LoadError::Not64Bit { class: self.class });
+        }
+        if self.data != ELFDATA2LSB {
+            return Err(LoadError::NotLittleEndian { data: self.data });
+        }
+        if self.e_type != ET_EXEC {
+            return Err(LoadError::NotExecutable { e_type: self.e_type });
+        }
+        if self.machine != EM_X86_64 {
+            return Err(LoadError::NotX86_64 { machine: self.machine });
+        }
+        if usize::from(self.phnum) > MAX_PROGRAM_HEADERS {
+            return Err(LoadError::TooManyProgramHeaders { count: self.phnum });
+        }
+        // With no table there is nothing to mis-size; such an image still
+        // fails, as having no loadable segments, which is the truer complaint.
+        if self.phnum != 0 && usize::from(self.phentsize) != PHDR_SIZE {
+            return Err(LoadError::BadProgramHeaderSize { size: self.phentsize });
+        }
+        Ok(())
+    }
+}
+
+/// The parts of a program header the loader cares about. `p_vaddr` is not
+/// among them: the guest starts with virtual equal to physical.
+struct ProgramHeader {
+    p_type: u32,
+    flags: u32,
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+impl ProgramHeader {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        Some(Self {
+            p_type: le_u32(bytes, 0)?,
+            flags: le_u32(bytes, 4)?,
+            offset: le_u64(bytes, 8)?,
+            paddr: le_u64(bytes, 24)?,
+            filesz: le_u64(bytes, 32)?,
+            memsz: le_u64(bytes, 40)?,
+        })
+    }
+
+    /// The segment to load for this header, if any.
+    fn check<'a>(
+        &self,
+        image: &'a [u8],
+        memory: u64,
+        index: usize,
+    ) -> Result<Option<Segment<'a>>, LoadError> {
+        if self.p_type != PT_LOAD {
+            return Ok(None);
+        }
+        // Checked even for an empty segment: a header claiming more file
+        // than memory is malformed whatever its size.
+        let bss_len = self.memsz.checked_sub(self.filesz).ok_or(LoadError::MemSizeSmallerThanFileSize {
+            segment: index,
+            filesz: self.filesz,
+            memsz: self.memsz,
+        })?;
+        if self.memsz == 0 {
+            return Ok(None);
+        }
+        let data = file_bytes(image, self.offset, self.filesz)
+            .ok_or(LoadError::FileDataOutsideImage { segment: index })?;
+        let outside =
+            LoadError::SegmentOutsideMemory { segment: index, paddr: self.paddr, memsz: self.memsz, memory };
+        let end = self.paddr.checked_add(self.memsz).filter(|&end| end <= memory).ok_or(outside)?;
+        // Cannot fail once `end` did, as filesz <= memsz; checked anyway so
+        // that no sum of file values is ever left to chance.
+        let bss_start = self.paddr.checked_add(self.filesz).ok_or(outside)?;
+        Ok(Some(Segment {
+            index,
+            start: self.paddr,
+            end,
+            data,
+            bss_start,
+            bss_len,
+            executable: self.flags & PF_X != 0,
+        }))
+    }
+}
+
+/// `len` bytes of the image from `offset`, if the image has them.
+fn file_bytes(image: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    image.get(start..end)
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    bytes.get(at..)?.first_chunk().copied().map(u16::from_le_bytes)
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..)?.first_chunk().copied().map(u32::from_le_bytes)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    bytes.get(at..)?.first_chunk().copied().map(u64::from_le_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::string::ToString;
+    use std::vec;
+    use std::vec::Vec;
+
+    const MEMORY: u64 = 0x10000;
+    const PT_NOTE: u32 = 4;
+    const PF_W: u32 = 2;
+    const PF_R: u32 = 4;
+
+    // Offsets of fields, for tests that break one on purpose.
+    const E_IDENT_CLASS: usize = 4;
+    const E_IDENT_DATA: usize = 5;
+    const E_TYPE: usize = 16;
+    const E_MACHINE: usize = 18;
+    const E_ENTRY: usize = 24;
+    const E_PHOFF: usize = 32;
+    const E_PHENTSIZE: usize = 54;
+    const E_PHNUM: usize = 56;
+    const P_TYPE: usize = 0;
+    const P_FLAGS: usize = 4;
+    const P_OFFSET: usize = 8;
+    const P_PADDR: usize = 24;
+    const P_FILESZ: usize = 32;
+    const P_MEMSZ: usize = 40;
+
+    struct Seg {
+        p_type: u32,
+        flags: u32,
+        paddr: u64,
+        data: Vec<u8>,
+        memsz: u64,
+    }
+
+    /// Assembles an ELF64 image: header, program headers right after it,
+    /// then each segment's file bytes in order.
+    struct Builder {
+        entry: u64,
+        segs: Vec<Seg>,
+    }
+
+    impl Builder {
+        fn new(entry: u64) -> Self {
+            Self { entry, segs: Vec::new() }
+        }
+
+        fn segment(mut self, p_type: u32, flags: u32, paddr: u64, data: &[u8], memsz: u64) -> Self {
+            self.segs.push(Seg { p_type, flags, paddr, data: data.to_vec(), memsz });
+            self
+        }
+
+        fn load(self, flags: u32, paddr: u64, data: &[u8], memsz: u64) -> Self {
+            self.segment(PT_LOAD, flags, paddr, data, memsz)
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let count = self.segs.len();
+            let mut image = vec![0u8; EHDR_SIZE + count * PHDR_SIZE];
+            image[..4].copy_from_slice(&MAGIC);
+            image[E_IDENT_CLASS] = ELFCLASS64;
+            image[E_IDENT_DATA] = ELFDATA2LSB;
+            image[6] = 1; // EI_VERSION
+            put16(&mut image, E_TYPE, ET_EXEC);
+            put16(&mut image, E_MACHINE, EM_X86_64);
+            put32(&mut image, 20, 1); // e_version
+            put64(&mut image, E_ENTRY, self.entry);
+            put64(&mut image, E_PHOFF, EHDR_SIZE as u64);
+            put16(&mut image, 52, EHDR_SIZE as u16); // e_ehsize
+            put16(&mut image, E_PHENTSIZE, PHDR_SIZE as u16);
+            put16(&mut image, E_PHNUM, count as u16);
+            for (i, seg) in self.segs.iter().enumerate() {
+                let offset = image.len() as u64;
+                image.extend_from_slice(&seg.data);
+                let ph = ph_at(i);
+                put32(&mut image, ph + P_TYPE, seg.p_type);
+                put32(&mut image, ph + P_FLAGS, seg.flags);
+                put64(&mut image, ph + P_OFFSET, offset);
+                put64(&mut image, ph + 16, seg.paddr); // p_vaddr
+                put64(&mut image, ph + P_PADDR, seg.paddr);
+                put64(&mut image, ph + P_FILESZ, seg.data.len() as u64);
+                put64(&mut image, ph + P_MEMSZ, seg.memsz);
+                put64(&mut image, ph + 48, 0x1000); // p_align
+            }
+            image
+        }
+    }
+
+    fn ph_at(index: usize) -> usize {
+        EHDR_SIZE + index * PHDR_SIZE
+    }
+
+    fn put16(image: &mut [u8], at: usize, value: u16) {
+        image[at..at + 2].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn put32(image: &mut [u8], at: usize, value: u32) {
+        image[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn put64(image: &mut [u8], at: usize, value: u64) {
+        image[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Op {
+        Write { gpa: u64, len: u64 },
+        Zero { gpa: u64, len: u64 },
+    }
+
+    /// Guest memory in a Vec, logging every call so tests can check where
+    /// the loader wrote. Out-of-bounds calls are logged, not applied, so a
+    /// loader bug shows up as a failed assertion rather than a panic here.
+    struct VecTarget {
+        memory: Vec<u8>,
+        ops: Vec<Op>,
+    }
+
+    impl VecTarget {
+        fn new(size: u64) -> Self {
+            Self { memory: vec![0xAA; size as usize], ops: Vec::new() }
+        }
+
+        fn range(&mut self, gpa: u64, len: u64) -> Option<&mut [u8]> {
+            let start = usize::try_from(gpa).ok()?;
+            let end = start.checked_add(usize::try_from(len).ok()?)?;
+            self.memory.get_mut(start..end)
+        }
+
+        fn in_bounds(&self, op: Op) -> bool {
+            let (Op::Write { gpa, len } | Op::Zero { gpa, len }) = op;
+            gpa.checked_add(len).is_some_and(|end| end <= self.size())
+        }
+    }
+
+    impl LoadTarget for VecTarget {
+        fn size(&self) -> u64 {
+            self.memory.len() as u64
+        }
+
+        fn write(&mut self, gpa: u64, bytes: &[u8]) {
+            let len = bytes.len() as u64;
+            self.ops.push(Op::Write { gpa, len });
+            if let Some(dest) = self.range(gpa, len) {
+                dest.copy_from_slice(bytes);
+            }
+        }
+
+        fn zero(&mut self, gpa: u64, len: u64) {
+            self.ops.push(Op::Zero { gpa, len });
+            if let Some(dest) = self.range(gpa, len) {
+                dest.fill(0);
+            }
+        }
+    }
+
+    const TEXT: &[u8] = &[0x90, 0x90, 0x0f, 0x0b, 0xf4];
+    const DATA: &[u8] = &[1, 2, 3, 4];
+
+    /// Text (RX) at 0x1000, data (RW, with .bss) at 0x3000, plus a note.
+    fn good() -> Builder {
+        Builder::new(0x1002)
+            .load(PF_R | PF_X, 0x1000, TEXT, TEXT.len() as u64)
+            .segment(PT_NOTE, PF_R, 0, &[9; 8], 8)
+            .load(PF_R | PF_W, 0x3000, DATA, 0x100)
+    }
+
+    /// Load, insisting that a refused image left the target untouched.
+    fn try_load(image: &[u8]) -> Result<LoadedImage, LoadError> {
+        let mut target = VecTarget::new(MEMORY);
+        let result = load(image, &mut target);
+        if result.is_err() {
+            assert!(target.ops.is_empty(), "refused image wrote {:?}", target.ops);
+            assert!(target.memory.iter().all(|&b| b == 0xAA));
+        }
+        result
+    }
+
+    fn error(image: &[u8]) -> LoadError {
+        try_load(image).expect_err("image should be refused")
+    }
+
+    #[test]
+    fn good_image_is_placed_and_bss_zeroed() {
+        let mut target = VecTarget::new(MEMORY);
+        let loaded = load(&good().build(), &mut target).unwrap();
+        assert_eq!(loaded, LoadedImage { entry: 0x1002, lowest: 0x1000, highest: 0x3100, segments: 2 });
+        assert_eq!(&target.memory[0x1000..0x1005], TEXT);
+        assert_eq!(&target.memory[0x3000..0x3004], DATA);
+        assert!(target.memory[0x3004..0x3100].iter().all(|&b| b == 0));
+        // Untouched around the segments, including where the note "is".
+        assert!(target.memory[..0x1000].iter().all(|&b| b == 0xAA));
+        assert!(target.memory[0x1005..0x3000].iter().all(|&b| b == 0xAA));
+        assert!(target.memory[0x3100..].iter().all(|&b| b == 0xAA));
+        assert_eq!(
+            target.ops,
+            [
+                Op::Write { gpa: 0x1000, len: 5 },
+                Op::Write { gpa: 0x3000, len: 4 },
+                Op::Zero { gpa: 0x3004, len: 0xfc },
+            ]
+        );
+    }
+
+    #[test]
+    fn edges_that_are_fine() {
+        // A segment ending exactly at the top of memory, a pure-.bss one
+        // right against it, an empty PT_LOAD with absurd values, and a
+        // non-PT_LOAD header pointing nowhere: all acceptable.
+        let mut image = Builder::new(0xf000)
+            .load(PF_X, 0xf000, TEXT, 0x1000)
+            .load(PF_W, 0xe000, &[], 0x1000)
+            .load(PF_X, u64::MAX, &[], 0)
+            .segment(PT_NOTE, 0, 0, &[], 0)
+            .build();
+        put64(&mut image, ph_at(2) + P_OFFSET, u64::MAX);
+        put64(&mut image, ph_at(3) + P_OFFSET, u64::MAX);
+        put64(&mut image, ph_at(3) + P_FILESZ, u64::MAX);
+        let mut target = VecTarget::new(MEMORY);
+        let loaded = load(&image, &mut target).unwrap();
+        assert_eq!((loaded.lowest, loaded.highest), (0xe000, MEMORY));
+        assert_eq!(loaded.segments, 2);
+        assert!(target.memory[0xe000..0xf000].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn bad_magic() {
+        let mut image = good().build();
+        image[0] = 0x7e;
+        assert_eq!(error(&image), LoadError::BadMagic);
+        assert_eq!(error(&[]), LoadError::BadMagic);
+        assert_eq!(error(b"\x7fEL"), LoadError::BadMagic);
+    }
+
+    #[test]
+    fn header_truncated() {
+        let image = good().build();
+        assert_eq!(error(&image[..63]), LoadError::HeaderTruncated { len: 63 });
+        assert_eq!(error(&image[..4]), LoadError::HeaderTruncated { len: 4 });
+    }
+
+    #[test]
+    fn not_64_bit() {
+        let mut image = good().build();
+        image[E_IDENT_CLASS] = 1;
+        assert_eq!(error(&image), LoadError::Not64Bit { class: 1 });
+    }
+
+    #[test]
+    fn not_little_endian() {
+        let mut image = good().build();
+        image[E_IDENT_DATA] = 2;
+        assert_eq!(error(&image), LoadError::NotLittleEndian { data: 2 });
+    }
+
+    #[test]
+    fn not_executable() {
+        let mut image = good().build();
+        put16(&mut image, E_TYPE, 3); // ET_DYN
+        assert_eq!(error(&image), LoadError::NotExecutable { e_type: 3 });
+    }
+
+    #[test]
+    fn not_x86_64() {
+        let mut image = good().build();
+        put16(&mut image, E_MACHINE, 183); // EM_AARCH64
+        assert_eq!(error(&image), LoadError::NotX86_64 { machine: 183 });
+    }
+
+    #[test]
+    fn bad_program_header_size() {
+        let mut image = good().build();
+        put16(&mut image, E_PHENTSIZE, 64);
+        assert_eq!(error(&image), LoadError::BadProgramHeaderSize { size: 64 });
+    }
+
+    #[test]
+    fn too_many_program_headers() {
+        let mut builder = Builder::new(0x1000).load(PF_X, 0x1000, TEXT, 0x10);
+        for _ in 0..MAX_PROGRAM_HEADERS {
+            builder = builder.segment(PT_NOTE, 0, 0, &[], 0);
+        }
+        assert_eq!(error(&builder.build()), LoadError::TooManyProgramHeaders { count: 17 });
+        let mut image = good().build();
+        put16(&mut image, E_PHNUM, u16::MAX);
+        assert_eq!(error(&image), LoadError::TooManyProgramHeaders { count: u16::MAX });
+    }
+
+    #[test]
+    fn exactly_max_program_headers_is_fine() {
+        let mut builder = Builder::new(0x1000).load(PF_X, 0x1000, TEXT, 0x10);
+        for _ in 1..MAX_PROGRAM_HEADERS {
+            builder = builder.segment(PT_NOTE, 0, 0, &[], 0);
+        }
+        assert!(try_load(&builder.build()).is_ok());
+    }
+
+    #[test]
+    fn program_headers_outside_image() {
+        let image = good().build();
+        let table_end = ph_at(3);
+        assert_eq!(error(&image[..table_end - 1]), LoadError::ProgramHeadersOutsideImage);
+        let mut image = good().build();
+        put64(&mut image, E_PHOFF, u64::MAX - 10);
+        assert_eq!(error(&image), LoadError::ProgramHeadersOutsideImage);
+    }
+
+    #[test]
+    fn mem_size_smaller_than_file_size() {
+        let mut image = good().build();
+        put64(&mut image, ph_at(2) + P_MEMSZ, 3);
+        assert_eq!(error(&image), LoadError::MemSizeSmallerThanFileSize { segment: 2, filesz: 4, memsz: 3 });
+    }
+
+    #[test]
+    fn file_data_outside_image() {
+        let image = good().build();
+        assert_eq!(error(&image[..image.len() - 1]), LoadError::FileDataOutsideImage { segment: 2 });
+        let mut image = good().build();
+        put64(&mut image, ph_at(0) + P_OFFSET, u64::MAX - 1);
+        assert_eq!(error(&image), LoadError::FileDataOutsideImage { segment: 0 });
+    }
+
+    #[test]
+    fn segment_outside_memory() {
+        let mut image = good().build();
+        put64(&mut image, ph_at(2) + P_PADDR, MEMORY - 0xff);
+        assert_eq!(
+            error(&image),
+            LoadError::SegmentOutsideMemory {
+                segment: 2,
+                paddr: MEMORY - 0xff,
+                memsz: 0x100,
+                memory: MEMORY
+            }
+        );
+        // Wrapping around 2^64 is outside too, not a small address.
+        put64(&mut image, ph_at(2) + P_PADDR, u64::MAX - 0x10);
+        assert!(matches!(error(&image), LoadError::SegmentOutsideMemory { segment: 2, .. }));
+    }
+
+    #[test]
+    fn overlap() {
+        let image = Builder::new(0x1000)
+            .load(PF_X, 0x1000, TEXT, 0x100)
+            .load(PF_W, 0x2000, DATA, 0x100)
+            .load(PF_W, 0x10ff, DATA, 0x10)
+            .build();
+        assert_eq!(error(&image), LoadError::Overlap { first: 0, second: 2 });
+        // One inside another, and identical ranges.
+        let image =
+            Builder::new(0x1000).load(PF_X, 0x1000, TEXT, 0x1000).load(PF_W, 0x1800, DATA, 0x10).build();
+        assert_eq!(error(&image), LoadError::Overlap { first: 0, second: 1 });
+        // Touching is not overlapping.
+        let image =
+            Builder::new(0x1000).load(PF_X, 0x1000, TEXT, 0x1000).load(PF_W, 0x2000, DATA, 0x10).build();
+        assert!(try_load(&image).is_ok());
+    }
+
+    #[test]
+    fn no_loadable_segments() {
+        let image = Builder::new(0x1000)
+            .segment(PT_NOTE, PF_X, 0x1000, TEXT, 0x100)
+            .load(PF_X, 0x1000, &[], 0)
+            .build();
+        assert_eq!(error(&image), LoadError::NoLoadableSegments);
+        let mut image = good().build();
+        put16(&mut image, E_PHNUM, 0);
+        put16(&mut image, E_PHENTSIZE, 0);
+        assert_eq!(error(&image), LoadError::NoLoadableSegments);
+    }
+
+    #[test]
+    fn entry_outside_segments() {
+        for entry in [0, 0xfff, 0x1005, 0x3100, u64::MAX] {
+            let mut image = good().build();
+            put64(&mut image, E_ENTRY, entry);
+            assert_eq!(error(&image), LoadError::EntryOutsideSegments { entry });
+        }
+        // The entry is checked against physical addresses, not virtual ones.
+        let mut image = good().build();
+        put64(&mut image, ph_at(0) + 16, 0xffff_8000_0000_1000);
+        put64(&mut image, E_ENTRY, 0xffff_8000_0000_1002);
+        assert!(matches!(error(&image), LoadError::EntryOutsideSegments { .. }));
+    }
+
+    #[test]
+    fn entry_not_executable() {
+        let mut image = good().build();
+        put64(&mut image, E_ENTRY, 0x3000);
+        assert_eq!(error(&image), LoadError::EntryNotExecutable { entry: 0x3000, segment: 2 });
+        // Even in the .bss part.
+        put64(&mut image, E_ENTRY, 0x30ff);
+        put32(&mut image, ph_at(2) + P_FLAGS, PF_R);
+        assert!(matches!(error(&image), LoadError::EntryNotExecutable { segment: 2, .. }));
+    }
+
+    #[test]
+    fn messages() {
+        let outside =
+            LoadError::SegmentOutsideMemory { segment: 2, paddr: 0x4000000, memsz: 0x1000, memory: 64 << 20 };
+        assert_eq!(
+            outside.to_string(),
+            "segment 2 (0x1000 bytes at 0x4000000) lies outside guest memory (64 MiB)"
+        );
+        assert_eq!(LoadError::Overlap { first: 1, second: 3 }.to_string(), "segments 1 and 3 overlap");
+        assert_eq!(
+            LoadError::EntryOutsideSegments { entry: 0x1234 }.to_string(),
+            "entry point 0x1234 is outside the loaded segments"
+        );
+        assert_eq!(LoadError::BadMagic.to_string(), "not an ELF file (bad magic)");
+        assert_eq!(Size(3 << 30).to_string(), "3 GiB");
+        assert_eq!(Size(12 << 10).to_string(), "12 KiB");
+        assert_eq!(Size(0x1234).to_string(), "0x1234 bytes");
+        assert_eq!(Size(0).to_string(), "0x0 bytes");
+
+        let all = [
+            LoadError::BadMagic,
+            LoadError::HeaderTruncated { len: 3 },
+            LoadError::Not64Bit { class: 1 },
+            LoadError::NotLittleEndian { data: 2 },
+            LoadError::NotExecutable { e_type: 3 },
+            LoadError::NotX86_64 { machine: 3 },
+            LoadError::BadProgramHeaderSize { size: 32 },
+            LoadError::TooManyProgramHeaders { count: 17 },
+            LoadError::ProgramHeadersOutsideImage,
+            LoadError::MemSizeSmallerThanFileSize { segment: 0, filesz: 2, memsz: 1 },
+            LoadError::FileDataOutsideImage { segment: 0 },
+            outside,
+            LoadError::Overlap { first: 0, second: 1 },
+            LoadError::NoLoadableSegments,
+            LoadError::EntryOutsideSegments { entry: 0 },
+            LoadError::EntryNotExecutable { entry: 0, segment: 0 },
+        ];
+        for error in all {
+            let message = error.to_string();
+            assert!(!message.is_empty() && !message.contains('\n'), "{error:?}");
+        }
+    }
+
+    /// xorshift64*: deterministic, so a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random damage to a good image (flipped bits, random bytes, hostile
+    /// values dropped on header fields, truncation) must never panic or
+    /// write outside the target, and must write nothing when refused. Plain
+    /// random bytes rarely get past the magic, so half the damage is aimed
+    /// at the fields that steer the loader.
+    #[test]
+    fn mutations_never_panic_or_write_outside() {
+        // (offset, width): header fields, then program header fields.
+        const HEADER_FIELDS: [(usize, usize); 7] = [
+            (E_IDENT_CLASS, 1),
+            (E_IDENT_DATA, 1),
+            (E_TYPE, 2),
+            (E_ENTRY, 8),
+            (E_PHOFF, 8),
+            (E_PHENTSIZE, 2),
+            (E_PHNUM, 2),
+        ];
+        const PH_FIELDS: [(usize, usize); 8] = [
+            (P_TYPE, 4),
+            (P_FLAGS, 4),
+            (P_OFFSET, 8),
+            (16, 8),
+            (P_PADDR, 8),
+            (P_FILESZ, 8),
+            (P_MEMSZ, 8),
+            (48, 8),
+        ];
+        const HOSTILE: [u64; 12] =
+            [0, 1, 2, 56, 0x1000, 0x1002, 0x3000, MEMORY - 1, MEMORY, u64::MAX, u64::MAX - 0xfff, 1 << 63];
+        let original = good().build();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut loaded, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut image = original.clone();
+            for _ in 0..1 + rng.below(4) {
+                match rng.below(5) {
+                    0 => {
+                        let at = rng.below(image.len());
+                        image[at] ^= 1 << rng.below(8);
+                    }
+                    1 => {
+                        let at = rng.below(image.len());
+                        image[at] = rng.next() as u8;
+                    }
+                    2 | 3 => {
+                        let (at, width) = if rng.below(3) == 0 {
+                            HEADER_FIELDS[rng.below(HEADER_FIELDS.len())]
+                        } else {
+                            let (field, width) = PH_FIELDS[rng.below(PH_FIELDS.len())];
+                            (ph_at(rng.below(3)) + field, width)
+                        };
+                        if at >= image.len() {
+                            continue;
+                        }
+                        let value =
+                            if rng.below(2) == 0 { HOSTILE[rng.below(HOSTILE.len())] } else { rng.next() };
+                        let end = (at + width).min(image.len());
+                        let bytes = value.to_le_bytes();
+                        image[at..end].copy_from_slice(&bytes[..end - at]);
+                    }
+                    _ => {
+                        let len = rng.below(image.len() + 1);
+                        image.truncate(len);
+                    }
+                }
+                if image.is_empty() {
+                    break;
+                }
+            }
+
+            let mut target = VecTarget::new(MEMORY);
+            match load(&image, &mut target) {
+                Ok(summary) => {
+                    loaded += 1;
+                    assert!(summary.lowest < summary.highest && summary.highest <= MEMORY);
+                    assert!(summary.lowest <= summary.entry && summary.entry < summary.highest);
+                    for &op in &target.ops {
+                        assert!(target.in_bounds(op), "{op:?} outside target");
+                        let (Op::Write { gpa, len } | Op::Zero { gpa, len }) = op;
+                        assert!(gpa >= summary.lowest && gpa + len <= summary.highest);
+                    }
+                }
+                Err(_) => {
+                    refused += 1;
+                    assert!(target.ops.is_empty(), "refused image wrote {:?}", target.ops);
+                }
+            }
+        }
+        // Both paths were exercised, or the test proves little.
+        assert!(loaded > 1_000 && refused > 1_000, "{loaded} loaded, {refused} refused");
+    }
+}

@@ -7,9 +7,12 @@
 //! firmware supplies the real hardware behind those traits.
 //!
 //! - [`abi`]: the hypercall ABI, shared word for word with the guest;
-//! - [`elf`]: loading a guest's ELF image into its memory.
+//! - [`elf`]: loading a guest's ELF image into its memory;
+//! - [`vcpu`]: what each exit from the guest means: shadow fills,
+//!   hypercalls, kills.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod abi;
 pub mod elf;
+pub mod vcpu;

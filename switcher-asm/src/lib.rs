@@ -1,10 +1,79 @@
 //! # switcher-asm: the world switch
 //!
-//! A single hand-written page of assembly, mapped at the top 4 MB of the
-//! host's address space and of every guest's, moves a CPU from host to
-//! guest and back. The layout of the per-CPU pages it uses is described
-//! here as `#[repr(C)]` structs so that Rust and the assembly agree.
+//! A CPU moves between Umbra and a guest through two pages of hand-written
+//! assembly (`switcher.s`), mapped at the top 4 MB of the host's address
+//! space and of every guest's. [`layout`] says where everything in that
+//! region lives, as `#[repr(C)]` structs and constants; the assembly is
+//! handed those constants directly, and checks at assembly time that its
+//! own pieces sit where the layout says.
+//!
+//! This crate holds the only code that actually crosses: [`enter`]. The
+//! rest of Umbra prepares the pages (through the firmware) and interprets
+//! what comes back (in hv-core).
 #![no_std]
 
-/// The top 4 MB of every address space belong to the switcher.
-pub const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+pub mod layout;
+
+pub use layout::SWITCHER_BASE;
+
+#[cfg(target_os = "none")]
+mod image {
+    use crate::layout::*;
+
+    core::arch::global_asm!(
+        include_str!("switcher.s"),
+        STUB_SIZE = const STUB_SIZE,
+        ENTRY_OFFSET = const ENTRY_OFFSET,
+        CODE_BYTES = const CODE_PAGES * PAGE_SIZE,
+        STATE_HOST_RSP = const STATE_HOST_RSP,
+        STATE_HOST_CR3 = const STATE_HOST_CR3,
+        STATE_GUEST_CR3 = const STATE_GUEST_CR3,
+        STATE_HOST_GDT = const STATE_HOST_GDT,
+        STATE_HOST_IDT = const STATE_HOST_IDT,
+        STATE_GUEST_GDT = const STATE_GUEST_GDT,
+        STATE_GUEST_IDT = const STATE_GUEST_IDT,
+        STATE_GUEST_TSS_ACCESS = const STATE_GUEST_TSS_ACCESS,
+        STATE_HOST_TSS_DESCRIPTOR = const STATE_HOST_TSS_DESCRIPTOR,
+        STATE_HOST_TSS_SELECTOR = const STATE_HOST_TSS_SELECTOR,
+        TSS_SELECTOR = const TSS_SELECTOR,
+        SWITCHER_DS = const SWITCHER_DS,
+        GUEST_REGS_VA = const GUEST_REGS_VA,
+        options(att_syntax)
+    );
+
+    unsafe extern "C" {
+        static switcher_start: u8;
+        static switcher_end: u8;
+    }
+
+    /// The switcher code as linked into the image: page-aligned, and
+    /// [`CODE_PAGES`] long (the assembly checks).
+    pub fn code_physical_range() -> (u64, u64) {
+        ((&raw const switcher_start) as u64, (&raw const switcher_end) as u64)
+    }
+}
+
+#[cfg(target_os = "none")]
+pub use image::code_physical_range;
+
+/// Run the guest on this CPU until its next trap or interrupt.
+///
+/// # Safety
+/// This CPU's switcher pages must be mapped at [`SWITCHER_BASE`] in the
+/// current (host) page tables, its state page filled in (host CR3, the
+/// host's descriptor tables, and `guest_cr3`: a shadow root that maps the
+/// same switcher pages), and its registers page holding sane guest
+/// registers (CS and SS at ring 1 or 3). Interrupts must be off.
+#[cfg(target_os = "none")]
+pub unsafe fn enter() {
+    // SAFETY: per the contract above, the switcher returns here with every
+    // callee-saved register and the stack as they were; the C ABI's
+    // caller-saved registers are declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "call {entry}",
+            entry = in(reg) layout::ENTRY_VA,
+            clobber_abi("C"),
+        );
+    }
+}

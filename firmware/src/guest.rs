@@ -1,0 +1,426 @@
+//! # Running a guest
+//!
+//! This is lguest's `run_guest` with the hardware filled in. hv-core
+//! decides what every exit means; this module gives it real things to
+//! work on:
+//! - [`GuestRam`]: the guest's memory, one contiguous run of host frames
+//!   (`guest_mem=`, 64 MiB by default), scrubbed before and after use;
+//! - [`ShadowPool`]: frames for shadow page tables, from the frame pool,
+//!   up to a cap;
+//! - [`Console`]: the serial port, the clock and the TSC rate.
+//!
+//! [`run`] loads the guest's ELF, writes its boot-info block, and loops:
+//! install this CPU's switcher into the current shadow root, enter the
+//! guest, and hand the exit to hv-core, until the guest shuts down or is
+//! killed. Either way its memory and shadow pages go back to the pool and
+//! the statistics are printed.
+
+use core::fmt::Write;
+use core::mem::size_of;
+
+use hv_core::abi::{self, BootInfo};
+use hv_core::elf::{self, LoadTarget};
+use hv_core::vcpu::{self, Host, Next, Stats, Vcpu};
+use paging::{Counters, FramePool, GuestMemory, ShadowMmu};
+use umbra_firmware::status;
+use x86_64::registers::control::Cr2;
+
+use crate::memory::FRAMES;
+use crate::switcher;
+
+const PAGE: u64 = 4096;
+
+/// The guest's memory: guest-physical 0..size is host-physical
+/// base..base+size, which the host maps 1:1.
+pub struct GuestRam {
+    base: u64,
+    size: u64,
+}
+
+impl GuestRam {
+    fn host_address(&self, gpa: u64, len: u64) -> Option<u64> {
+        let end = gpa.checked_add(len)?;
+        (end <= self.size).then_some(self.base + gpa)
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn limit(&self) -> u64 {
+        self.size
+    }
+
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let address = self.host_address(gpa, 8).filter(|_| gpa.is_multiple_of(8))?;
+        // SAFETY: inside the guest's frames, which the host maps and owns;
+        // volatile because the guest may change it at any time.
+        Some(unsafe { core::ptr::read_volatile(address as *const u64) })
+    }
+
+    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
+        let Some(address) = self.host_address(gpa, 8).filter(|_| gpa.is_multiple_of(8)) else {
+            return false;
+        };
+        // SAFETY: as for read_u64.
+        unsafe { core::ptr::write_volatile(address as *mut u64, value) };
+        true
+    }
+
+    fn guest_to_host(&self, gpa: u64) -> u64 {
+        self.base + gpa
+    }
+}
+
+impl vcpu::GuestRam for GuestRam {
+    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Some(address) = self.host_address(gpa, buf.len() as u64) else { return false };
+        for (offset, byte) in buf.iter_mut().enumerate() {
+            // SAFETY: inside the guest's frames (checked above).
+            *byte = unsafe { core::ptr::read_volatile((address as usize + offset) as *const u8) };
+        }
+        true
+    }
+
+    fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
+        let Some(address) = self.host_address(gpa, bytes.len() as u64) else { return false };
+        for (offset, byte) in bytes.iter().enumerate() {
+            // SAFETY: inside the guest's frames (checked above).
+            unsafe { core::ptr::write_volatile((address as usize + offset) as *mut u8, *byte) };
+        }
+        true
+    }
+}
+
+impl LoadTarget for GuestRam {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, gpa: u64, bytes: &[u8]) {
+        vcpu::GuestRam::write_bytes(self, gpa, bytes);
+    }
+
+    fn zero(&mut self, gpa: u64, len: u64) {
+        if let Some(address) = self.host_address(gpa, len) {
+            // SAFETY: inside the guest's frames (checked above).
+            unsafe { core::ptr::write_bytes(address as *mut u8, 0, len as usize) };
+        }
+    }
+}
+
+/// Frames for shadow page tables, at most `cap` at a time: past that, the
+/// shadow MMU evicts roots rather than take the host's memory.
+pub struct ShadowPool {
+    cap: usize,
+    in_use: usize,
+}
+
+/// 16 MiB of shadow tables per guest.
+const SHADOW_POOL_FRAMES: usize = 4096;
+
+impl FramePool for ShadowPool {
+    fn alloc_zeroed(&mut self) -> Option<u64> {
+        if self.in_use >= self.cap {
+            return None;
+        }
+        let frame = FRAMES.lock().as_mut()?.alloc()?;
+        // SAFETY: a fresh frame, identity-mapped, now the shadow MMU's.
+        unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE as usize) };
+        self.in_use += 1;
+        Some(frame)
+    }
+
+    fn free(&mut self, frame: u64) {
+        if let Some(frames) = FRAMES.lock().as_mut() {
+            match frames.free(frame) {
+                Ok(()) => self.in_use -= 1,
+                Err(error) => log::error!("shadow pool: {error}"),
+            }
+        }
+    }
+
+    fn read_entry(&self, frame: u64, index: usize) -> u64 {
+        // SAFETY: `frame` is a shadow table this pool handed out; the MMU
+        // indexes within its 512 entries.
+        unsafe { core::ptr::read_volatile((frame as *const u64).add(index % 512)) }
+    }
+
+    fn write_entry(&mut self, frame: u64, index: usize, value: u64) {
+        // SAFETY: as for read_entry.
+        unsafe { core::ptr::write_volatile((frame as *mut u64).add(index % 512), value) };
+    }
+
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn in_use(&self) -> usize {
+        self.in_use
+    }
+}
+
+/// What the guest may ask of the host itself.
+pub struct Console {
+    tsc_khz: u64,
+    boot_tsc: u64,
+}
+
+impl Host for Console {
+    fn console_write(&mut self, bytes: &[u8]) {
+        crate::serial::write_bytes(bytes);
+    }
+
+    fn now_ns(&self) -> u64 {
+        let ticks = rdtsc().wrapping_sub(self.boot_tsc);
+        (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz.max(1))) as u64
+    }
+
+    fn tsc_khz(&self) -> u64 {
+        self.tsc_khz
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The TSC rate from CPUID where the platform tells it (the hypervisor
+/// leaf 0x4000_0010, or leaf 0x15); otherwise a nominal 1 GHz, said so.
+fn tsc_khz() -> u64 {
+    let max_hypervisor = core::arch::x86_64::__cpuid(0x4000_0000).eax;
+    if max_hypervisor >= 0x4000_0010 {
+        let khz = core::arch::x86_64::__cpuid(0x4000_0010).eax;
+        if khz != 0 {
+            return u64::from(khz);
+        }
+    }
+    if core::arch::x86_64::__cpuid(0).eax >= 0x15 {
+        let leaf = core::arch::x86_64::__cpuid(0x15);
+        if leaf.eax != 0 && leaf.ebx != 0 && leaf.ecx != 0 {
+            return u64::from(leaf.ecx) * u64::from(leaf.ebx) / u64::from(leaf.eax) / 1000;
+        }
+    }
+    log::debug!("tsc: rate unknown to CPUID; assuming 1 GHz");
+    1_000_000
+}
+
+/// Where the guest's boot-info block goes: its top page.
+fn boot_info_gpa(size: u64) -> u64 {
+    size - PAGE
+}
+
+/// Take `size` bytes of contiguous, 2 MiB-aligned, scrubbed memory.
+fn take_guest_memory(size: u64) -> Option<GuestRam> {
+    let frames = (size / PAGE) as usize;
+    let base = FRAMES.lock().as_mut()?.alloc_contiguous(frames, 512)?;
+    // SAFETY: freshly allocated frames, identity-mapped, ours alone.
+    unsafe { core::ptr::write_bytes(base as *mut u8, 0, size as usize) };
+    Some(GuestRam { base, size })
+}
+
+/// Scrub the guest's memory, then return it to the pool.
+fn release_guest_memory(ram: GuestRam) {
+    // SAFETY: the guest no longer runs; these frames are still ours.
+    unsafe { core::ptr::write_bytes(ram.base as *mut u8, 0, ram.size as usize) };
+    if let Some(frames) = FRAMES.lock().as_mut() {
+        for frame in (ram.base..ram.base + ram.size).step_by(PAGE as usize) {
+            if let Err(error) = frames.free(frame) {
+                log::error!("guest memory: {error}");
+            }
+        }
+    }
+}
+
+/// How the run ended, as the firmware's exit status.
+fn finish(status: u8, line: core::fmt::Arguments) -> u8 {
+    crate::serial::print(format_args!("{line}\n"));
+    status
+}
+
+/// Load `image` and run it to the end; returns the firmware's exit status.
+pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
+    let Some(mut ram) = take_guest_memory(memory_size) else {
+        return finish(
+            status::FIRMWARE_ERROR,
+            format_args!(
+                "umbra: error: no {} MiB of contiguous memory for the guest (guest_mem=)",
+                memory_size >> 20
+            ),
+        );
+    };
+    let loaded = match elf::load(image, &mut ram) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            release_guest_memory(ram);
+            return finish(status::GUEST_KILLED, format_args!("guest killed: malformed guest ELF: {error}"));
+        }
+    };
+    let boot_info = boot_info_gpa(memory_size);
+    if loaded.highest > boot_info {
+        release_guest_memory(ram);
+        return finish(
+            status::GUEST_KILLED,
+            format_args!("guest killed: its image reaches the boot-info page at {boot_info:#x}"),
+        );
+    }
+    write_boot_info(&mut ram, boot_info, cmdline);
+    log::info!(
+        "guest: {} segments at {:#x}-{:#x}, entry {:#x}, {} MiB",
+        loaded.segments,
+        loaded.lowest,
+        loaded.highest,
+        loaded.entry,
+        memory_size >> 20
+    );
+
+    let pool = ShadowPool { cap: SHADOW_POOL_FRAMES, in_use: 0 };
+    let mmu = match ShadowMmu::new(ram, pool) {
+        Ok(mmu) => mmu,
+        Err(error) => {
+            return finish(status::FIRMWARE_ERROR, format_args!("umbra: error: shadow MMU: {error}"));
+        }
+    };
+    let mut vcpu = Vcpu::new(mmu);
+    let mut host = Console { tsc_khz: tsc_khz(), boot_tsc: rdtsc() };
+    let cpu = 0;
+    // SAFETY: this CPU's registers page is ours and identity-mapped; no
+    // reference to it outlives a single step of the loop below.
+    unsafe { *switcher::regs(cpu) = vcpu::initial_regs(loaded.entry, boot_info) };
+
+    let mut cycles = Cycles::default();
+    let started = rdtsc();
+    let status = loop {
+        vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
+        switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
+        vcpu.update_shared_time(host.now_ns());
+        // SAFETY: see above; the switcher does not run meanwhile.
+        unsafe { vcpu::sanitize(&mut *switcher::regs(cpu)) };
+
+        let entered = rdtsc();
+        // SAFETY: the switcher pages are set up (switcher::init), the state
+        // page names the current shadow root, which prepare_switcher just
+        // gave this CPU's switcher mapping, and the registers were
+        // sanitized; interrupts are off in the host.
+        unsafe { switcher_asm::enter() };
+        let exited = rdtsc();
+        cycles.guest += exited - entered;
+
+        // SAFETY: the guest is stopped; the registers page is ours again.
+        let regs = unsafe { &mut *switcher::regs(cpu) };
+        let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
+        let next = vcpu.handle_exit(regs, cr2, &mut host);
+        match next {
+            Next::Resume => continue,
+            Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
+                break finish(status as u8, format_args!("guest exited with status {status}"));
+            }
+            Next::Shutdown { status } => {
+                break finish(
+                    status::GUEST_STATUS_OUT_OF_RANGE,
+                    format_args!("guest exited with status {status}, which is out of range (0-99)"),
+                );
+            }
+            Next::Kill(reason) => {
+                break finish(status::GUEST_KILLED, format_args!("guest killed: {reason}"));
+            }
+            Next::SwitcherFault => panic!(
+                "exception {} in the switcher itself at rip {:#x} (error code {:#x})",
+                regs.vector, regs.rip, regs.error_code
+            ),
+        }
+    };
+    cycles.total = rdtsc() - started;
+
+    let counters = vcpu.mmu.counters();
+    let stats = vcpu.stats.clone();
+    let (ram, pool) = vcpu.mmu.into_parts();
+    if pool.in_use != 0 {
+        log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
+    }
+    release_guest_memory(ram);
+    print_stats(&stats, &counters, &cycles);
+    status
+}
+
+fn write_boot_info(ram: &mut GuestRam, at: u64, cmdline: &[u8]) {
+    let header = size_of::<BootInfo>() as u64;
+    let cmdline = &cmdline[..cmdline.len().min((PAGE - header) as usize)];
+    let info = BootInfo {
+        magic: abi::BOOT_INFO_MAGIC,
+        abi_version: abi::ABI_VERSION,
+        reserved: 0,
+        memory_size: ram.size,
+        cmdline_addr: at + header,
+        cmdline_len: cmdline.len() as u64,
+    };
+    let fields =
+        [info.magic, u64::from(info.abi_version), info.memory_size, info.cmdline_addr, info.cmdline_len];
+    let offsets = [
+        core::mem::offset_of!(BootInfo, magic),
+        core::mem::offset_of!(BootInfo, abi_version),
+        core::mem::offset_of!(BootInfo, memory_size),
+        core::mem::offset_of!(BootInfo, cmdline_addr),
+        core::mem::offset_of!(BootInfo, cmdline_len),
+    ];
+    for (value, offset) in fields.into_iter().zip(offsets) {
+        ram.write_u64(at + offset as u64, value);
+    }
+    vcpu::GuestRam::write_bytes(ram, at + header, cmdline);
+}
+
+#[derive(Default)]
+struct Cycles {
+    guest: u64,
+    total: u64,
+}
+
+/// A compact block at `log=info`: exits, hypercalls, paging, cycles.
+fn print_stats(stats: &Stats, paging: &Counters, cycles: &Cycles) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let mut line = heapless::String::<512>::new();
+    let exits: u64 = stats.exits_by_vector.iter().sum();
+    let _ = write!(line, "stats: exits {exits}:");
+    for (vector, count) in stats.exits_by_vector.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = match vector {
+            6 => write!(line, " #UD/hypercall={count}"),
+            14 => write!(line, " #PF={count}"),
+            32..=255 => write!(line, " irq{vector}={count}"),
+            _ => write!(line, " vector{vector}={count}"),
+        };
+    }
+    log::info!("{line}");
+
+    line.clear();
+    let calls: u64 = stats.hypercalls.iter().sum();
+    let _ = write!(line, "stats: hypercalls {calls} (+{} async):", stats.async_calls);
+    for (number, count) in stats.hypercalls.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = write!(line, " {}={count}", abi::call_name(number as u64));
+    }
+    log::info!("{line}");
+
+    log::info!(
+        "stats: paging: fills {} (linear {}), prefills {}, reflects {}, roots hit {} missed {} evicted {}, \
+         flushes {} user {} full, frames now {} peak {}",
+        paging.fills,
+        paging.linear_fills,
+        paging.prefills,
+        paging.reflects,
+        paging.root_hits,
+        paging.root_misses,
+        paging.evictions,
+        paging.user_flushes,
+        paging.full_flushes,
+        paging.frames_in_use,
+        paging.frames_peak,
+    );
+    let host = cycles.total.saturating_sub(cycles.guest);
+    log::info!(
+        "stats: cycles: guest {} ({}%), host {} ({}%)",
+        cycles.guest,
+        cycles.guest * 100 / cycles.total.max(1),
+        host,
+        host * 100 / cycles.total.max(1)
+    );
+}

@@ -1,0 +1,145 @@
+//! # Setting up the switcher on each CPU
+//!
+//! `switcher-asm` supplies the code and the layout; this module supplies
+//! the memory. For every CPU the MADT lists, it takes five frames:
+//! - the registers page, the state page and the IDT page (see
+//!   `switcher_asm::layout`), filled in here once;
+//! - two page-table pages for the switcher's 2 MiB slot: a *host view*,
+//!   where the state and IDT pages are writable (the switcher saves the
+//!   host's stack pointer and clears a busy bit there before it leaves the
+//!   host's tables), and a *guest view*, where they are read-only.
+//!
+//! The host's own page tables point their switcher slot at the boot CPU's
+//! host view; every shadow root the guest runs on gets the guest view of
+//! the CPU it runs on, through `paging`'s `prepare_switcher`.
+
+use core::mem::size_of;
+
+use heapless::Vec;
+use paging::SwitcherEntries;
+use spin::Mutex;
+use switcher_asm::layout::{
+    self, CODE_PAGES, GUEST_GDT_VA, GUEST_REGS_OFFSET, GuestRegs, IDT_PAGE, PAGE_SIZE, SwitcherState,
+    TablePointer,
+};
+use umbra_firmware::madt::MAX_CPUS;
+use x86_64::instructions::tables::{sgdt, sidt};
+use x86_64::registers::control::Cr3;
+
+use crate::memory::{FRAMES, PRESENT, SWITCHER_PD, WRITABLE, nx_bit};
+
+/// One CPU's switcher frames (host-physical, identity-mapped).
+#[derive(Clone, Copy)]
+struct CpuPages {
+    regs: u64,
+    state: u64,
+    host_view: u64,
+    guest_view: u64,
+}
+
+static CPUS: Mutex<Vec<CpuPages, MAX_CPUS>> = Mutex::new(Vec::new());
+
+/// PD[510] and PD[511] under PML4[511] -> PDPT[511].
+const SLOT_PD_INDEX: usize = 510;
+
+fn zeroed_frame() -> Option<u64> {
+    let frame = FRAMES.lock().as_mut()?.alloc()?;
+    // SAFETY: a fresh frame from the pool, identity-mapped, ours alone.
+    unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE_SIZE as usize) };
+    Some(frame)
+}
+
+fn write_entry(table: u64, index: usize, value: u64) {
+    // SAFETY: `table` is one of our page-table frames; index < 512.
+    unsafe { core::ptr::write_volatile((table as *mut u64).add(index), value) };
+}
+
+/// Build every CPU's pages and map the boot CPU's at the top of the host's
+/// address space.
+pub fn init(cpu_count: usize) -> Result<(), &'static str> {
+    let (code_start, code_end) = switcher_asm::code_physical_range();
+    if code_end - code_start != CODE_PAGES * PAGE_SIZE || code_start % PAGE_SIZE != 0 {
+        return Err("the switcher code in the image is not page-aligned or not its expected size");
+    }
+    let nx = nx_bit();
+    let host_gdt = sgdt();
+    let host_idt = sidt();
+    let host_tss = crate::cpu::host_tss_selector();
+    let mut cpus = CPUS.lock();
+    for _ in 0..cpu_count.clamp(1, MAX_CPUS) {
+        let mut frames = [0u64; 5];
+        for frame in &mut frames {
+            *frame = zeroed_frame().ok_or("out of memory for the switcher's per-CPU pages")?;
+        }
+        let [regs, state, idt, host_view, guest_view] = frames;
+        let pages = CpuPages { regs, state, host_view, guest_view };
+
+        let switcher_state = SwitcherState {
+            host_cr3: Cr3::read_raw().0.start_address().as_u64(),
+            host_rsp: 0,
+            guest_cr3: 0,
+            host_tss_selector: u64::from(host_tss),
+            host_tss_descriptor: host_gdt.base.as_u64() + u64::from(host_tss & !7),
+            host_gdt: TablePointer { padding: [0; 3], limit: host_gdt.limit, base: host_gdt.base.as_u64() },
+            host_idt: TablePointer { padding: [0; 3], limit: host_idt.limit, base: host_idt.base.as_u64() },
+            guest_gdt: TablePointer {
+                padding: [0; 3],
+                limit: (layout::GDT_ENTRIES * 8 - 1) as u16,
+                base: GUEST_GDT_VA,
+            },
+            guest_idt: TablePointer { padding: [0; 3], limit: (PAGE_SIZE - 1) as u16, base: IDT_PAGE },
+            gdt: layout::guest_gdt(),
+            tss: layout::guest_tss(),
+        };
+        const _: () = assert!(size_of::<[layout::Gate; 256]>() as u64 == PAGE_SIZE);
+        // SAFETY: both frames are fresh, page-sized and identity-mapped; the
+        // structs fit in a page (asserted in the layout).
+        unsafe {
+            core::ptr::write_volatile(state as *mut SwitcherState, switcher_state);
+            core::ptr::write_volatile(idt as *mut [layout::Gate; 256], layout::guest_idt());
+        }
+
+        for page in 0..CODE_PAGES as usize {
+            let code = (code_start + page as u64 * PAGE_SIZE) | PRESENT;
+            write_entry(host_view, page, code);
+            write_entry(guest_view, page, code);
+        }
+        let first_data = CODE_PAGES as usize;
+        for (view, writable_state) in [(host_view, WRITABLE), (guest_view, 0)] {
+            write_entry(view, first_data, regs | PRESENT | WRITABLE | nx);
+            write_entry(view, first_data + 1, state | PRESENT | writable_state | nx);
+            write_entry(view, first_data + 2, idt | PRESENT | writable_state | nx);
+        }
+        cpus.push(pages).map_err(|_| "too many CPUs")?;
+    }
+
+    let boot_cpu = cpus[0];
+    let pd = SWITCHER_PD.lock().ok_or("the host page tables have no switcher slot")?;
+    write_entry(pd, SLOT_PD_INDEX, boot_cpu.host_view | PRESENT | WRITABLE);
+    x86_64::instructions::tlb::flush_all();
+    Ok(())
+}
+
+/// The page-directory entries that give a shadow root `cpu`'s guest view.
+pub fn guest_entries(cpu: usize) -> SwitcherEntries {
+    let guest_view = CPUS.lock()[cpu].guest_view;
+    SwitcherEntries([guest_view | PRESENT | WRITABLE, 0])
+}
+
+/// This CPU's saved guest registers, inside its registers page.
+pub fn regs(cpu: usize) -> *mut GuestRegs {
+    (CPUS.lock()[cpu].regs + GUEST_REGS_OFFSET) as *mut GuestRegs
+}
+
+/// Tell `cpu`'s switcher which shadow root to load.
+pub fn set_guest_cr3(cpu: usize, root: u64) {
+    let state = CPUS.lock()[cpu].state as *mut SwitcherState;
+    // SAFETY: the state page is ours and identity-mapped; the field is a
+    // plain u64 the switcher only reads.
+    unsafe { core::ptr::write_volatile(&raw mut (*state).guest_cr3, root) };
+}
+
+/// How many CPUs have switcher pages.
+pub fn cpu_count() -> usize {
+    CPUS.lock().len()
+}

@@ -1,0 +1,165 @@
+//! # Hypercalls: the one way out of ring 1
+//!
+//! At ring 1 the guest may not touch page tables, interrupts or devices:
+//! every such instruction faults, and Umbra kills a guest that tries. So
+//! it asks. The call number goes in `rax`, up to five arguments in `rdi,
+//! rsi, rdx, r10, r8`, and `ud2` traps into Umbra, which steps over it and
+//! leaves the result in `rax`. Every other register comes back untouched.
+//!
+//! Some calls need not happen at once: announcing a page-table change can
+//! wait until Umbra next runs. Those go into the async ring of the shared
+//! page, which Umbra drains, in order, before every synchronous call. This
+//! is lguest's trick for batching: one trap instead of sixty-four.
+//!
+//! The shared page itself lives here, in .bss: 4096-aligned, and in linear
+//! mode its address is also its guest-physical address.
+
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicUsize, Ordering, compiler_fence};
+
+use hv_core::abi::{self, ASYNC_SLOTS, SharedPage};
+
+/// Makes hypercall `number` with five arguments and returns `rax`.
+///
+/// # Safety
+/// A call may read or write the guest memory its arguments name, change
+/// the address space, or never return: the caller must know what the call
+/// does with its arguments.
+pub unsafe fn hypercall(number: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> u64 {
+    let result;
+    // SAFETY: `ud2` at ring 1 traps into Umbra, which returns to the next
+    // instruction with only `rax` changed. No `nomem`: the call may read and
+    // write our memory (the console buffer, the shared page).
+    unsafe {
+        core::arch::asm!(
+            "ud2",
+            inlateout("rax") number => result,
+            in("rdi") a0,
+            in("rsi") a1,
+            in("rdx") a2,
+            in("r10") a3,
+            in("r8") a4,
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// The shared page: page-aligned, zero at start, written by both sides.
+#[repr(C, align(4096))]
+struct Shared(UnsafeCell<SharedPage>);
+
+// SAFETY: one vCPU and no threads; Umbra writes the page only while we are
+// inside a hypercall.
+unsafe impl Sync for Shared {}
+
+// SAFETY: SharedPage is plain integers, for which all zeroes is valid.
+static SHARED: Shared = Shared(UnsafeCell::new(unsafe { MaybeUninit::<SharedPage>::zeroed().assume_init() }));
+
+/// Where we fill the async ring next. Umbra keeps its own cursor, starting
+/// at slot 0 like ours, and never reads one from the page.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+fn shared() -> *mut SharedPage {
+    SHARED.0.get()
+}
+
+/// INIT: tell Umbra where the shared page is. The first call, made once.
+pub fn init() {
+    // SAFETY: the page is ours, aligned, and lives forever.
+    unsafe { hypercall(abi::INIT, shared() as u64, 0, 0, 0, 0) };
+}
+
+/// The ABI version Umbra wrote into the shared page at INIT.
+pub fn shared_abi_version() -> u32 {
+    // SAFETY: a read of our own static; volatile because Umbra writes it.
+    unsafe { (&raw const (*shared()).abi_version).read_volatile() }
+}
+
+/// Sets where our kernel half starts. Umbra reads it at the first
+/// NEW_PGTABLE, so this must come before that.
+pub fn set_kernel_boundary(boundary: u64) {
+    // SAFETY: a write to our own static.
+    unsafe { (&raw mut (*shared()).kernel_boundary).write_volatile(boundary) };
+}
+
+/// SHUTDOWN: stop with `status` (0-99 becomes the exit status) and a
+/// message of at most 256 bytes.
+pub fn shutdown(status: u64, message: &str) -> ! {
+    let len = message.len().min(abi::SHUTDOWN_MESSAGE_MAX as usize);
+    // SAFETY: Umbra only reads the message.
+    unsafe { hypercall(abi::SHUTDOWN, status, message.as_ptr() as u64, len as u64, 0, 0) };
+    // Umbra does not come back from SHUTDOWN; if it ever did, wait here.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// CONSOLE_WRITE: print `bytes` (at most 4096 of them); returns the count.
+pub fn console_write(bytes: &[u8]) -> u64 {
+    // SAFETY: Umbra only reads the buffer.
+    unsafe { hypercall(abi::CONSOLE_WRITE, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0) }
+}
+
+/// NEW_PGTABLE: switch to the tables rooted at guest-physical `pml4`.
+///
+/// # Safety
+/// The tables must map this code, its stack and its data where they are
+/// now, or the next instruction faults.
+pub unsafe fn new_pgtable(pml4: u64) {
+    // SAFETY: the caller vouches for the tables.
+    unsafe { hypercall(abi::NEW_PGTABLE, pml4, 0, 0, 0, 0) };
+}
+
+/// SET_PTE: we wrote `pte` as the entry mapping `va` in the tables at
+/// `cr3`. The entry must already be in memory: Umbra reads it there.
+pub fn set_pte(cr3: u64, va: u64, pte: u64) {
+    // SAFETY: an announcement; Umbra reads our tables but writes at most
+    // their accessed and dirty bits, as the CPU would.
+    unsafe { hypercall(abi::SET_PTE, cr3, va, pte, 0, 0) };
+}
+
+/// FLUSH_ASYNC: a synchronous call that does nothing, so Umbra drains the
+/// async ring.
+pub fn flush_async() {
+    // SAFETY: no arguments; the queued calls were vouched for when queued.
+    unsafe { hypercall(abi::FLUSH_ASYNC, 0, 0, 0, 0, 0) };
+}
+
+/// Queues call `number` in the async ring. Umbra runs it before our next
+/// synchronous call. The arguments go in first and `ready` last: Umbra may
+/// run the slot the moment it sees `ready` set, so it must never see a
+/// half-written slot.
+pub fn queue_async(number: u64, args: [u64; 5]) {
+    let index = NEXT_SLOT.load(Ordering::Relaxed);
+    // SAFETY: an in-bounds slot of our own static.
+    let slot = unsafe { &raw mut (*shared()).async_ring[index] };
+    if slot_ready(slot) {
+        // The ring is full all the way round: let Umbra empty it.
+        flush_async();
+        assert!(!slot_ready(slot), "Umbra did not drain the async ring");
+    }
+    // SAFETY: as above; volatile because Umbra reads the slot behind the
+    // compiler's back.
+    unsafe {
+        (&raw mut (*slot).number).write_volatile(number);
+        (&raw mut (*slot).args).write_volatile(args);
+        compiler_fence(Ordering::Release);
+        (&raw mut (*slot).ready).write_volatile(1);
+    }
+    NEXT_SLOT.store((index + 1) % ASYNC_SLOTS, Ordering::Relaxed);
+}
+
+/// How many async slots still wait for Umbra.
+pub fn async_pending() -> usize {
+    (0..ASYNC_SLOTS)
+        // SAFETY: in-bounds slots of our own static.
+        .filter(|&i| slot_ready(unsafe { &raw mut (*shared()).async_ring[i] }))
+        .count()
+}
+
+fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
+    // SAFETY: callers pass slots of our own shared page.
+    unsafe { (&raw const (*slot).ready).read_volatile() != 0 }
+}

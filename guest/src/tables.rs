@@ -1,0 +1,164 @@
+//! # Page tables: the guest's own address space
+//!
+//! The guest starts in linear mode, where Umbra pretends it has a 1:1 map
+//! of its memory. A real kernel wants more: its own tables, and itself in
+//! the upper half of the address space. So we build four-level x86_64
+//! tables the ordinary way and hand them over with NEW_PGTABLE. Umbra
+//! never uses them directly; it reads them to build its shadow tables, one
+//! page per fault.
+//!
+//! The tables map guest memory twice:
+//! - an identity map with 2 MiB pages, so this code, its stack and its
+//!   data keep running at the low addresses they were linked at;
+//! - the kernel alias, guest-physical `pa` at `KERNEL_BASE + pa`, with
+//!   4 KiB pages, the way a kernel maps all of memory for itself.
+//!
+//! Table frames come from a bump allocator over the free memory between
+//! the end of the image and the stack. Memory is never freed. Every table
+//! is reached through the identity map, so a guest-physical address is
+//! also a pointer, before the switch and after.
+//!
+//! The entries are written with accessed and dirty clear, as an OS writes
+//! them for hardware: Umbra sets them when it walks, as a CPU would.
+
+use crate::hypercall;
+
+pub const PAGE_SIZE: u64 = 4096;
+/// Where the kernel alias of guest memory starts; also our kernel half.
+pub const KERNEL_BASE: u64 = 0xFFFF_8000_0000_0000;
+/// Room left for the stack below the `BootInfo`.
+const STACK_RESERVE: u64 = 256 * 1024;
+const LARGE_PAGE: u64 = 2 << 20;
+
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const ACCESSED: u64 = 1 << 5;
+pub const DIRTY: u64 = 1 << 6;
+const HUGE: u64 = 1 << 7;
+const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// Table levels, by how far they are from the page: a page table maps
+/// 4 KiB pages, a page directory 2 MiB ones.
+pub const PT: u32 = 0;
+const PD: u32 = 1;
+const PML4: u32 = 3;
+
+unsafe extern "C" {
+    /// From link.ld: the first page after the image.
+    static __image_end: u8;
+}
+
+/// A pointer to guest-physical `pa`, good in linear mode and under our
+/// identity map alike.
+pub fn phys<T>(pa: u64) -> *mut T {
+    pa as *mut T
+}
+
+/// Frames of free memory, handed out one page at a time.
+pub struct Frames {
+    next: u64,
+    end: u64,
+}
+
+impl Frames {
+    /// The frames from the end of the image up to `STACK_RESERVE` below
+    /// the `BootInfo` at `boot`, where the stack starts.
+    pub fn between_image_and_stack(boot: u64) -> Frames {
+        let image_end = &raw const __image_end as u64;
+        Frames {
+            next: image_end.next_multiple_of(PAGE_SIZE),
+            end: (boot & !(PAGE_SIZE - 1)).saturating_sub(STACK_RESERVE),
+        }
+    }
+
+    /// One zeroed frame.
+    pub fn alloc(&mut self) -> u64 {
+        assert!(self.next < self.end, "out of free frames");
+        let frame = self.next;
+        self.next += PAGE_SIZE;
+        // SAFETY: the frame is free memory nobody else uses, mapped as
+        // described in `phys`.
+        unsafe { core::ptr::write_bytes(phys::<u8>(frame), 0, PAGE_SIZE as usize) };
+        frame
+    }
+
+    fn next(&self) -> u64 {
+        self.next
+    }
+}
+
+/// Our tables, and the frames to grow them.
+pub struct AddressSpace {
+    /// Guest-physical address of the PML4: our CR3.
+    pub root: u64,
+    pub frames: Frames,
+}
+
+impl AddressSpace {
+    /// The entry for `va` in its table at `level`, making the tables above
+    /// it as needed. Making a table after the switch needs no announcement:
+    /// an entry that was not present cannot have been shadowed.
+    pub fn entry(&mut self, va: u64, level: u32) -> *mut u64 {
+        let mut table = self.root;
+        for upper in (level + 1..=PML4).rev() {
+            let slot = slot(table, va, upper);
+            // SAFETY: `table` is one of ours (see `phys`).
+            let mut value = unsafe { slot.read_volatile() };
+            if value & PRESENT == 0 {
+                value = self.frames.alloc() | PRESENT | WRITABLE;
+                // SAFETY: as above.
+                unsafe { slot.write_volatile(value) };
+            }
+            assert!(value & HUGE == 0, "{va:#x} lies in a large page");
+            table = value & ADDRESS;
+        }
+        slot(table, va, level)
+    }
+
+    /// Writes `value` into the entry for `va` at `level`.
+    pub fn set(&mut self, va: u64, level: u32, value: u64) {
+        // SAFETY: `entry` returns a slot in one of our tables.
+        unsafe { self.entry(va, level).write_volatile(value) };
+    }
+}
+
+/// The slot for `va` in the table at `table`, at `level`.
+fn slot(table: u64, va: u64, level: u32) -> *mut u64 {
+    let index = (va >> (12 + 9 * level)) & 511;
+    phys(table + 8 * index)
+}
+
+/// Builds the identity map and the kernel alias of `memory_size` bytes of
+/// guest memory, declares the kernel half, and switches to the tables.
+pub fn build_and_switch(memory_size: u64, mut frames: Frames) -> AddressSpace {
+    let first = frames.next();
+    let mut space = AddressSpace { root: frames.alloc(), frames };
+
+    // A large page must lie wholly inside guest memory, so a last partial
+    // 2 MiB is mapped in 4 KiB pages.
+    let pages_end = memory_size & !(PAGE_SIZE - 1);
+    let large_end = memory_size & !(LARGE_PAGE - 1);
+    for pa in (0..large_end).step_by(LARGE_PAGE as usize) {
+        space.set(pa, PD, pa | PRESENT | WRITABLE | HUGE);
+    }
+    for pa in (large_end..pages_end).step_by(PAGE_SIZE as usize) {
+        space.set(pa, PT, pa | PRESENT | WRITABLE);
+    }
+    for pa in (0..pages_end).step_by(PAGE_SIZE as usize) {
+        space.set(KERNEL_BASE + pa, PT, pa | PRESENT | WRITABLE);
+    }
+    say!(
+        "page tables: {} KiB at {:#x}, identity map and kernel alias at {:#x}",
+        (space.frames.next() - first) >> 10,
+        space.root,
+        KERNEL_BASE
+    );
+
+    // Umbra reads the boundary once, at the first NEW_PGTABLE.
+    hypercall::set_kernel_boundary(KERNEL_BASE);
+    // SAFETY: the identity map covers all guest memory, so the code, stack
+    // and data stay where they are.
+    unsafe { hypercall::new_pgtable(space.root) };
+    say!("running on our own page tables");
+    space
+}

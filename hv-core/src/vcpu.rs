@@ -1,0 +1,469 @@
+//! # A virtual CPU: what happens after every exit
+//!
+//! The switcher brings the CPU back to the host with the guest's whole
+//! register set and the number of the trap that ended its run. This module
+//! decides what that trap means, lguest's `run_guest` loop body:
+//!
+//! - a page fault is the shadow MMU's business: fill the shadow and resume,
+//!   or, when the guest's own tables forbid the access, (for now) kill;
+//! - an invalid-opcode trap from ring 1 is a hypercall (see [`crate::abi`]);
+//! - an interrupt that arrived while the guest ran needs nothing more;
+//! - anything else kills the guest, with the trap's name.
+//!
+//! The guest's registers, its memory and the host's console are reached
+//! through traits, so everything here runs, and is tested, on the host.
+
+use core::fmt;
+use core::mem::offset_of;
+
+use paging::{Access, FaultOutcome, FramePool, GuestMemory, KillReason, Level, ShadowMmu, TranslateError};
+use switcher_asm::layout::{GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
+
+use crate::abi::{self, AsyncCall, SharedPage};
+
+/// Guest memory as the hypervisor reaches it, with byte copies on top of
+/// the shadow MMU's word access.
+pub trait GuestRam: GuestMemory {
+    /// Copy from guest-physical `gpa`; false if any byte is outside.
+    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Copy to guest-physical `gpa`; false if any byte is outside.
+    fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool;
+}
+
+/// What the host offers a guest besides memory.
+pub trait Host {
+    /// Print the guest's console output.
+    fn console_write(&mut self, bytes: &[u8]);
+    /// Nanoseconds since boot.
+    fn now_ns(&self) -> u64;
+    /// The TSC frequency.
+    fn tsc_khz(&self) -> u64;
+}
+
+/// Why a guest was killed: each names the rule it broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kill {
+    /// The shadow MMU refused something.
+    Paging(KillReason),
+    /// A write to the switcher's read-only state.
+    WroteSwitcherState {
+        addr: u64,
+        rip: u64,
+    },
+    /// Any other access to the switcher region.
+    TouchedSwitcher {
+        addr: u64,
+        rip: u64,
+    },
+    /// A page fault the guest's own tables cause (reflection comes later).
+    UnhandledPageFault {
+        addr: u64,
+        error_code: u64,
+        rip: u64,
+    },
+    /// An exception the host does not handle yet.
+    UnhandledTrap {
+        vector: u8,
+        error_code: u64,
+        rip: u64,
+    },
+    /// An invalid opcode from guest user mode: not a hypercall.
+    UserInvalidOpcode {
+        rip: u64,
+    },
+    UnknownHypercall {
+        number: u64,
+    },
+    FirstCallNotInit {
+        number: u64,
+    },
+    InitTwice,
+    /// INIT's shared page is not page-aligned, or not the guest's memory.
+    BadSharedPage {
+        addr: u64,
+    },
+    /// A pointer argument that the guest's own tables do not allow.
+    BadPointer {
+        call: u64,
+        addr: u64,
+        len: u64,
+    },
+    /// A length beyond the call's limit.
+    TooLong {
+        call: u64,
+        len: u64,
+        max: u64,
+    },
+    /// An async ring entry with a call that cannot be queued.
+    BadAsyncCall {
+        slot: usize,
+        number: u64,
+    },
+}
+
+fn trap_name(vector: u8) -> &'static str {
+    match vector {
+        0 => "divide error (#DE)",
+        1 => "debug trap (#DB)",
+        3 => "breakpoint (#BP)",
+        4 => "overflow (#OF)",
+        5 => "bound range (#BR)",
+        6 => "invalid opcode (#UD)",
+        7 => "device not available (#NM)",
+        8 => "double fault (#DF)",
+        10 => "invalid TSS (#TS)",
+        11 => "segment not present (#NP)",
+        12 => "stack fault (#SS)",
+        13 => "general protection fault (#GP)",
+        14 => "page fault (#PF)",
+        16 => "x87 error (#MF)",
+        17 => "alignment check (#AC)",
+        18 => "machine check (#MC)",
+        19 => "SIMD error (#XM)",
+        _ => "exception",
+    }
+}
+
+impl fmt::Display for Kill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Kill::Paging(reason) => write!(f, "{reason}"),
+            Kill::WroteSwitcherState { addr, rip } => {
+                write!(f, "wrote the switcher's read-only state at {addr:#x} (rip {rip:#x})")
+            }
+            Kill::TouchedSwitcher { addr, rip } => {
+                write!(f, "touched the switcher region at {addr:#x} (rip {rip:#x})")
+            }
+            Kill::UnhandledPageFault { addr, error_code, rip } => {
+                write!(f, "unhandled page fault at {addr:#x} (error code {error_code:#x}, rip {rip:#x})")
+            }
+            Kill::UnhandledTrap { vector, error_code, rip } => write!(
+                f,
+                "{} (vector {vector}, error code {error_code:#x}) at rip {rip:#x}",
+                trap_name(vector)
+            ),
+            Kill::UserInvalidOpcode { rip } => {
+                write!(f, "invalid opcode in guest user mode at rip {rip:#x} (hypercalls are for ring 1)")
+            }
+            Kill::UnknownHypercall { number } => write!(f, "unknown hypercall {number:#x}"),
+            Kill::FirstCallNotInit { number } => {
+                write!(f, "first hypercall was {} ({number:#x}), not INIT", abi::call_name(number))
+            }
+            Kill::InitTwice => write!(f, "INIT called twice"),
+            Kill::BadSharedPage { addr } => {
+                write!(f, "INIT: shared page {addr:#x} is not a page-aligned page of guest memory")
+            }
+            Kill::BadPointer { call, addr, len } => {
+                write!(f, "{}: buffer {addr:#x} (+{len}) is not the guest's memory", abi::call_name(call))
+            }
+            Kill::TooLong { call, len, max } => {
+                write!(f, "{}: length {len} is over the limit of {max}", abi::call_name(call))
+            }
+            Kill::BadAsyncCall { slot, number } => {
+                write!(f, "async ring slot {slot} holds call {number:#x}, which cannot be queued")
+            }
+        }
+    }
+}
+
+/// What the run loop does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Enter the guest again.
+    Resume,
+    /// The guest asked to stop with this (raw) status.
+    Shutdown { status: u64 },
+    /// The guest broke a rule.
+    Kill(Kill),
+    /// The exit came from ring 0: the switcher itself faulted. A host bug.
+    SwitcherFault,
+}
+
+/// Counts the statistics block prints at exit.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub exits_by_vector: [u64; 256],
+    pub hypercalls: [u64; abi::CALL_COUNT as usize + 1],
+    pub async_calls: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats { exits_by_vector: [0; 256], hypercalls: [0; abi::CALL_COUNT as usize + 1], async_calls: 0 }
+    }
+}
+
+/// The guest's registers as it should start: ring 1, linear mode,
+/// interrupts on, `rdi` and `rsp` at the boot-info block.
+pub fn initial_regs(entry: u64, boot_info: u64) -> GuestRegs {
+    GuestRegs {
+        rip: entry,
+        cs: u64::from(abi::GUEST_KERNEL_CS),
+        rflags: RFLAGS_FIXED,
+        rsp: boot_info,
+        ss: u64::from(abi::GUEST_KERNEL_SS),
+        rdi: boot_info,
+        ..GuestRegs::default()
+    }
+}
+
+/// Bit 1 of RFLAGS is always set; IF is always on in the real flags (the
+/// guest's own interrupt flag is virtual).
+const RFLAGS_FIXED: u64 = 0x202;
+/// Flags the guest may own: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID.
+const RFLAGS_GUEST: u64 =
+    0x0001 | 0x0004 | 0x0010 | 0x0040 | 0x0080 | 0x0100 | 0x0400 | 0x0800 | 0x4_0000 | 0x20_0000;
+
+/// Make the registers safe to enter with, whatever the guest or an exit
+/// left in them: ring 1 or 3 only, with matching stack segment, no I/O
+/// privilege, interrupts on, no virtual-8086 or nested-task games.
+pub fn sanitize(regs: &mut GuestRegs) {
+    if regs.cs & 3 == 3 {
+        regs.cs = u64::from(abi::GUEST_USER_CS);
+        regs.ss = u64::from(abi::GUEST_USER_SS);
+    } else {
+        regs.cs = u64::from(abi::GUEST_KERNEL_CS);
+        regs.ss = u64::from(abi::GUEST_KERNEL_SS);
+    }
+    regs.rflags = (regs.rflags & RFLAGS_GUEST) | RFLAGS_FIXED;
+}
+
+const ASYNC_RING_OFFSET: u64 = offset_of!(SharedPage, async_ring) as u64;
+const ASYNC_CALL_SIZE: u64 = core::mem::size_of::<AsyncCall>() as u64;
+
+/// One guest's CPU: its shadow MMU and what it told us at INIT.
+pub struct Vcpu<M: GuestRam, P: FramePool> {
+    pub mmu: ShadowMmu<M, P>,
+    /// Guest-physical address of the shared page, once INIT named it.
+    shared_page: Option<u64>,
+    /// Our own position in the async ring; the guest's idea is not trusted.
+    async_cursor: usize,
+    pub stats: Stats,
+}
+
+/// A call's result, when it does not kill.
+enum Done {
+    Value(u64),
+    Shutdown(u64),
+}
+
+impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
+    pub fn new(mmu: ShadowMmu<M, P>) -> Self {
+        Vcpu { mmu, shared_page: None, async_cursor: 0, stats: Stats::default() }
+    }
+
+    /// Decide what a trap means. `cr2` matters only for page faults.
+    pub fn handle_exit(&mut self, regs: &mut GuestRegs, cr2: u64, host: &mut impl Host) -> Next {
+        let vector = (regs.vector & 0xff) as u8;
+        self.stats.exits_by_vector[vector as usize] += 1;
+        if regs.cs & 3 == 0 {
+            return Next::SwitcherFault;
+        }
+        match vector {
+            14 => self.page_fault(regs, cr2),
+            6 if regs.cs & 3 == 1 => self.hypercall(regs, host),
+            6 => Next::Kill(Kill::UserInvalidOpcode { rip: regs.rip }),
+            // An interrupt (or NMI) arrived while the guest ran: the host
+            // has nothing to do with it yet.
+            2 | 32..=255 => Next::Resume,
+            _ => Next::Kill(Kill::UnhandledTrap { vector, error_code: regs.error_code, rip: regs.rip }),
+        }
+    }
+
+    fn page_fault(&mut self, regs: &GuestRegs, addr: u64) -> Next {
+        if addr >= SWITCHER_BASE {
+            let write = regs.error_code & 2 != 0;
+            let read_only_state = (STATE_PAGE..IDT_PAGE + PAGE_SIZE).contains(&addr);
+            return Next::Kill(if write && read_only_state {
+                Kill::WroteSwitcherState { addr, rip: regs.rip }
+            } else {
+                Kill::TouchedSwitcher { addr, rip: regs.rip }
+            });
+        }
+        match self.mmu.demand_fill(addr, Access::from_error_code(regs.error_code)) {
+            FaultOutcome::Fixed => Next::Resume,
+            FaultOutcome::Reflect => {
+                Next::Kill(Kill::UnhandledPageFault { addr, error_code: regs.error_code, rip: regs.rip })
+            }
+            FaultOutcome::Kill(reason) => Next::Kill(Kill::Paging(reason)),
+        }
+    }
+
+    fn hypercall(&mut self, regs: &mut GuestRegs, host: &mut impl Host) -> Next {
+        let number = regs.rax;
+        let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
+        self.stats.hypercalls[number.min(abi::CALL_COUNT) as usize] += 1;
+        let result = match self.shared_page {
+            None if number != abi::INIT => Err(Kill::FirstCallNotInit { number }),
+            None => self.init(args[0], host).map(Done::Value),
+            Some(_) => self.drain_async_ring(host).and_then(|()| self.call(number, args, host)),
+        };
+        match result {
+            Ok(Done::Value(value)) => {
+                regs.rax = value;
+                regs.rip = regs.rip.wrapping_add(abi::HYPERCALL_INSTRUCTION.len() as u64);
+                Next::Resume
+            }
+            Ok(Done::Shutdown(status)) => Next::Shutdown { status },
+            Err(kill) => Next::Kill(kill),
+        }
+    }
+
+    fn init(&mut self, va: u64, host: &mut impl Host) -> Result<u64, Kill> {
+        let bad = Kill::BadSharedPage { addr: va };
+        if !va.is_multiple_of(PAGE_SIZE) {
+            return Err(bad);
+        }
+        let gpa = match self.mmu.translate(va, Access::KERNEL_WRITE) {
+            Ok(gpa) if gpa.is_multiple_of(PAGE_SIZE) => gpa,
+            Ok(_) | Err(TranslateError::PageFault { .. }) => return Err(bad),
+            Err(TranslateError::Kill(reason)) => return Err(Kill::Paging(reason)),
+        };
+        let memory = self.mmu.memory_mut();
+        let version = abi::ABI_VERSION.to_le_bytes();
+        let written = memory.write_bytes(gpa + offset_of!(SharedPage, abi_version) as u64, &version)
+            && memory.write_u64(gpa + offset_of!(SharedPage, tsc_khz) as u64, host.tsc_khz())
+            && memory.write_u64(gpa + offset_of!(SharedPage, time_ns) as u64, host.now_ns());
+        if !written {
+            return Err(bad);
+        }
+        self.shared_page = Some(gpa);
+        Ok(abi::RESULT_OK)
+    }
+
+    /// Before each entry: the guest's clock.
+    pub fn update_shared_time(&mut self, now_ns: u64) {
+        if let Some(page) = self.shared_page {
+            self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, time_ns) as u64, now_ns);
+        }
+    }
+
+    /// Run the queued calls in ring order, from our own cursor, until a
+    /// slot that is not ready. Each slot is read once, so a guest that
+    /// rewrites it meanwhile only changes what it asked for.
+    fn drain_async_ring(&mut self, host: &mut impl Host) -> Result<(), Kill> {
+        let Some(page) = self.shared_page else { return Ok(()) };
+        for _ in 0..abi::ASYNC_SLOTS {
+            let slot = self.async_cursor;
+            let base = page + ASYNC_RING_OFFSET + slot as u64 * ASYNC_CALL_SIZE;
+            let word = |i: u64| self.mmu.memory().read_u64(base + i * 8).unwrap_or(0);
+            if word(0) != 1 {
+                break;
+            }
+            let number = word(1);
+            let args = [word(2), word(3), word(4), word(5), word(6)];
+            if !matches!(
+                number,
+                abi::SET_PTE
+                    | abi::SET_PMD
+                    | abi::SET_PUD
+                    | abi::SET_PGD
+                    | abi::FLUSH_TLB
+                    | abi::CONSOLE_WRITE
+            ) {
+                return Err(Kill::BadAsyncCall { slot, number });
+            }
+            self.call(number, args, host)?;
+            self.mmu.memory_mut().write_u64(base, 0);
+            self.stats.async_calls += 1;
+            self.async_cursor = (slot + 1) % abi::ASYNC_SLOTS;
+        }
+        let completed = self.stats.async_calls;
+        self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, async_completed) as u64, completed);
+        Ok(())
+    }
+
+    fn call(&mut self, number: u64, args: [u64; 5], host: &mut impl Host) -> Result<Done, Kill> {
+        let paging = Kill::Paging;
+        let value = match number {
+            abi::INIT => return Err(Kill::InitTwice),
+            abi::SHUTDOWN => {
+                let (message, len) = (args[1], args[2]);
+                if len > 0 {
+                    let mut buffer = [0u8; abi::SHUTDOWN_MESSAGE_MAX as usize];
+                    let text = self.read_guest(number, message, len, &mut buffer)?;
+                    host.console_write(b"guest shutdown: ");
+                    host.console_write(text);
+                    host.console_write(b"\n");
+                }
+                return Ok(Done::Shutdown(args[0]));
+            }
+            abi::CONSOLE_WRITE => {
+                let mut buffer = [0u8; abi::CONSOLE_WRITE_MAX as usize];
+                let text = self.read_guest(number, args[0], args[1], &mut buffer)?;
+                host.console_write(text);
+                args[1]
+            }
+            abi::NEW_PGTABLE => {
+                if self.mmu.is_linear() {
+                    self.adopt_kernel_boundary()?;
+                }
+                self.mmu.new_pagetable(args[0]).map_err(paging)?;
+                abi::RESULT_OK
+            }
+            abi::SET_PTE => {
+                self.mmu.set_pte(args[0], args[1], args[2]).map_err(paging)?;
+                abi::RESULT_OK
+            }
+            abi::SET_PMD | abi::SET_PUD | abi::SET_PGD => {
+                let level = match number {
+                    abi::SET_PMD => Level::Pd,
+                    abi::SET_PUD => Level::Pdpt,
+                    _ => Level::Pml4,
+                };
+                self.mmu.invalidate_entry(args[0], args[1], level).map_err(paging)?;
+                abi::RESULT_OK
+            }
+            abi::FLUSH_TLB => {
+                if args[0] == 0 { self.mmu.flush_user_half() } else { self.mmu.flush_all() }
+                    .map_err(paging)?;
+                abi::RESULT_OK
+            }
+            abi::FLUSH_ASYNC => abi::RESULT_OK,
+            abi::LOAD_IDT_ENTRY | abi::SET_STACK | abi::SET_CLOCKEVENT | abi::HALT | abi::SEND_INTERRUPTS => {
+                abi::RESULT_UNSUPPORTED
+            }
+            _ => return Err(Kill::UnknownHypercall { number }),
+        };
+        Ok(Done::Value(value))
+    }
+
+    /// The kernel boundary the guest wrote into its shared page, taken
+    /// once, as the guest leaves linear mode.
+    fn adopt_kernel_boundary(&mut self) -> Result<(), Kill> {
+        let Some(page) = self.shared_page else { return Ok(()) };
+        let boundary =
+            self.mmu.memory().read_u64(page + offset_of!(SharedPage, kernel_boundary) as u64).unwrap_or(0);
+        if boundary != 0 {
+            self.mmu.set_kernel_boundary(boundary).map_err(Kill::Paging)?;
+        }
+        Ok(())
+    }
+
+    /// Copy `len` bytes at guest-virtual `va` into `buffer`, translating
+    /// each page with a kernel-read check.
+    fn read_guest<'b>(&self, call: u64, va: u64, len: u64, buffer: &'b mut [u8]) -> Result<&'b [u8], Kill> {
+        let max = buffer.len() as u64;
+        if len > max {
+            return Err(Kill::TooLong { call, len, max });
+        }
+        let bad = Kill::BadPointer { call, addr: va, len };
+        va.checked_add(len).ok_or(bad)?;
+        let mut done = 0;
+        while done < len {
+            let at = va + done;
+            let chunk = (PAGE_SIZE - at % PAGE_SIZE).min(len - done);
+            let gpa = match self.mmu.translate(at, Access::KERNEL_READ) {
+                Ok(gpa) => gpa,
+                Err(TranslateError::Kill(reason)) => return Err(Kill::Paging(reason)),
+                Err(TranslateError::PageFault { .. }) => return Err(bad),
+            };
+            let out = &mut buffer[done as usize..(done + chunk) as usize];
+            if !self.mmu.memory().read_bytes(gpa, out) {
+                return Err(bad);
+            }
+            done += chunk;
+        }
+        Ok(&buffer[..len as usize])
+    }
+}

@@ -1,0 +1,123 @@
+/*
+ * The switcher: the only code that runs on both sides of the world.
+ *
+ * It is assembled into its own two pages and mapped at the top of every
+ * address space, so it keeps running while CR3 changes under it. Every
+ * address it uses is a constant from layout.rs (the names in braces), and it
+ * never names a host symbol: the host's state reaches it through the
+ * per-CPU state page.
+ *
+ * Page 0 holds 256 exit stubs, one per vector, 16 bytes apart: the guest
+ * IDT points each vector at its stub. Page 1 holds the two paths:
+ *
+ * switcher_enter (called by the host, on host tables):
+ *   save the host's callee-saved registers and stack pointer;
+ *   load the guest GDT, TSS (clearing its busy bit first: the GDT is
+ *   writable only from here, on the host side) and IDT;
+ *   load the guest's shadow CR3; from now on only this region, the guest's
+ *   memory and nothing of the host is mapped;
+ *   pop the guest's registers from the registers page and iretq to it.
+ *
+ * exit (any trap or interrupt while the guest runs):
+ *   the CPU has switched to TSS.RSP0 (or IST1), the end of the registers
+ *   page, and pushed its frame there; the stub adds an error code where
+ *   the CPU did not, and the vector; exit_common pushes every register,
+ *   completing GuestRegs in place;
+ *   load the host CR3, GDT, TSS and IDT back, restore the host's data
+ *   segments and stack, pop its callee-saved registers and return to the
+ *   host as if switcher_enter were an ordinary function.
+ */
+    .pushsection .text.switcher, "ax"
+    .balign 4096
+    .global switcher_start, switcher_end
+switcher_start:
+
+    /* .org pads to the given place, and fails to assemble if the code
+     * before it has already run past: that is the layout check. */
+    .set vector, 0
+    .rept 256
+    .org switcher_start + vector * {STUB_SIZE}
+    .if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
+    .else
+    push $0
+    .endif
+    push $vector
+    jmp exit_common
+    .set vector, vector + 1
+    .endr
+
+    .org switcher_start + {ENTRY_OFFSET}
+switcher_enter:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, {STATE_HOST_RSP}
+    lgdt {STATE_GUEST_GDT}
+    andb $0xfd, {STATE_GUEST_TSS_ACCESS}
+    mov ${TSS_SELECTOR}, %ax
+    ltr %ax
+    lidt {STATE_GUEST_IDT}
+    mov {STATE_GUEST_CR3}, %rax
+    mov %rax, %cr3
+    mov ${GUEST_REGS_VA}, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp               /* vector and error code */
+    iretq
+
+exit_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov {STATE_HOST_CR3}, %rax
+    mov %rax, %cr3
+    lgdt {STATE_HOST_GDT}
+    mov {STATE_HOST_TSS_DESCRIPTOR}, %rax
+    andb $0xfd, 5(%rax)
+    mov {STATE_HOST_TSS_SELECTOR}, %ax
+    ltr %ax
+    lidt {STATE_HOST_IDT}
+    mov ${SWITCHER_DS}, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov {STATE_HOST_RSP}, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
+    .org switcher_start + {CODE_BYTES}
+switcher_end:
+    .popsection
