@@ -8,14 +8,20 @@
 //! power-off through ACPI without QEMU's exit device, and Cloud Hypervisor
 //! when it is installed.
 //!
+//! Every good boot also runs the default guest to its end. The guest
+//! cases: a guest passed as a module, a guest's own exit status passed
+//! through, and one case per rule a guest can break, each of which must
+//! end in `guest killed: <reason>` and the "guest killed" status.
+//!
 //! Run them with `cargo test -p boot-tests`; add words after `--` to run
 //! only the cases whose names contain them.
 
-use boot_tests::{Accel, Boot, Case, Outcome, Verdict, check, kvm_opens, on_path, run_cases};
+use boot_tests::{Accel, Boot, Case, Outcome, Verdict, check, guest_elf, kvm_opens, on_path, run_cases};
 
 const MACHINES: [&str; 3] = ["pc", "q35", "microvm"];
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const GUEST_KILLED: u8 = 100;
+const GUEST_STATUS_OUT_OF_RANGE: u8 = 103;
 const FIRMWARE_ERROR: u8 = 101;
 const CRASH: u8 = 102;
 
@@ -26,9 +32,7 @@ fn qemu_exit_code(status: u8) -> i32 {
 /// Boot, or say why this case cannot run here.
 fn boot(name: &str, boot: &Boot) -> Result<Outcome, Verdict> {
     if boot.accel == Accel::Kvm && !kvm_opens() {
-        return Err(Verdict::Skip(
-            "/dev/kvm does not open on this machine".into(),
-        ));
+        return Err(Verdict::Skip("/dev/kvm does not open on this machine".into()));
     }
     boot.run(name).map_err(Verdict::Fail)
 }
@@ -36,21 +40,13 @@ fn boot(name: &str, boot: &Boot) -> Result<Outcome, Verdict> {
 /// The exit contract: last line `umbra: exit status N`, and QEMU's
 /// exit code `(N << 1) | 1` (or 0 after an ACPI power-off).
 fn check_exit(outcome: &Outcome, status: u8, debug_exit: bool) -> Verdict {
-    check!(
-        outcome,
-        outcome.exit_code.is_some(),
-        "timed out: the VMM was killed"
-    );
+    check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
     check!(
         outcome,
         outcome.reported_status() == Some(status),
         "last line should be 'umbra: exit status {status}'"
     );
-    let expected = if debug_exit {
-        qemu_exit_code(status)
-    } else {
-        0
-    };
+    let expected = if debug_exit { qemu_exit_code(status) } else { 0 };
     check!(
         outcome,
         outcome.exit_code == Some(expected),
@@ -83,11 +79,25 @@ fn check_banner(outcome: &Outcome, cpus: usize, mem_mib: u64) -> Verdict {
         usable.is_some_and(|mib| mib + 16 >= mem_mib && mib <= mem_mib),
         "memory line should report about {mem_mib} MiB usable, found {usable:?}"
     );
+    check!(outcome, outcome.line_starting("cmdline: \"").is_some(), "expected the VMM cmdline line");
+    Verdict::Pass
+}
+
+/// The default guest's own lines, and the statistics block after them.
+fn check_default_guest_ran(outcome: &Outcome) -> Verdict {
+    check!(outcome, outcome.has_line("guest: hello from ring 1"), "the guest should greet from ring 1");
+    let summary = outcome.line_starting("guest: touched ").unwrap_or("");
     check!(
         outcome,
-        outcome.line_starting("cmdline: \"").is_some(),
-        "expected the VMM cmdline line"
+        summary.ends_with("; all verified")
+            && summary.contains("demand-filled")
+            && summary.contains("async ring"),
+        "the guest should report its pages verified: {summary:?}"
     );
+    check!(outcome, outcome.has_line("guest exited with status 0"), "the guest should exit with status 0");
+    for stats in ["stats: exits ", "stats: hypercalls ", "stats: paging: ", "stats: cycles: "] {
+        check!(outcome, outcome.line_starting(stats).is_some(), "expected a '{stats}' line");
+    }
     Verdict::Pass
 }
 
@@ -112,11 +122,7 @@ fn standard_boot(machine: &'static str, accel: Accel) -> Case {
                     outcome.has_line("cmdline: \"log=info\""),
                     "the cmdline line should quote the cmdline"
                 );
-                check!(
-                    outcome,
-                    !outcome.serial.contains("warn:"),
-                    "a clean boot should print no warnings"
-                );
+                check!(outcome, !outcome.serial.contains("warn:"), "a clean boot should print no warnings");
                 Verdict::Pass
             })
         })
@@ -126,32 +132,20 @@ fn standard_boot(machine: &'static str, accel: Accel) -> Case {
 /// A boot on microvm (TCG) that must warn once and still exit 0.
 fn warns_and_goes_on(case: &'static str, cmdline: Vec<u8>, warning_prefix: &'static str) -> Case {
     Case::new(case, move |name| {
-        let outcome = match boot(
-            name,
-            &Boot::new("microvm", Accel::Tcg).append(cmdline.clone()),
-        ) {
+        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(cmdline.clone())) {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        let warnings: Vec<&str> = outcome
-            .lines()
-            .into_iter()
-            .filter(|l| l.starts_with("warn: cmdline"))
-            .collect();
-        check!(
-            outcome,
-            warnings.len() == 1,
-            "expected exactly one cmdline warning, got {warnings:?}"
-        );
+        let warnings: Vec<&str> =
+            outcome.lines().into_iter().filter(|l| l.starts_with("warn: cmdline")).collect();
+        check!(outcome, warnings.len() == 1, "expected exactly one cmdline warning, got {warnings:?}");
         check!(
             outcome,
             warnings[0].starts_with(warning_prefix),
             "warning should start '{warning_prefix}': {:?}",
             warnings[0]
         );
-        both(check_banner(&outcome, 2, 256), || {
-            check_exit(&outcome, 0, true)
-        })
+        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, true))
     })
 }
 
@@ -174,16 +168,9 @@ fn too_little_ram(machine: &'static str) -> Case {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        let errors: Vec<&str> = outcome
-            .lines()
-            .into_iter()
-            .filter(|l| l.starts_with("umbra: error:"))
-            .collect();
-        check!(
-            outcome,
-            errors.len() == 1,
-            "expected one error line, got {errors:?}"
-        );
+        let errors: Vec<&str> =
+            outcome.lines().into_iter().filter(|l| l.starts_with("umbra: error:")).collect();
+        check!(outcome, errors.len() == 1, "expected one error line, got {errors:?}");
         check!(
             outcome,
             errors[0].contains("too little memory"),
@@ -196,35 +183,20 @@ fn too_little_ram(machine: &'static str) -> Case {
 
 fn deliberate_crash(kind: &'static str, expect: &'static str) -> Case {
     Case::new(format!("tcg_microvm_crash_{kind}"), move |name| {
-        let outcome = match boot(
-            name,
-            &Boot::new("microvm", Accel::Tcg).append(format!("crash={kind}")),
-        ) {
+        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(format!("crash={kind}"))) {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
         let report = outcome.line_starting("umbra: crash: ").unwrap_or("");
-        check!(
-            outcome,
-            report.contains(expect),
-            "crash report should name '{expect}': {report:?}"
-        );
+        check!(outcome, report.contains(expect), "crash report should name '{expect}': {report:?}");
         check!(
             outcome,
             outcome.line_starting("  backtrace").is_some(),
             "crash report should have a backtrace"
         );
         if kind != "panic" {
-            check!(
-                outcome,
-                outcome.line_starting("  rip 0x").is_some(),
-                "crash report should show rip"
-            );
-            check!(
-                outcome,
-                outcome.line_starting("  cr2 0x").is_some(),
-                "crash report should show cr2"
-            );
+            check!(outcome, outcome.line_starting("  rip 0x").is_some(), "crash report should show rip");
+            check!(outcome, outcome.line_starting("  cr2 0x").is_some(), "crash report should show cr2");
         }
         check_exit(&outcome, CRASH, true)
     })
@@ -236,9 +208,7 @@ fn acpi_power_off(machine: &'static str) -> Case {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        both(check_banner(&outcome, 2, 256), || {
-            check_exit(&outcome, 0, false)
-        })
+        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, false))
     })
 }
 
@@ -250,27 +220,21 @@ fn no_acpi() -> Case {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        let warning = outcome
-            .line_starting("warn: acpi: no valid RSDP found")
-            .is_some();
-        check!(
-            outcome,
-            warning,
-            "expected 'warn: acpi: no valid RSDP found ...'"
-        );
-        both(check_banner(&outcome, 1, 256), || {
-            check_exit(&outcome, 0, true)
-        })
+        let warning = outcome.line_starting("warn: acpi: no valid RSDP found").is_some();
+        check!(outcome, warning, "expected 'warn: acpi: no valid RSDP found ...'");
+        both(check_banner(&outcome, 1, 256), || check_exit(&outcome, 0, true))
     })
 }
 
-fn module_is_listed() -> Case {
-    Case::new("tcg_pc_module", |name| {
-        let module = std::env::temp_dir().join(format!("umbra-test-module-{}", std::process::id()));
+/// A PVH module is the guest; junk there is a malformed guest ELF.
+fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
+    Case::new(format!("{}_pc_module_not_an_elf", accel.name()), move |name| {
+        let module =
+            std::env::temp_dir().join(format!("umbra-test-module-{}-{}", accel.name(), std::process::id()));
         if let Err(e) = std::fs::write(&module, vec![0x5a; 12345]) {
             return Verdict::Fail(format!("cannot write a module file: {e}"));
         }
-        let result = boot(name, &Boot::new("pc", Accel::Tcg).initrd(module.clone()));
+        let result = boot(name, &Boot::new("pc", accel).initrd(module.clone()));
         let _ = std::fs::remove_file(&module);
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -278,12 +242,67 @@ fn module_is_listed() -> Case {
         };
         check!(
             outcome,
-            outcome
-                .line_starting("module 0: 12345 bytes at 0x")
-                .is_some(),
+            outcome.line_starting("module 0: 12345 bytes at 0x").is_some(),
             "expected 'module 0: 12345 bytes at ...'"
         );
-        check_exit(&outcome, 0, true)
+        check!(
+            outcome,
+            outcome.has_line("guest killed: malformed guest ELF: not an ELF file (bad magic)"),
+            "expected the guest to be refused as a malformed ELF"
+        );
+        check_exit(&outcome, GUEST_KILLED, true)
+    })
+}
+
+/// The guest ELF passed as PVH module 0 instead of the built-in one.
+fn guest_as_module(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_guest_as_module", accel.name()), move |name| {
+        let elf = match guest_elf() {
+            Ok(elf) => elf,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let outcome = match boot(name, &Boot::new("microvm", accel).initrd(elf)) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome.line_starting("guest: module 0 (").is_some(),
+            "the guest should come from module 0"
+        );
+        both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
+    })
+}
+
+/// A guest's SHUTDOWN status becomes the firmware's.
+fn guest_status(accel: Accel, status: u64, expected: u8, line: &'static str) -> Case {
+    Case::new(format!("{}_microvm_guest_exit_{status}", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel).append(format!("-- test=exit:{status}"));
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(outcome, outcome.line_starting(line).is_some(), "expected a line starting '{line}'");
+        check_exit(&outcome, expected, true)
+    })
+}
+
+/// A guest that breaks a rule is killed with a reason naming it.
+fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
+    Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
+        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={test}"))) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let killed = outcome.line_starting("guest killed: ").unwrap_or("");
+        check!(outcome, killed.contains(reason), "expected 'guest killed: ...{reason}...', got {killed:?}");
+        check!(
+            outcome,
+            !outcome.serial.contains("guest: survived"),
+            "the guest went on after breaking the rule"
+        );
+        check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
+        check_exit(&outcome, GUEST_KILLED, true)
     })
 }
 
@@ -295,9 +314,7 @@ fn cloud_hypervisor() -> Case {
             return Verdict::Skip("cloud-hypervisor is not on PATH".into());
         };
         if !kvm_opens() {
-            return Verdict::Skip(
-                "cloud-hypervisor needs /dev/kvm, which does not open here".into(),
-            );
+            return Verdict::Skip("cloud-hypervisor needs /dev/kvm, which does not open here".into());
         }
         let image = match boot_tests::image() {
             Ok(image) => image,
@@ -307,28 +324,13 @@ fn cloud_hypervisor() -> Case {
         command
             .arg("--kernel")
             .arg(image)
-            .args([
-                "--serial",
-                "tty",
-                "--console",
-                "off",
-                "--cpus",
-                "boot=2",
-                "--memory",
-                "size=256M",
-            ])
+            .args(["--serial", "tty", "--console", "off", "--cpus", "boot=2", "--memory", "size=256M"])
             .args(["--cmdline", "log=info"]);
-        let outcome = match boot_tests::run_with_timeout(
-            command,
-            std::time::Duration::from_secs(120),
-            name,
-        ) {
+        let outcome = match boot_tests::run_with_timeout(command, std::time::Duration::from_secs(120), name) {
             Ok(outcome) => outcome,
             Err(e) => return Verdict::Fail(e),
         };
-        both(check_banner(&outcome, 2, 256), || {
-            check_exit(&outcome, 0, false)
-        })
+        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, false))
     })
 }
 
@@ -336,11 +338,10 @@ fn cloud_hypervisor() -> Case {
 /// whose entry is the ELF entry point.
 fn image_is_a_pvh_exec() -> Case {
     Case::new("image_pvh_note", |_| {
-        let image =
-            match boot_tests::image().and_then(|p| std::fs::read(p).map_err(|e| e.to_string())) {
-                Ok(bytes) => bytes,
-                Err(e) => return Verdict::Fail(e),
-            };
+        let image = match boot_tests::image().and_then(|p| std::fs::read(p).map_err(|e| e.to_string())) {
+            Ok(bytes) => bytes,
+            Err(e) => return Verdict::Fail(e),
+        };
         match pvh_entry(&image) {
             Ok((entry, note_entry)) if entry == note_entry && entry >= 0x10_0000 => Verdict::Pass,
             Ok((entry, note_entry)) => Verdict::Fail(format!(
@@ -353,14 +354,8 @@ fn image_is_a_pvh_exec() -> Case {
 
 fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-    };
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
     if elf.get(0..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
         return Err("not a 64-bit ELF".into());
     }
@@ -379,11 +374,8 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
         let (mut at, end) = (u64_at(ph + 8).unwrap_or(0) as usize, 0);
         let end = end + at + u64_at(ph + 32).unwrap_or(0) as usize;
         while at + 12 <= end {
-            let (namesz, descsz, kind) = (
-                u32_at(at).unwrap_or(0),
-                u32_at(at + 4).unwrap_or(0),
-                u32_at(at + 8).unwrap_or(0),
-            );
+            let (namesz, descsz, kind) =
+                (u32_at(at).unwrap_or(0), u32_at(at + 4).unwrap_or(0), u32_at(at + 8).unwrap_or(0));
             let name_at = at + 12;
             let desc_at = name_at + (namesz as usize).div_ceil(4) * 4;
             if kind == 18 && elf.get(name_at..name_at + 4) == Some(b"Xen\0") {
@@ -396,18 +388,13 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
 }
 
 fn main() {
-    let _ = GUEST_KILLED;
     let mut cases = vec![image_is_a_pvh_exec()];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
             cases.push(standard_boot(machine, accel));
         }
     }
-    cases.push(warns_and_goes_on(
-        "tcg_microvm_junk_cmdline_4k",
-        junk(4096),
-        "warn: cmdline: ignored",
-    ));
+    cases.push(warns_and_goes_on("tcg_microvm_junk_cmdline_4k", junk(4096), "warn: cmdline: ignored"));
     cases.push(warns_and_goes_on(
         "tcg_microvm_unknown_log_level",
         b"log=verbose".to_vec(),
@@ -422,16 +409,30 @@ fn main() {
         cases.push(too_little_ram(machine));
         cases.push(acpi_power_off(machine));
     }
-    for (kind, expect) in [
-        ("ud", "#UD"),
-        ("pf", "#PF"),
-        ("panic", "panic"),
-        ("stack", "#DF"),
-    ] {
+    for (kind, expect) in [("ud", "#UD"), ("pf", "#PF"), ("panic", "panic"), ("stack", "#DF")] {
         cases.push(deliberate_crash(kind, expect));
     }
-    cases.push(module_is_listed());
     cases.push(no_acpi());
+    for accel in [Accel::Tcg, Accel::Kvm] {
+        cases.push(junk_module_is_a_malformed_guest(accel));
+        cases.push(guest_as_module(accel));
+        cases.push(guest_status(accel, 7, 7, "guest exited with status 7"));
+        cases.push(guest_status(
+            accel,
+            150,
+            GUEST_STATUS_OUT_OF_RANGE,
+            "guest exited with status 150, which is out of range",
+        ));
+        for (test, reason) in [
+            ("map-switcher", "switcher region"),
+            ("touch-switcher", "wrote the switcher's read-only state at 0xffffffffffc03000"),
+            ("bad-console", "CONSOLE_WRITE: buffer 0x700000000000 (+16) is not the guest's memory"),
+            ("unknown-hypercall", "unknown hypercall 0xdead"),
+            ("no-init", "first hypercall was CONSOLE_WRITE (0x2), not INIT"),
+        ] {
+            cases.push(guest_killed(accel, test, reason));
+        }
+    }
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)
 }

@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 pub fn image_path() -> PathBuf {
@@ -38,14 +35,7 @@ pub fn image() -> Result<PathBuf, String> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(workspace_root())
-                .args([
-                    "build",
-                    "--release",
-                    "--target",
-                    "x86_64-unknown-none",
-                    "-p",
-                    "umbra-firmware",
-                ])
+                .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", "umbra-firmware"])
                 .status()
                 .map_err(|e| format!("could not run cargo to build the image: {e}"))?;
             if !status.success() {
@@ -56,20 +46,34 @@ pub fn image() -> Result<PathBuf, String> {
         .clone()
 }
 
+/// The guest kernel's own ELF (for booting it as a PVH module), built
+/// once per run like the image.
+pub fn guest_elf() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", "guest"])
+                .status()
+                .map_err(|e| format!("could not run cargo to build the guest: {e}"))?;
+            if !status.success() {
+                return Err("building the guest failed (see above)".into());
+            }
+            Ok(workspace_root().join("target/x86_64-unknown-none/release/guest"))
+        })
+        .clone()
+}
+
 /// Does `/dev/kvm` open for reading and writing?
 pub fn kvm_opens() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
 pub fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,17 +144,7 @@ impl Boot {
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-machine", self.machine, "-accel", self.accel.name()])
             .args(["-smp", &self.smp.to_string(), "-m", self.mem])
-            .args([
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-serial",
-                "stdio",
-                "-nic",
-                "none",
-                "-no-reboot",
-            ])
+            .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot"])
             .arg("-kernel")
             .arg(image);
         if self.debug_exit {
@@ -184,10 +178,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn lines(&self) -> Vec<&str> {
-        self.serial
-            .lines()
-            .map(|l| l.trim_end_matches('\r'))
-            .collect()
+        self.serial.lines().map(|l| l.trim_end_matches('\r')).collect()
     }
 
     pub fn has_line(&self, wanted: &str) -> bool {
@@ -199,29 +190,18 @@ impl Outcome {
     }
 
     pub fn last_line(&self) -> &str {
-        self.lines()
-            .into_iter()
-            .rev()
-            .find(|l| !l.is_empty())
-            .unwrap_or("")
+        self.lines().into_iter().rev().find(|l| !l.is_empty()).unwrap_or("")
     }
 
     /// Umbra's status from the last line, `umbra: exit status N`.
     pub fn reported_status(&self) -> Option<u8> {
-        self.last_line()
-            .strip_prefix("umbra: exit status ")?
-            .parse()
-            .ok()
+        self.last_line().strip_prefix("umbra: exit status ")?.parse().ok()
     }
 }
 
 /// Start `command`, collect its stdout (the serial console) and stderr,
 /// kill it at `timeout`, and keep the console in `target/boot-tests/`.
-pub fn run_with_timeout(
-    mut command: Command,
-    timeout: Duration,
-    log_name: &str,
-) -> Result<Outcome, String> {
+pub fn run_with_timeout(mut command: Command, timeout: Duration, log_name: &str) -> Result<Outcome, String> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -263,12 +243,7 @@ pub fn run_with_timeout(
         "command: {command:?}\nexit code: {exit_code:?}\n--- serial ---\n{serial}\n--- stderr ---\n{stderr}"
     );
     let _ = std::fs::write(&log, kept);
-    Ok(Outcome {
-        serial,
-        stderr,
-        exit_code,
-        log,
-    })
+    Ok(Outcome { serial, stderr, exit_code, log })
 }
 
 /// The verdict of one case.
@@ -299,14 +274,8 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(
-        name: impl Into<String>,
-        run: impl Fn(&str) -> Verdict + Send + Sync + 'static,
-    ) -> Case {
-        Case {
-            name: name.into(),
-            run: Box::new(run),
-        }
+    pub fn new(name: impl Into<String>, run: impl Fn(&str) -> Verdict + Send + Sync + 'static) -> Case {
+        Case { name: name.into(), run: Box::new(run) }
     }
 }
 
@@ -314,10 +283,7 @@ impl Case {
 /// (all of them without filters), `workers` at a time, and exit non-zero
 /// if any failed. Skips are listed by name with their reason.
 pub fn run_cases(cases: Vec<Case>, workers: usize) -> ! {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if std::env::args().any(|a| a == "--list") {
         for case in &cases {
             println!("{}: test", case.name);
@@ -355,16 +321,10 @@ pub fn run_cases(cases: Vec<Case>, workers: usize) -> ! {
         }
     });
     let results = results.into_inner().unwrap();
-    let failed: Vec<&String> = results
-        .iter()
-        .filter(|(_, v)| matches!(v, Verdict::Fail(_)))
-        .map(|(n, _)| n)
-        .collect();
-    let skipped: Vec<&String> = results
-        .iter()
-        .filter(|(_, v)| matches!(v, Verdict::Skip(_)))
-        .map(|(n, _)| n)
-        .collect();
+    let failed: Vec<&String> =
+        results.iter().filter(|(_, v)| matches!(v, Verdict::Fail(_))).map(|(n, _)| n).collect();
+    let skipped: Vec<&String> =
+        results.iter().filter(|(_, v)| matches!(v, Verdict::Skip(_))).map(|(n, _)| n).collect();
     println!(
         "\nboot test result: {}. {} passed; {} failed; {} skipped",
         if failed.is_empty() { "ok" } else { "FAILED" },

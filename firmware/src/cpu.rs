@@ -85,6 +85,32 @@ fn ist_stack_top(index: usize) -> VirtAddr {
     VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
 }
 
+/// Move the legacy 8259 PICs off the exception vectors, then mask them.
+///
+/// The BIOS (SeaBIOS on pc and q35) leaves the timer's IRQ 0 at vector 8,
+/// the double-fault vector. The guest runs with interrupts enabled, so an
+/// unmasked PIC would dress a timer tick up as a #DF. Umbra does not use
+/// the PICs; where there are none (microvm) these writes go nowhere.
+pub fn silence_legacy_pic() {
+    const INIT: u8 = 0x11; // ICW1: edge-triggered, cascade, ICW4 follows
+    let steps: [(u16, u8); 10] = [
+        (0x20, INIT),
+        (0xa0, INIT),
+        (0x21, 0x20), // ICW2: master at vectors 0x20-0x27
+        (0xa1, 0x28), // slave at 0x28-0x2f
+        (0x21, 0x04), // ICW3: slave on IRQ 2
+        (0xa1, 0x02),
+        (0x21, 0x01), // ICW4: 8086 mode
+        (0xa1, 0x01),
+        (0x21, 0xff), // mask every line
+        (0xa1, 0xff),
+    ];
+    for (port, value) in steps {
+        // SAFETY: the 8259 command and data ports affect only the PICs.
+        unsafe { x86_64::instructions::port::Port::<u8>::new(port).write(value) };
+    }
+}
+
 /// The host TSS's selector, which the switcher reloads on every exit.
 pub fn host_tss_selector() -> u16 {
     TABLES.get().map_or(0, |tables| tables.tss.0)

@@ -129,6 +129,7 @@ mod boot {
         serial::init();
         println!("umbra {VERSION}");
         cpu::init();
+        cpu::silence_legacy_pic();
         let debug_exit = power::probe_debug_exit();
 
         let mut notices = Notices::new();
