@@ -1,0 +1,222 @@
+//! The demand fault, linear mode, and pinning.
+//!
+//! The shadow starts empty and is filled one page per fault. When the guest
+//! faults, we walk its tables: if they do not allow the access the fault is
+//! the guest's own and goes back to it; if they do, we copy the mapping into
+//! the shadow and resume the guest, which never learns the fault happened.
+//!
+//! A read maps the page read-only even when the guest allows writes, unless
+//! the guest's dirty bit is already set. The first write then faults again,
+//! and that fault is where we set the dirty bit, so the guest's dirty bits
+//! stay as honest as the hardware's would be. Accessed bits are set at every
+//! level walked, as the CPU does.
+//!
+//! Until the guest's first `new_pagetable` it has no tables of its own, and
+//! we pretend it has a 1:1 map of its memory (lguest's linear mode, which
+//! spared the host any knowledge of where the guest keeps its kernel).
+//!
+//! Pinning makes sure a range, in practice the guest kernel stack, is
+//! mapped writable in the current root, so that a trap pushing its frame
+//! there cannot fault inside the fault.
+
+use crate::address::{self, PAGE_SIZE};
+use crate::entry::{ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::memory::{FramePool, GuestMemory};
+use crate::outcome::{Access, FaultOutcome, KillReason, Rights};
+use crate::shadow::{Exhausted, MAX_PINNED_PAGES, ShadowMmu};
+use crate::walk::{self, WalkStop};
+
+/// The linear-mode pretence: the guest kernel may read, write and run its
+/// whole memory; ring 3 gets nothing (the guest has no user space yet).
+const LINEAR_RIGHTS: Rights = Rights { writable: true, user: false, executable: true };
+
+/// What pinning one page found.
+enum PinStop {
+    Kill(KillReason),
+    Exhausted,
+}
+
+impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
+    /// Handles a guest page fault at `va` for `access` (decode the error
+    /// code with [`Access::from_error_code`]).
+    pub fn demand_fill(&mut self, va: u64, access: Access) -> FaultOutcome {
+        let outcome = match self.fill_once(va, access) {
+            Ok(outcome) => outcome,
+            Err(Exhausted) => self.fill_after_clearing(va, access),
+        };
+        match outcome {
+            FaultOutcome::Fixed => {}
+            FaultOutcome::Reflect => self.counters.reflects += 1,
+            FaultOutcome::Kill(_) => self.counters.kills += 1,
+        }
+        outcome
+    }
+
+    /// The pool was dry even with every other root gone: clear the current
+    /// root, fill again, and put the pinned stack back.
+    fn fill_after_clearing(&mut self, va: u64, access: Access) -> FaultOutcome {
+        self.counters.pressure_clears += 1;
+        self.clear_root(self.current);
+        let outcome = match self.fill_once(va, access) {
+            Ok(outcome) => outcome,
+            Err(Exhausted) => return FaultOutcome::Kill(KillReason::ShadowPoolExhausted),
+        };
+        match self.repin() {
+            Ok(()) => outcome,
+            Err(reason) => FaultOutcome::Kill(reason),
+        }
+    }
+
+    /// One attempt at a fill in the current root.
+    fn fill_once(&mut self, va: u64, access: Access) -> Result<FaultOutcome, Exhausted> {
+        if !address::is_canonical(va) {
+            return Ok(FaultOutcome::Kill(KillReason::NonCanonicalAddress));
+        }
+        if address::in_switcher(va) {
+            return Ok(FaultOutcome::Kill(KillReason::SwitcherFault));
+        }
+        let Some(skeleton) = self.roots[self.current].skeleton else {
+            return Err(Exhausted);
+        };
+        let page_va = va & !(PAGE_SIZE - 1);
+
+        let (page, rights, writable) = if self.linear {
+            if access.user || page_va >= self.limit {
+                return Ok(FaultOutcome::Reflect);
+            }
+            (page_va, LINEAR_RIGHTS, true)
+        } else {
+            let Some(cr3) = self.roots[self.current].guest_cr3 else {
+                return Ok(FaultOutcome::Reflect);
+            };
+            let mapping = match walk::walk(&self.memory, self.limit, cr3, va) {
+                Ok(mapping) => mapping,
+                Err(WalkStop::NotPresent) => return Ok(FaultOutcome::Reflect),
+                Err(WalkStop::Kill(reason)) => return Ok(FaultOutcome::Kill(reason)),
+            };
+            if !mapping.rights.permit(access) {
+                return Ok(FaultOutcome::Reflect);
+            }
+            if let Err(reason) = walk::mark_accessed(&mut self.memory, &mapping, access.write) {
+                return Ok(FaultOutcome::Kill(reason));
+            }
+            // Writable only once the guest's dirty bit is honestly set.
+            let writable = mapping.rights.writable && (access.write || mapping.leaf_dirty());
+            (mapping.page, mapping.rights, writable)
+        };
+
+        let leaf = self.shadow_leaf_value(page, rights, writable);
+        self.install_leaf(skeleton.pml4, page_va, leaf)?;
+        if self.linear {
+            self.counters.linear_fills += 1;
+        } else {
+            self.counters.fills += 1;
+        }
+        Ok(FaultOutcome::Fixed)
+    }
+
+    /// The shadow PTE for guest page `page` with `rights`. The guest's
+    /// caching bits are dropped (guest memory is ordinary write-back RAM to
+    /// the host, and a second memory type for the same frame would be an
+    /// alias the CPU forbids), and so is its global bit. Accessed and dirty
+    /// are set in the shadow up front: the CPU need not write them there,
+    /// since the guest's own copies are what the guest reads.
+    pub(crate) fn shadow_leaf_value(&self, page: u64, rights: Rights, writable: bool) -> u64 {
+        let mut leaf = self.memory.guest_to_host(page) | PRESENT | ACCESSED;
+        if writable {
+            leaf |= WRITABLE | DIRTY;
+        }
+        if rights.user {
+            leaf |= USER;
+        }
+        if !rights.executable {
+            leaf |= NO_EXECUTE;
+        }
+        leaf
+    }
+
+    /// Makes sure every page of `start..start + len` is mapped in the
+    /// current root (writable if `writable`), faulting each one in as a
+    /// guest-kernel access. Kills if a page cannot be.
+    pub fn pin_range(&mut self, start: u64, len: u64, writable: bool) -> Result<(), KillReason> {
+        let (first, pages) = self.check_pin_range(start, len)?;
+        self.pin_pages(first, pages, writable).inspect_err(|_| self.counters.kills += 1)
+    }
+
+    /// Records the guest kernel stack and pins it. The MMU pins it again
+    /// after anything that may have dropped it from the current root: a
+    /// switch of tables, a flush, an invalidation, a clear under pressure.
+    pub fn set_kernel_stack(&mut self, start: u64, len: u64) -> Result<(), KillReason> {
+        let range = self.check_pin_range(start, len);
+        let (first, pages) = range.inspect_err(|_| self.counters.kills += 1)?;
+        self.pinned = (pages > 0).then_some((first, pages));
+        self.repin().inspect_err(|_| self.counters.kills += 1)
+    }
+
+    /// First page and page count of a range to pin, if it is acceptable.
+    fn check_pin_range(&self, start: u64, len: u64) -> Result<(u64, u64), KillReason> {
+        if len == 0 {
+            return Ok((start & !(PAGE_SIZE - 1), 0));
+        }
+        let first = start & !(PAGE_SIZE - 1);
+        let pages = ((start - first) as u128 + len as u128).div_ceil(PAGE_SIZE as u128);
+        if pages > MAX_PINNED_PAGES as u128 {
+            return Err(KillReason::PinRangeTooLarge);
+        }
+        let pages = pages as u64;
+        for i in 0..pages {
+            let va = first.wrapping_add(i * PAGE_SIZE);
+            // A range running off the lower half's end is non-canonical
+            // from that page on.
+            if !address::is_canonical(va) || (i > 0 && va < first) {
+                return Err(KillReason::NonCanonicalAddress);
+            }
+            if address::in_switcher(va) {
+                return Err(KillReason::SwitcherPin);
+            }
+        }
+        Ok((first, pages))
+    }
+
+    /// Pins the remembered kernel stack again, if there is one.
+    pub(crate) fn repin(&mut self) -> Result<(), KillReason> {
+        match self.pinned {
+            Some((first, pages)) => self.pin_pages(first, pages, true),
+            None => Ok(()),
+        }
+    }
+
+    /// Pins pages, clearing the current root once if the pool runs dry.
+    fn pin_pages(&mut self, first: u64, pages: u64, writable: bool) -> Result<(), KillReason> {
+        for attempt in 0..2 {
+            match self.try_pin_pages(first, pages, writable) {
+                Ok(()) => return Ok(()),
+                Err(PinStop::Kill(reason)) => return Err(reason),
+                Err(PinStop::Exhausted) if attempt == 0 => {
+                    self.counters.pressure_clears += 1;
+                    self.clear_root(self.current);
+                }
+                Err(PinStop::Exhausted) => {}
+            }
+        }
+        Err(KillReason::ShadowPoolExhausted)
+    }
+
+    fn try_pin_pages(&mut self, first: u64, pages: u64, writable: bool) -> Result<(), PinStop> {
+        let access = if writable { Access::KERNEL_WRITE } else { Access::KERNEL_READ };
+        for i in 0..pages {
+            let va = first + i * PAGE_SIZE;
+            let already = self.shadow_entry(va).is_some_and(|leaf| !writable || leaf & WRITABLE != 0);
+            if already {
+                continue;
+            }
+            match self.fill_once(va, access) {
+                Ok(FaultOutcome::Fixed) => self.counters.pins += 1,
+                Ok(FaultOutcome::Reflect) => return Err(PinStop::Kill(KillReason::PinNotMapped)),
+                Ok(FaultOutcome::Kill(reason)) => return Err(PinStop::Kill(reason)),
+                Err(Exhausted) => return Err(PinStop::Exhausted),
+            }
+        }
+        Ok(())
+    }
+}
