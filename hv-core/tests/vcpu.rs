@@ -1,0 +1,344 @@
+//! The exit dispatcher, driven the way the switcher drives it: set up the
+//! registers as a trap would leave them, call `handle_exit`, and look at
+//! what comes back and what the guest's registers and memory now hold.
+//! Guest memory and the shadow frame pool are simulated in plain vectors.
+
+use std::collections::BTreeMap;
+
+use hv_core::abi::{self, SharedPage};
+use hv_core::vcpu::{self, Host, Kill, Next, Vcpu};
+use paging::{FramePool, GuestMemory, KillReason, ShadowMmu};
+use switcher_asm::layout::{GuestRegs, STATE_PAGE, SWITCHER_BASE};
+
+const MEMORY: u64 = 4 << 20;
+/// Shadow frames live far above guest memory, as host frames would.
+const POOL_BASE: u64 = 1 << 40;
+
+struct Ram {
+    bytes: Vec<u8>,
+}
+
+impl GuestMemory for Ram {
+    fn limit(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let at = usize::try_from(gpa).ok()?;
+        let bytes = self.bytes.get(at..at.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().unwrap()))
+    }
+    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
+        vcpu::GuestRam::write_bytes(self, gpa, &value.to_le_bytes())
+    }
+    fn guest_to_host(&self, gpa: u64) -> u64 {
+        0x1000_0000 + gpa
+    }
+}
+
+impl vcpu::GuestRam for Ram {
+    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Ok(at) = usize::try_from(gpa) else { return false };
+        match self.bytes.get(at..at.saturating_add(buf.len())) {
+            Some(src) if at + buf.len() <= self.bytes.len() => {
+                buf.copy_from_slice(src);
+                true
+            }
+            _ => false,
+        }
+    }
+    fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
+        let Ok(at) = usize::try_from(gpa) else { return false };
+        if at.saturating_add(bytes.len()) > self.bytes.len() {
+            return false;
+        }
+        self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+        true
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    frames: BTreeMap<u64, [u64; 512]>,
+    next: u64,
+}
+
+impl FramePool for Pool {
+    fn alloc_zeroed(&mut self) -> Option<u64> {
+        let frame = POOL_BASE + self.next * 4096;
+        self.next += 1;
+        self.frames.insert(frame, [0; 512]);
+        Some(frame)
+    }
+    fn free(&mut self, frame: u64) {
+        self.frames.remove(&frame);
+    }
+    fn read_entry(&self, frame: u64, index: usize) -> u64 {
+        self.frames[&frame][index]
+    }
+    fn write_entry(&mut self, frame: u64, index: usize, value: u64) {
+        self.frames.get_mut(&frame).unwrap()[index] = value;
+    }
+    fn capacity(&self) -> usize {
+        1024
+    }
+    fn in_use(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+#[derive(Default)]
+struct Console {
+    printed: Vec<u8>,
+}
+
+impl Host for Console {
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.printed.extend_from_slice(bytes);
+    }
+    fn now_ns(&self) -> u64 {
+        42
+    }
+    fn tsc_khz(&self) -> u64 {
+        2_600_000
+    }
+}
+
+const SHARED: u64 = 0x10_0000;
+const ENTRY: u64 = 0x20_0000;
+
+fn new_vcpu() -> Vcpu<Ram, Pool> {
+    let ram = Ram { bytes: vec![0; MEMORY as usize] };
+    Vcpu::new(ShadowMmu::new(ram, Pool::default()).expect("mmu"))
+}
+
+/// Registers as the switcher leaves them after `ud2` at ring 1.
+fn hypercall_regs(number: u64, args: [u64; 5]) -> GuestRegs {
+    let mut regs = vcpu::initial_regs(ENTRY, MEMORY - 4096);
+    regs.vector = 6;
+    regs.rax = number;
+    regs.rdi = args[0];
+    regs.rsi = args[1];
+    regs.rdx = args[2];
+    regs.r10 = args[3];
+    regs.r8 = args[4];
+    regs
+}
+
+fn call(vcpu: &mut Vcpu<Ram, Pool>, console: &mut Console, number: u64, args: [u64; 5]) -> (Next, GuestRegs) {
+    let mut regs = hypercall_regs(number, args);
+    let next = vcpu.handle_exit(&mut regs, 0, console);
+    (next, regs)
+}
+
+fn initialised() -> (Vcpu<Ram, Pool>, Console) {
+    let mut vcpu = new_vcpu();
+    let mut console = Console::default();
+    let (next, regs) = call(&mut vcpu, &mut console, abi::INIT, [SHARED, 0, 0, 0, 0]);
+    assert_eq!(next, Next::Resume);
+    assert_eq!(regs.rax, abi::RESULT_OK);
+    (vcpu, console)
+}
+
+fn kill_of(next: Next) -> Kill {
+    match next {
+        Next::Kill(kill) => kill,
+        other => panic!("expected a kill, got {other:?}"),
+    }
+}
+
+#[test]
+fn init_must_come_first() {
+    let mut vcpu = new_vcpu();
+    let (next, _) = call(&mut vcpu, &mut Console::default(), abi::CONSOLE_WRITE, [0x1000, 4, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::FirstCallNotInit { number: abi::CONSOLE_WRITE });
+    assert_eq!(kill_of(next).to_string(), "first hypercall was CONSOLE_WRITE (0x2), not INIT");
+}
+
+#[test]
+fn init_fills_the_shared_page_and_steps_over_ud2() {
+    let mut vcpu = new_vcpu();
+    let (next, regs) = call(&mut vcpu, &mut Console::default(), abi::INIT, [SHARED, 0, 0, 0, 0]);
+    assert_eq!(next, Next::Resume);
+    assert_eq!(regs.rip, ENTRY + 2);
+    let version = vcpu.mmu.memory().read_u64(SHARED).unwrap() as u32;
+    assert_eq!(version, abi::ABI_VERSION);
+    let tsc = vcpu.mmu.memory().read_u64(SHARED + std::mem::offset_of!(SharedPage, tsc_khz) as u64).unwrap();
+    assert_eq!(tsc, 2_600_000);
+}
+
+#[test]
+fn init_rejects_bad_pages_and_a_second_init() {
+    let mut vcpu = new_vcpu();
+    let (next, _) = call(&mut vcpu, &mut Console::default(), abi::INIT, [SHARED + 8, 0, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::BadSharedPage { addr: SHARED + 8 });
+    let (next, _) = call(&mut vcpu, &mut Console::default(), abi::INIT, [MEMORY, 0, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::BadSharedPage { addr: MEMORY });
+    let (next, _) = call(&mut vcpu, &mut Console::default(), abi::INIT, [SWITCHER_BASE, 0, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::Paging(KillReason::SwitcherTranslate));
+
+    let (mut vcpu, mut console) = initialised();
+    let (next, _) = call(&mut vcpu, &mut console, abi::INIT, [SHARED, 0, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::InitTwice);
+}
+
+#[test]
+fn console_write_prints_and_checks_its_buffer() {
+    let (mut vcpu, mut console) = initialised();
+    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"hello");
+    let (next, regs) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [0x3000, 5, 0, 0, 0]);
+    assert_eq!(next, Next::Resume);
+    assert_eq!(regs.rax, 5);
+    assert_eq!(console.printed, b"hello");
+
+    let outside = 0x7000_0000_0000;
+    let (next, _) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [outside, 16, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::BadPointer { call: abi::CONSOLE_WRITE, addr: outside, len: 16 });
+    // A buffer that starts inside memory and runs past its end.
+    let (next, _) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [MEMORY - 2, 4, 0, 0, 0]);
+    assert!(matches!(kill_of(next), Kill::BadPointer { .. }));
+    let (next, _) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [u64::MAX - 1, 4, 0, 0, 0]);
+    assert!(matches!(kill_of(next), Kill::BadPointer { .. } | Kill::Paging(_)));
+    let (next, _) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [0x3000, u64::MAX, 0, 0, 0]);
+    assert_eq!(kill_of(next), Kill::TooLong { call: abi::CONSOLE_WRITE, len: u64::MAX, max: 4096 });
+}
+
+#[test]
+fn unknown_calls_kill() {
+    for number in [abi::CALL_COUNT, 0xdead, u64::MAX] {
+        let (mut vcpu, mut console) = initialised();
+        let (next, _) = call(&mut vcpu, &mut console, number, [0; 5]);
+        assert_eq!(kill_of(next), Kill::UnknownHypercall { number });
+    }
+}
+
+#[test]
+fn later_calls_answer_unsupported_for_now() {
+    let (mut vcpu, mut console) = initialised();
+    for number in [abi::LOAD_IDT_ENTRY, abi::SET_STACK, abi::SET_CLOCKEVENT, abi::HALT, abi::SEND_INTERRUPTS]
+    {
+        let (next, regs) = call(&mut vcpu, &mut console, number, [0; 5]);
+        assert_eq!(next, Next::Resume);
+        assert_eq!(regs.rax, abi::RESULT_UNSUPPORTED);
+    }
+}
+
+#[test]
+fn shutdown_passes_its_status_and_prints_its_message() {
+    let (mut vcpu, mut console) = initialised();
+    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"bye");
+    let (next, _) = call(&mut vcpu, &mut console, abi::SHUTDOWN, [7, 0x3000, 3, 0, 0]);
+    assert_eq!(next, Next::Shutdown { status: 7 });
+    assert_eq!(console.printed, b"guest shutdown: bye\n");
+    let (next, _) = call(&mut vcpu, &mut console, abi::SHUTDOWN, [0, 0x3000, 1000, 0, 0]);
+    assert!(matches!(kill_of(next), Kill::TooLong { .. }));
+}
+
+#[test]
+fn a_ud2_from_user_mode_is_not_a_hypercall() {
+    let (mut vcpu, mut console) = initialised();
+    let mut regs = hypercall_regs(abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
+    regs.cs = u64::from(abi::GUEST_USER_CS);
+    let next = vcpu.handle_exit(&mut regs, 0, &mut console);
+    assert_eq!(kill_of(next), Kill::UserInvalidOpcode { rip: ENTRY });
+    assert!(console.printed.is_empty());
+}
+
+#[test]
+fn switcher_faults_are_told_apart() {
+    let (mut vcpu, mut console) = initialised();
+    let mut regs = hypercall_regs(0, [0; 5]);
+    regs.vector = 14;
+    regs.error_code = 0x3; // present, write
+    let next = vcpu.handle_exit(&mut regs, STATE_PAGE + 0x10, &mut console);
+    assert_eq!(kill_of(next), Kill::WroteSwitcherState { addr: STATE_PAGE + 0x10, rip: ENTRY });
+    regs.error_code = 0x0;
+    let next = vcpu.handle_exit(&mut regs, SWITCHER_BASE, &mut console);
+    assert_eq!(kill_of(next), Kill::TouchedSwitcher { addr: SWITCHER_BASE, rip: ENTRY });
+
+    regs.cs = 0x08;
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut console), Next::SwitcherFault);
+}
+
+#[test]
+fn linear_mode_faults_are_filled_and_interrupts_resume() {
+    let (mut vcpu, mut console) = initialised();
+    let mut regs = hypercall_regs(0, [0; 5]);
+    regs.vector = 14;
+    regs.error_code = 0x10; // not present, instruction fetch
+    assert_eq!(vcpu.handle_exit(&mut regs, ENTRY, &mut console), Next::Resume);
+    assert!(vcpu.mmu.shadow_entry(ENTRY).is_some());
+
+    // Beyond guest memory, even linear mode has nothing: the guest's own
+    // business, which is fatal until faults are reflected.
+    let next = vcpu.handle_exit(&mut regs, MEMORY + 0x1000, &mut console);
+    assert!(matches!(kill_of(next), Kill::UnhandledPageFault { .. }));
+
+    regs.vector = 0x20;
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut console), Next::Resume);
+    regs.vector = 13;
+    regs.error_code = 0;
+    let next = vcpu.handle_exit(&mut regs, 0, &mut console);
+    assert_eq!(
+        kill_of(next).to_string(),
+        format!("general protection fault (#GP) (vector 13, error code 0x0) at rip {ENTRY:#x}")
+    );
+}
+
+fn write_async(vcpu: &mut Vcpu<Ram, Pool>, slot: u64, number: u64, args: [u64; 5]) {
+    let base = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + slot * 56;
+    let memory = vcpu.mmu.memory_mut();
+    memory.write_u64(base + 8, number);
+    for (i, arg) in args.iter().enumerate() {
+        memory.write_u64(base + 16 + i as u64 * 8, *arg);
+    }
+    memory.write_u64(base, 1);
+}
+
+#[test]
+fn the_async_ring_drains_in_order_before_a_call() {
+    let (mut vcpu, mut console) = initialised();
+    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"ab");
+    write_async(&mut vcpu, 0, abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
+    write_async(&mut vcpu, 1, abi::CONSOLE_WRITE, [0x3001, 1, 0, 0, 0]);
+    // Slot 3 is ready but slot 2 is not: the drain stops at slot 2.
+    write_async(&mut vcpu, 3, abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
+    let (next, _) = call(&mut vcpu, &mut console, abi::FLUSH_ASYNC, [0; 5]);
+    assert_eq!(next, Next::Resume);
+    assert_eq!(console.printed, b"ab");
+    assert_eq!(vcpu.stats.async_calls, 2);
+    let ready = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64;
+    assert_eq!(vcpu.mmu.memory().read_u64(ready), Some(0));
+}
+
+#[test]
+fn the_async_ring_refuses_calls_that_cannot_be_queued() {
+    let (mut vcpu, mut console) = initialised();
+    write_async(&mut vcpu, 0, abi::SHUTDOWN, [0; 5]);
+    let (next, _) = call(&mut vcpu, &mut console, abi::FLUSH_ASYNC, [0; 5]);
+    assert_eq!(kill_of(next), Kill::BadAsyncCall { slot: 0, number: abi::SHUTDOWN });
+}
+
+#[test]
+fn sanitize_never_lets_the_guest_in_at_ring_zero() {
+    let mut regs =
+        GuestRegs { cs: 0x08, ss: 0x10, rflags: 0x3000 | 0x4000 | 0x2_0000, ..GuestRegs::default() };
+    vcpu::sanitize(&mut regs);
+    assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS));
+    assert_eq!(regs.ss, u64::from(abi::GUEST_KERNEL_SS));
+    assert_eq!(regs.rflags, 0x202, "IOPL, NT and VM cleared; IF set");
+
+    let mut regs = GuestRegs { cs: 0x33, ss: 0x10, rflags: 0x1, ..GuestRegs::default() };
+    vcpu::sanitize(&mut regs);
+    assert_eq!((regs.cs, regs.ss, regs.rflags), (0x33, 0x2b, 0x203));
+}
+
+#[test]
+fn statistics_count_exits_and_calls() {
+    let (mut vcpu, mut console) = initialised();
+    call(&mut vcpu, &mut console, abi::FLUSH_ASYNC, [0; 5]);
+    call(&mut vcpu, &mut console, 0xdead, [0; 5]);
+    assert_eq!(vcpu.stats.exits_by_vector[6], 3);
+    assert_eq!(vcpu.stats.hypercalls[abi::INIT as usize], 1);
+    assert_eq!(vcpu.stats.hypercalls[abi::FLUSH_ASYNC as usize], 1);
+    assert_eq!(vcpu.stats.hypercalls[abi::CALL_COUNT as usize], 1);
+}
