@@ -2,15 +2,17 @@
 # Build Umbra and boot it in QEMU; exit with Umbra's exit status.
 #
 #   scripts/run.sh [--accel tcg|kvm] [--machine pc|q35|microvm]
-#                  [--smp N] [--mem M] [--append "..."] [--initrd FILE]
+#                  [--smp N] [--mem M] [--append "..."] [--guest FILE]
 #
 # Without --accel it uses KVM when /dev/kvm opens, TCG otherwise; the
-# default machine is microvm, the fastest to boot.
+# default machine is microvm, the fastest to boot. --guest passes a guest
+# kernel ELF as PVH module 0 (QEMU's -initrd) instead of the built-in one;
+# words after "--" in --append are the guest's command line.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 accel="" machine=microvm smp=2 mem=256M append="" initrd=""
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --accel) accel=${2:?}; shift 2 ;;
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
         --smp) smp=${2:?}; shift 2 ;;
         --mem) mem=${2:?}; shift 2 ;;
         --append) append=${2-}; shift 2 ;;
-        --initrd) initrd=${2:?}; shift 2 ;;
+        --guest|--initrd) initrd=${2:?}; shift 2 ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
     esac
@@ -35,6 +37,7 @@ esac
 
 ensure_qemu
 build_image >&2
+if [ -n "$initrd" ] && [ ! -r "$initrd" ]; then say "cannot read the guest '$initrd'"; exit 2; fi
 qemu_args "$accel" "$machine" "$smp" "$mem"
 [ -n "$append" ] && QEMU_ARGS+=(-append "$append")
 [ -n "$initrd" ] && QEMU_ARGS+=(-initrd "$initrd")
