@@ -6,6 +6,7 @@
 //! tests then check Umbra's exit status and message. Each mode first
 //! prints "guest: test NAME". If Umbra lets a misdeed pass, the guest says
 //! "guest: survived" and stops with status 98, which no test expects.
+//! One mode is a measurement instead: `null-hypercalls:N`.
 
 use hv_core::abi;
 
@@ -36,6 +37,12 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
             None => unknown(),
         }
     }
+    if let Some(digits) = name.strip_prefix(b"null-hypercalls:") {
+        match decimal(digits) {
+            Some(count) => null_hypercalls(count),
+            None => unknown(),
+        }
+    }
     match name {
         b"map-switcher" => map_switcher(memory_size, frames),
         b"touch-switcher" => touch_switcher(memory_size, frames),
@@ -50,6 +57,17 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
         _ => unknown(),
     }
     survived()
+}
+
+/// `test=null-hypercalls:N`: N calls that do nothing, back to back, so
+/// the host's fastest round trip is the switcher's own cost plus these
+/// few instructions of loop. A measurement, not a misdeed.
+fn null_hypercalls(count: u64) -> ! {
+    for _ in 0..count {
+        hypercall::flush_async();
+    }
+    say!("null hypercalls: {count} done");
+    shutdown(0, "null hypercalls")
 }
 
 /// `test=no-init`: the first call is CONSOLE_WRITE, not INIT.

@@ -11,7 +11,10 @@
 //! - an identity map with 2 MiB pages, so this code, its stack and its
 //!   data keep running at the low addresses they were linked at;
 //! - the kernel alias, guest-physical `pa` at `KERNEL_BASE + pa`, with
-//!   4 KiB pages, the way a kernel maps all of memory for itself.
+//!   4 KiB pages, the way a kernel maps memory for itself. Only the first
+//!   `KERNEL_ALIAS_SIZE` of it: that holds the image, the tables and every
+//!   page we touch, and a 4 KiB map of all memory costs an entry per page
+//!   to build, which is slow where ring 1 is emulated.
 //!
 //! Table frames come from a bump allocator over the free memory between
 //! the end of the image and the stack. Memory is never freed. Every table
@@ -29,6 +32,8 @@ pub const KERNEL_BASE: u64 = 0xFFFF_8000_0000_0000;
 /// Room left for the stack below the `BootInfo`.
 const STACK_RESERVE: u64 = 256 * 1024;
 const LARGE_PAGE: u64 = 2 << 20;
+/// How much of guest memory the kernel alias maps.
+pub const KERNEL_ALIAS_SIZE: u64 = 16 << 20;
 
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
@@ -144,13 +149,15 @@ pub fn build_and_switch(memory_size: u64, mut frames: Frames) -> AddressSpace {
     for pa in (large_end..pages_end).step_by(PAGE_SIZE as usize) {
         space.set(pa, PT, pa | PRESENT | WRITABLE);
     }
-    for pa in (0..pages_end).step_by(PAGE_SIZE as usize) {
+    let alias_end = pages_end.min(KERNEL_ALIAS_SIZE);
+    for pa in (0..alias_end).step_by(PAGE_SIZE as usize) {
         space.set(KERNEL_BASE + pa, PT, pa | PRESENT | WRITABLE);
     }
     say!(
-        "page tables: {} KiB at {:#x}, identity map and kernel alias at {:#x}",
+        "page tables: {} KiB at {:#x}; identity map, and the first {} MiB at {:#x}",
         (space.frames.next() - first) >> 10,
         space.root,
+        alias_end >> 20,
         KERNEL_BASE
     );
 

@@ -21,7 +21,9 @@
 use hv_core::abi;
 
 use crate::hypercall::{self, shutdown};
-use crate::tables::{ACCESSED, AddressSpace, DIRTY, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE};
+use crate::tables::{
+    ACCESSED, AddressSpace, DIRTY, KERNEL_ALIAS_SIZE, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE,
+};
 
 const DEMAND_PAGES: usize = 200;
 const SYNC_PAGES: usize = 64;
@@ -94,6 +96,7 @@ fn demand_fill(space: &mut AddressSpace) -> usize {
     let mut frames = [0u64; DEMAND_PAGES];
     for (i, frame) in frames.iter_mut().enumerate() {
         *frame = space.frames.alloc();
+        assert!(*frame < KERNEL_ALIAS_SIZE, "frame {frame:#x} is beyond the kernel alias");
         write_page(KERNEL_BASE + *frame, pattern(1, i));
     }
     for (i, &frame) in frames.iter().enumerate() {

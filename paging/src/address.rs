@@ -21,7 +21,7 @@ pub(crate) const FLAT_END: u64 = 1 << 48;
 pub const KERNEL_HALF_START: u64 = 0xFFFF_8000_0000_0000;
 
 /// The switcher region: the top 4 MiB of every address space, reached
-/// through PML4[511] -> PDPT[511] -> PD[510..=511]. It belongs to the host;
+/// through `PML4[511] -> PDPT[511] -> PD[510..=511]`. It belongs to the host;
 /// the guest may never map, update, fault on or pin anything in it.
 pub const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
 

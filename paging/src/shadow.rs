@@ -3,7 +3,7 @@
 //! A *root* is one shadow PML4 and stands for one guest CR3. We keep up to
 //! [`ROOT_CACHE_SIZE`] of them, so that switching back to a recent address
 //! space finds its shadow still filled in. Every root is born with the path
-//! to the switcher already built (PML4[511] -> PDPT -> PD, three frames we
+//! to the switcher already built (`PML4[511] -> PDPT -> PD`, three frames we
 //! call its *skeleton*), and that path is never taken apart while the root
 //! lives. Releasing guest mappings therefore always stops short of the two
 //! switcher slots, the switcher stays mapped through every flush, and

@@ -22,8 +22,8 @@ use crate::outcome::KillReason;
 use crate::shadow::{ROOT_CACHE_SIZE, RootSlot, ShadowMmu};
 
 /// One host CPU's switcher: the two page-directory entries (host-physical
-/// table address and flags) for PD[510] and PD[511] under PML4[511] ->
-/// PDPT[511]. The host owns the tables they point to; the MMU never frees
+/// table address and flags) for `PD[510]` and `PD[511]` under `PML4[511]` ->
+/// `PDPT[511]`. The host owns the tables they point to; the MMU never frees
 /// or changes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwitcherEntries(pub [u64; 2]);

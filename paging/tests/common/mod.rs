@@ -7,7 +7,7 @@
 //! up at once.
 #![allow(dead_code)]
 
-use paging::entry::{ACCESSED, ADDRESS_MASK, HUGE, PRESENT, USER, WRITABLE};
+use paging::entry::{ADDRESS_MASK, HUGE, PRESENT, USER, WRITABLE};
 use paging::{FramePool, GuestMemory, Level, ShadowMmu};
 use std::collections::{HashMap, HashSet};
 
@@ -258,9 +258,4 @@ fn collect(pool: &SimPool, table: u64, level: Level, base: u64, out: &mut Vec<(u
             }
         }
     }
-}
-
-/// Sets every accessed bit the CPU would: helper for expectations.
-pub fn with_accessed(v: u64) -> u64 {
-    v | ACCESSED
 }
