@@ -65,6 +65,9 @@ impl CrashKind {
 pub struct Config {
     pub log_level: LogLevel,
     pub crash: Option<CrashKind>,
+    /// `start_info_test`: parse a crafted start_info from module 0 (see
+    /// [`crate::bootinfo::ModuleMemory`]), report, and stop.
+    pub start_info_test: bool,
     /// Bytes of memory each guest gets, from `guest_mem=` (default 64M).
     pub guest_mem: u64,
 }
@@ -76,7 +79,12 @@ pub const MAX_GUEST_MEM: u64 = 64 << 30;
 
 impl Default for Config {
     fn default() -> Self {
-        Config { log_level: LogLevel::Info, crash: None, guest_mem: DEFAULT_GUEST_MEM }
+        Config {
+            log_level: LogLevel::Info,
+            crash: None,
+            start_info_test: false,
+            guest_mem: DEFAULT_GUEST_MEM,
+        }
     }
 }
 
@@ -200,6 +208,7 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                     });
                 }
             },
+            b"start_info_test" if value.is_empty() => config.start_info_test = true,
             b"crash" => match CrashKind::from_word(value) {
                 Some(kind) => config.crash = Some(kind),
                 None => {
@@ -287,6 +296,14 @@ mod tests {
         assert_eq!(split_guest(b"log=info"), (&b"log=info"[..], &b""[..]));
         assert_eq!(split_guest(b"a --b c"), (&b"a --b c"[..], &b""[..]));
         assert_eq!(split_guest(b"a --"), (&b"a "[..], &b""[..]));
+    }
+
+    #[test]
+    fn start_info_test_is_a_bare_flag() {
+        assert!(parse_all(b"start_info_test").0.start_info_test);
+        let (config, notices) = parse_all(b"start_info_test=1");
+        assert!(!config.start_info_test);
+        assert_eq!(notices.len(), 1);
     }
 
     #[test]

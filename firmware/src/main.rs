@@ -233,6 +233,9 @@ mod boot {
         if let Some(kind) = config.crash {
             crash_on_purpose(kind);
         }
+        if config.start_info_test {
+            start_info_test(info);
+        }
         if let Err(error) = switcher::init(cpu_count) {
             fatal(format_args!("switcher: {error}"));
         }
@@ -289,6 +292,37 @@ mod boot {
             }
         }
         println!("cpus: {} (APIC IDs {})", cpus.apic_ids.len(), Ids(&cpus.apic_ids));
+    }
+
+    /// `start_info_test`: parse the crafted start_info that module 0 holds
+    /// (addresses are offsets into the module), print one line, and stop:
+    /// 101 for a fatal problem, 0 otherwise (notices are printed first).
+    fn start_info_test(info: &bootinfo::BootInfo) -> ! {
+        let Some(module) = info.modules.first() else {
+            fatal("start_info_test: no module 0 holds a crafted start_info");
+        };
+        // SAFETY: the module lies in memory the map describes (checked by
+        // bootinfo), identity-mapped, and the frame pool keeps it.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(module.range.start as *const u8, module.range.len() as usize)
+        };
+        let mut notices = Notices::new();
+        match bootinfo::parse(&bootinfo::ModuleMemory(bytes), 0, &mut notices) {
+            Err(error) => fatal(format_args!("crafted start_info: {error}")),
+            Ok(crafted) => {
+                for notice in &notices {
+                    log::warn!("crafted start_info: {notice}");
+                }
+                println!(
+                    "crafted start_info: accepted: {} memory map entries, {} modules, {} MiB RAM, cmdline {}",
+                    crafted.memory_map.len(),
+                    crafted.modules.len(),
+                    crafted.ram_bytes() >> 20,
+                    Quoted(&crafted.cmdline)
+                );
+                power::exit(status::SUCCESS)
+            }
+        }
     }
 
     /// The `crash=` test hooks: prove the crash report works.
