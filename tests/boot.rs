@@ -287,6 +287,23 @@ fn guest_status(accel: Accel, status: u64, expected: u8, line: &'static str) -> 
     })
 }
 
+/// A path the guest proves works: its last word before exit 0 is `line`.
+fn guest_proves(accel: Accel, test: &'static str, line: &'static str) -> Case {
+    Case::new(format!("{}_microvm_guest_{test}", accel.name()), move |name| {
+        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={test}"))) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+        check!(
+            outcome,
+            outcome.has_line("guest exited with status 0"),
+            "the guest should exit with status 0"
+        );
+        check_exit(&outcome, 0, true)
+    })
+}
+
 /// A guest that breaks a rule is killed with a reason naming it.
 fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
     Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
@@ -429,9 +446,18 @@ fn main() {
             ("bad-console", "CONSOLE_WRITE: buffer 0x700000000000 (+16) is not the guest's memory"),
             ("unknown-hypercall", "unknown hypercall 0xdead"),
             ("no-init", "first hypercall was CONSOLE_WRITE (0x2), not INIT"),
+            ("bad-idt", "LOAD_IDT_ENTRY: vector 13, handler 0xffffffffffc00000: handler in the switcher"),
+            ("halt-forever", "HALT with virtual interrupts off or no clock armed"),
+            ("fault-on-bad-stack", "double fault while delivering general protection fault (#GP)"),
         ] {
             cases.push(guest_killed(accel, test, reason));
         }
+        cases.push(guest_proves(
+            accel,
+            "reflect",
+            "guest: reflected #DE x1, #GP x1 (error 0x0), #PF x1 at 0x500000000000 (error 0x0)",
+        ));
+        cases.push(guest_proves(accel, "timer", "guest: 5 clock ticks, each after a HALT"));
     }
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)

@@ -77,6 +77,8 @@ struct Idt([Gate; 256]);
 unsafe extern "C" {
     /// The 32 exception entry points, from traps.s.
     static exception_stubs: [u64; 32];
+    fn host_timer_interrupt();
+    fn host_spurious_interrupt();
 }
 
 fn ist_stack_top(index: usize) -> VirtAddr {
@@ -156,6 +158,10 @@ pub fn init() {
             };
             idt.0[vector] = Gate::new(stub, tables.code, ist);
         }
+        let timer = host_timer_interrupt as *const () as u64;
+        let spurious = host_spurious_interrupt as *const () as u64;
+        idt.0[crate::lapic::TIMER_VECTOR as usize] = Gate::new(timer, tables.code, 0);
+        idt.0[crate::lapic::SPURIOUS_VECTOR as usize] = Gate::new(spurious, tables.code, 0);
         idt
     });
     let pointer =

@@ -20,13 +20,18 @@ use core::mem::size_of;
 
 use hv_core::abi::{self, BootInfo};
 use hv_core::elf::{self, LoadTarget};
-use hv_core::vcpu::{self, Host, Next, Stats, Vcpu};
+use hv_core::traps::HaltState;
+use hv_core::vcpu::{self, Host, Kill, Next, Stats, Vcpu};
 use paging::{Counters, FramePool, GuestMemory, ShadowMmu};
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
 
 use crate::memory::FRAMES;
-use crate::switcher;
+use crate::{lapic, switcher};
+
+/// The host takes the CPU back at least this often, whatever the guest
+/// does with its own interrupt flag.
+const HOST_TICK_NS: u64 = 10_000_000;
 
 const PAGE: u64 = 4096;
 
@@ -184,26 +189,6 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// The TSC rate from CPUID where the platform tells it (the hypervisor
-/// leaf 0x4000_0010, or leaf 0x15); otherwise a nominal 1 GHz, said so.
-fn tsc_khz() -> u64 {
-    let max_hypervisor = core::arch::x86_64::__cpuid(0x4000_0000).eax;
-    if max_hypervisor >= 0x4000_0010 {
-        let khz = core::arch::x86_64::__cpuid(0x4000_0010).eax;
-        if khz != 0 {
-            return u64::from(khz);
-        }
-    }
-    if core::arch::x86_64::__cpuid(0).eax >= 0x15 {
-        let leaf = core::arch::x86_64::__cpuid(0x15);
-        if leaf.eax != 0 && leaf.ebx != 0 && leaf.ecx != 0 {
-            return u64::from(leaf.ecx) * u64::from(leaf.ebx) / u64::from(leaf.eax) / 1000;
-        }
-    }
-    log::debug!("tsc: rate unknown to CPUID; assuming 1 GHz");
-    1_000_000
-}
-
 /// Ticks taken by a loop of exactly 2,000 instructions (1,000 times `dec`
 /// and `jnz`). Under `-icount shift=0` this tells what one tick is worth,
 /// so the statistics can be read as instruction counts.
@@ -250,7 +235,7 @@ fn finish(status: u8, line: core::fmt::Arguments) -> u8 {
 }
 
 /// Load `image` and run it to the end; returns the firmware's exit status.
-pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
+pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64) -> u8 {
     let Some(mut ram) = take_guest_memory(memory_size) else {
         return finish(
             status::FIRMWARE_ERROR,
@@ -293,7 +278,7 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
         }
     };
     let mut vcpu = Vcpu::new(mmu);
-    let mut host = Console { tsc_khz: tsc_khz(), boot_tsc: rdtsc() };
+    let mut host = Console { tsc_khz, boot_tsc: rdtsc() };
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
     let cpu = 0;
     // SAFETY: this CPU's registers page is ours and identity-mapped; no
@@ -303,11 +288,27 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
     let mut cycles = Cycles::default();
     let started = rdtsc();
     let status = loop {
+        if vcpu.take_switcher_changes() {
+            let stack = vcpu.kernel_stack_top();
+            switcher::set_kernel_stack(cpu, stack.unwrap_or(0));
+            // Without a kernel stack a direct gate would push into nowhere.
+            switcher::set_direct_gates(cpu, |v| {
+                vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler)
+            });
+        }
         vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
         switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
-        vcpu.update_shared_time(host.now_ns());
-        // SAFETY: see above; the switcher does not run meanwhile.
-        unsafe { vcpu::sanitize(&mut *switcher::regs(cpu)) };
+        let now = host.now_ns();
+        {
+            // SAFETY: see above; the switcher does not run meanwhile.
+            let regs = unsafe { &mut *switcher::regs(cpu) };
+            if let Err(kill) = vcpu.prepare_entry(regs, now) {
+                break killed(kill);
+            }
+            vcpu::sanitize(regs);
+        }
+        let until_deadline = vcpu.next_deadline_ns().map_or(HOST_TICK_NS, |d| d.saturating_sub(now));
+        lapic::arm_ns(until_deadline.min(HOST_TICK_NS));
 
         let entered = rdtsc();
         // SAFETY: the switcher pages are set up (switcher::init), the state
@@ -317,16 +318,24 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
         unsafe { switcher_asm::enter() };
         let exited = rdtsc();
         cycles.guest += exited - entered;
+        lapic::disarm();
 
         // SAFETY: the guest is stopped; the registers page is ours again.
         let regs = unsafe { &mut *switcher::regs(cpu) };
         let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
+        if regs.vector == u64::from(lapic::TIMER_VECTOR) {
+            lapic::eoi();
+        }
         if regs.vector == 6 {
             cycles.fastest_hypercall = cycles.fastest_hypercall.min(exited - entered);
         }
         let next = vcpu.handle_exit(regs, cr2, &mut host);
         match next {
             Next::Resume => continue,
+            Next::Halt => match sleep_while_halted(&vcpu, regs.rip, &host) {
+                Ok(()) => continue,
+                Err(kill) => break killed(kill),
+            },
             Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
                 break finish(status as u8, format_args!("guest exited with status {status}"));
             }
@@ -336,9 +345,7 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
                     format_args!("guest exited with status {status}, which is out of range (0-99)"),
                 );
             }
-            Next::Kill(reason) => {
-                break finish(status::GUEST_KILLED, format_args!("guest killed: {reason}"));
-            }
+            Next::Kill(reason) => break killed(reason),
             Next::SwitcherFault => panic!(
                 "exception {} in the switcher itself at rip {:#x} (error code {:#x})",
                 regs.vector, regs.rip, regs.error_code
@@ -356,6 +363,28 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64) -> u8 {
     release_guest_memory(ram);
     print_stats(&stats, &counters, &cycles);
     status
+}
+
+fn killed(reason: Kill) -> u8 {
+    finish(status::GUEST_KILLED, format_args!("guest killed: {reason}"))
+}
+
+/// HALT: sleep, interrupts on, until the guest has an interrupt to take.
+fn sleep_while_halted<M: vcpu::GuestRam, P: FramePool>(
+    vcpu: &Vcpu<M, P>,
+    rip: u64,
+    host: &Console,
+) -> Result<(), Kill> {
+    loop {
+        match vcpu.halt_state(rip, host.now_ns()) {
+            HaltState::Ready => return Ok(()),
+            HaltState::Forever => return Err(Kill::HaltForever),
+            HaltState::SleepUntil(deadline) => {
+                lapic::arm_ns(deadline.saturating_sub(host.now_ns()).min(HOST_TICK_NS));
+                lapic::wait_for_interrupt();
+            }
+        }
+    }
 }
 
 fn write_boot_info(ram: &mut GuestRam, at: u64, cmdline: &[u8]) {

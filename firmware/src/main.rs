@@ -40,6 +40,8 @@ mod crash;
 #[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
+mod lapic;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod power;
@@ -60,7 +62,7 @@ mod boot {
     use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
     use umbra_firmware::{VERSION, status};
 
-    use crate::{acpi, cpu, guest, memory, power, serial, switcher};
+    use crate::{acpi, cpu, guest, lapic, memory, power, serial, switcher};
 
     /// The guest built into the image (see build.rs), run when the VMM
     /// passes no module.
@@ -260,7 +262,15 @@ mod boot {
             image.len(),
             Quoted(guest_cmdline)
         );
-        let status = guest::run(image, guest_cmdline, config.guest_mem);
+        let tsc_khz = match lapic::init() {
+            Ok(khz) => khz,
+            Err(error) => {
+                log::warn!("timer: {error}; guest clock events will not fire, TSC assumed 1 GHz");
+                1_000_000
+            }
+        };
+        log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
+        let status = guest::run(image, guest_cmdline, config.guest_mem, tsc_khz);
         power::exit(status)
     }
 

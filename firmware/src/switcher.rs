@@ -33,6 +33,7 @@ use crate::memory::{FRAMES, PRESENT, SWITCHER_PD, WRITABLE, nx_bit};
 struct CpuPages {
     regs: u64,
     state: u64,
+    idt: u64,
     host_view: u64,
     guest_view: u64,
 }
@@ -72,7 +73,7 @@ pub fn init(cpu_count: usize) -> Result<(), &'static str> {
             *frame = zeroed_frame().ok_or("out of memory for the switcher's per-CPU pages")?;
         }
         let [regs, state, idt, host_view, guest_view] = frames;
-        let pages = CpuPages { regs, state, host_view, guest_view };
+        let pages = CpuPages { regs, state, idt, host_view, guest_view };
 
         let switcher_state = SwitcherState {
             host_cr3: Cr3::read_raw().0.start_address().as_u64(),
@@ -137,6 +138,36 @@ pub fn set_guest_cr3(cpu: usize, root: u64) {
     // SAFETY: the state page is ours and identity-mapped; the field is a
     // plain u64 the switcher only reads.
     unsafe { core::ptr::write_volatile(&raw mut (*state).guest_cr3, root) };
+}
+
+/// The stack the CPU switches to when guest user code enters the guest
+/// kernel through a direct gate: TSS.RSP1.
+pub fn set_kernel_stack(cpu: usize, top: u64) {
+    let state = CPUS.lock()[cpu].state as *mut SwitcherState;
+    // SAFETY: the state page is ours and identity-mapped; the guest is not
+    // running on this CPU while the host writes it.
+    unsafe { core::ptr::write_volatile(&raw mut (*state).tss.rsp[1], top) };
+}
+
+/// Route vectors 32-255 of the real IDT: a direct gate for each vector
+/// `direct` names (to the guest kernel's handler, from ring 3, no exit),
+/// the exit stub for every other. Direct gates are always trap gates: an
+/// interrupt gate would clear the real interrupt flag at ring 1, where
+/// the guest's `iretq` cannot set it again.
+pub fn set_direct_gates(cpu: usize, direct: impl Fn(u8) -> Option<u64>) {
+    const DIRECT_TRAP_GATE: u8 = 0xef; // present, DPL 3, 64-bit trap gate
+    let idt = CPUS.lock()[cpu].idt as *mut layout::Gate;
+    for vector in 32..=255u8 {
+        let gate = match direct(vector) {
+            Some(handler) => layout::Gate {
+                type_attributes: DIRECT_TRAP_GATE,
+                ..layout::Gate::interrupt(handler, hv_core::abi::GUEST_KERNEL_CS, 0)
+            },
+            None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 0),
+        };
+        // SAFETY: the IDT page is ours, identity-mapped, 256 gates long.
+        unsafe { core::ptr::write_volatile(idt.add(vector as usize), gate) };
+    }
 }
 
 /// How many CPUs have switcher pages.

@@ -27,6 +27,22 @@ exception_stub_\vector:
     jmp exception_common
     .endr
 
+/*
+ * The host's own interrupts: only the APIC timer (which just wakes a
+ * halted host: acknowledge it and return) and the APIC's spurious vector
+ * (nothing to acknowledge). The host runs with interrupts off except
+ * around `hlt`.
+ */
+    .global host_timer_interrupt, host_spurious_interrupt
+host_timer_interrupt:
+    push %rax
+    mov LAPIC_EOI_ADDRESS(%rip), %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+host_spurious_interrupt:
+    iretq
+
 exception_common:
     push %rax
     push %rbx

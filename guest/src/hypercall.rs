@@ -55,6 +55,8 @@ struct Shared(UnsafeCell<SharedPage>);
 unsafe impl Sync for Shared {}
 
 // SAFETY: SharedPage is plain integers, for which all zeroes is valid.
+// Exported: the interrupt handler in traps.rs sets `irq_enabled` itself.
+#[unsafe(export_name = "GUEST_SHARED_PAGE")]
 static SHARED: Shared = Shared(UnsafeCell::new(unsafe { MaybeUninit::<SharedPage>::zeroed().assume_init() }));
 
 /// Where we fill the async ring next. Umbra keeps its own cursor, starting
@@ -82,6 +84,25 @@ pub fn shared_abi_version() -> u32 {
 pub fn set_kernel_boundary(boundary: u64) {
     // SAFETY: a write to our own static.
     unsafe { (&raw mut (*shared()).kernel_boundary).write_volatile(boundary) };
+}
+
+/// The virtual interrupt flag: Umbra delivers interrupts only while it is on.
+pub fn set_interrupts_enabled(on: bool) {
+    // SAFETY: a write to our own static.
+    unsafe { (&raw mut (*shared()).irq_enabled).write_volatile(u32::from(on)) };
+}
+
+/// Where our interrupt return path's `iretq` is: no interrupt is delivered
+/// while we stand on it.
+pub fn set_noirq_iret(address: u64) {
+    // SAFETY: a write to our own static.
+    unsafe { (&raw mut (*shared()).noirq_iret).write_volatile(address) };
+}
+
+/// The faulting address of the last page fault Umbra delivered to us.
+pub fn fault_address() -> u64 {
+    // SAFETY: a read of our own static; volatile because Umbra writes it.
+    unsafe { (&raw const (*shared()).cr2).read_volatile() }
 }
 
 /// SHUTDOWN: stop with `status` (0-99 becomes the exit status) and a

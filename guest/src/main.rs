@@ -39,6 +39,8 @@ mod modes;
 mod tables;
 #[cfg(target_os = "none")]
 mod touch;
+#[cfg(target_os = "none")]
+mod traps;
 
 // The entry point. Umbra starts us here in 64-bit mode with `rdi` and
 // `rsp` both holding the address of the `BootInfo`; the stack grows down

@@ -6,7 +6,8 @@
 //! tests then check Umbra's exit status and message. Each mode first
 //! prints "guest: test NAME". If Umbra lets a misdeed pass, the guest says
 //! "guest: survived" and stops with status 98, which no test expects.
-//! One mode is a measurement instead: `null-hypercalls:N`.
+//! Some modes prove a path works instead: `null-hypercalls:N` (a
+//! measurement), `reflect` and `timer` (see traps.rs).
 
 use hv_core::abi;
 
@@ -45,6 +46,11 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
     }
     match name {
         b"map-switcher" => map_switcher(memory_size, frames),
+        b"reflect" => crate::traps::reflect(memory_size, frames),
+        b"timer" => crate::traps::timer(memory_size, frames),
+        b"bad-idt" => crate::traps::bad_idt(memory_size, frames),
+        b"halt-forever" => crate::traps::halt_forever(),
+        b"fault-on-bad-stack" => crate::traps::fault_on_bad_stack(memory_size, frames),
         b"touch-switcher" => touch_switcher(memory_size, frames),
         b"bad-console" => {
             // SAFETY: Umbra must refuse this, and kill us.

@@ -51,13 +51,18 @@ pub const SET_PGD: u64 = 7;
 pub const FLUSH_TLB: u64 = 8;
 /// FLUSH_ASYNC(): nothing but a chance for Umbra to drain the async ring.
 pub const FLUSH_ASYNC: u64 = 9;
-/// LOAD_IDT_ENTRY(vector, handler, flags): the guest's trap handler.
+/// LOAD_IDT_ENTRY(vector, handler, flags): the guest's handler for
+/// `vector`, a kernel-half address; `flags` from the `IDT_*` constants.
 pub const LOAD_IDT_ENTRY: u64 = 10;
-/// SET_STACK(va, len): the kernel stack for traps from guest user mode.
+/// SET_STACK(top, len): the kernel stack for traps from guest user mode:
+/// `len` bytes (a page multiple, at most [`KERNEL_STACK_MAX`]) below `top`,
+/// kept mapped by Umbra.
 pub const SET_STACK: u64 = 11;
-/// SET_CLOCKEVENT(delta_ns): raise guest IRQ 0 after `delta_ns`.
+/// SET_CLOCKEVENT(delta_ns): raise guest IRQ 0 once, after `delta_ns`
+/// (0 cancels).
 pub const SET_CLOCKEVENT: u64 = 12;
-/// HALT(): sleep until the next interrupt.
+/// HALT(): sleep until an interrupt is pending (the clock must be armed,
+/// or something pending, or the guest would sleep forever: that kills).
 pub const HALT: u64 = 13;
 /// SEND_INTERRUPTS(): deliver whatever is pending.
 pub const SEND_INTERRUPTS: u64 = 14;
@@ -104,6 +109,27 @@ pub const GUEST_KERNEL_CS: u16 = 0x19;
 pub const GUEST_KERNEL_SS: u16 = 0x21;
 pub const GUEST_USER_SS: u16 = 0x2b;
 pub const GUEST_USER_CS: u16 = 0x33;
+
+/// LOAD_IDT_ENTRY's flags. Every handler runs at ring 1, in the guest
+/// kernel: there is no way to name any other target.
+pub const IDT_PRESENT: u64 = 1 << 0;
+/// A trap gate: delivery leaves the virtual interrupt flag alone. Without
+/// it the entry is an interrupt gate, and delivery clears the flag.
+pub const IDT_TRAP_GATE: u64 = 1 << 1;
+/// Guest user code may raise this vector itself (`int n`): the system-call
+/// vector, and `int3`/`into` (3, 4). Never other exception vectors.
+pub const IDT_USER: u64 = 1 << 2;
+/// Every flag LOAD_IDT_ENTRY knows; any other bit set kills the guest.
+pub const IDT_FLAGS: u64 = IDT_PRESENT | IDT_TRAP_GATE | IDT_USER;
+
+/// Guest interrupt n arrives at vector `IRQ_BASE + n`; the clock is IRQ 0.
+pub const IRQ_BASE: u64 = 32;
+pub const CLOCK_IRQ: u64 = 0;
+
+/// SET_STACK's largest stack, which Umbra keeps mapped.
+pub const KERNEL_STACK_MAX: u64 = 16 * 1024;
+/// SET_CLOCKEVENT's longest delay; longer ones are cut to it.
+pub const CLOCK_DELTA_MAX_NS: u64 = 3_600 * 1_000_000_000;
 
 /// Slots in the async ring.
 pub const ASYNC_SLOTS: usize = 64;

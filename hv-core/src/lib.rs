@@ -9,10 +9,13 @@
 //! - [`abi`]: the hypercall ABI, shared word for word with the guest;
 //! - [`elf`]: loading a guest's ELF image into its memory;
 //! - [`vcpu`]: what each exit from the guest means: shadow fills,
-//!   hypercalls, kills.
+//!   hypercalls, kills;
+//! - [`traps`]: the guest's own handlers: reflected exceptions, direct and
+//!   emulated system calls, virtual interrupts and the clock.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod abi;
 pub mod elf;
+pub mod traps;
 pub mod vcpu;

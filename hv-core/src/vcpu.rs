@@ -5,10 +5,14 @@
 //! decides what that trap means, lguest's `run_guest` loop body:
 //!
 //! - a page fault is the shadow MMU's business: fill the shadow and resume,
-//!   or, when the guest's own tables forbid the access, (for now) kill;
+//!   or, when the guest's own tables forbid the access, reflect it to the
+//!   guest's handler (see [`crate::traps`]);
 //! - an invalid-opcode trap from ring 1 is a hypercall (see [`crate::abi`]);
-//! - an interrupt that arrived while the guest ran needs nothing more;
-//! - anything else kills the guest, with the trap's name.
+//! - the guest's other exceptions go to its own handlers; an `int n` the
+//!   CPU refused to run directly is delivered by hand;
+//! - an interrupt that arrived while the guest ran is the host's;
+//! - a trap the guest has no handler for, or one that no guest may cause
+//!   (#DF, #MC, a bad TSS), kills it, with the trap's name.
 //!
 //! The guest's registers, its memory and the host's console are reached
 //! through traits, so everything here runs, and is tested, on the host.
@@ -20,6 +24,7 @@ use paging::{Access, FaultOutcome, FramePool, GuestMemory, KillReason, Level, Sh
 use switcher_asm::layout::{GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
 
 use crate::abi::{self, AsyncCall, SharedPage};
+use crate::traps::GuestGate;
 
 /// Guest memory as the hypervisor reaches it, with byte copies on top of
 /// the shadow MMU's word access.
@@ -67,10 +72,6 @@ pub enum Kill {
         error_code: u64,
         rip: u64,
     },
-    /// An invalid opcode from guest user mode: not a hypercall.
-    UserInvalidOpcode {
-        rip: u64,
-    },
     UnknownHypercall {
         number: u64,
     },
@@ -99,6 +100,33 @@ pub enum Kill {
         slot: usize,
         number: u64,
     },
+    BadIdtEntry {
+        vector: u64,
+        handler: u64,
+        why: &'static str,
+    },
+    BadStack {
+        top: u64,
+        len: u64,
+        why: &'static str,
+    },
+    /// Delivering a trap faulted: the guest's stack is not writable.
+    DoubleFault {
+        vector: u8,
+        stack: u64,
+    },
+    /// A trap for which the guest installed no handler.
+    NoHandler {
+        vector: u8,
+        error_code: u64,
+        rip: u64,
+    },
+    /// A trap from user mode before SET_STACK named a kernel stack.
+    NoKernelStack {
+        vector: u8,
+    },
+    /// HALT with nothing that could ever wake the guest.
+    HaltForever,
 }
 
 fn trap_name(vector: u8) -> &'static str {
@@ -120,6 +148,7 @@ fn trap_name(vector: u8) -> &'static str {
         17 => "alignment check (#AC)",
         18 => "machine check (#MC)",
         19 => "SIMD error (#XM)",
+        32..=255 => "interrupt",
         _ => "exception",
     }
 }
@@ -142,9 +171,6 @@ impl fmt::Display for Kill {
                 "{} (vector {vector}, error code {error_code:#x}) at rip {rip:#x}",
                 trap_name(vector)
             ),
-            Kill::UserInvalidOpcode { rip } => {
-                write!(f, "invalid opcode in guest user mode at rip {rip:#x} (hypercalls are for ring 1)")
-            }
             Kill::UnknownHypercall { number } => write!(f, "unknown hypercall {number:#x}"),
             Kill::FirstCallNotInit { number } => {
                 write!(f, "first hypercall was {} ({number:#x}), not INIT", abi::call_name(number))
@@ -162,6 +188,26 @@ impl fmt::Display for Kill {
             Kill::BadAsyncCall { slot, number } => {
                 write!(f, "async ring slot {slot} holds call {number:#x}, which cannot be queued")
             }
+            Kill::BadIdtEntry { vector, handler, why } => {
+                write!(f, "LOAD_IDT_ENTRY: vector {vector}, handler {handler:#x}: {why}")
+            }
+            Kill::BadStack { top, len, why } => write!(f, "SET_STACK: {len} bytes below {top:#x}: {why}"),
+            Kill::DoubleFault { vector, stack } => write!(
+                f,
+                "double fault while delivering {}: the guest stack at {stack:#x} is not writable",
+                trap_name(vector)
+            ),
+            Kill::NoHandler { vector, error_code, rip } => write!(
+                f,
+                "{} (vector {vector}, error code {error_code:#x}) at rip {rip:#x}, and the guest has no handler",
+                trap_name(vector)
+            ),
+            Kill::NoKernelStack { vector } => {
+                write!(f, "{} from user mode before SET_STACK", trap_name(vector))
+            }
+            Kill::HaltForever => {
+                write!(f, "HALT with virtual interrupts off or no clock armed: it would never wake")
+            }
         }
     }
 }
@@ -177,6 +223,8 @@ pub enum Next {
     Kill(Kill),
     /// The exit came from ring 0: the switcher itself faulted. A host bug.
     SwitcherFault,
+    /// HALT: run on only when [`Vcpu::halt_state`] says so.
+    Halt,
 }
 
 /// Counts the statistics block prints at exit.
@@ -185,11 +233,21 @@ pub struct Stats {
     pub exits_by_vector: [u64; 256],
     pub hypercalls: [u64; abi::CALL_COUNT as usize + 1],
     pub async_calls: u64,
+    /// Traps and interrupts delivered to the guest's handlers, by vector.
+    pub delivered: [u64; 256],
+    /// `int n` from user mode that the host delivered by hand.
+    pub emulated_software_interrupts: u64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { exits_by_vector: [0; 256], hypercalls: [0; abi::CALL_COUNT as usize + 1], async_calls: 0 }
+        Stats {
+            exits_by_vector: [0; 256],
+            hypercalls: [0; abi::CALL_COUNT as usize + 1],
+            async_calls: 0,
+            delivered: [0; 256],
+            emulated_software_interrupts: 0,
+        }
     }
 }
 
@@ -235,21 +293,42 @@ const ASYNC_CALL_SIZE: u64 = core::mem::size_of::<AsyncCall>() as u64;
 pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub mmu: ShadowMmu<M, P>,
     /// Guest-physical address of the shared page, once INIT named it.
-    shared_page: Option<u64>,
+    pub(crate) shared_page: Option<u64>,
     /// Our own position in the async ring; the guest's idea is not trusted.
     async_cursor: usize,
     pub stats: Stats,
+    /// The guest's own IDT, from LOAD_IDT_ENTRY.
+    pub(crate) idt: [GuestGate; 256],
+    /// From SET_STACK: where traps from user mode land.
+    pub(crate) kernel_stack_top: Option<u64>,
+    /// Interrupts raised and not yet delivered, one bit per vector.
+    pub(crate) pending: [u64; 4],
+    /// SET_CLOCKEVENT's deadline, in the host's nanoseconds.
+    pub(crate) clock_deadline_ns: Option<u64>,
+    /// The real IDT's direct gates or the TSS's ring-1 stack changed.
+    pub(crate) switcher_changed: bool,
 }
 
 /// A call's result, when it does not kill.
 enum Done {
     Value(u64),
     Shutdown(u64),
+    Halt,
 }
 
 impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     pub fn new(mmu: ShadowMmu<M, P>) -> Self {
-        Vcpu { mmu, shared_page: None, async_cursor: 0, stats: Stats::default() }
+        Vcpu {
+            mmu,
+            shared_page: None,
+            async_cursor: 0,
+            stats: Stats::default(),
+            idt: [GuestGate::default(); 256],
+            kernel_stack_top: None,
+            pending: [0; 4],
+            clock_deadline_ns: None,
+            switcher_changed: false,
+        }
     }
 
     /// Decide what a trap means. `cr2` matters only for page faults.
@@ -259,18 +338,38 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if regs.cs & 3 == 0 {
             return Next::SwitcherFault;
         }
-        match vector {
-            14 => self.page_fault(regs, cr2),
-            6 if regs.cs & 3 == 1 => self.hypercall(regs, host),
-            6 => Next::Kill(Kill::UserInvalidOpcode { rip: regs.rip }),
-            // An interrupt (or NMI) arrived while the guest ran: the host
-            // has nothing to do with it yet.
-            2 | 32..=255 => Next::Resume,
-            _ => Next::Kill(Kill::UnhandledTrap { vector, error_code: regs.error_code, rip: regs.rip }),
+        let from_user = regs.cs & 3 == 3;
+        let result = match vector {
+            14 => return self.page_fault(regs, cr2),
+            6 if !from_user => return self.hypercall(regs, host),
+            // `int n` the CPU would not run directly: as #GP where the gate
+            // is the host's, as #UD from ring 3 on some nested KVMs.
+            6 | 13 if from_user => match self.emulate_software_interrupt(regs) {
+                Ok(true) => Ok(()),
+                Ok(false) => self.deliver_exception(regs, vector),
+                Err(kill) => Err(kill),
+            },
+            // The guest's own business, for its own handlers.
+            0 | 1 | 3 | 4 | 5 | 7 | 13 | 16 | 17 | 19 => self.deliver_exception(regs, vector),
+            // An interrupt (or NMI) that arrived while the guest ran is the
+            // host's: its timer, which the run loop has acknowledged.
+            2 | 32..=255 => Ok(()),
+            // No guest may cause these: #DF, a bad TSS or segment, #MC.
+            _ => Err(Kill::UnhandledTrap { vector, error_code: regs.error_code, rip: regs.rip }),
+        };
+        match result {
+            Ok(()) => Next::Resume,
+            Err(kill) => Next::Kill(kill),
         }
     }
 
-    fn page_fault(&mut self, regs: &GuestRegs, addr: u64) -> Next {
+    fn deliver_exception(&mut self, regs: &mut GuestRegs, vector: u8) -> Result<(), Kill> {
+        let pushes_error_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+        let error_code = pushes_error_code.then_some(regs.error_code);
+        self.deliver(regs, vector, error_code, regs.rip)
+    }
+
+    fn page_fault(&mut self, regs: &mut GuestRegs, addr: u64) -> Next {
         if addr >= SWITCHER_BASE {
             let write = regs.error_code & 2 != 0;
             let read_only_state = (STATE_PAGE..IDT_PAGE + PAGE_SIZE).contains(&addr);
@@ -282,6 +381,10 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         match self.mmu.demand_fill(addr, Access::from_error_code(regs.error_code)) {
             FaultOutcome::Fixed => Next::Resume,
+            FaultOutcome::Reflect if self.idt[14].present() => match self.reflect_page_fault(regs, addr) {
+                Ok(()) => Next::Resume,
+                Err(kill) => Next::Kill(kill),
+            },
             FaultOutcome::Reflect => {
                 Next::Kill(Kill::UnhandledPageFault { addr, error_code: regs.error_code, rip: regs.rip })
             }
@@ -305,6 +408,11 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
                 Next::Resume
             }
             Ok(Done::Shutdown(status)) => Next::Shutdown { status },
+            Ok(Done::Halt) => {
+                regs.rax = abi::RESULT_OK;
+                regs.rip = regs.rip.wrapping_add(abi::HYPERCALL_INSTRUCTION.len() as u64);
+                Next::Halt
+            }
             Err(kill) => Next::Kill(kill),
         }
     }
@@ -420,9 +528,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
                 abi::RESULT_OK
             }
             abi::FLUSH_ASYNC => abi::RESULT_OK,
-            abi::LOAD_IDT_ENTRY | abi::SET_STACK | abi::SET_CLOCKEVENT | abi::HALT | abi::SEND_INTERRUPTS => {
-                abi::RESULT_UNSUPPORTED
-            }
+            abi::LOAD_IDT_ENTRY => self.load_idt_entry(args[0], args[1], args[2])?,
+            abi::SET_STACK => self.set_stack(args[0], args[1])?,
+            abi::SET_CLOCKEVENT => self.set_clock_event(args[0], host.now_ns()),
+            abi::HALT => return Ok(Done::Halt),
+            // Delivery happens before every entry; this call is only a
+            // chance for it.
+            abi::SEND_INTERRUPTS => abi::RESULT_OK,
             _ => return Err(Kill::UnknownHypercall { number }),
         };
         Ok(Done::Value(value))

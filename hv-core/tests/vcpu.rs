@@ -212,14 +212,11 @@ fn unknown_calls_kill() {
 }
 
 #[test]
-fn later_calls_answer_unsupported_for_now() {
+fn send_interrupts_is_only_a_chance_to_deliver() {
     let (mut vcpu, mut console) = initialised();
-    for number in [abi::LOAD_IDT_ENTRY, abi::SET_STACK, abi::SET_CLOCKEVENT, abi::HALT, abi::SEND_INTERRUPTS]
-    {
-        let (next, regs) = call(&mut vcpu, &mut console, number, [0; 5]);
-        assert_eq!(next, Next::Resume);
-        assert_eq!(regs.rax, abi::RESULT_UNSUPPORTED);
-    }
+    let (next, regs) = call(&mut vcpu, &mut console, abi::SEND_INTERRUPTS, [0; 5]);
+    assert_eq!(next, Next::Resume);
+    assert_eq!(regs.rax, abi::RESULT_OK);
 }
 
 #[test]
@@ -239,7 +236,8 @@ fn a_ud2_from_user_mode_is_not_a_hypercall() {
     let mut regs = hypercall_regs(abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
     regs.cs = u64::from(abi::GUEST_USER_CS);
     let next = vcpu.handle_exit(&mut regs, 0, &mut console);
-    assert_eq!(kill_of(next), Kill::UserInvalidOpcode { rip: ENTRY });
+    assert_eq!(kill_of(next), Kill::NoHandler { vector: 6, error_code: 0, rip: ENTRY });
+    assert!(kill_of(next).to_string().contains("invalid opcode (#UD)"));
     assert!(console.printed.is_empty());
 }
 
@@ -280,7 +278,9 @@ fn linear_mode_faults_are_filled_and_interrupts_resume() {
     let next = vcpu.handle_exit(&mut regs, 0, &mut console);
     assert_eq!(
         kill_of(next).to_string(),
-        format!("general protection fault (#GP) (vector 13, error code 0x0) at rip {ENTRY:#x}")
+        format!(
+            "general protection fault (#GP) (vector 13, error code 0x0) at rip {ENTRY:#x}, and the guest has no handler"
+        )
     );
 }
 

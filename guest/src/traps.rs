@@ -1,0 +1,159 @@
+//! # Our own trap handlers, through Umbra
+//!
+//! A guest kernel at ring 1 cannot load an IDT; it tells Umbra where its
+//! handlers are (LOAD_IDT_ENTRY), and Umbra delivers its faults and its
+//! interrupts to them, on its stack, in the frame the CPU would push. Two
+//! test modes prove that path:
+//!
+//! - `test=reflect`: divide by zero, run `cli` at ring 1 (a #GP) and read
+//!   an unmapped address (a #PF). Each handler counts, notes what it was
+//!   told, steps over the faulting instruction and returns with `iretq`.
+//! - `test=timer`: arm the clock (SET_CLOCKEVENT), turn the virtual
+//!   interrupt flag on and HALT, five times; the IRQ 0 handler counts the
+//!   ticks. It turns the flag back on just before its `iretq`, which is
+//!   registered as `noirq_iret` so Umbra never interrupts that one
+//!   instruction.
+//!
+//! Handlers must be kernel-half addresses: they run through the kernel
+//! alias of our image, and RIP-relative data references follow them there.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hv_core::abi;
+
+use crate::hypercall::{self, hypercall, shutdown};
+use crate::tables::{self, Frames, KERNEL_BASE};
+
+#[unsafe(no_mangle)]
+static TRAP_DE_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static TRAP_GP_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static TRAP_GP_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
+#[unsafe(no_mangle)]
+static TRAP_PF_COUNT: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static TRAP_PF_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
+#[unsafe(no_mangle)]
+static CLOCK_TICKS: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.guest_traps, "ax"
+    .global guest_trap_de, guest_trap_gp, guest_trap_pf, guest_irq0, guest_noirq_iret
+guest_trap_de:
+    lock incq TRAP_DE_COUNT(%rip)
+    addq $3, (%rsp)                 /* over `div %rcx` (48 f7 f1) */
+    iretq
+guest_trap_gp:
+    popq TRAP_GP_ERROR(%rip)
+    lock incq TRAP_GP_COUNT(%rip)
+    addq $1, (%rsp)                 /* over `cli` (fa) */
+    iretq
+guest_trap_pf:
+    popq TRAP_PF_ERROR(%rip)
+    lock incq TRAP_PF_COUNT(%rip)
+    addq $3, (%rsp)                 /* over `mov (%rax), %rcx` (48 8b 08) */
+    iretq
+guest_irq0:
+    lock incq CLOCK_TICKS(%rip)
+    movl $1, GUEST_SHARED_PAGE+4(%rip)    /* irq_enabled */
+guest_noirq_iret:
+    iretq
+    .popsection
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn guest_trap_de();
+    fn guest_trap_gp();
+    fn guest_trap_pf();
+    fn guest_irq0();
+    fn guest_noirq_iret();
+}
+
+/// The kernel-half alias of a function of our image.
+fn alias(function: unsafe extern "C" fn()) -> u64 {
+    KERNEL_BASE + function as usize as u64
+}
+
+fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
+    // SAFETY: a handler of ours, in the kernel half.
+    unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
+}
+
+/// `test=reflect`.
+pub fn reflect(memory_size: u64, frames: Frames) -> ! {
+    tables::build_and_switch(memory_size, frames);
+    let gate = abi::IDT_PRESENT;
+    load_idt_entry(0, alias(guest_trap_de), gate);
+    load_idt_entry(13, alias(guest_trap_gp), gate);
+    load_idt_entry(14, alias(guest_trap_pf), gate);
+    let unmapped = 0x0000_5000_0000_0000u64;
+    // SAFETY: each instruction faults on purpose; its handler steps over
+    // it and returns here. The encodings are the ones the handlers skip.
+    unsafe {
+        core::arch::asm!(".byte 0x48, 0xf7, 0xf1", in("rcx") 0u64, inout("rax") 1u64 => _, inout("rdx") 0u64 => _);
+        core::arch::asm!(".byte 0xfa");
+        core::arch::asm!(".byte 0x48, 0x8b, 0x08", in("rax") unmapped, out("rcx") _);
+    }
+    let counts = [&TRAP_DE_COUNT, &TRAP_GP_COUNT, &TRAP_PF_COUNT].map(|c| c.load(Ordering::Relaxed));
+    let (gp_error, pf_error) = (TRAP_GP_ERROR.load(Ordering::Relaxed), TRAP_PF_ERROR.load(Ordering::Relaxed));
+    let cr2 = hypercall::fault_address();
+    say!(
+        "reflected #DE x{}, #GP x{} (error {gp_error:#x}), #PF x{} at {cr2:#x} (error {pf_error:#x})",
+        counts[0],
+        counts[1],
+        counts[2]
+    );
+    let all_once = counts == [1, 1, 1] && gp_error == 0 && cr2 == unmapped && pf_error == 0;
+    shutdown(if all_once { 0 } else { 96 }, "reflect test")
+}
+
+/// `test=timer`.
+pub fn timer(memory_size: u64, frames: Frames) -> ! {
+    tables::build_and_switch(memory_size, frames);
+    hypercall::set_noirq_iret(alias(guest_noirq_iret));
+    load_idt_entry(abi::IRQ_BASE + abi::CLOCK_IRQ, alias(guest_irq0), abi::IDT_PRESENT);
+    const TICKS: u64 = 5;
+    for tick in 1..=TICKS {
+        // SAFETY: arming the clock and halting are requests to Umbra.
+        unsafe { hypercall(abi::SET_CLOCKEVENT, 1_000_000, 0, 0, 0, 0) };
+        hypercall::set_interrupts_enabled(true);
+        // SAFETY: as above.
+        unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
+        if CLOCK_TICKS.load(Ordering::Relaxed) < tick {
+            say!("woke from HALT without a tick");
+            shutdown(96, "timer test");
+        }
+    }
+    say!("{} clock ticks, each after a HALT", CLOCK_TICKS.load(Ordering::Relaxed));
+    shutdown(0, "timer test")
+}
+
+/// `test=bad-idt`: a handler in the switcher region. Umbra must refuse.
+pub fn bad_idt(memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    load_idt_entry(13, 0xFFFF_FFFF_FFC0_0000, abi::IDT_PRESENT);
+}
+
+/// `test=halt-forever`: HALT with virtual interrupts off and no clock:
+/// nothing could ever wake us. Umbra must not wait for ever.
+pub fn halt_forever() {
+    hypercall::set_interrupts_enabled(false);
+    // SAFETY: a request to Umbra.
+    unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
+}
+
+/// `test=fault-on-bad-stack`: a #GP with the stack pointer on an unmapped
+/// address, so the frame cannot be delivered: a double fault, which must
+/// kill us rather than loop or reach the host.
+pub fn fault_on_bad_stack(memory_size: u64, frames: Frames) -> ! {
+    tables::build_and_switch(memory_size, frames);
+    load_idt_entry(13, alias(guest_trap_gp), abi::IDT_PRESENT);
+    // SAFETY: deliberately unrecoverable: Umbra must stop us here.
+    unsafe {
+        core::arch::asm!("mov rsp, {0}", "cli", "2: jmp 2b", in(reg) 0x0000_5000_0000_0000u64, options(noreturn))
+    }
+}

@@ -1,0 +1,341 @@
+//! # Traps and interrupts, delivered to the guest
+//!
+//! A guest kernel handles its own faults, its own system calls and its own
+//! timer, like any kernel; it just cannot install handlers in the real IDT.
+//! So it tells Umbra about them (LOAD_IDT_ENTRY), and when one of its
+//! traps reaches the host, Umbra *reflects* it: it builds the interrupt
+//! frame on the guest kernel's stack exactly as the CPU would have (SS,
+//! RSP, RFLAGS, CS, RIP and, for some exceptions, an error code, on a
+//! 16-byte-aligned stack), and resumes the guest at its handler. This is
+//! lguest's `interrupts_and_traps.c`, for long mode.
+//!
+//! Three twists, all because the guest's interrupt flag is virtual (the
+//! real one stays on so the host always gets its timer):
+//! - the RFLAGS pushed carries the *virtual* IF, so the guest's return
+//!   path knows whether to re-enable;
+//! - an interrupt gate clears the virtual flag; a trap gate does not;
+//! - an interrupt is never delivered while the guest sits on its own
+//!   `iretq` (`noirq_iret` in the shared page): that instruction is where
+//!   it re-enables, and the window between must stay closed.
+//!
+//! System calls from guest user mode (`int n` on a vector the guest marked
+//! [`abi::IDT_USER`]) go straight to the guest kernel through a *direct*
+//! gate in the real IDT, with no exit, where the platform allows. Where it
+//! does not (an `int n` that arrives as #GP, or as #UD on some nested
+//! KVMs), Umbra decodes the instruction and delivers it itself: one exit
+//! dearer, the same result.
+
+use core::mem::offset_of;
+
+use paging::{Access, TranslateError};
+use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
+
+use crate::abi::{self, SharedPage};
+use crate::vcpu::{GuestRam, Kill, Vcpu};
+use paging::FramePool;
+
+/// One entry of the guest's own IDT, as LOAD_IDT_ENTRY left it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestGate {
+    pub handler: u64,
+    pub flags: u64,
+}
+
+impl GuestGate {
+    pub fn present(&self) -> bool {
+        self.flags & abi::IDT_PRESENT != 0
+    }
+
+    fn user(&self) -> bool {
+        self.flags & abi::IDT_USER != 0
+    }
+
+    fn trap_gate(&self) -> bool {
+        self.flags & abi::IDT_TRAP_GATE != 0
+    }
+}
+
+const RFLAGS_IF: u64 = 1 << 9;
+/// Cleared by the CPU on every interrupt delivery: TF, NT, RF, VM.
+const RFLAGS_CLEARED_ON_DELIVERY: u64 = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17);
+
+/// Vectors guest user code may raise itself: `int3`, `into`, and any
+/// vector from 32 up.
+fn user_may_raise(vector: u8) -> bool {
+    matches!(vector, 3 | 4) || vector >= 32
+}
+
+fn is_canonical(va: u64) -> bool {
+    let top = va >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
+    /// LOAD_IDT_ENTRY: check the entry, remember it, and mark the real IDT
+    /// for an update when it is a direct gate.
+    pub(crate) fn load_idt_entry(&mut self, vector: u64, handler: u64, flags: u64) -> Result<u64, Kill> {
+        let bad = |why| Kill::BadIdtEntry { vector, handler, why };
+        let index = u8::try_from(vector).map_err(|_| bad("no such vector"))?;
+        if flags & !abi::IDT_FLAGS != 0 {
+            return Err(bad("unknown type bits"));
+        }
+        let gate = GuestGate { handler, flags };
+        if gate.present() {
+            if !is_canonical(handler) {
+                return Err(bad("non-canonical handler"));
+            }
+            if handler >= SWITCHER_BASE {
+                return Err(bad("handler in the switcher"));
+            }
+            if handler < self.mmu.kernel_boundary() {
+                return Err(bad("handler outside the guest kernel"));
+            }
+            if gate.user() && !user_may_raise(index) {
+                return Err(bad("user mode may not raise this vector"));
+            }
+        }
+        let was_direct = self.direct_gate(index).is_some();
+        self.idt[index as usize] = gate;
+        if was_direct || self.direct_gate(index).is_some() {
+            self.switcher_changed = true;
+        }
+        Ok(abi::RESULT_OK)
+    }
+
+    /// SET_STACK: the stack traps from user mode land on. Umbra keeps it
+    /// mapped, so delivering a trap never faults on it.
+    pub(crate) fn set_stack(&mut self, top: u64, len: u64) -> Result<u64, Kill> {
+        let bad = |why| Kill::BadStack { top, len, why };
+        if len == 0 || len > abi::KERNEL_STACK_MAX || !len.is_multiple_of(4096) || !top.is_multiple_of(16) {
+            return Err(bad("length or alignment"));
+        }
+        let bottom = top.checked_sub(len).ok_or(bad("wraps"))?;
+        if !is_canonical(bottom) || !is_canonical(top - 1) || top > SWITCHER_BASE {
+            return Err(bad("not a kernel address"));
+        }
+        if bottom < self.mmu.kernel_boundary() {
+            return Err(bad("outside the guest kernel"));
+        }
+        self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        self.kernel_stack_top = Some(top);
+        self.switcher_changed = true;
+        Ok(abi::RESULT_OK)
+    }
+
+    /// The handler of a vector the real IDT should route straight to the
+    /// guest kernel: present, user-raisable, from 32 up.
+    pub fn direct_gate(&self, vector: u8) -> Option<GuestGate> {
+        let gate = self.idt[vector as usize];
+        (vector >= 32 && gate.present() && gate.user()).then_some(gate)
+    }
+
+    /// The kernel stack for traps from user mode, once SET_STACK named it.
+    pub fn kernel_stack_top(&self) -> Option<u64> {
+        self.kernel_stack_top
+    }
+
+    /// Whether the real IDT's direct gates or the TSS's ring-1 stack must
+    /// be rewritten before the next entry; asking clears it.
+    pub fn take_switcher_changes(&mut self) -> bool {
+        core::mem::take(&mut self.switcher_changed)
+    }
+
+    fn shared_field(&self, offset: usize) -> Option<u64> {
+        self.shared_page.and_then(|page| self.mmu.memory().read_u64(page + offset as u64))
+    }
+
+    fn set_shared_field(&mut self, offset: usize, value: u64) {
+        if let Some(page) = self.shared_page {
+            self.mmu.memory_mut().write_u64(page + offset as u64, value);
+        }
+    }
+
+    /// The virtual interrupt flag (the low half of the word also holds
+    /// `abi_version`, so read the u32 that is `irq_enabled`).
+    pub(crate) fn virtual_interrupts_on(&self) -> bool {
+        let word = self.shared_field(offset_of!(SharedPage, abi_version)).unwrap_or(0);
+        (word >> 32) as u32 != 0
+    }
+
+    fn set_virtual_interrupts(&mut self, on: bool) {
+        let offset = offset_of!(SharedPage, abi_version);
+        let word = self.shared_field(offset).unwrap_or(0);
+        let flag = if on { 1u64 << 32 } else { 0 };
+        self.set_shared_field(offset, (word & 0xffff_ffff) | flag);
+    }
+
+    /// Deliver `vector` to the guest's handler: push the frame the CPU
+    /// would have pushed and point the registers at the handler.
+    /// `resume_at` is the RIP the frame returns to.
+    pub(crate) fn deliver(
+        &mut self,
+        regs: &mut GuestRegs,
+        vector: u8,
+        error_code: Option<u64>,
+        resume_at: u64,
+    ) -> Result<(), Kill> {
+        let gate = self.idt[vector as usize];
+        if !gate.present() {
+            return Err(Kill::NoHandler { vector, error_code: error_code.unwrap_or(0), rip: regs.rip });
+        }
+        let from_user = regs.cs & 3 == 3;
+        let stack =
+            if from_user { self.kernel_stack_top.ok_or(Kill::NoKernelStack { vector })? } else { regs.rsp };
+        let virtual_if = if self.virtual_interrupts_on() { RFLAGS_IF } else { 0 };
+        let mut frame = [regs.ss, regs.rsp, (regs.rflags & !RFLAGS_IF) | virtual_if, regs.cs, resume_at, 0];
+        let words = if let Some(code) = error_code {
+            frame[5] = code;
+            6
+        } else {
+            5
+        };
+        // Long mode aligns the stack to 16 bytes before pushing.
+        let top = stack & !0xf;
+        let bottom = top.wrapping_sub(words as u64 * 8);
+        for (index, word) in frame[..words].iter().enumerate() {
+            let at = top.wrapping_sub((index as u64 + 1) * 8);
+            self.write_guest_u64(at, *word)
+                .map_err(|reason| reason.unwrap_or(Kill::DoubleFault { vector, stack: at }))?;
+        }
+        regs.rsp = bottom;
+        regs.rip = gate.handler;
+        regs.cs = u64::from(abi::GUEST_KERNEL_CS);
+        regs.ss = u64::from(abi::GUEST_KERNEL_SS);
+        regs.rflags &= !RFLAGS_CLEARED_ON_DELIVERY;
+        if !gate.trap_gate() {
+            self.set_virtual_interrupts(false);
+        }
+        self.stats.delivered[vector as usize] += 1;
+        Ok(())
+    }
+
+    /// Write a word of the guest's stack through its own page tables, as a
+    /// kernel write; `Err(None)` when the tables do not allow it.
+    fn write_guest_u64(&mut self, va: u64, value: u64) -> Result<(), Option<Kill>> {
+        let gpa = match self.mmu.translate(va, Access::KERNEL_WRITE) {
+            Ok(gpa) => gpa,
+            Err(TranslateError::Kill(reason)) => return Err(Some(Kill::Paging(reason))),
+            Err(TranslateError::PageFault { .. }) => return Err(None),
+        };
+        if self.mmu.memory_mut().write_u64(gpa, value) { Ok(()) } else { Err(None) }
+    }
+
+    /// A page fault that is the guest's own: CR2 goes in the shared page,
+    /// the fault to its handler.
+    pub(crate) fn reflect_page_fault(&mut self, regs: &mut GuestRegs, addr: u64) -> Result<(), Kill> {
+        self.set_shared_field(offset_of!(SharedPage, cr2), addr);
+        self.deliver(regs, 14, Some(regs.error_code), regs.rip)
+    }
+
+    /// `int n` (or `int3`, `into`) at the guest's RIP that the CPU refused
+    /// to run directly: deliver it ourselves if the guest allows user mode
+    /// to raise that vector. Returns false if the bytes are no such
+    /// instruction.
+    pub(crate) fn emulate_software_interrupt(&mut self, regs: &mut GuestRegs) -> Result<bool, Kill> {
+        let user = regs.cs & 3 == 3;
+        let fetch = Access { write: false, user, fetch: true };
+        let mut bytes = [0u8; 2];
+        for (offset, byte) in bytes.iter_mut().enumerate() {
+            let Ok(gpa) = self.mmu.translate(regs.rip.wrapping_add(offset as u64), fetch) else {
+                return Ok(false);
+            };
+            let mut one = [0u8];
+            if !self.mmu.memory().read_bytes(gpa, &mut one) {
+                return Ok(false);
+            }
+            *byte = one[0];
+        }
+        let (vector, length) = match bytes {
+            [0xcd, vector] => (vector, 2),
+            [0xcc, _] => (3, 1),
+            [0xce, _] => (4, 1),
+            _ => return Ok(false),
+        };
+        let gate = self.idt[vector as usize];
+        if !(gate.present() && gate.user()) {
+            // What the CPU does for a gate user mode may not use.
+            let error = u64::from(vector) << 3 | 2;
+            self.deliver(regs, 13, Some(error), regs.rip)?;
+            return Ok(true);
+        }
+        self.stats.emulated_software_interrupts += 1;
+        self.deliver(regs, vector, None, regs.rip + length)?;
+        Ok(true)
+    }
+
+    /// SET_CLOCKEVENT: one shot of the guest's IRQ 0.
+    pub(crate) fn set_clock_event(&mut self, delta_ns: u64, now_ns: u64) -> u64 {
+        self.clock_deadline_ns =
+            (delta_ns != 0).then(|| now_ns.saturating_add(delta_ns.min(abi::CLOCK_DELTA_MAX_NS)));
+        abi::RESULT_OK
+    }
+
+    /// When the host must next look at this guest: its clock deadline.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.clock_deadline_ns
+    }
+
+    /// Raise guest interrupt `irq`.
+    pub fn raise_irq(&mut self, irq: u64) {
+        let vector = abi::IRQ_BASE + irq;
+        if vector < 256 {
+            self.pending[(vector / 64) as usize] |= 1 << (vector % 64);
+        }
+    }
+
+    /// The lowest pending vector the guest can take now, if any.
+    fn deliverable(&self, rip: u64) -> Option<u8> {
+        if !self.virtual_interrupts_on() {
+            return None;
+        }
+        if self.shared_field(offset_of!(SharedPage, noirq_iret)) == Some(rip) {
+            return None;
+        }
+        (0..256u16)
+            .map(|v| v as u8)
+            .find(|&v| self.pending[v as usize / 64] & (1 << (v % 64)) != 0 && self.idt[v as usize].present())
+    }
+
+    /// Before every entry: update the guest's clock, fire its clock event
+    /// if due, and deliver the first pending interrupt it can take.
+    pub fn prepare_entry(&mut self, regs: &mut GuestRegs, now_ns: u64) -> Result<(), Kill> {
+        self.update_shared_time(now_ns);
+        if self.clock_deadline_ns.is_some_and(|deadline| deadline <= now_ns) {
+            self.clock_deadline_ns = None;
+            self.raise_irq(abi::CLOCK_IRQ);
+        }
+        for (index, word) in self.pending.iter().enumerate() {
+            let offset = offset_of!(SharedPage, irq_pending) + index * 8;
+            if let Some(page) = self.shared_page {
+                self.mmu.memory_mut().write_u64(page + offset as u64, *word);
+            }
+        }
+        if let Some(vector) = self.deliverable(regs.rip) {
+            self.pending[vector as usize / 64] &= !(1 << (vector % 64));
+            self.deliver(regs, vector, None, regs.rip)?;
+        }
+        Ok(())
+    }
+
+    /// For HALT: can the guest run on now, must it sleep until a deadline,
+    /// or would it sleep for ever?
+    pub fn halt_state(&self, rip: u64, now_ns: u64) -> HaltState {
+        if self.deliverable(rip).is_some() {
+            return HaltState::Ready;
+        }
+        match self.clock_deadline_ns {
+            _ if !self.virtual_interrupts_on() => HaltState::Forever,
+            Some(deadline) if deadline <= now_ns => HaltState::Ready,
+            Some(deadline) => HaltState::SleepUntil(deadline),
+            None => HaltState::Forever,
+        }
+    }
+}
+
+/// What a halted guest waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltState {
+    Ready,
+    SleepUntil(u64),
+    Forever,
+}
