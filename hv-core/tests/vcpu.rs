@@ -3,105 +3,13 @@
 //! what comes back and what the guest's registers and memory now hold.
 //! Guest memory and the shadow frame pool are simulated in plain vectors.
 
-use std::collections::BTreeMap;
+mod common;
 
+use common::{Console, MEMORY, Pool, Ram};
 use hv_core::abi::{self, SharedPage};
-use hv_core::vcpu::{self, Host, Kill, Next, Vcpu};
-use paging::{FramePool, GuestMemory, KillReason, ShadowMmu};
+use hv_core::vcpu::{self, Kill, Next, Vcpu};
+use paging::{GuestMemory, KillReason, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, STATE_PAGE, SWITCHER_BASE};
-
-const MEMORY: u64 = 4 << 20;
-/// Shadow frames live far above guest memory, as host frames would.
-const POOL_BASE: u64 = 1 << 40;
-
-struct Ram {
-    bytes: Vec<u8>,
-}
-
-impl GuestMemory for Ram {
-    fn limit(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-    fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let at = usize::try_from(gpa).ok()?;
-        let bytes = self.bytes.get(at..at.checked_add(8)?)?;
-        Some(u64::from_le_bytes(bytes.try_into().unwrap()))
-    }
-    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
-        vcpu::GuestRam::write_bytes(self, gpa, &value.to_le_bytes())
-    }
-    fn guest_to_host(&self, gpa: u64) -> u64 {
-        0x1000_0000 + gpa
-    }
-}
-
-impl vcpu::GuestRam for Ram {
-    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Ok(at) = usize::try_from(gpa) else { return false };
-        match self.bytes.get(at..at.saturating_add(buf.len())) {
-            Some(src) if at + buf.len() <= self.bytes.len() => {
-                buf.copy_from_slice(src);
-                true
-            }
-            _ => false,
-        }
-    }
-    fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
-        let Ok(at) = usize::try_from(gpa) else { return false };
-        if at.saturating_add(bytes.len()) > self.bytes.len() {
-            return false;
-        }
-        self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
-        true
-    }
-}
-
-#[derive(Default)]
-struct Pool {
-    frames: BTreeMap<u64, [u64; 512]>,
-    next: u64,
-}
-
-impl FramePool for Pool {
-    fn alloc_zeroed(&mut self) -> Option<u64> {
-        let frame = POOL_BASE + self.next * 4096;
-        self.next += 1;
-        self.frames.insert(frame, [0; 512]);
-        Some(frame)
-    }
-    fn free(&mut self, frame: u64) {
-        self.frames.remove(&frame);
-    }
-    fn read_entry(&self, frame: u64, index: usize) -> u64 {
-        self.frames[&frame][index]
-    }
-    fn write_entry(&mut self, frame: u64, index: usize, value: u64) {
-        self.frames.get_mut(&frame).unwrap()[index] = value;
-    }
-    fn capacity(&self) -> usize {
-        1024
-    }
-    fn in_use(&self) -> usize {
-        self.frames.len()
-    }
-}
-
-#[derive(Default)]
-struct Console {
-    printed: Vec<u8>,
-}
-
-impl Host for Console {
-    fn console_write(&mut self, bytes: &[u8]) {
-        self.printed.extend_from_slice(bytes);
-    }
-    fn now_ns(&self) -> u64 {
-        42
-    }
-    fn tsc_khz(&self) -> u64 {
-        2_600_000
-    }
-}
 
 const SHARED: u64 = 0x10_0000;
 const ENTRY: u64 = 0x20_0000;

@@ -1,0 +1,354 @@
+//! Traps and interrupts delivered to the guest's own handlers. The checks
+//! read the guest's stack word by word after a delivery: the frame must be
+//! exactly what the CPU would have pushed. The guest here has real 4-level
+//! tables, built in its simulated memory: a kernel half with a stack, and
+//! a user-accessible low 2 MiB.
+
+mod common;
+
+use common::{Console, MEMORY, Pool, Ram};
+use hv_core::abi::{self, SharedPage};
+use hv_core::traps::HaltState;
+use hv_core::vcpu::{self, Kill, Next, Vcpu};
+use paging::{GuestMemory, ShadowMmu};
+use switcher_asm::layout::GuestRegs;
+
+const KERNEL: u64 = 0xFFFF_8000_0000_0000;
+/// The kernel half maps gpa 0x100000.. at KERNEL.., 512 pages.
+const KERNEL_GPA: u64 = 0x10_0000;
+const HANDLER: u64 = KERNEL + 0x1000;
+const KERNEL_STACK_TOP: u64 = KERNEL + 0x8000;
+const SHARED: u64 = 0x30_0000;
+const CR3: u64 = 0x1_0000;
+const USER_RIP: u64 = 0x4_0000;
+
+const P: u64 = 1;
+const W: u64 = 2;
+const U: u64 = 4;
+const PS: u64 = 0x80;
+
+fn write(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, value: u64) {
+    assert!(vcpu.mmu.memory_mut().write_u64(gpa, value));
+}
+
+fn read(vcpu: &Vcpu<Ram, Pool>, gpa: u64) -> u64 {
+    vcpu.mmu.memory().read_u64(gpa).unwrap()
+}
+
+/// The kernel-half stack address `va` as guest-physical.
+fn kernel_gpa(va: u64) -> u64 {
+    va - KERNEL + KERNEL_GPA
+}
+
+fn hypercall(vcpu: &mut Vcpu<Ram, Pool>, number: u64, args: [u64; 3]) -> Next {
+    let mut regs = vcpu::initial_regs(0x20_0000, MEMORY - 4096);
+    regs.vector = 6;
+    regs.rax = number;
+    (regs.rdi, regs.rsi, regs.rdx) = (args[0], args[1], args[2]);
+    vcpu.handle_exit(&mut regs, 0, &mut Console::default())
+}
+
+/// INIT, tables with a kernel half, NEW_PGTABLE: a guest past linear mode.
+fn guest() -> Vcpu<Ram, Pool> {
+    let ram = Ram { bytes: vec![0; MEMORY as usize] };
+    let mut vcpu = Vcpu::new(ShadowMmu::new(ram, Pool::default()).unwrap());
+    assert_eq!(hypercall(&mut vcpu, abi::INIT, [SHARED, 0, 0]), Next::Resume);
+    let (pdpt_low, pd_low, pdpt_high, pd_high, pt_high) = (0x1_1000, 0x1_2000, 0x1_3000, 0x1_4000, 0x1_5000);
+    write(&mut vcpu, CR3, pdpt_low | P | W | U);
+    write(&mut vcpu, pdpt_low, pd_low | P | W | U);
+    write(&mut vcpu, pd_low, P | W | U | PS); // va 0..2 MiB, user
+    write(&mut vcpu, CR3 + 256 * 8, pdpt_high | P | W);
+    write(&mut vcpu, pdpt_high, pd_high | P | W);
+    write(&mut vcpu, pd_high, pt_high | P | W);
+    for page in 0..512 {
+        write(&mut vcpu, pt_high + page * 8, (KERNEL_GPA + page * 4096) | P | W);
+    }
+    write(&mut vcpu, SHARED + std::mem::offset_of!(SharedPage, kernel_boundary) as u64, KERNEL);
+    assert_eq!(hypercall(&mut vcpu, abi::NEW_PGTABLE, [CR3, 0, 0]), Next::Resume);
+    vcpu
+}
+
+fn load(vcpu: &mut Vcpu<Ram, Pool>, vector: u64, handler: u64, flags: u64) -> Next {
+    hypercall(vcpu, abi::LOAD_IDT_ENTRY, [vector, handler, flags])
+}
+
+fn set_virtual_if(vcpu: &mut Vcpu<Ram, Pool>, on: bool) {
+    let word = read(vcpu, SHARED) & 0xffff_ffff;
+    write(vcpu, SHARED, word | u64::from(on) << 32);
+}
+
+fn virtual_if(vcpu: &Vcpu<Ram, Pool>) -> bool {
+    read(vcpu, SHARED) >> 32 != 0
+}
+
+fn kill_of(next: Next) -> Kill {
+    match next {
+        Next::Kill(kill) => kill,
+        other => panic!("expected a kill, got {other:?}"),
+    }
+}
+
+fn kernel_regs(vector: u64, error_code: u64) -> GuestRegs {
+    GuestRegs {
+        vector,
+        error_code,
+        rip: KERNEL + 0x2345,
+        cs: u64::from(abi::GUEST_KERNEL_CS),
+        rflags: 0x202 | 0x1,           // CF set, to see the flags travel
+        rsp: KERNEL_STACK_TOP - 0x108, // 8 bytes off a 16-byte boundary
+        ss: u64::from(abi::GUEST_KERNEL_SS),
+        ..GuestRegs::default()
+    }
+}
+
+#[test]
+fn idt_entries_are_checked() {
+    let mut vcpu = guest();
+    let why = |next| match kill_of(next) {
+        Kill::BadIdtEntry { why, .. } => why,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(why(load(&mut vcpu, 256, HANDLER, abi::IDT_PRESENT)), "no such vector");
+    let mut vcpu = guest();
+    assert_eq!(why(load(&mut vcpu, 13, HANDLER, 0x80)), "unknown type bits");
+    let mut vcpu = guest();
+    assert_eq!(why(load(&mut vcpu, 13, 0x0000_8000_0000_0000, abi::IDT_PRESENT)), "non-canonical handler");
+    let mut vcpu = guest();
+    assert_eq!(why(load(&mut vcpu, 13, 0xFFFF_FFFF_FFC0_0010, abi::IDT_PRESENT)), "handler in the switcher");
+    let mut vcpu = guest();
+    assert_eq!(why(load(&mut vcpu, 13, 0x1000, abi::IDT_PRESENT)), "handler outside the guest kernel");
+    let mut vcpu = guest();
+    let user_gp = load(&mut vcpu, 13, HANDLER, abi::IDT_PRESENT | abi::IDT_USER);
+    assert_eq!(why(user_gp), "user mode may not raise this vector");
+    assert!(
+        kill_of(user_gp).to_string().starts_with("LOAD_IDT_ENTRY: vector 13, handler 0xffff800000001000")
+    );
+}
+
+#[test]
+fn a_user_vector_becomes_a_direct_gate() {
+    let mut vcpu = guest();
+    assert!(!vcpu.take_switcher_changes());
+    let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
+    assert_eq!(load(&mut vcpu, 0x80, HANDLER, flags), Next::Resume);
+    assert_eq!(vcpu.direct_gate(0x80).map(|g| g.handler), Some(HANDLER));
+    assert!(vcpu.take_switcher_changes());
+    assert!(!vcpu.take_switcher_changes());
+    assert_eq!(load(&mut vcpu, 0x81, HANDLER, abi::IDT_PRESENT), Next::Resume);
+    assert!(vcpu.direct_gate(0x81).is_none(), "kernel-only vectors stay with the host");
+    assert!(!vcpu.take_switcher_changes());
+    // Removing a direct gate must reach the real IDT too.
+    assert_eq!(load(&mut vcpu, 0x80, 0, 0), Next::Resume);
+    assert!(vcpu.take_switcher_changes());
+}
+
+#[test]
+fn a_reflected_exception_pushes_the_cpu_frame() {
+    let mut vcpu = guest();
+    load(&mut vcpu, 13, HANDLER, abi::IDT_PRESENT);
+    set_virtual_if(&mut vcpu, true);
+    let mut regs = kernel_regs(13, 0x10);
+    let before = regs;
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+
+    let top = before.rsp & !0xf;
+    let frame: Vec<u64> = (1..=6).map(|i| read(&vcpu, kernel_gpa(top - i * 8))).collect();
+    assert_eq!(frame, [before.ss, before.rsp, before.rflags, before.cs, before.rip, 0x10]);
+    assert_eq!(regs.rsp, top - 48);
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS));
+    assert!(!virtual_if(&vcpu), "an interrupt gate turns the virtual flag off");
+    assert_eq!(vcpu.stats.delivered[13], 1);
+}
+
+#[test]
+fn the_pushed_flags_carry_the_virtual_interrupt_flag_and_trap_gates_keep_it() {
+    let mut vcpu = guest();
+    load(&mut vcpu, 0, HANDLER, abi::IDT_PRESENT | abi::IDT_TRAP_GATE);
+    set_virtual_if(&mut vcpu, false);
+    let mut regs = kernel_regs(0, 0);
+    vcpu.handle_exit(&mut regs, 0, &mut Console::default());
+    let top = kernel_regs(0, 0).rsp & !0xf;
+    let pushed_flags = read(&vcpu, kernel_gpa(top - 24));
+    assert_eq!(pushed_flags & 0x200, 0, "virtual IF off, so IF is clear in the frame");
+    assert_eq!(pushed_flags & 1, 1);
+    assert_eq!(regs.rsp, top - 40, "#DE pushes no error code");
+
+    set_virtual_if(&mut vcpu, true);
+    let mut regs = kernel_regs(0, 0);
+    vcpu.handle_exit(&mut regs, 0, &mut Console::default());
+    assert!(virtual_if(&vcpu), "a trap gate leaves the virtual flag alone");
+}
+
+#[test]
+fn a_page_fault_the_guest_owns_goes_to_its_handler_with_cr2() {
+    let mut vcpu = guest();
+    load(&mut vcpu, 14, HANDLER, abi::IDT_PRESENT);
+    let mut regs = kernel_regs(14, 0x2);
+    let unmapped = 0x0000_5000_0000_0000;
+    assert_eq!(vcpu.handle_exit(&mut regs, unmapped, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(read(&vcpu, SHARED + std::mem::offset_of!(SharedPage, cr2) as u64), unmapped);
+    let top = kernel_regs(14, 0).rsp & !0xf;
+    assert_eq!(read(&vcpu, kernel_gpa(top - 48)), 0x2, "the error code travels");
+}
+
+#[test]
+fn no_handler_and_no_writable_stack_both_kill() {
+    let mut vcpu = guest();
+    let mut regs = kernel_regs(0, 0);
+    let kill = kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default()));
+    assert!(matches!(kill, Kill::NoHandler { vector: 0, .. }));
+
+    load(&mut vcpu, 13, HANDLER, abi::IDT_PRESENT);
+    let mut regs = kernel_regs(13, 0);
+    regs.rsp = 0x0000_5000_0000_0000;
+    let kill = kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default()));
+    assert_eq!(kill, Kill::DoubleFault { vector: 13, stack: 0x0000_4fff_ffff_fff8 });
+    assert!(kill.to_string().starts_with("double fault while delivering general protection fault (#GP)"));
+}
+
+#[test]
+fn machine_checks_and_double_faults_are_never_the_guests() {
+    let mut vcpu = guest();
+    for vector in [8, 10, 11, 12, 18] {
+        load(&mut vcpu, vector, HANDLER, abi::IDT_PRESENT);
+        let mut regs = kernel_regs(vector, 0);
+        let kill = kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default()));
+        assert!(matches!(kill, Kill::UnhandledTrap { .. }), "vector {vector}: {kill:?}");
+    }
+}
+
+fn user_regs(vector: u64, error_code: u64) -> GuestRegs {
+    GuestRegs {
+        vector,
+        error_code,
+        rip: USER_RIP,
+        cs: u64::from(abi::GUEST_USER_CS),
+        rflags: 0x202,
+        rsp: 0x8_0000,
+        ss: u64::from(abi::GUEST_USER_SS),
+        ..GuestRegs::default()
+    }
+}
+
+#[test]
+fn traps_from_user_mode_need_the_kernel_stack() {
+    let mut vcpu = guest();
+    load(&mut vcpu, 0, HANDLER, abi::IDT_PRESENT);
+    let mut regs = user_regs(0, 0);
+    let kill = kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default()));
+    assert_eq!(kill, Kill::NoKernelStack { vector: 0 });
+
+    assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
+    assert_eq!(vcpu.kernel_stack_top(), Some(KERNEL_STACK_TOP));
+    let mut regs = user_regs(0, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
+    assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS), "the handler runs in the kernel");
+    let pushed_cs = read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 32));
+    assert_eq!(pushed_cs, u64::from(abi::GUEST_USER_CS), "the frame returns to user mode");
+}
+
+#[test]
+fn set_stack_is_checked() {
+    for (top, len) in
+        [(KERNEL_STACK_TOP, 0), (KERNEL_STACK_TOP, 100), (KERNEL_STACK_TOP, 64 * 1024), (0x8000, 4096)]
+    {
+        let mut vcpu = guest();
+        let kill = kill_of(hypercall(&mut vcpu, abi::SET_STACK, [top, len, 0]));
+        assert!(matches!(kill, Kill::BadStack { .. }), "{top:#x}+{len}: {kill:?}");
+    }
+    let mut vcpu = guest();
+    let kill = kill_of(hypercall(&mut vcpu, abi::SET_STACK, [0xFFFF_FFFF_FFC0_2000, 4096, 0]));
+    assert!(matches!(kill, Kill::BadStack { .. } | Kill::Paging(_)), "{kill:?}");
+}
+
+fn put_bytes(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, bytes: &[u8]) {
+    assert!(vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), gpa, bytes));
+}
+
+#[test]
+fn int_n_that_the_cpu_refused_is_delivered_by_hand() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 0x80, HANDLER, abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER);
+    put_bytes(&mut vcpu, USER_RIP, &[0xcd, 0x80]);
+    // As this machine's nested KVM reports it: #UD from ring 3.
+    let mut regs = user_regs(6, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP + 2, "returns after the int");
+    assert_eq!(vcpu.stats.emulated_software_interrupts, 1);
+
+    // As TCG reports a gate user mode may not use: #GP.
+    let mut regs = user_regs(13, 0x80 * 8 + 2);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(vcpu.stats.emulated_software_interrupts, 2);
+}
+
+#[test]
+fn int_n_on_a_kernel_only_vector_is_a_general_protection_fault() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 0x81, HANDLER, abi::IDT_PRESENT);
+    load(&mut vcpu, 13, HANDLER + 0x100, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, USER_RIP, &[0xcd, 0x81]);
+    let mut regs = user_regs(13, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER + 0x100);
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 48)), 0x81 << 3 | 2, "the CPU's error code");
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP, "a fault: rip not advanced");
+}
+
+#[test]
+fn the_clock_raises_irq_0_when_due_and_it_waits_for_the_flag() {
+    let mut vcpu = guest();
+    load(&mut vcpu, abi::IRQ_BASE, HANDLER, abi::IDT_PRESENT);
+    assert_eq!(hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [1_000_000, 0, 0]), Next::Resume);
+    let deadline = vcpu.next_deadline_ns().unwrap();
+
+    let mut regs = kernel_regs(0, 0);
+    set_virtual_if(&mut vcpu, false);
+    vcpu.prepare_entry(&mut regs, deadline).unwrap();
+    assert_eq!(regs.rip, kernel_regs(0, 0).rip, "virtual IF off: nothing delivered");
+    assert_eq!(vcpu.next_deadline_ns(), None, "the one shot fired");
+
+    // On the guest's own iretq, still nothing.
+    let noirq = std::mem::offset_of!(SharedPage, noirq_iret) as u64;
+    write(&mut vcpu, SHARED + noirq, regs.rip);
+    set_virtual_if(&mut vcpu, true);
+    vcpu.prepare_entry(&mut regs, deadline).unwrap();
+    assert_ne!(regs.rip, HANDLER);
+
+    write(&mut vcpu, SHARED + noirq, 0);
+    vcpu.prepare_entry(&mut regs, deadline).unwrap();
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(vcpu.stats.delivered[abi::IRQ_BASE as usize], 1);
+    assert!(!virtual_if(&vcpu));
+}
+
+#[test]
+fn clock_events_cancel_and_clamp() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [u64::MAX, 0, 0]);
+    let far = vcpu.next_deadline_ns().unwrap();
+    assert!(far <= 42 + abi::CLOCK_DELTA_MAX_NS, "clamped to an hour");
+    hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [0, 0, 0]);
+    assert_eq!(vcpu.next_deadline_ns(), None, "0 cancels");
+}
+
+#[test]
+fn halt_sleeps_until_the_clock_and_never_for_ever() {
+    let mut vcpu = guest();
+    load(&mut vcpu, abi::IRQ_BASE, HANDLER, abi::IDT_PRESENT);
+    set_virtual_if(&mut vcpu, true);
+    assert_eq!(hypercall(&mut vcpu, abi::HALT, [0; 3]), Next::Halt);
+    assert_eq!(vcpu.halt_state(0, 0), HaltState::Forever, "no clock armed");
+    hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [1000, 0, 0]);
+    let deadline = vcpu.next_deadline_ns().unwrap();
+    assert_eq!(vcpu.halt_state(0, deadline - 1), HaltState::SleepUntil(deadline));
+    assert_eq!(vcpu.halt_state(0, deadline), HaltState::Ready);
+    set_virtual_if(&mut vcpu, false);
+    assert_eq!(vcpu.halt_state(0, deadline), HaltState::Forever, "virtual IF off");
+}
