@@ -304,6 +304,23 @@ fn guest_proves(accel: Accel, test: &'static str, line: &'static str) -> Case {
     })
 }
 
+/// `guest_timeout=`: a guest that will not stop is stopped.
+fn watchdog(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_watchdog", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel).append("guest_timeout=1 -- test=null-hypercalls:1000000000");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome.has_line("guest killed: watchdog: still running after guest_timeout=1 seconds"),
+            "the watchdog should kill the guest"
+        );
+        check_exit(&outcome, GUEST_KILLED, true)
+    })
+}
+
 /// A guest that breaks a rule is killed with a reason naming it.
 fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
     Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
@@ -458,6 +475,7 @@ fn main() {
             "guest: reflected #DE x1, #GP x1 (error 0x0), #PF x1 at 0x500000000000 (error 0x0)",
         ));
         cases.push(guest_proves(accel, "timer", "guest: 5 clock ticks, each after a HALT"));
+        cases.push(watchdog(accel));
     }
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)

@@ -415,7 +415,8 @@ enum StringProblem {
 }
 
 /// Copy a NUL-terminated string that must lie in mapped memory into `out`,
-/// returning its length without the NUL.
+/// returning its length without the NUL. On any problem `out` is left
+/// empty: the bytes read before it must not pass for the string.
 fn read_c_string<const N: usize>(
     mem: &dyn PhysMemory,
     map: &[MemRegion],
@@ -423,9 +424,24 @@ fn read_c_string<const N: usize>(
     out: &mut Vec<u8, N>,
 ) -> Result<u64, StringProblem> {
     out.clear();
+    let result = copy_c_string(mem, map, addr, out);
+    if result.is_err() {
+        out.clear();
+    }
+    result
+}
+
+fn copy_c_string<const N: usize>(
+    mem: &dyn PhysMemory,
+    map: &[MemRegion],
+    addr: u64,
+    out: &mut Vec<u8, N>,
+) -> Result<u64, StringProblem> {
     for offset in 0..N as u64 {
         let byte_addr = addr.checked_add(offset).ok_or(StringProblem::OutsideMemory)?;
-        if !map_covers(map, PhysRange { start: byte_addr, end: byte_addr + 1 }) {
+        // The last byte of the address space has no end to its range.
+        let byte = PhysRange::from_len(byte_addr, 1).ok_or(StringProblem::OutsideMemory)?;
+        if !map_covers(map, byte) {
             return Err(StringProblem::OutsideMemory);
         }
         let mut byte = [0u8];
@@ -648,6 +664,39 @@ mod tests {
         let (info, notices) = parse_ok(&mem);
         assert!(info.cmdline.is_empty());
         assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: 0xfff0_0000 }]);
+    }
+
+    #[test]
+    fn a_cmdline_cut_short_leaves_nothing_behind() {
+        // Unterminated where the memory map ends (low RAM stops at 0x9fc00).
+        let mut mem = machine(b"\0", NORMAL_MAP);
+        mem.blobs[0].1[24..32].copy_from_slice(&0x9fbfdu64.to_le_bytes());
+        mem.put(0x9fbfd, b"abc");
+        let (info, notices) = parse_ok(&mem);
+        assert!(info.cmdline.is_empty(), "{:?}", info.cmdline);
+        assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: 0x9fbfd }]);
+
+        // Mapped, but unreadable after three bytes.
+        let (info, notices) = parse_ok(&machine(b"abc", NORMAL_MAP));
+        assert!(info.cmdline.is_empty(), "{:?}", info.cmdline);
+        assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: CMDLINE }]);
+
+        // A module's cmdline, the same way.
+        let mut mem = with_modules(&[(0x800000, 0x1000, 0x9fbfd)]);
+        mem.put(0x9fbfd, b"abc");
+        let (info, notices) = parse_ok(&mem);
+        assert!(info.modules[0].cmdline.is_empty());
+        assert_eq!(notices.as_slice(), &[Notice::ModuleCmdlineIgnored { index: 0 }]);
+    }
+
+    #[test]
+    fn a_cmdline_at_the_last_address_is_outside() {
+        let map = [(0, 0x9fc00, 1), (0x100000, u64::MAX - 0x100000, 1)];
+        let mut mem = machine(b"\0", &map);
+        mem.blobs[0].1[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (info, notices) = parse_ok(&mem);
+        assert!(info.cmdline.is_empty());
+        assert_eq!(notices.as_slice(), &[Notice::CmdlineOutsideMemory { addr: u64::MAX }]);
     }
 
     fn with_modules(entries: &[(u64, u64, u64)]) -> FakeMemory {

@@ -70,9 +70,12 @@ pub struct Config {
     pub start_info_test: bool,
     /// Bytes of memory each guest gets, from `guest_mem=` (default 64M).
     pub guest_mem: u64,
+    /// `guest_timeout=SECONDS`: kill a guest that runs longer (0: never).
+    pub guest_timeout_s: u64,
 }
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
+pub const MAX_GUEST_TIMEOUT_S: u64 = 86_400;
 pub const MIN_GUEST_MEM: u64 = 4 << 20;
 /// Guest-physical addresses must fit the shadow MMU's checks comfortably.
 pub const MAX_GUEST_MEM: u64 = 64 << 30;
@@ -84,6 +87,7 @@ impl Default for Config {
             crash: None,
             start_info_test: false,
             guest_mem: DEFAULT_GUEST_MEM,
+            guest_timeout_s: 0,
         }
     }
 }
@@ -104,6 +108,14 @@ pub fn split_guest(cmdline: &[u8]) -> (&[u8], &[u8]) {
     (cmdline, &[])
 }
 
+/// A plain decimal number, at most 12 digits.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// `64M`, `1G`, `65536K` or plain bytes; a whole number of pages.
 fn parse_size(word: &[u8]) -> Option<u64> {
     let (digits, unit) = match word.last()? {
@@ -112,11 +124,7 @@ fn parse_size(word: &[u8]) -> Option<u64> {
         b'G' | b'g' => (&word[..word.len() - 1], 1 << 30),
         _ => (word, 1),
     };
-    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let number = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    number.checked_mul(unit).filter(|bytes| bytes % 4096 == 0)
+    parse_decimal(digits)?.checked_mul(unit).filter(|bytes| bytes % 4096 == 0)
 }
 
 /// A short, printable excerpt of a word, for messages.
@@ -209,6 +217,17 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                 }
             },
             b"start_info_test" if value.is_empty() => config.start_info_test = true,
+            b"guest_timeout" => match parse_decimal(value).filter(|s| *s <= MAX_GUEST_TIMEOUT_S) {
+                Some(seconds) => config.guest_timeout_s = seconds,
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "guest_timeout",
+                        value: Excerpt::of(value),
+                        expected: "whole seconds, at most a day",
+                        default: "no timeout",
+                    });
+                }
+            },
             b"crash" => match CrashKind::from_word(value) {
                 Some(kind) => config.crash = Some(kind),
                 None => {
@@ -304,6 +323,19 @@ mod tests {
         let (config, notices) = parse_all(b"start_info_test=1");
         assert!(!config.start_info_test);
         assert_eq!(notices.len(), 1);
+    }
+
+    #[test]
+    fn guest_timeouts() {
+        assert_eq!(parse_all(b"guest_timeout=30").0.guest_timeout_s, 30);
+        assert_eq!(parse_all(b"").0.guest_timeout_s, 0);
+        for bad in
+            [&b"guest_timeout=1M"[..], b"guest_timeout=soon", b"guest_timeout=999999", b"guest_timeout="]
+        {
+            let (config, notices) = parse_all(bad);
+            assert_eq!(config.guest_timeout_s, 0, "{bad:?}");
+            assert_eq!(notices.len(), 1);
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ fn finish(status: u8, line: core::fmt::Arguments) -> u8 {
 }
 
 /// Load `image` and run it to the end; returns the firmware's exit status.
-pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64) -> u8 {
+pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
     let Some(mut ram) = take_guest_memory(memory_size) else {
         return finish(
             status::FIRMWARE_ERROR,
@@ -287,6 +287,7 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64) -> u8 {
 
     let mut cycles = Cycles::default();
     let started = rdtsc();
+    let started_ns = host.now_ns();
     let status = loop {
         if vcpu.take_switcher_changes() {
             let stack = vcpu.kernel_stack_top();
@@ -299,6 +300,12 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64) -> u8 {
         vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
         switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
         let now = host.now_ns();
+        if timeout_s != 0 && now.saturating_sub(started_ns) > timeout_s * 1_000_000_000 {
+            break finish(
+                status::GUEST_KILLED,
+                format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds"),
+            );
+        }
         {
             // SAFETY: see above; the switcher does not run meanwhile.
             let regs = unsafe { &mut *switcher::regs(cpu) };

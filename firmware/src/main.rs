@@ -270,7 +270,7 @@ mod boot {
             }
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
-        let status = guest::run(image, guest_cmdline, config.guest_mem, tsc_khz);
+        let status = guest::run(image, guest_cmdline, config.guest_mem, tsc_khz, config.guest_timeout_s);
         power::exit(status)
     }
 
