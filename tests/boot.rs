@@ -321,6 +321,32 @@ fn watchdog(accel: Accel) -> Case {
     })
 }
 
+/// Several guests, time-sliced: one is killed, the others go on to the
+/// end; the firmware reports the first failure.
+fn several_guests(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_three_guests_one_killed", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel)
+            .mem("512M")
+            .append("guests=3 -- test=unknown-hypercall -- test=timer");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome.has_line("[g1] guest killed: unknown hypercall 0xdead"),
+            "guest 1 should be killed"
+        );
+        for guest in ["[g2]", "[g3]"] {
+            let ticks = format!("{guest} guest: 5 clock ticks, each after a HALT");
+            check!(outcome, outcome.has_line(&ticks), "expected {ticks:?}");
+            let exited = format!("{guest} guest exited with status 0");
+            check!(outcome, outcome.has_line(&exited), "expected {exited:?}");
+        }
+        check_exit(&outcome, GUEST_KILLED, true)
+    })
+}
+
 /// A guest that breaks a rule is killed with a reason naming it.
 fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
     Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
@@ -476,6 +502,7 @@ fn main() {
         ));
         cases.push(guest_proves(accel, "timer", "guest: 5 clock ticks, each after a HALT"));
         cases.push(watchdog(accel));
+        cases.push(several_guests(accel));
     }
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)

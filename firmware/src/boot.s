@@ -146,6 +146,6 @@ boot_pd:    .skip 4096 * 4
 boot_stack_guard:               /* left unmapped by the host page tables */
     .skip 4096
 boot_stack_bottom:
-    .skip 128 * 1024
+    .skip 512 * 1024                /* room for eight guests' state */
 boot_stack_top:
     .popsection

@@ -72,10 +72,14 @@ pub struct Config {
     pub guest_mem: u64,
     /// `guest_timeout=SECONDS`: kill a guest that runs longer (0: never).
     pub guest_timeout_s: u64,
+    /// `guests=N`: how many copies of the default guest to run (1-8).
+    pub guests: usize,
 }
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
 pub const MAX_GUEST_TIMEOUT_S: u64 = 86_400;
+/// The most guests run at once.
+pub const MAX_GUESTS: usize = 8;
 pub const MIN_GUEST_MEM: u64 = 4 << 20;
 /// Guest-physical addresses must fit the shadow MMU's checks comfortably.
 pub const MAX_GUEST_MEM: u64 = 64 << 30;
@@ -88,6 +92,7 @@ impl Default for Config {
             start_info_test: false,
             guest_mem: DEFAULT_GUEST_MEM,
             guest_timeout_s: 0,
+            guests: 1,
         }
     }
 }
@@ -217,6 +222,17 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                 }
             },
             b"start_info_test" if value.is_empty() => config.start_info_test = true,
+            b"guests" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS as u64).contains(n)) {
+                Some(count) => config.guests = count as usize,
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "guests",
+                        value: Excerpt::of(value),
+                        expected: "1 to 8",
+                        default: "1",
+                    });
+                }
+            },
             b"guest_timeout" => match parse_decimal(value).filter(|s| *s <= MAX_GUEST_TIMEOUT_S) {
                 Some(seconds) => config.guest_timeout_s = seconds,
                 None => {
@@ -334,6 +350,17 @@ mod tests {
         {
             let (config, notices) = parse_all(bad);
             assert_eq!(config.guest_timeout_s, 0, "{bad:?}");
+            assert_eq!(notices.len(), 1);
+        }
+    }
+
+    #[test]
+    fn guest_counts() {
+        assert_eq!(parse_all(b"guests=3").0.guests, 3);
+        assert_eq!(parse_all(b"").0.guests, 1);
+        for bad in [&b"guests=0"[..], b"guests=9", b"guests=many"] {
+            let (config, notices) = parse_all(bad);
+            assert_eq!(config.guests, 1, "{bad:?}");
             assert_eq!(notices.len(), 1);
         }
     }

@@ -23,6 +23,7 @@ use hv_core::elf::{self, LoadTarget};
 use hv_core::traps::HaltState;
 use hv_core::vcpu::{self, Host, Kill, Next, Stats, Vcpu};
 use paging::{Counters, FramePool, GuestMemory, ShadowMmu};
+use switcher_asm::layout::GuestRegs;
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
 
@@ -163,15 +164,43 @@ impl FramePool for ShadowPool {
     }
 }
 
-/// What the guest may ask of the host itself.
+/// What a guest may ask of the host itself: its console (lines prefixed
+/// `[gN] ` when several guests run), the clock, the TSC rate.
 pub struct Console {
     tsc_khz: u64,
     boot_tsc: u64,
+    prefix: Option<usize>,
+    at_line_start: bool,
+}
+
+impl Console {
+    /// The host's closing line for this guest; returns `status`.
+    fn finish(&self, status: u8, line: core::fmt::Arguments) -> u8 {
+        match self.prefix {
+            Some(number) => crate::serial::print(format_args!("[g{number}] {line}\n")),
+            None => crate::serial::print(format_args!("{line}\n")),
+        }
+        status
+    }
+
+    fn killed(&self, reason: Kill) -> u8 {
+        self.finish(status::GUEST_KILLED, format_args!("guest killed: {reason}"))
+    }
 }
 
 impl Host for Console {
     fn console_write(&mut self, bytes: &[u8]) {
-        crate::serial::write_bytes(bytes);
+        let Some(number) = self.prefix else {
+            crate::serial::write_bytes(bytes);
+            return;
+        };
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                crate::serial::print(format_args!("[g{number}] "));
+            }
+            crate::serial::write_bytes(line);
+            self.at_line_start = line.ends_with(b"\n");
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -228,89 +257,263 @@ fn release_guest_memory(ram: GuestRam) {
     }
 }
 
-/// How the run ended, as the firmware's exit status.
-fn finish(status: u8, line: core::fmt::Arguments) -> u8 {
-    crate::serial::print(format_args!("{line}\n"));
-    status
+/// One guest to run: its ELF image and its command line.
+pub struct GuestImage<'a> {
+    pub image: &'a [u8],
+    pub cmdline: &'a [u8],
 }
 
-/// Load `image` and run it to the end; returns the firmware's exit status.
-pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
+/// Where a guest is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Runnable,
+    Halted,
+    Finished(u8),
+}
+
+/// A loaded guest and everything that is only its: its vCPU (memory,
+/// shadow tables, IDT, clock), its registers while another guest runs,
+/// and its own counts.
+struct Slot {
+    number: usize,
+    vcpu: Vcpu<GuestRam, ShadowPool>,
+    regs: GuestRegs,
+    state: SlotState,
+    console: Console,
+    cycles: Cycles,
+}
+
+/// Load every guest and run them to the end, time-sliced on this CPU;
+/// returns the firmware's exit status: 0 when every guest exited with 0,
+/// otherwise the status of the first guest (in order) that did not.
+pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
+    let boot_tsc = rdtsc();
+    log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
+    let several = guests.len() > 1;
+    let mut slots: heapless::Vec<Slot, MAX_GUESTS> = heapless::Vec::new();
+    let mut results = [status::SUCCESS; MAX_GUESTS];
+    for (index, guest) in guests.iter().enumerate().take(MAX_GUESTS) {
+        let number = index + 1;
+        let console = Console { tsc_khz, boot_tsc, prefix: several.then_some(number), at_line_start: true };
+        match load(guest, memory_size, number, &console) {
+            Ok((vcpu, regs)) => {
+                let slot = Slot {
+                    number,
+                    vcpu,
+                    regs,
+                    state: SlotState::Runnable,
+                    console,
+                    cycles: Cycles::default(),
+                };
+                let _ = slots.push(slot);
+            }
+            Err(status) => results[index] = status,
+        }
+    }
+
+    let cpu = 0;
+    let started_ns = Console { tsc_khz, boot_tsc, prefix: None, at_line_start: true }.now_ns();
+    let mut current: Option<usize> = None;
+    while let Some(next) = pick_next(&mut slots, current) {
+        if current != Some(next) {
+            switch_to(&mut slots, current, next, cpu);
+            current = Some(next);
+        }
+        let slot = &mut slots[next];
+        if timeout_s != 0 && slot.console.now_ns().saturating_sub(started_ns) > timeout_s * 1_000_000_000 {
+            let reason = format_args!("watchdog: still running after guest_timeout={timeout_s} seconds");
+            slot.state = SlotState::Finished(
+                slot.console.finish(status::GUEST_KILLED, format_args!("guest killed: {reason}")),
+            );
+            continue;
+        }
+        let turn_started = rdtsc();
+        let end = run_slice(slot, cpu, several);
+        slot.cycles.total += rdtsc() - turn_started;
+        slot.state = match end {
+            SliceEnd::Preempted => SlotState::Runnable,
+            SliceEnd::Halted => SlotState::Halted,
+            SliceEnd::Finished(status) => SlotState::Finished(status),
+        };
+    }
+    if let Some(current) = current {
+        // SAFETY: no guest runs; the registers page is ours.
+        slots[current].regs = unsafe { *switcher::regs(cpu) };
+    }
+
+    for slot in slots {
+        let Slot { vcpu, state, cycles, number, .. } = slot;
+        if let SlotState::Finished(status) = state {
+            results[number - 1] = status;
+        }
+        let counters = vcpu.mmu.counters();
+        let stats = vcpu.stats.clone();
+        let (ram, pool) = vcpu.mmu.into_parts();
+        if pool.in_use != 0 {
+            log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
+        }
+        release_guest_memory(ram);
+        print_stats(&stats, &counters, &cycles, several.then_some(number));
+    }
+    results.into_iter().find(|&status| status != status::SUCCESS).unwrap_or(status::SUCCESS)
+}
+
+/// The most guests Umbra runs at once.
+pub const MAX_GUESTS: usize = umbra_firmware::cmdline::MAX_GUESTS;
+
+/// How a guest's turn on the CPU ended.
+enum SliceEnd {
+    /// A host tick, with other guests waiting.
+    Preempted,
+    /// HALT, with other guests to run meanwhile.
+    Halted,
+    Finished(u8),
+}
+
+/// Round robin over the guests that can run; when every unfinished guest
+/// is halted, sleep until the first of them can go on.
+fn pick_next(slots: &mut [Slot], current: Option<usize>) -> Option<usize> {
+    loop {
+        let count = slots.len();
+        let start = current.map_or(0, |c| c + 1);
+        let runnable =
+            (0..count).map(|i| (start + i) % count).find(|&i| slots[i].state == SlotState::Runnable);
+        if runnable.is_some() {
+            return runnable;
+        }
+        let mut earliest: Option<u64> = None;
+        let mut any_halted = false;
+        for slot in slots.iter_mut().filter(|s| s.state == SlotState::Halted) {
+            any_halted = true;
+            let now = slot.console.now_ns();
+            match slot.vcpu.halt_state(slot.regs.rip, now) {
+                HaltState::Ready => slot.state = SlotState::Runnable,
+                HaltState::SleepUntil(deadline) => {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
+                }
+                HaltState::Forever => {
+                    let status = slot
+                        .console
+                        .finish(status::GUEST_KILLED, format_args!("guest killed: {}", Kill::HaltForever));
+                    slot.state = SlotState::Finished(status);
+                }
+            }
+        }
+        if !any_halted {
+            return None;
+        }
+        if slots.iter().any(|s| s.state == SlotState::Runnable) {
+            continue;
+        }
+        if let Some(deadline) = earliest {
+            let now = slots[0].console.now_ns();
+            lapic::arm_ns(deadline.saturating_sub(now).min(HOST_TICK_NS));
+            lapic::wait_for_interrupt();
+        }
+    }
+}
+
+/// Put `next`'s registers in the registers page, and its direct gates and
+/// kernel stack in this CPU's switcher pages.
+fn switch_to(slots: &mut [Slot], current: Option<usize>, next: usize, cpu: usize) {
+    // SAFETY: no guest runs; the registers page is ours.
+    unsafe {
+        if let Some(current) = current {
+            slots[current].regs = *switcher::regs(cpu);
+        }
+        *switcher::regs(cpu) = slots[next].regs;
+    }
+    install_switcher_state(&slots[next].vcpu, cpu);
+}
+
+fn install_switcher_state(vcpu: &Vcpu<GuestRam, ShadowPool>, cpu: usize) {
+    let stack = vcpu.kernel_stack_top();
+    switcher::set_kernel_stack(cpu, stack.unwrap_or(0));
+    // Without a kernel stack a direct gate would push into nowhere.
+    switcher::set_direct_gates(cpu, |v| vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler));
+}
+
+/// Load one guest: memory, ELF, boot info, shadow MMU, first registers.
+/// On failure, the status it ends with (the reason is printed).
+fn load(
+    guest: &GuestImage,
+    memory_size: u64,
+    number: usize,
+    console: &Console,
+) -> Result<(Vcpu<GuestRam, ShadowPool>, GuestRegs), u8> {
     let Some(mut ram) = take_guest_memory(memory_size) else {
-        return finish(
+        return Err(console.finish(
             status::FIRMWARE_ERROR,
             format_args!(
-                "umbra: error: no {} MiB of contiguous memory for the guest (guest_mem=)",
+                "umbra: error: no {} MiB of contiguous memory for guest {number} (guest_mem=)",
                 memory_size >> 20
             ),
-        );
+        ));
     };
-    let loaded = match elf::load(image, &mut ram) {
+    let loaded = match elf::load(guest.image, &mut ram) {
         Ok(loaded) => loaded,
         Err(error) => {
             release_guest_memory(ram);
-            return finish(status::GUEST_KILLED, format_args!("guest killed: malformed guest ELF: {error}"));
+            return Err(console
+                .finish(status::GUEST_KILLED, format_args!("guest killed: malformed guest ELF: {error}")));
         }
     };
     let boot_info = boot_info_gpa(memory_size);
     if loaded.highest > boot_info {
         release_guest_memory(ram);
-        return finish(
+        return Err(console.finish(
             status::GUEST_KILLED,
             format_args!("guest killed: its image reaches the boot-info page at {boot_info:#x}"),
-        );
+        ));
     }
-    write_boot_info(&mut ram, boot_info, cmdline);
+    write_boot_info(&mut ram, boot_info, guest.cmdline);
     log::info!(
-        "guest: {} segments at {:#x}-{:#x}, entry {:#x}, {} MiB",
+        "guest{}: {} segments at {:#x}-{:#x}, entry {:#x}, {} MiB",
+        Numbered(console.prefix),
         loaded.segments,
         loaded.lowest,
         loaded.highest,
         loaded.entry,
         memory_size >> 20
     );
-
     let pool = ShadowPool { cap: SHADOW_POOL_FRAMES, in_use: 0 };
-    let mmu = match ShadowMmu::new(ram, pool) {
-        Ok(mmu) => mmu,
+    match ShadowMmu::new(ram, pool) {
+        Ok(mmu) => Ok((Vcpu::new(mmu), vcpu::initial_regs(loaded.entry, boot_info))),
         Err(error) => {
-            return finish(status::FIRMWARE_ERROR, format_args!("umbra: error: shadow MMU: {error}"));
+            Err(console.finish(status::FIRMWARE_ERROR, format_args!("umbra: error: shadow MMU: {error}")))
         }
-    };
-    let mut vcpu = Vcpu::new(mmu);
-    let mut host = Console { tsc_khz, boot_tsc: rdtsc() };
-    log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
-    let cpu = 0;
-    // SAFETY: this CPU's registers page is ours and identity-mapped; no
-    // reference to it outlives a single step of the loop below.
-    unsafe { *switcher::regs(cpu) = vcpu::initial_regs(loaded.entry, boot_info) };
+    }
+}
 
-    let mut cycles = Cycles::default();
-    let started = rdtsc();
-    let started_ns = host.now_ns();
-    let status = loop {
+/// " 2" after "guest" when several guests run, nothing otherwise.
+struct Numbered(Option<usize>);
+
+impl core::fmt::Display for Numbered {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(number) => write!(f, " {number}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Run the slot's guest until it finishes, or, when other guests wait,
+/// until it halts or its time slice ends at a host tick.
+fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
+    let Slot { vcpu, console, cycles, .. } = slot;
+    loop {
         if vcpu.take_switcher_changes() {
-            let stack = vcpu.kernel_stack_top();
-            switcher::set_kernel_stack(cpu, stack.unwrap_or(0));
-            // Without a kernel stack a direct gate would push into nowhere.
-            switcher::set_direct_gates(cpu, |v| {
-                vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler)
-            });
+            install_switcher_state(vcpu, cpu);
         }
         vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
         switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
-        let now = host.now_ns();
-        if timeout_s != 0 && now.saturating_sub(started_ns) > timeout_s * 1_000_000_000 {
-            break finish(
-                status::GUEST_KILLED,
-                format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds"),
-            );
-        }
+        let now = console.now_ns();
         {
-            // SAFETY: see above; the switcher does not run meanwhile.
+            // SAFETY: the switcher does not run meanwhile; no reference to
+            // the registers page outlives this block.
             let regs = unsafe { &mut *switcher::regs(cpu) };
             if let Err(kill) = vcpu.prepare_entry(regs, now) {
-                break killed(kill);
+                return SliceEnd::Finished(console.killed(kill));
             }
             vcpu::sanitize(regs);
         }
@@ -330,50 +533,40 @@ pub fn run(image: &[u8], cmdline: &[u8], memory_size: u64, tsc_khz: u64, timeout
         // SAFETY: the guest is stopped; the registers page is ours again.
         let regs = unsafe { &mut *switcher::regs(cpu) };
         let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
-        if regs.vector == u64::from(lapic::TIMER_VECTOR) {
+        let host_tick = regs.vector == u64::from(lapic::TIMER_VECTOR);
+        if host_tick {
             lapic::eoi();
         }
         if regs.vector == 6 {
             cycles.fastest_hypercall = cycles.fastest_hypercall.min(exited - entered);
         }
-        let next = vcpu.handle_exit(regs, cr2, &mut host);
-        match next {
-            Next::Resume => continue,
-            Next::Halt => match sleep_while_halted(&vcpu, regs.rip, &host) {
-                Ok(()) => continue,
-                Err(kill) => break killed(kill),
-            },
-            Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
-                break finish(status as u8, format_args!("guest exited with status {status}"));
+        match vcpu.handle_exit(regs, cr2, console) {
+            Next::Resume if host_tick && several => return SliceEnd::Preempted,
+            Next::Resume => {}
+            Next::Halt if several => return SliceEnd::Halted,
+            Next::Halt => {
+                if let Err(kill) = sleep_while_halted(vcpu, regs.rip, console) {
+                    return SliceEnd::Finished(console.killed(kill));
+                }
             }
-            Next::Shutdown { status } => {
-                break finish(
-                    status::GUEST_STATUS_OUT_OF_RANGE,
-                    format_args!("guest exited with status {status}, which is out of range (0-99)"),
+            Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
+                return SliceEnd::Finished(
+                    console.finish(status as u8, format_args!("guest exited with status {status}")),
                 );
             }
-            Next::Kill(reason) => break killed(reason),
+            Next::Shutdown { status } => {
+                return SliceEnd::Finished(console.finish(
+                    status::GUEST_STATUS_OUT_OF_RANGE,
+                    format_args!("guest exited with status {status}, which is out of range (0-99)"),
+                ));
+            }
+            Next::Kill(reason) => return SliceEnd::Finished(console.killed(reason)),
             Next::SwitcherFault => panic!(
                 "exception {} in the switcher itself at rip {:#x} (error code {:#x})",
                 regs.vector, regs.rip, regs.error_code
             ),
         }
-    };
-    cycles.total = rdtsc() - started;
-
-    let counters = vcpu.mmu.counters();
-    let stats = vcpu.stats.clone();
-    let (ram, pool) = vcpu.mmu.into_parts();
-    if pool.in_use != 0 {
-        log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
     }
-    release_guest_memory(ram);
-    print_stats(&stats, &counters, &cycles);
-    status
-}
-
-fn killed(reason: Kill) -> u8 {
-    finish(status::GUEST_KILLED, format_args!("guest killed: {reason}"))
 }
 
 /// HALT: sleep, interrupts on, until the guest has an interrupt to take.
@@ -424,6 +617,7 @@ fn write_boot_info(ram: &mut GuestRam, at: u64, cmdline: &[u8]) {
 /// instructions, which is how the switcher's cost is measured.
 struct Cycles {
     guest: u64,
+    /// Guest plus the host's work for it: the guest's turns on the CPU.
     total: u64,
     /// The shortest enter-to-return of a hypercall exit: the switcher both
     /// ways plus the guest's few instructions between two calls.
@@ -437,12 +631,15 @@ impl Default for Cycles {
 }
 
 /// A compact block at `log=info`: exits, hypercalls, paging, cycles.
-fn print_stats(stats: &Stats, paging: &Counters, cycles: &Cycles) {
+fn print_stats(stats: &Stats, paging: &Counters, cycles: &Cycles, guest: Option<usize>) {
     if !log::log_enabled!(log::Level::Info) {
         return;
     }
     let mut line = heapless::String::<512>::new();
     let exits: u64 = stats.exits_by_vector.iter().sum();
+    if let Some(number) = guest {
+        log::info!("stats for guest {number}:");
+    }
     let _ = write!(line, "stats: exits {exits}:");
     for (vector, count) in stats.exits_by_vector.iter().enumerate().filter(|(_, c)| **c > 0) {
         let _ = match vector {

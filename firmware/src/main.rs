@@ -243,25 +243,38 @@ mod boot {
         }
         log::debug!("switcher: pages for {} CPUs", switcher::cpu_count());
 
-        // The guest: PVH module 0 if the VMM gave one, else the default.
-        let (image, module_cmdline): (&[u8], &[u8]) = match info.modules.first() {
-            Some(module) => {
-                // SAFETY: the module lies in memory the map describes (checked
-                // by bootinfo), identity-mapped, and the frame pool keeps it.
-                let bytes = unsafe {
-                    core::slice::from_raw_parts(module.range.start as *const u8, module.range.len() as usize)
-                };
-                (bytes, &module.cmdline)
+        // The guests: each PVH module is one; without modules, `guests=N`
+        // copies of the default guest built into the image.
+        let mut guests: heapless::Vec<guest::GuestImage, { guest::MAX_GUESTS }> = heapless::Vec::new();
+        for (index, module) in info.modules.iter().enumerate().take(guest::MAX_GUESTS) {
+            // SAFETY: the module lies in memory the map describes (checked by
+            // bootinfo), identity-mapped, and the frame pool keeps it.
+            let image = unsafe {
+                core::slice::from_raw_parts(module.range.start as *const u8, module.range.len() as usize)
+            };
+            let cmdline: &[u8] = if guest_cmdline.is_empty() { &module.cmdline } else { guest_cmdline };
+            log::info!("guest: module {index} ({} bytes), cmdline {}", image.len(), Quoted(cmdline));
+            let _ = guests.push(guest::GuestImage { image, cmdline });
+        }
+        if guests.is_empty() {
+            // More standalone `--` words give each guest its own command
+            // line: guest i gets part i, and the last part repeats.
+            let mut parts = guest_cmdline;
+            let mut cmdline: &[u8] = &[];
+            for _ in 0..config.guests {
+                if !parts.is_empty() {
+                    let (this, rest) = cmdline::split_guest(parts);
+                    (cmdline, parts) = (this.trim_ascii(), rest);
+                }
+                let _ = guests.push(guest::GuestImage { image: DEFAULT_GUEST, cmdline });
             }
-            None => (DEFAULT_GUEST, &[]),
-        };
-        let guest_cmdline = if guest_cmdline.is_empty() { module_cmdline } else { guest_cmdline };
-        log::info!(
-            "guest: {} ({} bytes), cmdline {}",
-            if info.modules.is_empty() { "the default guest" } else { "module 0" },
-            image.len(),
-            Quoted(guest_cmdline)
-        );
+            log::info!(
+                "guest: the default guest ({} bytes) x{}, cmdline {}",
+                DEFAULT_GUEST.len(),
+                config.guests,
+                Quoted(guest_cmdline)
+            );
+        }
         let tsc_khz = match lapic::init() {
             Ok(khz) => khz,
             Err(error) => {
@@ -270,7 +283,7 @@ mod boot {
             }
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
-        let status = guest::run(image, guest_cmdline, config.guest_mem, tsc_khz, config.guest_timeout_s);
+        let status = guest::run(&guests, config.guest_mem, tsc_khz, config.guest_timeout_s);
         power::exit(status)
     }
 
