@@ -115,7 +115,8 @@ impl Crafted {
         let mut put = |at: u64, bytes: &[u8]| {
             // Only what fits: a pointer past the end is a case, not a mistake.
             for (i, &byte) in bytes.iter().enumerate() {
-                if let Some(slot) = usize::try_from(at).ok().and_then(|at| file.get_mut(at + i)) {
+                let offset = usize::try_from(at).ok().and_then(|at| at.checked_add(i));
+                if let Some(slot) = offset.and_then(|offset| file.get_mut(offset)) {
                     *slot = byte;
                 }
             }
@@ -570,8 +571,8 @@ fn vmm_cmdline_16k(machine: &'static str) -> Case {
     })
 }
 
-/// 64 KiB on q35 also overwrites the option ROM's stack: it returns into
-/// the cmdline's bytes and spins before it ever jumps to Umbra. QEMU
+/// 64 KiB on q35 also overwrites the option ROM's stack: it returns to an
+/// address made of the cmdline's bytes and never jumps to Umbra. QEMU
 /// hangs with an empty console, so this case waits for a shorter
 /// timeout (a good q35 boot prints its banner in about a second) and
 /// asserts that Umbra never ran. If a QEMU fixes this, the case fails

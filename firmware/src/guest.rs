@@ -320,15 +320,10 @@ pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64
             current = Some(next);
         }
         let slot = &mut slots[next];
-        if timeout_s != 0 && slot.console.now_ns().saturating_sub(started_ns) > timeout_s * 1_000_000_000 {
-            let reason = format_args!("watchdog: still running after guest_timeout={timeout_s} seconds");
-            slot.state = SlotState::Finished(
-                slot.console.finish(status::GUEST_KILLED, format_args!("guest killed: {reason}")),
-            );
-            continue;
-        }
+        let watchdog = (timeout_s != 0)
+            .then(|| Watchdog { deadline_ns: started_ns + timeout_s * 1_000_000_000, timeout_s });
         let turn_started = rdtsc();
-        let end = run_slice(slot, cpu, several);
+        let end = run_slice(slot, cpu, several, watchdog);
         slot.cycles.total += rdtsc() - turn_started;
         slot.state = match end {
             SliceEnd::Preempted => SlotState::Runnable,
@@ -360,6 +355,13 @@ pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64
 
 /// The most guests Umbra runs at once.
 pub const MAX_GUESTS: usize = umbra_firmware::cmdline::MAX_GUESTS;
+
+/// `guest_timeout=`: when a guest still running is killed.
+#[derive(Clone, Copy)]
+struct Watchdog {
+    deadline_ns: u64,
+    timeout_s: u64,
+}
 
 /// How a guest's turn on the CPU ended.
 enum SliceEnd {
@@ -499,7 +501,7 @@ impl core::fmt::Display for Numbered {
 
 /// Run the slot's guest until it finishes, or, when other guests wait,
 /// until it halts or its time slice ends at a host tick.
-fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
+fn run_slice(slot: &mut Slot, cpu: usize, several: bool, watchdog: Option<Watchdog>) -> SliceEnd {
     let Slot { vcpu, console, cycles, .. } = slot;
     loop {
         if vcpu.take_switcher_changes() {
@@ -508,6 +510,13 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
         vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
         switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
         let now = console.now_ns();
+        if let Some(Watchdog { deadline_ns, timeout_s }) = watchdog
+            && now > deadline_ns
+        {
+            let reason =
+                format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds");
+            return SliceEnd::Finished(console.finish(status::GUEST_KILLED, reason));
+        }
         {
             // SAFETY: the switcher does not run meanwhile; no reference to
             // the registers page outlives this block.

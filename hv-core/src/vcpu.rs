@@ -7,7 +7,8 @@
 //! - a page fault is the shadow MMU's business: fill the shadow and resume,
 //!   or, when the guest's own tables forbid the access, reflect it to the
 //!   guest's handler (see [`crate::traps`]);
-//! - an invalid-opcode trap from ring 1 is a hypercall (see [`crate::abi`]);
+//! - an invalid-opcode trap from ring 1 at a `ud2` is a hypercall (see
+//!   [`crate::abi`]); any other invalid opcode is the guest's own fault;
 //! - the guest's other exceptions go to its own handlers; an `int n` the
 //!   CPU refused to run directly is delivered by hand;
 //! - an interrupt that arrived while the guest ran is the host's;
@@ -341,7 +342,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         let from_user = regs.cs & 3 == 3;
         let result = match vector {
             14 => return self.page_fault(regs, cr2),
-            6 if !from_user => return self.hypercall(regs, host),
+            6 if !from_user && self.is_hypercall_instruction(regs.rip) => return self.hypercall(regs, host),
             // `int n` the CPU would not run directly: as #GP where the gate
             // is the host's, as #UD from ring 3 on some nested KVMs.
             6 | 13 if from_user => match self.emulate_software_interrupt(regs) {
@@ -350,7 +351,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
                 Err(kill) => Err(kill),
             },
             // The guest's own business, for its own handlers.
-            0 | 1 | 3 | 4 | 5 | 7 | 13 | 16 | 17 | 19 => self.deliver_exception(regs, vector),
+            0 | 1 | 3..=7 | 13 | 16 | 17 | 19 => self.deliver_exception(regs, vector),
             // An interrupt (or NMI) that arrived while the guest ran is the
             // host's: its timer, which the run loop has acknowledged.
             2 | 32..=255 => Ok(()),
@@ -361,6 +362,21 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             Ok(()) => Next::Resume,
             Err(kill) => Next::Kill(kill),
         }
+    }
+
+    /// Is the instruction at `rip` really `ud2`? Any other invalid opcode
+    /// at ring 1 (an instruction this CPU lacks, say) is the guest's own
+    /// fault, not a request.
+    fn is_hypercall_instruction(&self, rip: u64) -> bool {
+        let mut bytes = [0u8; 2];
+        bytes.iter_mut().enumerate().all(|(offset, byte)| {
+            let fetch = Access { write: false, user: false, fetch: true };
+            let Ok(gpa) = self.mmu.translate(rip.wrapping_add(offset as u64), fetch) else { return false };
+            let mut one = [0u8];
+            let read = self.mmu.memory().read_bytes(gpa, &mut one);
+            *byte = one[0];
+            read
+        }) && bytes == abi::HYPERCALL_INSTRUCTION
     }
 
     fn deliver_exception(&mut self, regs: &mut GuestRegs, vector: u8) -> Result<(), Kill> {

@@ -40,8 +40,12 @@ fn kernel_gpa(va: u64) -> u64 {
     va - KERNEL + KERNEL_GPA
 }
 
+/// Where the simulated hypercalls are made: a `ud2` in the low 2 MiB,
+/// which stays mapped after the guest leaves linear mode.
+const CALL_RIP: u64 = 0x7000;
+
 fn hypercall(vcpu: &mut Vcpu<Ram, Pool>, number: u64, args: [u64; 3]) -> Next {
-    let mut regs = vcpu::initial_regs(0x20_0000, MEMORY - 4096);
+    let mut regs = vcpu::initial_regs(CALL_RIP, MEMORY - 4096);
     regs.vector = 6;
     regs.rax = number;
     (regs.rdi, regs.rsi, regs.rdx) = (args[0], args[1], args[2]);
@@ -50,7 +54,8 @@ fn hypercall(vcpu: &mut Vcpu<Ram, Pool>, number: u64, args: [u64; 3]) -> Next {
 
 /// INIT, tables with a kernel half, NEW_PGTABLE: a guest past linear mode.
 fn guest() -> Vcpu<Ram, Pool> {
-    let ram = Ram { bytes: vec![0; MEMORY as usize] };
+    let mut ram = Ram { bytes: vec![0; MEMORY as usize] };
+    ram.bytes[CALL_RIP as usize..CALL_RIP as usize + 2].copy_from_slice(&abi::HYPERCALL_INSTRUCTION);
     let mut vcpu = Vcpu::new(ShadowMmu::new(ram, Pool::default()).unwrap());
     assert_eq!(hypercall(&mut vcpu, abi::INIT, [SHARED, 0, 0]), Next::Resume);
     let (pdpt_low, pd_low, pdpt_high, pd_high, pt_high) = (0x1_1000, 0x1_2000, 0x1_3000, 0x1_4000, 0x1_5000);

@@ -15,7 +15,9 @@ const SHARED: u64 = 0x10_0000;
 const ENTRY: u64 = 0x20_0000;
 
 fn new_vcpu() -> Vcpu<Ram, Pool> {
-    let ram = Ram { bytes: vec![0; MEMORY as usize] };
+    let mut ram = Ram { bytes: vec![0; MEMORY as usize] };
+    // The hypercall instruction, where every simulated call is made.
+    ram.bytes[ENTRY as usize..ENTRY as usize + 2].copy_from_slice(&abi::HYPERCALL_INSTRUCTION);
     Vcpu::new(ShadowMmu::new(ram, Pool::default()).expect("mmu"))
 }
 
@@ -238,6 +240,17 @@ fn sanitize_never_lets_the_guest_in_at_ring_zero() {
     let mut regs = GuestRegs { cs: 0x33, ss: 0x10, rflags: 0x1, ..GuestRegs::default() };
     vcpu::sanitize(&mut regs);
     assert_eq!((regs.cs, regs.ss, regs.rflags), (0x33, 0x2b, 0x203));
+}
+
+#[test]
+fn an_invalid_opcode_that_is_not_ud2_is_not_a_hypercall() {
+    let (mut vcpu, mut console) = initialised();
+    let elsewhere = ENTRY + 0x10; // zeros there: not `ud2`
+    let mut regs = hypercall_regs(abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
+    regs.rip = elsewhere;
+    let next = vcpu.handle_exit(&mut regs, 0, &mut console);
+    assert_eq!(kill_of(next), Kill::NoHandler { vector: 6, error_code: 0, rip: elsewhere });
+    assert!(console.printed.is_empty(), "nothing was called");
 }
 
 #[test]
