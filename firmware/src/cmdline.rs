@@ -74,6 +74,9 @@ pub struct Config {
     pub guest_timeout_s: u64,
     /// `guests=N`: how many copies of the default guest to run (1-8).
     pub guests: usize,
+    /// `guests_at_once=N`: at most N guests run together; the others wait
+    /// for a place (default: all of them together).
+    pub guests_at_once: Option<usize>,
 }
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
@@ -93,6 +96,7 @@ impl Default for Config {
             guest_mem: DEFAULT_GUEST_MEM,
             guest_timeout_s: 0,
             guests: 1,
+            guests_at_once: None,
         }
     }
 }
@@ -233,6 +237,17 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                     });
                 }
             },
+            b"guests_at_once" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS as u64).contains(n)) {
+                Some(count) => config.guests_at_once = Some(count as usize),
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "guests_at_once",
+                        value: Excerpt::of(value),
+                        expected: "1 to 8",
+                        default: "all together",
+                    });
+                }
+            },
             b"guest_timeout" => match parse_decimal(value).filter(|s| *s <= MAX_GUEST_TIMEOUT_S) {
                 Some(seconds) => config.guest_timeout_s = seconds,
                 None => {
@@ -357,6 +372,8 @@ mod tests {
     #[test]
     fn guest_counts() {
         assert_eq!(parse_all(b"guests=3").0.guests, 3);
+        assert_eq!(parse_all(b"guests_at_once=2").0.guests_at_once, Some(2));
+        assert_eq!(parse_all(b"guests_at_once=0").1.len(), 1);
         assert_eq!(parse_all(b"").0.guests, 1);
         for bad in [&b"guests=0"[..], b"guests=9", b"guests=many"] {
             let (config, notices) = parse_all(bad);

@@ -166,6 +166,7 @@ impl FramePool for ShadowPool {
 
 /// What a guest may ask of the host itself: its console (lines prefixed
 /// `[gN] ` when several guests run), the clock, the TSC rate.
+#[derive(Clone, Copy)]
 pub struct Console {
     tsc_khz: u64,
     boot_tsc: u64,
@@ -276,6 +277,8 @@ enum SlotState {
 /// and its own counts.
 struct Slot {
     number: usize,
+    /// When it started, for the watchdog.
+    started_ns: u64,
     vcpu: Vcpu<GuestRam, ShadowPool>,
     regs: GuestRegs,
     state: SlotState,
@@ -283,36 +286,38 @@ struct Slot {
     cycles: Cycles,
 }
 
-/// Load every guest and run them to the end, time-sliced on this CPU;
-/// returns the firmware's exit status: 0 when every guest exited with 0,
-/// otherwise the status of the first guest (in order) that did not.
-pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
-    let boot_tsc = rdtsc();
+/// Load the guests and run them to the end, time-sliced on this CPU, at
+/// most `at_once` at a time: a waiting guest starts when another ends, in
+/// memory that may well be the finished guest's, scrubbed. Returns the
+/// firmware's exit status: 0 when every guest exited with 0, otherwise
+/// the status of the first guest (in order) that did not.
+pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
+    let clock = Console { tsc_khz, boot_tsc: rdtsc(), prefix: None, at_line_start: true };
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
     let several = guests.len() > 1;
-    let mut slots: heapless::Vec<Slot, MAX_GUESTS> = heapless::Vec::new();
+    let at_once = at_once.clamp(1, MAX_GUESTS);
+    let mut waiting = guests.iter().enumerate().take(MAX_GUESTS);
     let mut results = [status::SUCCESS; MAX_GUESTS];
-    for (index, guest) in guests.iter().enumerate().take(MAX_GUESTS) {
-        let number = index + 1;
-        let console = Console { tsc_khz, boot_tsc, prefix: several.then_some(number), at_line_start: true };
-        match load(guest, memory_size, number, &console) {
-            Ok((vcpu, regs)) => {
-                let slot = Slot {
-                    number,
-                    vcpu,
-                    regs,
-                    state: SlotState::Runnable,
-                    console,
-                    cycles: Cycles::default(),
-                };
-                let _ = slots.push(slot);
+    let mut slots: heapless::Vec<Slot, MAX_GUESTS> = heapless::Vec::new();
+    let mut admit = |slots: &mut heapless::Vec<Slot, MAX_GUESTS>, results: &mut [u8; MAX_GUESTS]| {
+        while slots.len() < at_once {
+            let Some((index, guest)) = waiting.next() else { return };
+            let number = index + 1;
+            let console = Console { prefix: several.then_some(number), ..clock };
+            match load(guest, memory_size, number, &console) {
+                Ok((vcpu, regs)) => {
+                    let started_ns = console.now_ns();
+                    let state = SlotState::Runnable;
+                    let cycles = Cycles::default();
+                    let _ = slots.push(Slot { number, vcpu, regs, state, console, cycles, started_ns });
+                }
+                Err(status) => results[index] = status,
             }
-            Err(status) => results[index] = status,
         }
-    }
+    };
+    admit(&mut slots, &mut results);
 
     let cpu = 0;
-    let started_ns = Console { tsc_khz, boot_tsc, prefix: None, at_line_start: true }.now_ns();
     let mut current: Option<usize> = None;
     while let Some(next) = pick_next(&mut slots, current) {
         if current != Some(next) {
@@ -321,7 +326,7 @@ pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64
         }
         let slot = &mut slots[next];
         let watchdog = (timeout_s != 0)
-            .then(|| Watchdog { deadline_ns: started_ns + timeout_s * 1_000_000_000, timeout_s });
+            .then(|| Watchdog { deadline_ns: slot.started_ns + timeout_s * 1_000_000_000, timeout_s });
         let turn_started = rdtsc();
         let end = run_slice(slot, cpu, several, watchdog);
         slot.cycles.total += rdtsc() - turn_started;
@@ -330,27 +335,36 @@ pub fn run(guests: &[GuestImage], memory_size: u64, tsc_khz: u64, timeout_s: u64
             SliceEnd::Halted => SlotState::Halted,
             SliceEnd::Finished(status) => SlotState::Finished(status),
         };
+        if let SlotState::Finished(status) = slots[next].state {
+            results[slots[next].number - 1] = status;
+            retire(slots.remove(next), several);
+            current = None;
+            admit(&mut slots, &mut results);
+        }
     }
-    if let Some(current) = current {
-        // SAFETY: no guest runs; the registers page is ours.
-        slots[current].regs = unsafe { *switcher::regs(cpu) };
-    }
-
+    // A guest halted for ever is finished by pick_next; retire the rest.
     for slot in slots {
-        let Slot { vcpu, state, cycles, number, .. } = slot;
-        if let SlotState::Finished(status) = state {
-            results[number - 1] = status;
+        if let SlotState::Finished(status) = slot.state {
+            results[slot.number - 1] = status;
         }
-        let counters = vcpu.mmu.counters();
-        let stats = vcpu.stats.clone();
-        let (ram, pool) = vcpu.mmu.into_parts();
-        if pool.in_use != 0 {
-            log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
-        }
-        release_guest_memory(ram);
-        print_stats(&stats, &counters, &cycles, several.then_some(number));
+        retire(slot, several);
     }
     results.into_iter().find(|&status| status != status::SUCCESS).unwrap_or(status::SUCCESS)
+}
+
+/// A finished guest gives everything back at once: its shadow pages, its
+/// memory (scrubbed first, so no later guest ever sees it), and its
+/// statistics go out.
+fn retire(slot: Slot, several: bool) {
+    let Slot { vcpu, cycles, number, .. } = slot;
+    let counters = vcpu.mmu.counters();
+    let stats = vcpu.stats.clone();
+    let (ram, pool) = vcpu.mmu.into_parts();
+    if pool.in_use != 0 {
+        log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
+    }
+    release_guest_memory(ram);
+    print_stats(&stats, &counters, &cycles, several.then_some(number));
 }
 
 /// The most guests Umbra runs at once.
@@ -469,6 +483,7 @@ fn load(
         ));
     }
     write_boot_info(&mut ram, boot_info, guest.cmdline);
+    log::debug!("guest{}: memory at host {:#x}, scrubbed", Numbered(console.prefix), ram.base);
     log::info!(
         "guest{}: {} segments at {:#x}-{:#x}, entry {:#x}, {} MiB",
         Numbered(console.prefix),

@@ -283,7 +283,8 @@ mod boot {
             }
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
-        let status = guest::run(&guests, config.guest_mem, tsc_khz, config.guest_timeout_s);
+        let at_once = config.guests_at_once.unwrap_or(guest::MAX_GUESTS);
+        let status = guest::run(&guests, at_once, config.guest_mem, tsc_khz, config.guest_timeout_s);
         power::exit(status)
     }
 
