@@ -347,6 +347,102 @@ fn several_guests(accel: Accel) -> Case {
     })
 }
 
+/// Isolation: guest A fills its memory with a secret; B scans every page
+/// it can map while A runs; A is killed; C starts in A's frames, scrubbed,
+/// and scans too. Each scanner plants one control page of its own, so
+/// finding exactly 1 proves the scan could see the secret; neither may
+/// find more. Then both try to map past their memory and are killed.
+fn isolation(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_isolation", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel)
+            .mem("512M")
+            .append("log=debug guests=3 guests_at_once=2 -- test=secret -- test=scan");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let written = outcome.line_starting("[g1] guest: secret written to ").unwrap_or("");
+        check!(outcome, written.ends_with(" pages"), "guest A should write its secret: {written:?}");
+        for scanner in ["[g2]", "[g3]"] {
+            let scanned = format!(
+                "{scanner} guest: scanned 16384 pages of its memory: the secret in 1 (1 is our own control page)"
+            );
+            check!(outcome, outcome.has_line(&scanned), "expected {scanned:?}");
+            let killed = format!("{scanner} guest killed: guest PTE frame beyond guest memory");
+            check!(outcome, outcome.has_line(&killed), "expected {killed:?}");
+        }
+        let memory_of = |guest: &str| {
+            outcome
+                .line_starting(&format!("debug: guest {guest}: memory at host "))
+                .map(|l| l.split(' ').nth(6).unwrap_or("").to_string())
+        };
+        check!(
+            outcome,
+            memory_of("3").is_some() && memory_of("3") == memory_of("1"),
+            "guest C should reuse guest A's frames: {:?} vs {:?}",
+            memory_of("3"),
+            memory_of("1")
+        );
+        check!(
+            outcome,
+            outcome.has_line("[g1] guest killed: unknown hypercall 0x5ec2e7"),
+            "A should be killed"
+        );
+        check_exit(&outcome, GUEST_KILLED, true)
+    })
+}
+
+/// A short run of the guest's hypercall fuzzer: whatever it asks, it is
+/// killed with a reason or finishes; the host never crashes or hangs.
+fn fuzz_seed(accel: Accel, seed: u64) -> Case {
+    Case::new(format!("{}_microvm_fuzz_seed_{seed}", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel).append(format!("guest_timeout=20 -- test=fuzz:{seed}:3000"));
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome.has_line(&format!("guest: fuzz seed {seed} count 3000")),
+            "the seed is printed"
+        );
+        // Killed for what it asked, by the watchdog if its own traps kept
+        // it busy, or finished.
+        let ended = outcome.line_starting("guest killed: ").is_some()
+            || outcome.line_starting("guest: fuzz: 3000 operations").is_some();
+        check!(outcome, ended, "the run should end with a kill reason or complete");
+        check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
+        let status = outcome.reported_status();
+        check!(outcome, status == Some(0) || status == Some(GUEST_KILLED), "status {status:?}");
+        Verdict::Pass
+    })
+}
+
+/// The guest kernel's processes: a showcase or a scenario runs its user
+/// programs to the end, and the kernel checks each one's outcome.
+fn kernel_scenario(accel: Accel, mode: &'static str) -> Case {
+    Case::new(format!("{}_microvm_kernel_{}", accel.name(), mode.replace(':', "_")), move |name| {
+        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={mode}"))) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let scenario = mode.strip_prefix("scenario:").unwrap_or(mode);
+        let summary = outcome.line_starting(&format!("guest: scenario {scenario}: all ")).unwrap_or("");
+        check!(
+            outcome,
+            summary.ends_with("programs ended as expected"),
+            "expected the scenario summary: {summary:?}"
+        );
+        check!(outcome, !outcome.serial.contains("FAILED"), "a program reported FAILED");
+        check!(
+            outcome,
+            outcome.has_line("guest exited with status 0"),
+            "the guest should exit with status 0"
+        );
+        check_exit(&outcome, 0, true)
+    })
+}
+
 /// A guest that breaks a rule is killed with a reason naming it.
 fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
     Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
@@ -503,6 +599,18 @@ fn main() {
         cases.push(guest_proves(accel, "timer", "guest: 5 clock ticks, each after a HALT"));
         cases.push(watchdog(accel));
         cases.push(several_guests(accel));
+        cases.push(isolation(accel));
+        cases.push(kernel_scenario(accel, "showcase"));
+        cases.push(kernel_scenario(accel, "scenario:kill"));
+    }
+    for scenario in ["hello", "demand-zero", "cow", "preempt", "sbrk", "churn"] {
+        cases.push(kernel_scenario(Accel::Tcg, Box::leak(format!("scenario:{scenario}").into_boxed_str())));
+    }
+    for seed in 1..=6 {
+        cases.push(fuzz_seed(Accel::Tcg, seed));
+    }
+    for seed in 1..=2 {
+        cases.push(fuzz_seed(Accel::Kvm, seed));
     }
     cases.push(cloud_hypervisor());
     run_cases(cases, 2)

@@ -277,8 +277,8 @@ enum SlotState {
 /// and its own counts.
 struct Slot {
     number: usize,
-    /// When it started, for the watchdog.
-    started_ns: u64,
+    /// `guest_timeout=`, counted from when this guest started.
+    watchdog: Option<Watchdog>,
     vcpu: Vcpu<GuestRam, ShadowPool>,
     regs: GuestRegs,
     state: SlotState,
@@ -306,10 +306,12 @@ pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64
             let console = Console { prefix: several.then_some(number), ..clock };
             match load(guest, memory_size, number, &console) {
                 Ok((vcpu, regs)) => {
-                    let started_ns = console.now_ns();
+                    let deadline_ns =
+                        console.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
+                    let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
                     let state = SlotState::Runnable;
                     let cycles = Cycles::default();
-                    let _ = slots.push(Slot { number, vcpu, regs, state, console, cycles, started_ns });
+                    let _ = slots.push(Slot { number, vcpu, regs, state, console, cycles, watchdog });
                 }
                 Err(status) => results[index] = status,
             }
@@ -325,10 +327,8 @@ pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64
             current = Some(next);
         }
         let slot = &mut slots[next];
-        let watchdog = (timeout_s != 0)
-            .then(|| Watchdog { deadline_ns: slot.started_ns + timeout_s * 1_000_000_000, timeout_s });
         let turn_started = rdtsc();
-        let end = run_slice(slot, cpu, several, watchdog);
+        let end = run_slice(slot, cpu, several);
         slot.cycles.total += rdtsc() - turn_started;
         slot.state = match end {
             SliceEnd::Preempted => SlotState::Runnable,
@@ -377,6 +377,15 @@ struct Watchdog {
     timeout_s: u64,
 }
 
+impl Watchdog {
+    fn kill(&self, console: &Console) -> u8 {
+        let timeout_s = self.timeout_s;
+        let reason =
+            format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds");
+        console.finish(status::GUEST_KILLED, reason)
+    }
+}
+
 /// How a guest's turn on the CPU ended.
 enum SliceEnd {
     /// A host tick, with other guests waiting.
@@ -402,7 +411,15 @@ fn pick_next(slots: &mut [Slot], current: Option<usize>) -> Option<usize> {
         for slot in slots.iter_mut().filter(|s| s.state == SlotState::Halted) {
             any_halted = true;
             let now = slot.console.now_ns();
-            match slot.vcpu.halt_state(slot.regs.rip, now) {
+            if let Some(watchdog) = slot.watchdog {
+                if now > watchdog.deadline_ns {
+                    slot.state = SlotState::Finished(watchdog.kill(&slot.console));
+                    continue;
+                }
+                let wake = watchdog.deadline_ns.saturating_add(1);
+                earliest = Some(earliest.map_or(wake, |e| e.min(wake)));
+            }
+            match slot.vcpu.halt_state(now) {
                 HaltState::Ready => slot.state = SlotState::Runnable,
                 HaltState::SleepUntil(deadline) => {
                     earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
@@ -516,8 +533,9 @@ impl core::fmt::Display for Numbered {
 
 /// Run the slot's guest until it finishes, or, when other guests wait,
 /// until it halts or its time slice ends at a host tick.
-fn run_slice(slot: &mut Slot, cpu: usize, several: bool, watchdog: Option<Watchdog>) -> SliceEnd {
-    let Slot { vcpu, console, cycles, .. } = slot;
+fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
+    let Slot { vcpu, console, cycles, watchdog, .. } = slot;
+    let watchdog = *watchdog;
     loop {
         if vcpu.take_switcher_changes() {
             install_switcher_state(vcpu, cpu);
@@ -525,12 +543,8 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool, watchdog: Option<Watchd
         vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
         switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
         let now = console.now_ns();
-        if let Some(Watchdog { deadline_ns, timeout_s }) = watchdog
-            && now > deadline_ns
-        {
-            let reason =
-                format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds");
-            return SliceEnd::Finished(console.finish(status::GUEST_KILLED, reason));
+        if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
+            return SliceEnd::Finished(watchdog.kill(console));
         }
         {
             // SAFETY: the switcher does not run meanwhile; no reference to
@@ -568,11 +582,11 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool, watchdog: Option<Watchd
             Next::Resume if host_tick && several => return SliceEnd::Preempted,
             Next::Resume => {}
             Next::Halt if several => return SliceEnd::Halted,
-            Next::Halt => {
-                if let Err(kill) = sleep_while_halted(vcpu, regs.rip, console) {
-                    return SliceEnd::Finished(console.killed(kill));
-                }
-            }
+            Next::Halt => match sleep_while_halted(vcpu, console, watchdog) {
+                Ok(()) => {}
+                Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(kill)),
+                Err(HaltEnd::Watchdog(watchdog)) => return SliceEnd::Finished(watchdog.kill(console)),
+            },
             Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
                 return SliceEnd::Finished(
                     console.finish(status as u8, format_args!("guest exited with status {status}")),
@@ -594,17 +608,30 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool, watchdog: Option<Watchd
 }
 
 /// HALT: sleep, interrupts on, until the guest has an interrupt to take.
+/// Why a halted guest stopped sleeping for good.
+enum HaltEnd {
+    Kill(Kill),
+    Watchdog(Watchdog),
+}
+
+/// HALT for the only guest: sleep, interrupts on, until it has an
+/// interrupt to take; the watchdog bounds the sleep too.
 fn sleep_while_halted<M: vcpu::GuestRam, P: FramePool>(
     vcpu: &Vcpu<M, P>,
-    rip: u64,
     host: &Console,
-) -> Result<(), Kill> {
+    watchdog: Option<Watchdog>,
+) -> Result<(), HaltEnd> {
     loop {
-        match vcpu.halt_state(rip, host.now_ns()) {
+        let now = host.now_ns();
+        if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
+            return Err(HaltEnd::Watchdog(watchdog));
+        }
+        match vcpu.halt_state(now) {
             HaltState::Ready => return Ok(()),
-            HaltState::Forever => return Err(Kill::HaltForever),
+            HaltState::Forever => return Err(HaltEnd::Kill(Kill::HaltForever)),
             HaltState::SleepUntil(deadline) => {
-                lapic::arm_ns(deadline.saturating_sub(host.now_ns()).min(HOST_TICK_NS));
+                let wake = watchdog.map_or(deadline, |w| deadline.min(w.deadline_ns.saturating_add(1)));
+                lapic::arm_ns(wake.saturating_sub(now).min(HOST_TICK_NS));
                 lapic::wait_for_interrupt();
             }
         }

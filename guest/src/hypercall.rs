@@ -184,3 +184,20 @@ fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
     // SAFETY: callers pass slots of our own shared page.
     unsafe { (&raw const (*slot).ready).read_volatile() != 0 }
 }
+
+/// Nanoseconds since boot, as Umbra last wrote them before entering us.
+pub fn time_ns() -> u64 {
+    // SAFETY: a read of our own static; volatile because Umbra writes it.
+    unsafe { (&raw const (*shared()).time_ns).read_volatile() }
+}
+
+/// The shared page itself, for the attack suite (`attacks.rs`), which
+/// writes fields and async slots the helpers above never would.
+pub fn shared_page() -> *mut SharedPage {
+    shared()
+}
+
+/// Where the shared page is, for the fuzzer's scribbles.
+pub fn shared_page_address() -> u64 {
+    shared() as u64
+}

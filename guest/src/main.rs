@@ -18,6 +18,11 @@
 //!    (`tables.rs`), switches to them and touches a few hundred pages every
 //!    way the ABI allows, then shuts down with status 0.
 //!
+//! `test=showcase` and `test=scenario:NAME` go further: they run the
+//! process kernel in `kernel/` (address spaces, user programs at ring 3,
+//! fork, copy-on-write, a preemptive scheduler), on top of the platform
+//! layer in `platform.rs`. docs/guest.md describes it.
+//!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -32,9 +37,19 @@ fn main() {
 #[macro_use]
 mod console;
 #[cfg(target_os = "none")]
+mod attacks;
+#[cfg(target_os = "none")]
+mod fuzz;
+#[cfg(target_os = "none")]
 mod hypercall;
 #[cfg(target_os = "none")]
+mod isolation;
+#[cfg(target_os = "none")]
+mod kernel;
+#[cfg(target_os = "none")]
 mod modes;
+#[cfg(target_os = "none")]
+mod platform;
 #[cfg(target_os = "none")]
 mod tables;
 #[cfg(target_os = "none")]

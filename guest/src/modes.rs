@@ -7,7 +7,9 @@
 //! prints "guest: test NAME". If Umbra lets a misdeed pass, the guest says
 //! "guest: survived" and stops with status 98, which no test expects.
 //! Some modes prove a path works instead: `null-hypercalls:N` (a
-//! measurement), `reflect` and `timer` (see traps.rs).
+//! measurement), `reflect` and `timer` (see traps.rs). And two run the
+//! process kernel (`kernel/`): `showcase`, and `scenario:NAME` for each
+//! scenario it knows.
 
 use hv_core::abi;
 
@@ -44,7 +46,23 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
             None => unknown(),
         }
     }
+    if let Some(spec) = name.strip_prefix(b"fuzz:") {
+        crate::fuzz::run(spec, memory_size, frames);
+    }
+    if let Some(attack) = name.strip_prefix(b"attack:") {
+        crate::attacks::run(attack, memory_size, frames);
+    }
+    if let Some(scenario) = name.strip_prefix(b"scenario:") {
+        let (start, end) = frames.range();
+        crate::kernel::run(scenario, memory_size, start, end);
+    }
     match name {
+        b"secret" => crate::isolation::secret(memory_size, frames),
+        b"scan" => crate::isolation::scan(memory_size, frames),
+        b"showcase" => {
+            let (start, end) = frames.range();
+            crate::kernel::run(b"showcase", memory_size, start, end)
+        }
         b"map-switcher" => map_switcher(memory_size, frames),
         b"reflect" => crate::traps::reflect(memory_size, frames),
         b"timer" => crate::traps::timer(memory_size, frames),

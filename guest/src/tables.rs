@@ -87,6 +87,11 @@ impl Frames {
         frame
     }
 
+    /// The free frames not handed out yet, as `[start, end)`.
+    pub fn range(&self) -> (u64, u64) {
+        (self.next, self.end)
+    }
+
     fn next(&self) -> u64 {
         self.next
     }

@@ -319,12 +319,16 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
 
     /// For HALT: can the guest run on now, must it sleep until a deadline,
     /// or would it sleep for ever?
-    pub fn halt_state(&self, rip: u64, now_ns: u64) -> HaltState {
-        if self.deliverable(rip).is_some() {
+    pub fn halt_state(&self, now_ns: u64) -> HaltState {
+        if !self.virtual_interrupts_on() {
+            return HaltState::Forever;
+        }
+        // Anything pending wakes the guest, handler or not: a clock that
+        // fired just before the HALT must not leave it asleep for ever.
+        if self.pending.iter().any(|word| *word != 0) {
             return HaltState::Ready;
         }
         match self.clock_deadline_ns {
-            _ if !self.virtual_interrupts_on() => HaltState::Forever,
             Some(deadline) if deadline <= now_ns => HaltState::Ready,
             Some(deadline) => HaltState::SleepUntil(deadline),
             None => HaltState::Forever,

@@ -1,0 +1,281 @@
+//! # Attacks: a guest that tries to break out
+//!
+//! Each `test=attack:NAME` is one attempt on Umbra's isolation, run after
+//! INIT. The catalogue, and the outcome each attack must produce, live in
+//! `docs/security.md`; `tests/attacks.rs` boots every one of them and
+//! checks it.
+//!
+//! An attack ends in one of three ways:
+//! - Umbra kills us, naming the cause ("guest killed: ..."): the attack
+//!   was on Umbra itself;
+//! - our own handler receives the fault, exactly as on hardware, and we
+//!   say so and shut down with status 0: the misdeed is the guest's own
+//!   business (a privileged instruction at ring 1 is just a #GP);
+//! - for legal but tricky things, they simply work, and we say so.
+//!
+//! Each attack first prints "guest: attack NAME". If an attack that should
+//! have been stopped comes back, we print "guest: survived" and stop with
+//! status 98, which no test expects.
+//!
+//! The handlers below record what reached them and return to a resume
+//! point the attack names just before it faults (`faulting!`), so no
+//! handler needs to know how long the faulting instruction was, and a
+//! fault whose RIP is itself bad (a non-canonical jump) still comes back.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hv_core::abi;
+
+use crate::console::Printable;
+use crate::hypercall::{hypercall, shutdown};
+use crate::tables::{Frames, KERNEL_BASE};
+
+mod faults;
+mod hypercalls;
+mod paging;
+mod privilege;
+mod switcher;
+
+/// One attack: its name on the command line, and what it does.
+struct Attack {
+    name: &'static str,
+    run: fn(&'static str, u64, Frames),
+}
+
+/// Every attack, by group. `tests/attacks.rs` holds the same names.
+const ATTACKS: &[&[Attack]] =
+    &[privilege::ATTACKS, hypercalls::ATTACKS, paging::ATTACKS, switcher::ATTACKS, faults::ATTACKS];
+
+/// Runs attack `name`, after INIT.
+pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
+    let Some(attack) = ATTACKS.iter().flat_map(|group| group.iter()).find(|a| a.name.as_bytes() == name)
+    else {
+        say!("unknown attack {}", Printable(name));
+        shutdown(97, "unknown attack")
+    };
+    say!("attack {}", attack.name);
+    (attack.run)(attack.name, memory_size, frames);
+    survived()
+}
+
+/// The attack came back: Umbra let something through.
+pub fn survived() -> ! {
+    say!("survived");
+    shutdown(98, "survived")
+}
+
+/// The attack did what a guest may do, and it worked.
+fn works(name: &str, what: core::fmt::Arguments) -> ! {
+    say!("attack {name}: {what}");
+    shutdown(0, "attack handled")
+}
+
+/// What the last trap told our handler. Written by the handlers below,
+/// through the kernel alias; read here.
+#[unsafe(no_mangle)]
+static ATTACK_TRAPS: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static ATTACK_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+#[unsafe(no_mangle)]
+static ATTACK_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
+#[unsafe(no_mangle)]
+static ATTACK_CS: AtomicU64 = AtomicU64::new(0);
+/// Where a handler resumes (0: where the frame says).
+#[unsafe(no_mangle)]
+static ATTACK_RESUME: AtomicU64 = AtomicU64::new(0);
+/// The kernel stack pointer to go back to after a trap from user mode.
+#[unsafe(no_mangle)]
+static ATTACK_KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
+/// Single-step traps and clock ticks, counted apart.
+#[unsafe(no_mangle)]
+static ATTACK_STEPS: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static ATTACK_TICKS: AtomicU64 = AtomicU64::new(0);
+
+// One handler per exception an attack expects. Each records the vector,
+// the error code (u64::MAX when the CPU pushes none) and the CS it came
+// from, counts, and resumes at ATTACK_RESUME. A trap from user mode
+// cannot `iretq` back into the attack's kernel code, so it abandons the
+// trap stack and jumps there on the kernel stack the attack saved.
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.guest_traps, "ax"
+    .macro attack_handler name, vector, error
+    .global \name
+\name:
+    .if \error
+    popq ATTACK_ERROR(%rip)
+    .else
+    movq $-1, ATTACK_ERROR(%rip)
+    .endif
+    movq $\vector, ATTACK_VECTOR(%rip)
+    lock incq ATTACK_TRAPS(%rip)
+    pushq %rax
+    movq 16(%rsp), %rax             /* the CS the trap came from */
+    movq %rax, ATTACK_CS(%rip)
+    andl $3, %eax
+    cmpl $3, %eax                   /* ring 3: from user mode */
+    je 1f
+    movq ATTACK_RESUME(%rip), %rax
+    testq %rax, %rax
+    jz 2f
+    movq %rax, 8(%rsp)              /* the RIP the frame returns to */
+2:  popq %rax
+    iretq
+1:  movq ATTACK_KERNEL_RSP(%rip), %rsp
+    jmp *ATTACK_RESUME(%rip)
+    .endm
+
+    attack_handler attack_trap_de, 0, 0
+    attack_handler attack_trap_ud, 6, 0
+    attack_handler attack_trap_nm, 7, 0
+    attack_handler attack_trap_np, 11, 1
+    attack_handler attack_trap_ss, 12, 1
+    attack_handler attack_trap_gp, 13, 1
+    attack_handler attack_trap_pf, 14, 1
+    attack_handler attack_trap_mf, 16, 0
+    attack_handler attack_trap_ac, 17, 1
+    attack_handler attack_trap_xm, 19, 0
+
+    .global attack_trap_db, attack_irq, attack_noirq_iret
+attack_trap_db:
+    lock incq ATTACK_STEPS(%rip)
+    iretq
+attack_irq:
+    lock incq ATTACK_TICKS(%rip)
+    movl $1, GUEST_SHARED_PAGE+4(%rip)    /* irq_enabled */
+attack_noirq_iret:
+    iretq
+    .popsection
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn attack_trap_de();
+    fn attack_trap_ud();
+    fn attack_trap_nm();
+    fn attack_trap_np();
+    fn attack_trap_ss();
+    fn attack_trap_gp();
+    fn attack_trap_pf();
+    fn attack_trap_mf();
+    fn attack_trap_ac();
+    fn attack_trap_xm();
+    fn attack_trap_db();
+    fn attack_irq();
+    fn attack_noirq_iret();
+}
+
+/// The kernel-half alias of a function of our image: handlers must be
+/// kernel addresses.
+fn alias(function: unsafe extern "C" fn()) -> u64 {
+    KERNEL_BASE + function as usize as u64
+}
+
+/// LOAD_IDT_ENTRY, for entries Umbra should accept.
+fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
+    // SAFETY: a handler of ours, in the kernel half.
+    unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
+}
+
+/// Installs the recording handler for every exception an attack may
+/// expect, as trap gates (the virtual interrupt flag is left alone).
+fn install_handlers() {
+    let gate = abi::IDT_PRESENT | abi::IDT_TRAP_GATE;
+    let handlers: [(u64, unsafe extern "C" fn()); 10] = [
+        (0, attack_trap_de),
+        (6, attack_trap_ud),
+        (7, attack_trap_nm),
+        (11, attack_trap_np),
+        (12, attack_trap_ss),
+        (13, attack_trap_gp),
+        (14, attack_trap_pf),
+        (16, attack_trap_mf),
+        (17, attack_trap_ac),
+        (19, attack_trap_xm),
+    ];
+    for (vector, handler) in handlers {
+        load_idt_entry(vector, alias(handler), gate);
+    }
+}
+
+fn vector_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "#DE",
+        6 => "#UD",
+        7 => "#NM",
+        11 => "#NP",
+        12 => "#SS",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        19 => "#XM",
+        _ => "?",
+    }
+}
+
+/// After an attack that our own handler should have received: exactly
+/// one trap, the expected vector. Says so and stops with status 0.
+fn expect_delivered(name: &str, vector: u64) -> ! {
+    let traps = ATTACK_TRAPS.load(Ordering::Relaxed);
+    let got = ATTACK_VECTOR.load(Ordering::Relaxed);
+    let error = ATTACK_ERROR.load(Ordering::Relaxed);
+    if traps == 0 {
+        survived();
+    }
+    if traps != 1 || got != vector {
+        say!("attack {name}: expected one {}, got {traps} trap(s), the last {}", vector_name(vector), got);
+        shutdown(96, "attack: wrong trap");
+    }
+    if error == u64::MAX {
+        works(name, format_args!("{} delivered to our handler", vector_name(vector)))
+    }
+    works(name, format_args!("{} delivered to our handler (error {error:#x})", vector_name(vector)))
+}
+
+/// Runs an instruction that must fault, with the handlers resuming right
+/// after it. `after` runs once we are back (to undo what the instruction
+/// pushed, say); the operands are named or explicit registers.
+macro_rules! faulting {
+    ($instr:literal; then $after:literal $(, $($operands:tt)*)?) => {
+        core::arch::asm!(
+            "lea {resume_at}, [rip + 2f]",
+            "mov qword ptr [rip + {resume}], {resume_at}",
+            $instr,
+            "2:",
+            $after,
+            resume = sym $crate::attacks::ATTACK_RESUME,
+            resume_at = out(reg) _,
+            $($($operands)*)?
+        )
+    };
+    ($instr:literal $(, $($operands:tt)*)?) => {
+        core::arch::asm!(
+            "lea {resume_at}, [rip + 2f]",
+            "mov qword ptr [rip + {resume}], {resume_at}",
+            $instr,
+            "2:",
+            resume = sym $crate::attacks::ATTACK_RESUME,
+            resume_at = out(reg) _,
+            $($($operands)*)?
+        )
+    };
+}
+use faulting;
+
+/// The switcher region and its pages, as the guest sees them.
+const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
+const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
+const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
+const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
+/// Inside the switcher's slot, past its pages: mapped for nobody.
+const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
+/// PD[511] of the region: reserved, never mapped.
+const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
+/// Canonical, user half, mapped by nothing we build.
+const UNMAPPED: u64 = 0x0000_5000_0000_0000;
+/// The first non-canonical address above the user half.
+const NON_CANONICAL: u64 = 0x0000_8000_0000_0000;

@@ -1,0 +1,117 @@
+//! The switcher region: the top 4 MiB of every address space, Umbra's.
+//!
+//! We may read our own switcher code, state and IDT pages, and read and
+//! write our own registers page (the CPU's frame lands there at every
+//! exit, overwriting whatever we left, and Umbra sanitizes it at every
+//! entry). Any other access, and any attempt to make Umbra itself write
+//! there for us by pointing our stack at it, kills.
+
+use super::{
+    Attack, IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
+    faulting, install_handlers, works,
+};
+use crate::hypercall;
+use crate::tables::{self, Frames, PAGE_SIZE};
+
+fn poke(va: u64) {
+    // SAFETY: Umbra must kill us at this write.
+    unsafe { (va as *mut u64).write_volatile(0x5afe) };
+}
+
+fn peek(va: u64) {
+    // SAFETY: Umbra must kill us at this read.
+    unsafe { (va as *const u64).read_volatile() };
+}
+
+fn write_state_page(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    poke(STATE_PAGE);
+}
+
+fn write_idt_page(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    poke(IDT_PAGE + 13 * 16);
+}
+
+fn write_switcher_code(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    poke(SWITCHER_CODE_1);
+}
+
+/// Where another CPU's pages would be if they were mapped: the slot past
+/// ours, which nothing maps.
+fn read_past_our_pages(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    peek(SWITCHER_UNMAPPED);
+}
+
+fn read_pd511(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    peek(SWITCHER_PD511);
+}
+
+/// Puts the stack pointer at `rsp`, then runs `cli`, whose #GP Umbra
+/// must deliver by writing a frame below `rsp`.
+fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
+    tables::build_and_switch(memory_size, frames);
+    install_handlers();
+    // SAFETY: Umbra must kill us before the handler runs; should it not,
+    // the handler resumes after `cli` and the old stack is restored.
+    unsafe {
+        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
+    };
+}
+
+fn stack_on_registers_page(_: &'static str, memory_size: u64, frames: Frames) {
+    trap_with_stack_at(memory_size, frames, REGISTERS_PAGE + PAGE_SIZE);
+}
+
+fn stack_on_switcher_code(_: &'static str, memory_size: u64, frames: Frames) {
+    trap_with_stack_at(memory_size, frames, SWITCHER_CODE_1 + 0x800);
+}
+
+/// Our own pushes onto the read-only state page.
+fn push_on_state_page(_: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    // SAFETY: Umbra must kill us at the push.
+    unsafe {
+        core::arch::asm!(
+            "mov {saved}, rsp", "mov rsp, {rsp}", "push rax", "mov rsp, {saved}",
+            saved = out(reg) _, rsp = in(reg) STATE_PAGE + PAGE_SIZE
+        )
+    };
+}
+
+/// Legal: scribble ring-0 selectors and every flag over our registers
+/// page, then trap. The exit overwrites it and Umbra sanitizes what it
+/// enters with: we come back at ring 1.
+fn scribble_registers_page(name: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    for offset in (0..PAGE_SIZE).step_by(8) {
+        let value = if offset % 16 == 0 { 0x08 } else { 0xffff_ffff_ffff_ffff };
+        // SAFETY: our own registers page, mapped writable by design.
+        unsafe { ((REGISTERS_PAGE + offset) as *mut u64).write_volatile(value) };
+    }
+    hypercall::flush_async();
+    let (cs, ss): (u64, u64);
+    // SAFETY: reads our own segment selectors.
+    unsafe { core::arch::asm!("mov {c:x}, cs", "mov {s:x}, ss", c = out(reg) cs, s = out(reg) ss) };
+    let (cs, ss) = (cs & 0xffff, ss & 0xffff);
+    if cs != 0x19 || ss != 0x21 {
+        say!("attack {name}: came back with cs {cs:#x}, ss {ss:#x}");
+        hypercall::shutdown(96, "attack: wrong ring");
+    }
+    works(name, format_args!("registers page scribbled; back at ring 1 (cs 0x19, ss 0x21)"))
+}
+
+pub const ATTACKS: &[Attack] = &[
+    Attack { name: "write-state-page", run: write_state_page },
+    Attack { name: "write-idt-page", run: write_idt_page },
+    Attack { name: "write-switcher-code", run: write_switcher_code },
+    Attack { name: "read-past-our-pages", run: read_past_our_pages },
+    Attack { name: "read-pd511", run: read_pd511 },
+    Attack { name: "stack-on-registers-page", run: stack_on_registers_page },
+    Attack { name: "stack-on-switcher-code", run: stack_on_switcher_code },
+    Attack { name: "push-on-state-page", run: push_on_state_page },
+    Attack { name: "scribble-registers-page", run: scribble_registers_page },
+];

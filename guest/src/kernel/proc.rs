@@ -1,0 +1,355 @@
+//! # Processes: the table, the scheduler, fork, exit and wait
+//!
+//! A process is an address space, a kernel stack and a saved kernel
+//! stack pointer. Each has its own 16 KiB kernel stack in the kernel half;
+//! traps from its user mode land on top of it (the platform's kernel
+//! stack is switched with the process), so a process asleep in the kernel
+//! is simply a stack with a `kernel_switch` frame on it, xv6-style.
+//!
+//! Slot 0 is the kernel itself ("kernel main"): it starts the programs a
+//! scenario names, waits for them like a parent, and reaps orphans. It
+//! never enters user mode.
+//!
+//! Scheduling is round-robin over the table. The timer (IRQ 0, re-armed
+//! every tick) asks for a reschedule; the switch happens when the trap
+//! returns to user mode, never inside the kernel, so the kernel needs no
+//! locks: it runs with interrupts off.
+//!
+//! Processes are named by where they come from, not by pid: a program
+//! started by the kernel has the name it was given, and the n-th child a
+//! process forks is its name plus `.n`. Names do not depend on the order
+//! the scheduler happens to pick, so neither does any transcript.
+
+use core::cell::UnsafeCell;
+
+use hv_core::abi;
+
+use super::mem::{self, Frames, PAGE, USER_STACK_TOP};
+use super::trap::{self, TrapFrame};
+use crate::platform;
+
+pub const MAX_PROCS: usize = 32;
+pub const KSTACK: u64 = 16 * 1024;
+/// The scheduler's time slice.
+pub const TICK_NS: u64 = 1_000_000;
+/// How far the heap may grow.
+pub const HEAP_MAX: u64 = 256 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Free,
+    Runnable,
+    Running,
+    Waiting,
+    Zombie,
+}
+
+#[derive(Clone, Copy)]
+pub struct Name {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl Name {
+    pub const fn empty() -> Name {
+        Name { bytes: [0; 40], len: 0 }
+    }
+
+    pub fn from(text: &[u8]) -> Name {
+        let mut name = Name::empty();
+        name.push(text);
+        name
+    }
+
+    fn push(&mut self, text: &[u8]) {
+        for &byte in text {
+            if self.len < self.bytes.len() {
+                self.bytes[self.len] = byte;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// This name with `.n` appended.
+    fn child(&self, n: u64) -> Name {
+        let mut name = *self;
+        name.push(b".");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        name.push(&digits[at..]);
+        name
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Proc {
+    pub state: State,
+    pub pid: u64,
+    pub parent: usize,
+    pub root: u64,
+    /// The saved kernel stack pointer while switched out.
+    ctx: u64,
+    pub heap_start: u64,
+    pub brk: u64,
+    pub status: u64,
+    pub name: Name,
+    forks: u64,
+}
+
+impl Proc {
+    const fn empty() -> Proc {
+        Proc {
+            state: State::Free,
+            pid: 0,
+            parent: 0,
+            root: 0,
+            ctx: 0,
+            heap_start: 0,
+            brk: 0,
+            status: 0,
+            name: Name::empty(),
+            forks: 0,
+        }
+    }
+}
+
+pub struct Kernel {
+    pub procs: [Proc; MAX_PROCS],
+    pub current: usize,
+    next_pid: u64,
+    pub frames: Frames,
+    pub kernel_root: u64,
+    /// Guest-physical base of the kernel stacks, one per slot.
+    pub kstacks: u64,
+    pub need_resched: bool,
+    /// Preemptions by the timer; scenarios check it is not zero.
+    pub preemptions: u64,
+    pub ticking: bool,
+}
+
+struct Cell(UnsafeCell<Kernel>);
+
+// SAFETY: one CPU, and the kernel runs with interrupts off; an interrupt
+// arriving in the kernel (only while it halts) touches nothing but flags.
+unsafe impl Sync for Cell {}
+
+static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
+    procs: [Proc::empty(); MAX_PROCS],
+    current: 0,
+    next_pid: 1,
+    frames: Frames::empty(),
+    kernel_root: 0,
+    kstacks: 0,
+    need_resched: false,
+    preemptions: 0,
+    ticking: false,
+}));
+
+/// The kernel's state. One CPU, interrupts off in the kernel: there is
+/// one user at a time. Callers do not hold the reference across a switch.
+pub fn k() -> &'static mut Kernel {
+    // SAFETY: see `Cell`.
+    unsafe { &mut *KERNEL.0.get() }
+}
+
+impl Kernel {
+    /// The kernel-half top of slot `index`'s kernel stack.
+    pub fn kstack_top(&self, index: usize) -> u64 {
+        mem::KERNEL_BASE + self.kstacks + (index as u64 + 1) * KSTACK
+    }
+
+    pub fn cur(&mut self) -> &mut Proc {
+        &mut self.procs[self.current]
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        (1..MAX_PROCS).find(|&i| self.procs[i].state == State::Free)
+    }
+}
+
+/// The frame a trap from user mode pushed at the top of slot `index`'s
+/// kernel stack.
+fn frame_of(index: usize) -> *mut TrapFrame {
+    (k().kstack_top(index) - size_of::<TrapFrame>() as u64) as *mut TrapFrame
+}
+
+/// Lays out slot `index`'s kernel stack so that switching to it returns
+/// to user mode through `frame`.
+fn prepare_stack(index: usize, frame: TrapFrame) {
+    let frame_at = frame_of(index);
+    // SAFETY: the top of the slot's own kernel stack, unused while the slot
+    // is being set up.
+    unsafe { frame_at.write(frame) };
+    // Below the frame: kernel_switch's six saved registers and its return
+    // address, the trap return path.
+    let words = frame_at as *mut u64;
+    // SAFETY: as above, just below the frame.
+    unsafe {
+        words.sub(1).write(trap::return_path());
+        for i in 2..=7 {
+            words.sub(i).write(0);
+        }
+    }
+    k().procs[index].ctx = words.wrapping_sub(7) as u64;
+}
+
+/// Starts program `image` as a new process named `name`, a child of the
+/// kernel, with `arg` in `rdi`.
+pub fn spawn(name: &[u8], image: &[u8], arg: u64) -> Result<u64, &'static str> {
+    let kernel = k();
+    let index = kernel.free_slot().ok_or("process table full")?;
+    let root = mem::new_space(&mut kernel.frames, kernel.kernel_root).ok_or("out of memory")?;
+    let loaded = match super::elf::load(&mut kernel.frames, root, image) {
+        Ok(loaded) => loaded,
+        Err(why) => {
+            mem::free_space(&mut kernel.frames, root);
+            kernel.frames.put(root);
+            return Err(why);
+        }
+    };
+    let pid = kernel.next_pid;
+    kernel.next_pid += 1;
+    let heap = loaded.end.next_multiple_of(PAGE);
+    kernel.procs[index] = Proc {
+        state: State::Runnable,
+        pid,
+        parent: 0,
+        root,
+        ctx: 0,
+        heap_start: heap,
+        brk: heap,
+        status: 0,
+        name: Name::from(name),
+        forks: 0,
+    };
+    let frame = TrapFrame {
+        rdi: arg,
+        rip: loaded.entry,
+        cs: u64::from(abi::GUEST_USER_CS),
+        rflags: trap::RFLAGS_IF | 2,
+        rsp: USER_STACK_TOP,
+        ss: u64::from(abi::GUEST_USER_SS),
+        ..TrapFrame::default()
+    };
+    prepare_stack(index, frame);
+    Ok(pid)
+}
+
+/// fork: a copy of the current process, returning 0 in the child.
+pub fn fork(frame: &TrapFrame) -> Option<u64> {
+    let kernel = k();
+    let index = kernel.free_slot()?;
+    let parent = kernel.current;
+    let root = mem::fork_space(&mut kernel.frames, kernel.kernel_root, kernel.procs[parent].root)?;
+    let pid = kernel.next_pid;
+    kernel.next_pid += 1;
+    kernel.procs[parent].forks += 1;
+    let name = kernel.procs[parent].name.child(kernel.procs[parent].forks);
+    kernel.procs[index] =
+        Proc { state: State::Runnable, pid, parent, root, name, forks: 0, ctx: 0, ..kernel.procs[parent] };
+    prepare_stack(index, TrapFrame { rax: 0, ..*frame });
+    Some(pid)
+}
+
+/// Ends the current process with `status`; never returns.
+pub fn exit(status: u64) -> ! {
+    let kernel = k();
+    let me = kernel.current;
+    assert!(me != 0, "the kernel cannot exit");
+    let root = kernel.procs[me].root;
+    mem::free_space(&mut kernel.frames, root);
+    // The space is current: drop whatever the shadow still holds of it.
+    platform::flush_user();
+    kernel.procs[me].status = status;
+    kernel.procs[me].state = State::Zombie;
+    for p in kernel.procs.iter_mut() {
+        if p.parent == me && p.state != State::Free {
+            p.parent = 0;
+        }
+    }
+    let parent = kernel.procs[me].parent;
+    if kernel.procs[parent].state == State::Waiting {
+        kernel.procs[parent].state = State::Runnable;
+    }
+    // Orphaned zombies are the kernel's to reap now.
+    if kernel.procs.iter().any(|p| p.parent == 0 && p.state == State::Zombie)
+        && kernel.procs[0].state == State::Waiting
+    {
+        kernel.procs[0].state = State::Runnable;
+    }
+    schedule();
+    unreachable!("a zombie was scheduled");
+}
+
+/// wait: reaps a child that has ended, sleeping until one has. None when
+/// there are no children.
+pub fn wait() -> Option<(u64, u64)> {
+    loop {
+        let kernel = k();
+        let me = kernel.current;
+        let mut children = false;
+        for index in 1..MAX_PROCS {
+            let p = kernel.procs[index];
+            if p.parent != me || p.state == State::Free {
+                continue;
+            }
+            if p.state == State::Zombie {
+                kernel.frames.put(p.root);
+                kernel.procs[index] = Proc::empty();
+                return Some((p.pid, p.status));
+            }
+            children = true;
+        }
+        if !children {
+            return None;
+        }
+        kernel.procs[me].state = State::Waiting;
+        schedule();
+    }
+}
+
+/// Gives up the CPU; back when the round comes round.
+pub fn yield_now() {
+    k().cur().state = State::Runnable;
+    schedule();
+}
+
+/// Runs the next runnable process (maybe this one again).
+pub fn schedule() {
+    let kernel = k();
+    let me = kernel.current;
+    let next = (1..=MAX_PROCS)
+        .map(|step| (me + step) % MAX_PROCS)
+        .find(|&i| kernel.procs[i].state == State::Runnable)
+        .unwrap_or_else(|| panic!("nothing can run"));
+    kernel.procs[next].state = State::Running;
+    if next == me {
+        return;
+    }
+    kernel.current = next;
+    if kernel.procs[next].root != kernel.procs[me].root {
+        // SAFETY: every address space maps the kernel identically.
+        unsafe { platform::switch_root(kernel.procs[next].root) };
+    }
+    if next != 0 {
+        platform::set_kernel_stack(kernel.kstack_top(next), KSTACK);
+    }
+    let from = &raw mut kernel.procs[me].ctx;
+    let to = kernel.procs[next].ctx;
+    // SAFETY: `to` is a stack laid out by `prepare_stack` or by an earlier
+    // switch away from it.
+    unsafe { trap::kernel_switch(from, to) };
+}
