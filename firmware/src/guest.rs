@@ -710,6 +710,18 @@ fn print_stats(stats: &Stats, paging: &Counters, cycles: &Cycles, guest: Option<
     }
     log::info!("{line}");
 
+    line.clear();
+    let delivered: u64 = stats.delivered.iter().sum();
+    let _ = write!(
+        line,
+        "stats: delivered to the guest's handlers {delivered} (int n delivered by the host {}):",
+        stats.emulated_software_interrupts
+    );
+    for (vector, count) in stats.delivered.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = write!(line, " v{vector}={count}");
+    }
+    log::info!("{line}");
+
     log::info!(
         "stats: paging: fills {} (linear {}), prefills {}, reflects {}, roots hit {} missed {} evicted {}, \
          flushes {} user {} full, frames now {} peak {}",
