@@ -22,48 +22,33 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-pub fn image_path() -> PathBuf {
-    workspace_root().join("target/x86_64-unknown-none/release/umbra")
-}
-
 /// Build the firmware image once per test run, so the tests never boot a
 /// stale one.
 pub fn image() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(workspace_root())
-                .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", "umbra-firmware"])
-                .status()
-                .map_err(|e| format!("could not run cargo to build the image: {e}"))?;
-            if !status.success() {
-                return Err("building the firmware image failed (see above)".into());
-            }
-            Ok(image_path())
-        })
-        .clone()
+    BUILT.get_or_init(|| build_for_target("umbra-firmware", "umbra")).clone()
 }
 
 /// The guest kernel's own ELF (for booting it as a PVH module), built
 /// once per run like the image.
 pub fn guest_elf() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(workspace_root())
-                .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", "guest"])
-                .status()
-                .map_err(|e| format!("could not run cargo to build the guest: {e}"))?;
-            if !status.success() {
-                return Err("building the guest failed (see above)".into());
-            }
-            Ok(workspace_root().join("target/x86_64-unknown-none/release/guest"))
-        })
-        .clone()
+    BUILT.get_or_init(|| build_for_target("guest", "guest")).clone()
+}
+
+/// `cargo build --release --target x86_64-unknown-none -p PACKAGE`, and
+/// the path of its binary `BINARY`.
+fn build_for_target(package: &str, binary: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", package])
+        .status()
+        .map_err(|e| format!("could not run cargo to build {package}: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {package} failed (see above)"));
+    }
+    Ok(workspace_root().join("target/x86_64-unknown-none/release").join(binary))
 }
 
 /// Does `/dev/kvm` open for reading and writing?

@@ -20,6 +20,7 @@ use core::arch::global_asm;
 use hv_core::abi;
 
 use crate::hypercall::{hypercall, shutdown};
+use crate::modes::decimal;
 use crate::tables::{self, ACCESSED, DIRTY, Frames, KERNEL_BASE, PRESENT, PT, WRITABLE};
 
 /// xorshift64*: small and replayable.
@@ -117,13 +118,6 @@ fn under_kvm() -> bool {
 fn parse(spec: &[u8]) -> Option<(u64, u64)> {
     let colon = spec.iter().position(|&b| b == b':')?;
     Some((decimal(&spec[..colon])?, decimal(&spec[colon + 1..])?))
-}
-
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// `test=fuzz:SEED:COUNT`.

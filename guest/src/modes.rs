@@ -133,7 +133,7 @@ fn unknown() -> ! {
 }
 
 /// A decimal number, digits only.
-fn decimal(digits: &[u8]) -> Option<u64> {
+pub fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
