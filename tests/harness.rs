@@ -100,8 +100,10 @@ impl Boot {
             append: None,
             initrd: None,
             debug_exit: true,
-            // Generous: q35 under this nested KVM spends seconds in SeaBIOS.
-            timeout: Duration::from_secs(120),
+            // Timeouts only catch hangs, so they are generous: a nested KVM
+            // runs ring-1 code a thousand times slower than TCG, and q35
+            // spends seconds in SeaBIOS there.
+            timeout: Duration::from_secs(if accel == Accel::Kvm { 300 } else { 120 }),
         }
     }
 
