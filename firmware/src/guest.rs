@@ -277,6 +277,8 @@ enum SlotState {
 /// and its own counts.
 struct Slot {
     number: usize,
+    /// Its x87/MMX registers while another guest runs.
+    fpu: FpuState,
     /// `guest_timeout=`, counted from when this guest started.
     watchdog: Option<Watchdog>,
     vcpu: Vcpu<GuestRam, ShadowPool>,
@@ -311,7 +313,8 @@ pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64
                     let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
                     let state = SlotState::Runnable;
                     let cycles = Cycles::default();
-                    let _ = slots.push(Slot { number, vcpu, regs, state, console, cycles, watchdog });
+                    let fpu = FpuState::clean();
+                    let _ = slots.push(Slot { number, fpu, vcpu, regs, state, console, cycles, watchdog });
                 }
                 Err(status) => results[index] = status,
             }
@@ -365,6 +368,37 @@ fn retire(slot: Slot, several: bool) {
     }
     release_guest_memory(ram);
     print_stats(&stats, &counters, &cycles, several.then_some(number));
+}
+
+/// A guest's x87/MMX registers, as FXSAVE lays them out. The host never
+/// touches the FPU (it is soft-float), so the registers the CPU holds are
+/// always the running guest's; they must be swapped whenever the guest
+/// does, or one guest would read what another left there. SSE stays off
+/// (CR4.OSFXSR clear), so there are no XMM registers to leak.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct FpuState([u8; 512]);
+
+impl FpuState {
+    /// The state a fresh guest starts with: `fninit`, saved.
+    fn clean() -> FpuState {
+        let mut state = FpuState([0; 512]);
+        // SAFETY: resets the x87 unit, which belongs to no guest here
+        // (every guest's state is saved in its slot before another runs).
+        unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
+        state.save();
+        state
+    }
+
+    fn save(&mut self) {
+        // SAFETY: a 512-byte, 16-byte-aligned area of ours.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) };
+    }
+
+    fn restore(&self) {
+        // SAFETY: an image FXSAVE wrote, so every field is one FXRSTOR takes.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
+    }
 }
 
 /// The most guests Umbra runs at once.
@@ -456,6 +490,10 @@ fn switch_to(slots: &mut [Slot], current: Option<usize>, next: usize, cpu: usize
         }
         *switcher::regs(cpu) = slots[next].regs;
     }
+    if let Some(current) = current {
+        slots[current].fpu.save();
+    }
+    slots[next].fpu.restore();
     install_switcher_state(&slots[next].vcpu, cpu);
 }
 

@@ -118,3 +118,29 @@ pub fn scan(memory_size: u64, frames: Frames) -> ! {
     say!("read {stolen:#x} past the end of our memory");
     shutdown(98, "survived")
 }
+
+/// `test=fpu-secret`: leave π in our x87 ST0, and linger while another
+/// guest runs.
+pub fn fpu_secret() -> ! {
+    // SAFETY: the x87 unit is ours while we run; fldpi pushes π.
+    unsafe { core::arch::asm!("fninit", "fldpi", options(nomem, nostack)) };
+    say!("fpu secret: pi in st0");
+    linger(20);
+    shutdown(0, "fpu secret")
+}
+
+/// `test=fpu-scan`: read our own x87 ST0. A fresh guest's unit is empty;
+/// seeing π would mean the host let another guest's registers through.
+pub fn fpu_scan() -> ! {
+    linger(5);
+    let mut bits = 0u64;
+    // SAFETY: fstp of ST0 to a local: an empty register stores the
+    // indefinite NaN (the fault is masked after fninit), π stores π.
+    unsafe { core::arch::asm!("fstp qword ptr [{}]", in(reg) &raw mut bits, options(nostack)) };
+    let pi = core::f64::consts::PI.to_bits();
+    say!(
+        "fpu scan: st0 holds {bits:#018x}: {}",
+        if bits == pi { "another guest's pi" } else { "not another guest's value" }
+    );
+    shutdown(if bits == pi { 96 } else { 0 }, "fpu scan")
+}

@@ -59,6 +59,8 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
     match name {
         b"secret" => crate::isolation::secret(memory_size, frames),
         b"scan" => crate::isolation::scan(memory_size, frames),
+        b"fpu-secret" => crate::isolation::fpu_secret(),
+        b"fpu-scan" => crate::isolation::fpu_scan(),
         b"showcase" => {
             let (start, end) = frames.range();
             crate::kernel::run(b"showcase", memory_size, start, end)

@@ -118,9 +118,11 @@ pub fn timer(memory_size: u64, frames: Frames) -> ! {
     load_idt_entry(abi::IRQ_BASE + abi::CLOCK_IRQ, alias(guest_irq0), abi::IDT_PRESENT);
     const TICKS: u64 = 5;
     for tick in 1..=TICKS {
+        // The flag stays off until HALT, which turns it on and sleeps as
+        // one step: a tick due before we get there waits, pending.
+        hypercall::set_interrupts_enabled(false);
         // SAFETY: arming the clock and halting are requests to Umbra.
         unsafe { hypercall(abi::SET_CLOCKEVENT, 1_000_000, 0, 0, 0, 0) };
-        hypercall::set_interrupts_enabled(true);
         // SAFETY: as above.
         unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
         if CLOCK_TICKS.load(Ordering::Relaxed) < tick {

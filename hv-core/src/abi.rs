@@ -61,8 +61,10 @@ pub const SET_STACK: u64 = 11;
 /// SET_CLOCKEVENT(delta_ns): raise guest IRQ 0 once, after `delta_ns`
 /// (0 cancels).
 pub const SET_CLOCKEVENT: u64 = 12;
-/// HALT(): sleep until an interrupt is pending (the clock must be armed,
-/// or something pending, or the guest would sleep forever: that kills).
+/// HALT(): turn the virtual interrupt flag on and sleep until an interrupt
+/// is pending, as one step (`sti; hlt`): check for work with the flag off,
+/// then HALT, and no interrupt raised in between is lost. Nothing armed
+/// and nothing pending would mean sleeping for ever: that kills.
 pub const HALT: u64 = 13;
 /// SEND_INTERRUPTS(): deliver whatever is pending.
 pub const SEND_INTERRUPTS: u64 = 14;

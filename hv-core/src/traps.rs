@@ -157,7 +157,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         (word >> 32) as u32 != 0
     }
 
-    fn set_virtual_interrupts(&mut self, on: bool) {
+    pub(crate) fn set_virtual_interrupts(&mut self, on: bool) {
         let offset = offset_of!(SharedPage, abi_version);
         let word = self.shared_field(offset).unwrap_or(0);
         let flag = if on { 1u64 << 32 } else { 0 };

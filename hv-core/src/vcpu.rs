@@ -547,7 +547,12 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             abi::LOAD_IDT_ENTRY => self.load_idt_entry(args[0], args[1], args[2])?,
             abi::SET_STACK => self.set_stack(args[0], args[1])?,
             abi::SET_CLOCKEVENT => self.set_clock_event(args[0], host.now_ns()),
-            abi::HALT => return Ok(Done::Halt),
+            // `sti; hlt`, as one step: a guest that checked for work with
+            // its flag off loses no interrupt raised in between.
+            abi::HALT => {
+                self.set_virtual_interrupts(true);
+                return Ok(Done::Halt);
+            }
             // Delivery happens before every entry; this call is only a
             // chance for it.
             abi::SEND_INTERRUPTS => abi::RESULT_OK,

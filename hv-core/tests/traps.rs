@@ -359,6 +359,15 @@ fn halt_sleeps_until_the_clock_and_never_for_ever() {
 }
 
 #[test]
+fn halt_turns_the_flag_on_like_sti_hlt() {
+    let mut vcpu = guest();
+    set_virtual_if(&mut vcpu, false);
+    hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [1000, 0, 0]);
+    assert_eq!(hypercall(&mut vcpu, abi::HALT, [0; 3]), Next::Halt);
+    assert!(virtual_if(&vcpu), "HALT enables, as `sti; hlt` does");
+}
+
+#[test]
 fn a_clock_that_fired_before_the_halt_still_wakes_it() {
     let mut vcpu = guest();
     // No handler for IRQ 0: the tick stays pending, and must still count.

@@ -54,8 +54,10 @@ privileged!(invlpg, GP, "invlpg [{p}]", p = in(reg) 0x1000u64);
 privileged!(wbinvd, GP, "wbinvd");
 privileged!(swapgs, GP, "swapgs");
 // Without EFER.SCE, which Umbra never sets, `sysretq` is undefined: #UD,
-// and not a hypercall, because it is not `ud2`.
-privileged!(sysretq, UD, ".byte 0x48, 0x0f, 0x07", out("rcx") _, out("r11") _);
+// and not a hypercall, because it is not `ud2`. (This machine's nested KVM
+// runs it anyway, to ring 3 at rcx: a supervisor page, so that is a page
+// fault from user mode, and we have no kernel stack for it.)
+privileged!(sysretq, UD, ".byte 0x48, 0x0f, 0x07", inout("rcx") 0x1000u64 => _, inout("r11") 0x2u64 => _);
 // An `iretq` to the ring-0 code selector, with a frame we built.
 privileged!(
     iretq_ring0,

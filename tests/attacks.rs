@@ -1,0 +1,698 @@
+//! # The attack suite
+//!
+//! Each attack is one small guest scenario (`test=attack:NAME`, in
+//! `guest/src/attacks/`) that tries to break Umbra's isolation, and one
+//! row of the catalogue below: its name, its group, what it tries, and
+//! the outcome Umbra must produce. There are three kinds of outcome:
+//!
+//! - `Killed(reason)`: Umbra kills the guest with a `guest killed: ...`
+//!   line containing `reason`, and exits with the "guest killed" status;
+//! - `Handled(line)`: the misdeed is the guest's own business (a
+//!   privileged instruction at ring 1 is only a #GP), so its own handler
+//!   gets the fault, exactly as on hardware; the guest proves it with
+//!   `line` and exits 0;
+//! - `Survives(line)`: something legal but tricky that must simply work.
+//!
+//! Every attack boots microvm under TCG and under KVM (when `/dev/kvm`
+//! opens). Besides its outcome, each boot must never show a host crash,
+//! never time out, and never print "guest: survived", which the guest
+//! says (exiting 98) when an attack that should have been stopped was not.
+//!
+//! `cargo test -p boot-tests --test attacks -- --list-attacks` prints the
+//! catalogue; `-- --attack=NAME` runs only the attacks named; plain words
+//! after `--` keep the cases whose names contain them, as in the other
+//! boot tests. docs/security.md holds the same table, by hand.
+
+use std::time::Duration;
+
+use boot_tests::{Accel, Boot, Case, Verdict, check, kvm_opens, run_cases};
+
+const GUEST_KILLED: u8 = 100;
+
+fn qemu_exit_code(status: u8) -> i32 {
+    (i32::from(status) << 1) | 1
+}
+
+/// What an attack must end in.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// A substring of the `guest killed: ...` line.
+    Killed(&'static str),
+    /// The guest's own line after `guest: attack NAME: `: its handler got
+    /// the fault.
+    Handled(&'static str),
+    /// The same, for legal things that must work.
+    Survives(&'static str),
+}
+
+impl Expect {
+    fn describe(self) -> String {
+        match self {
+            Expect::Killed(reason) => format!("killed: {reason}"),
+            Expect::Handled(line) => format!("handled: {line}"),
+            Expect::Survives(line) => format!("survives: {line}"),
+        }
+    }
+}
+
+struct Attack {
+    name: &'static str,
+    category: &'static str,
+    does: &'static str,
+    expect: Expect,
+    /// Firmware words before the guest's `--`.
+    firmware: &'static str,
+    /// A line the boot must also print.
+    also: Option<AlsoLine>,
+    /// Seconds before the boot counts as hung.
+    timeout: u64,
+    /// Where this machine's KVM does something else than TCG (which does
+    /// what the manuals say), what it does.
+    kvm: Option<Expect>,
+}
+
+/// A line's prefix, a test of the whole line, and what the test wants.
+type AlsoLine = (&'static str, fn(&str) -> bool, &'static str);
+
+const fn attack(name: &'static str, category: &'static str, does: &'static str, expect: Expect) -> Attack {
+    Attack { name, category, does, expect, firmware: "", also: None, timeout: 60, kvm: None }
+}
+
+use Expect::{Handled, Killed, Survives};
+
+const GP: &str = "#GP delivered to our handler (error 0x0)";
+
+const CATALOGUE: &[Attack] = &[
+    // Privilege: from ring 1, every privileged instruction is a #GP for
+    // the guest's own handler; the roads to ring 0 are closed.
+    attack("hlt", "privilege", "hlt at ring 1", Handled(GP)),
+    attack("cli", "privilege", "cli at ring 1", Handled(GP)),
+    attack("sti", "privilege", "sti at ring 1", Handled(GP)),
+    attack("lgdt", "privilege", "lgdt of a GDT of its own", Handled(GP)),
+    attack("lidt", "privilege", "lidt of an IDT of its own", Handled(GP)),
+    attack("ltr", "privilege", "ltr 0x38, the guest TSS", Handled(GP)),
+    attack("read-cr0", "privilege", "mov from CR0", Handled(GP)),
+    attack("write-cr0", "privilege", "mov to CR0", Handled(GP)),
+    attack("read-cr3", "privilege", "mov from CR3 (the shadow root)", Handled(GP)),
+    attack("write-cr3", "privilege", "mov to CR3", Handled(GP)),
+    attack("read-cr4", "privilege", "mov from CR4", Handled(GP)),
+    attack("write-cr4", "privilege", "mov to CR4", Handled(GP)),
+    attack("rdmsr", "privilege", "rdmsr EFER", Handled(GP)),
+    attack("wrmsr", "privilege", "wrmsr LSTAR", Handled(GP)),
+    attack("port-in", "privilege", "in from port 0xf4", Handled(GP)),
+    attack("port-out", "privilege", "out to port 0xf4, QEMU's exit device", Handled(GP)),
+    attack("invlpg", "privilege", "invlpg", Handled(GP)),
+    attack("wbinvd", "privilege", "wbinvd", Handled(GP)),
+    attack("swapgs", "privilege", "swapgs", Handled(GP)),
+    Attack {
+        kvm: Some(Killed("page fault (#PF) from user mode before SET_STACK")),
+        ..attack(
+            "sysretq",
+            "privilege",
+            "sysretq (EFER.SCE is off: an invalid opcode that is not ud2, so not a hypercall)",
+            Handled("#UD delivered to our handler"),
+        )
+    },
+    attack(
+        "iretq-ring0",
+        "privilege",
+        "iretq through a frame it built with CS=0x08, SS=0x10",
+        Handled("#GP delivered to our handler (error 0x8)"),
+    ),
+    attack(
+        "ljmp-ring0",
+        "privilege",
+        "far jump to 0x08:addr",
+        Handled("#GP delivered to our handler (error 0x8)"),
+    ),
+    attack(
+        "lret-ring0",
+        "privilege",
+        "far return to 0x08:addr",
+        Handled("#GP delivered to our handler (error 0x8)"),
+    ),
+    attack(
+        "mov-ss-ring0",
+        "privilege",
+        "mov 0x10 (ring-0 data) into SS",
+        Handled("#GP delivered to our handler (error 0x10)"),
+    ),
+    attack(
+        "mov-ds-ring0",
+        "privilege",
+        "mov 0x10 (ring-0 data) into DS",
+        Handled("#GP delivered to our handler (error 0x10)"),
+    ),
+    attack("noncanonical-rip", "privilege", "jmp to 0x0000_8000_0000_0000", Handled(GP)),
+    attack("popf-iopl", "privilege", "popfq with IOPL=3, then out to port 0xf4", Handled(GP)),
+    attack(
+        "xrstor",
+        "privilege",
+        "xrstor of all-ones data (XSAVE is off: #UD, not a hypercall)",
+        Handled("#UD delivered to our handler"),
+    ),
+    attack("fxrstor-misaligned", "privilege", "fxrstor64 from a misaligned image", Handled(GP)),
+    Attack {
+        kvm: Some(Handled(GP)),
+        ..attack(
+            "fxrstor-bad-image",
+            "privilege",
+            "fxrstor64 of an all-ones image (reserved MXCSR bits set; CR4.OSFXSR is off)",
+            Survives("no fault: the garbage x87/SSE state is the guest's own"),
+        )
+    },
+    attack(
+        "cli-no-handler",
+        "privilege",
+        "cli with no #GP handler installed",
+        Killed("general protection fault (#GP) (vector 13, error code 0x0) at rip"),
+    ),
+    // Hypercalls: bad numbers and arguments kill, naming the call.
+    attack(
+        "hypercall-max",
+        "hypercall",
+        "call number u64::MAX",
+        Killed("unknown hypercall 0xffffffffffffffff"),
+    ),
+    attack(
+        "hypercall-first-free",
+        "hypercall",
+        "call number 15, one past the last",
+        Killed("unknown hypercall 0xf"),
+    ),
+    attack("init-twice", "hypercall", "INIT again", Killed("INIT called twice")),
+    attack(
+        "init-at-switcher",
+        "hypercall",
+        "INIT naming the switcher's state page (after the real INIT)",
+        Killed("INIT called twice"),
+    ),
+    attack(
+        "console-huge",
+        "hypercall",
+        "CONSOLE_WRITE of u64::MAX bytes",
+        Killed("CONSOLE_WRITE: length 18446744073709551615 is over the limit of 4096"),
+    ),
+    attack(
+        "console-wrapping",
+        "hypercall",
+        "CONSOLE_WRITE of 4096 bytes at 0xffff_ffff_ffff_f000, wrapping past 2^64",
+        Killed("CONSOLE_WRITE: buffer 0xfffffffffffff000 (+4096) is not the guest's memory"),
+    ),
+    attack(
+        "console-unmapped",
+        "hypercall",
+        "CONSOLE_WRITE of an address its tables do not map",
+        Killed("CONSOLE_WRITE: buffer 0x500000000000 (+16) is not the guest's memory"),
+    ),
+    attack(
+        "console-switcher",
+        "hypercall",
+        "CONSOLE_WRITE of the switcher's state page (host CR3, host RSP)",
+        Killed("guest asked the host to access the switcher region"),
+    ),
+    attack(
+        "idt-switcher",
+        "hypercall",
+        "LOAD_IDT_ENTRY with a handler in the switcher code",
+        Killed("LOAD_IDT_ENTRY: vector 13, handler 0xffffffffffc01000: handler in the switcher"),
+    ),
+    attack(
+        "idt-noncanonical",
+        "hypercall",
+        "LOAD_IDT_ENTRY with a non-canonical handler",
+        Killed("LOAD_IDT_ENTRY: vector 13, handler 0x800000000000: non-canonical handler"),
+    ),
+    attack(
+        "idt-user-half",
+        "hypercall",
+        "LOAD_IDT_ENTRY with a handler below the kernel boundary",
+        Killed("handler outside the guest kernel"),
+    ),
+    attack(
+        "idt-bad-type",
+        "hypercall",
+        "LOAD_IDT_ENTRY with unknown type bits (a DPL, say)",
+        Killed("unknown type bits"),
+    ),
+    attack(
+        "idt-user-gp",
+        "hypercall",
+        "LOAD_IDT_ENTRY letting user mode raise vector 13 (IDT_USER)",
+        Killed("user mode may not raise this vector"),
+    ),
+    attack("idt-vector-256", "hypercall", "LOAD_IDT_ENTRY for vector 256", Killed("vector 256")),
+    attack(
+        "stack-unmapped",
+        "hypercall",
+        "SET_STACK on a kernel-half address its tables do not map",
+        Killed("guest kernel stack page not mapped writable by the guest"),
+    ),
+    attack(
+        "stack-switcher",
+        "hypercall",
+        "SET_STACK on the registers and state pages",
+        Killed("SET_STACK: 8192 bytes below 0xffffffffffc04000: not a kernel address"),
+    ),
+    attack(
+        "stack-noncanonical",
+        "hypercall",
+        "SET_STACK on a non-canonical address",
+        Killed("SET_STACK: 4096 bytes below 0x800000001000: not a kernel address"),
+    ),
+    attack(
+        "stack-too-big",
+        "hypercall",
+        "SET_STACK of 32 KiB, twice the limit",
+        Killed("SET_STACK: 32768 bytes below 0xffff800000800000: length or alignment"),
+    ),
+    attack(
+        "async-bad-number",
+        "hypercall",
+        "an async slot with call number 0xdead",
+        Killed("async ring slot 0 holds call 0xdead, which cannot be queued"),
+    ),
+    attack(
+        "async-shutdown",
+        "hypercall",
+        "SHUTDOWN queued in the async ring",
+        Killed("async ring slot 0 holds call 0x1, which cannot be queued"),
+    ),
+    attack(
+        "async-bad-pointer",
+        "hypercall",
+        "a queued CONSOLE_WRITE of the switcher's state page",
+        Killed("guest asked the host to access the switcher region"),
+    ),
+    attack(
+        "async-bad-ready",
+        "hypercall",
+        "an async slot whose ready word is 0xdeadbeef, then a good one after it",
+        Survives("garbage ready word left alone; the ring went on"),
+    ),
+    attack(
+        "async-full-ring",
+        "hypercall",
+        "all 64 slots ready at once, drained, then all rewritten and drained again",
+        Survives("two full rings of 64 drained, each slot once"),
+    ),
+    attack(
+        "clock-extremes",
+        "hypercall",
+        "SET_CLOCKEVENT u64::MAX, 0, u64::MAX, then 1 ms and HALT",
+        Survives("u64::MAX and 0 accepted; a 1 ms event still ticked once"),
+    ),
+    attack(
+        "bogus-pending",
+        "hypercall",
+        "all 256 irq_pending bits set in the shared page, then SEND_INTERRUPTS, ten times",
+        Survives("nothing delivered for bogus pending bits"),
+    ),
+    attack(
+        "user-hypercall",
+        "hypercall",
+        "ud2 at ring 3 with rax=SHUTDOWN, rdi=98, a #UD handler and SET_STACK",
+        Handled("#UD from ring 3 delivered to our handler, not taken as a hypercall"),
+    ),
+    attack(
+        "user-hypercall-no-stack",
+        "hypercall",
+        "the same without SET_STACK",
+        Killed("invalid opcode (#UD) from user mode before SET_STACK"),
+    ),
+    // Paging: the guest's tables are read, never trusted.
+    attack(
+        "map-switcher-pte",
+        "paging",
+        "a PTE of its own over the switcher, announced with SET_PTE",
+        Killed("guest set a page-table entry in the switcher region"),
+    ),
+    attack(
+        "map-switcher-demand",
+        "paging",
+        "the same PTE, not announced, then written through",
+        Killed("touched the switcher region at 0xffffffffffc05000"),
+    ),
+    attack(
+        "map-switcher-2m",
+        "paging",
+        "a 2 MiB PDE over PD[511] of the switcher region, touched",
+        Killed("touched the switcher region at 0xffffffffffe01000"),
+    ),
+    attack(
+        "map-switcher-2m-announced",
+        "paging",
+        "the same 2 MiB PDE, announced with SET_PMD",
+        Killed("guest invalidated a table entry of the switcher region"),
+    ),
+    attack(
+        "map-switcher-1g",
+        "paging",
+        "a 1 GiB PDPTE over the whole last GiB, touched in the switcher",
+        Killed("touched the switcher region at 0xffffffffffc05000"),
+    ),
+    attack(
+        "pte-beyond-memory",
+        "paging",
+        "a PTE naming the first frame past guest memory",
+        Killed("guest PTE frame beyond guest memory"),
+    ),
+    attack(
+        "pde-beyond-memory",
+        "paging",
+        "a PDE naming a page table past guest memory",
+        Killed("guest page-table walk left guest memory (PDE points beyond it)"),
+    ),
+    attack(
+        "pml4e-beyond-memory",
+        "paging",
+        "a PML4E naming a PDPT at 1 TiB",
+        Killed("guest page-table walk left guest memory (PML4E points beyond it)"),
+    ),
+    attack(
+        "pte-reserved",
+        "paging",
+        "a PTE with bit 51 set, touched",
+        Killed("reserved bits set in guest PTE"),
+    ),
+    attack(
+        "pte-reserved-announced",
+        "paging",
+        "the same PTE, announced with SET_PTE",
+        Killed("reserved bits set in guest PTE"),
+    ),
+    attack(
+        "pde-reserved",
+        "paging",
+        "a 2 MiB PDE that is not 2 MiB-aligned",
+        Killed("reserved bits set in guest PDE"),
+    ),
+    attack(
+        "pml4e-huge",
+        "paging",
+        "the page-size bit in a PML4E",
+        Killed("reserved bits set in guest PML4E"),
+    ),
+    Attack {
+        firmware: "guest_mem=65M",
+        ..attack(
+            "large-2m-crosses-end",
+            "paging",
+            "a 2 MiB page at 64 MiB in a 65 MiB guest",
+            Killed("guest 2 MiB page extends beyond guest memory"),
+        )
+    },
+    attack(
+        "large-1g-crosses-end",
+        "paging",
+        "a 1 GiB page from 0 in a 64 MiB guest",
+        Killed("guest 1 GiB page extends beyond guest memory"),
+    ),
+    attack(
+        "cr3-beyond-memory",
+        "paging",
+        "NEW_PGTABLE at the end of guest memory",
+        Killed("CR3 beyond guest memory"),
+    ),
+    attack("cr3-unaligned", "paging", "NEW_PGTABLE at its PML4 + 8", Killed("CR3 not page-aligned")),
+    attack(
+        "recursive-tables",
+        "paging",
+        "PML4[510] pointing at the PML4; read PML4, PDPT, PD through it, write a PTE through it",
+        Survives("read PML4, PDPT and PD through the self-map, and mapped a page through it"),
+    ),
+    Attack {
+        also: Some((
+            "stats: paging: ",
+            |line| line.contains(" evicted ") && !line.contains(" evicted 0,"),
+            "shadow roots evicted",
+        )),
+        // Under this nested KVM its 18000 exits take about two minutes,
+        // nine tenths of it in the host; under TCG, seconds.
+        timeout: 360,
+        ..attack(
+            "shadow-pool",
+            "paging",
+            "2000 NEW_PGTABLEs over 2000 address spaces (4000 table pages), a page touched in each",
+            Survives("switched through 2000 address spaces and back"),
+        )
+    },
+    // Switcher: the top 4 MiB are Umbra's.
+    attack(
+        "write-state-page",
+        "switcher",
+        "write the read-only state page",
+        Killed("wrote the switcher's read-only state at 0xffffffffffc03000"),
+    ),
+    attack(
+        "write-idt-page",
+        "switcher",
+        "write the #GP gate in the read-only IDT page",
+        Killed("wrote the switcher's read-only state at 0xffffffffffc040d0"),
+    ),
+    attack(
+        "write-switcher-code",
+        "switcher",
+        "write the switcher's code",
+        Killed("touched the switcher region at 0xffffffffffc01000"),
+    ),
+    attack(
+        "read-past-our-pages",
+        "switcher",
+        "read past this CPU's pages, where another CPU's would be",
+        Killed("touched the switcher region at 0xffffffffffc05000"),
+    ),
+    attack(
+        "read-pd511",
+        "switcher",
+        "read PD[511] of the region, never mapped",
+        Killed("touched the switcher region at 0xffffffffffe00000"),
+    ),
+    attack(
+        "stack-on-registers-page",
+        "switcher",
+        "rsp at the top of the registers page, then cli with a #GP handler",
+        Killed("guest asked the host to access the switcher region"),
+    ),
+    attack(
+        "stack-on-switcher-code",
+        "switcher",
+        "rsp inside the switcher code, then cli with a #GP handler",
+        Killed("guest asked the host to access the switcher region"),
+    ),
+    attack(
+        "push-on-state-page",
+        "switcher",
+        "rsp at the top of the state page, then push",
+        Killed("wrote the switcher's read-only state at 0xffffffffffc03ff8"),
+    ),
+    attack(
+        "scribble-registers-page",
+        "switcher",
+        "fill its own registers page with 0x08 and all-ones, then a hypercall",
+        Survives("registers page scribbled; back at ring 1 (cs 0x19, ss 0x21)"),
+    ),
+    // Faults of the guest's own.
+    attack(
+        "double-fault",
+        "fault",
+        "cli with rsp on an unmapped page and a #GP handler",
+        Killed(
+            "double fault while delivering general protection fault (#GP): the guest stack at 0x4ffffffffff8",
+        ),
+    ),
+    attack(
+        "double-fault-noncanonical",
+        "fault",
+        "cli with a non-canonical rsp and a #GP handler",
+        Killed("non-canonical address"),
+    ),
+    attack(
+        "handler-unmapped",
+        "fault",
+        "a #GP handler at an unmapped kernel address, then cli",
+        Killed("unhandled page fault at 0xffff800040000000 (error code 0x10, rip 0xffff800040000000)"),
+    ),
+    attack(
+        "trap-flag-storm",
+        "fault",
+        "TF set over 2000 instructions and a hypercall, with a #DB handler",
+        Handled("at least 2000 single-step traps delivered to our handler"),
+    ),
+    attack(
+        "trap-flag-no-handler",
+        "fault",
+        "TF set, no #DB handler",
+        Killed("debug trap (#DB) (vector 1, error code 0x0) at rip"),
+    ),
+    attack(
+        "divide-no-handler",
+        "fault",
+        "divide by zero, no #DE handler",
+        Killed("divide error (#DE) (vector 0, error code 0x0) at rip"),
+    ),
+    attack(
+        "page-fault-no-handler",
+        "fault",
+        "read an unmapped address, no #PF handler",
+        Killed("unhandled page fault at 0x500000000000 (error code 0x0"),
+    ),
+    Attack {
+        firmware: "guest_timeout=2",
+        also: Some(("stats: exits ", |line| line.contains(" irq239="), "exits for the host timer, irq239")),
+        ..attack(
+            "spin-interrupts-off",
+            "fault",
+            "virtual interrupts off, then spin for ever without a trap",
+            Killed("watchdog: still running after guest_timeout=2 seconds"),
+        )
+    },
+];
+
+/// Attacks this machine's KVM cannot run, with the reason.
+const KVM_SKIPS: &[(&str, &str)] = &[
+    (
+        "swapgs",
+        "this nested KVM runs swapgs at ring 1 without the #GP the CPU owes (the guest swaps GS base \
+         with KERNEL_GS_BASE and says 'survived'); under TCG it is a #GP",
+    ),
+    (
+        "xrstor",
+        "this nested KVM fails to emulate the #UD and stops the whole VM ('KVM internal error. \
+         Suberror: 1', emulation failure), like int n at ring 1",
+    ),
+];
+
+fn case(attack: &'static Attack, accel: Accel) -> Case {
+    Case::new(format!("{}_{}", accel.name(), attack.name), move |name| {
+        if accel == Accel::Kvm {
+            if !kvm_opens() {
+                return Verdict::Skip("/dev/kvm does not open on this machine".into());
+            }
+            if let Some((_, why)) = KVM_SKIPS.iter().find(|(skip, _)| *skip == attack.name) {
+                return Verdict::Skip((*why).into());
+            }
+        }
+        let mut config =
+            Boot::new("microvm", accel).append(format!("{} -- test=attack:{}", attack.firmware, attack.name));
+        config.timeout = Duration::from_secs(attack.timeout);
+        let outcome = match config.run(name) {
+            Ok(outcome) => outcome,
+            Err(error) => return Verdict::Fail(error),
+        };
+        check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
+        check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
+        check!(outcome, !outcome.serial.contains("guest: survived"), "the attack got through");
+        let started = format!("guest: attack {}", attack.name);
+        check!(outcome, outcome.has_line(&started), "expected the line {started:?}");
+        let expect = match accel {
+            Accel::Kvm => attack.kvm.unwrap_or(attack.expect),
+            Accel::Tcg => attack.expect,
+        };
+        let status = match expect {
+            Expect::Killed(reason) => {
+                let killed = outcome.line_starting("guest killed: ").unwrap_or("");
+                check!(
+                    outcome,
+                    killed.contains(reason),
+                    "expected 'guest killed: ...{reason}...', got {killed:?}"
+                );
+                GUEST_KILLED
+            }
+            Expect::Handled(line) | Expect::Survives(line) => {
+                let wanted = format!("guest: attack {}: {line}", attack.name);
+                check!(outcome, outcome.has_line(&wanted), "expected the line {wanted:?}");
+                check!(
+                    outcome,
+                    outcome.has_line("guest exited with status 0"),
+                    "the guest should exit with status 0"
+                );
+                0
+            }
+        };
+        if let Some((prefix, test, wanted)) = attack.also {
+            let line = outcome.line_starting(prefix).unwrap_or("");
+            check!(outcome, test(line), "expected a line '{prefix}...' showing {wanted}, got {line:?}");
+        }
+        check!(
+            outcome,
+            outcome.reported_status() == Some(status),
+            "last line should be 'umbra: exit status {status}'"
+        );
+        check!(
+            outcome,
+            outcome.exit_code == Some(qemu_exit_code(status)),
+            "VMM exit code {:?}, expected {}",
+            outcome.exit_code,
+            qemu_exit_code(status)
+        );
+        Verdict::Pass
+    })
+}
+
+/// One line per attack: name, group, outcome.
+fn list() {
+    for attack in CATALOGUE {
+        let kvm = match (attack.kvm, KVM_SKIPS.iter().any(|(name, _)| *name == attack.name)) {
+            (_, true) => " (skipped under KVM)".to_string(),
+            (Some(other), _) => format!(" (under KVM, {})", other.describe()),
+            (None, _) => String::new(),
+        };
+        println!("{:<28} {:<10} {}{kvm}", attack.name, attack.category, attack.expect.describe());
+    }
+    println!("{} attacks", CATALOGUE.len());
+}
+
+/// The catalogue as the Markdown table in docs/security.md.
+fn markdown() {
+    let cell = |name: &str, expect: Expect| match expect {
+        Expect::Killed(reason) => ("killed", format!("`{reason}`")),
+        Expect::Handled(line) => ("handled", format!("`guest: attack {name}: {line}`")),
+        Expect::Survives(line) => ("works", format!("`guest: attack {name}: {line}`")),
+    };
+    println!("| attack | group | what it tries | outcome | reason or handler line |");
+    println!("| --- | --- | --- | --- | --- |");
+    for attack in CATALOGUE {
+        let (tcg_outcome, mut text) = cell(attack.name, attack.expect);
+        let mut outcome = tcg_outcome.to_string();
+        if let Some(other) = attack.kvm {
+            let (kvm_outcome, kvm_text) = cell(attack.name, other);
+            outcome = format!("{tcg_outcome} (TCG); {kvm_outcome} (KVM)");
+            text = format!("TCG: {text}; KVM: {kvm_text}");
+        }
+        if KVM_SKIPS.iter().any(|(name, _)| *name == attack.name) {
+            outcome = format!("{tcg_outcome} (TCG); skipped under KVM");
+        }
+        let name = match attack.firmware {
+            "" => format!("`{}`", attack.name),
+            words => format!("`{}` (`{words}`)", attack.name),
+        };
+        println!("| {name} | {} | {} | {outcome} | {text} |", attack.category, attack.does);
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list-attacks") {
+        if std::env::args().any(|a| a == "--markdown") {
+            markdown()
+        } else {
+            list()
+        }
+        return;
+    }
+    // `--attack=NAME` (any number of them) runs exactly those attacks;
+    // plain words filter case names by substring, as in every boot test.
+    let wanted: Vec<String> =
+        std::env::args().filter_map(|a| a.strip_prefix("--attack=").map(str::to_owned)).collect();
+    if let Some(unknown) = wanted.iter().find(|name| !CATALOGUE.iter().any(|a| a.name == name.as_str())) {
+        eprintln!("no attack named {unknown:?}; --list-attacks prints them");
+        std::process::exit(2);
+    }
+    let mut cases = Vec::new();
+    for accel in [Accel::Tcg, Accel::Kvm] {
+        for attack in CATALOGUE.iter().filter(|a| wanted.is_empty() || wanted.iter().any(|w| w == a.name)) {
+            cases.push(case(attack, accel));
+        }
+    }
+    run_cases(cases, 2)
+}
