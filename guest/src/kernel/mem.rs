@@ -256,8 +256,17 @@ pub fn unmap_user(frames: &mut Frames, root: u64, va: u64) {
     }
 }
 
-/// Calls `f(va, entry)` for every present leaf of the user half.
-fn each_user_leaf(root: u64, mut f: impl FnMut(u64, *mut u64)) {
+/// What [`walk_user_half`] shows its caller.
+enum Visit {
+    /// A present leaf: its address and its entry.
+    Leaf(u64, *mut u64),
+    /// A table below the PML4, after all its entries were visited.
+    TableDone(u64),
+}
+
+/// Walks every present entry of the user half, depth first, telling
+/// `visit` about each leaf and, once its entries are done, each table.
+fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
     for l4 in 1..256u64 {
         let e4 = read(ptr::<u64>(root + 8 * l4));
         if e4 & PRESENT == 0 {
@@ -276,12 +285,24 @@ fn each_user_leaf(root: u64, mut f: impl FnMut(u64, *mut u64)) {
                 for l1 in 0..512u64 {
                     let entry = ptr::<u64>((e2 & ADDRESS) + 8 * l1);
                     if read(entry) & PRESENT != 0 {
-                        f(l4 << 39 | l3 << 30 | l2 << 21 | l1 << 12, entry);
+                        visit(Visit::Leaf(l4 << 39 | l3 << 30 | l2 << 21 | l1 << 12, entry));
                     }
                 }
+                visit(Visit::TableDone(e2 & ADDRESS));
             }
+            visit(Visit::TableDone(e3 & ADDRESS));
         }
+        visit(Visit::TableDone(e4 & ADDRESS));
     }
+}
+
+/// Calls `f(va, entry)` for every present leaf of the user half.
+fn each_user_leaf(root: u64, mut f: impl FnMut(u64, *mut u64)) {
+    walk_user_half(root, |visit| {
+        if let Visit::Leaf(va, entry) = visit {
+            f(va, entry);
+        }
+    });
 }
 
 /// The child's copy of `parent`'s user half for fork: every page shared,
@@ -316,31 +337,15 @@ pub fn fork_space(frames: &mut Frames, kernel_root: u64, parent: u64) -> Option<
 /// Frees every page and table of the user half. The caller flushes (the
 /// space must be current) or never uses the root again.
 pub fn free_space(frames: &mut Frames, root: u64) {
-    each_user_leaf(root, |_, entry| {
-        frames.put(read(entry) & ADDRESS);
-        write(entry, 0);
+    walk_user_half(root, |visit| match visit {
+        Visit::Leaf(_, entry) => {
+            frames.put(read(entry) & ADDRESS);
+            write(entry, 0);
+        }
+        Visit::TableDone(table) => frames.put(table),
     });
     for l4 in 1..256u64 {
-        let e4_slot = ptr::<u64>(root + 8 * l4);
-        let e4 = read(e4_slot);
-        if e4 & PRESENT == 0 {
-            continue;
-        }
-        for l3 in 0..512u64 {
-            let e3 = read(ptr::<u64>((e4 & ADDRESS) + 8 * l3));
-            if e3 & PRESENT == 0 {
-                continue;
-            }
-            for l2 in 0..512u64 {
-                let e2 = read(ptr::<u64>((e3 & ADDRESS) + 8 * l2));
-                if e2 & PRESENT != 0 {
-                    frames.put(e2 & ADDRESS);
-                }
-            }
-            frames.put(e3 & ADDRESS);
-        }
-        frames.put(e4 & ADDRESS);
-        write(e4_slot, 0);
+        write(ptr::<u64>(root + 8 * l4), 0);
     }
 }
 
