@@ -174,6 +174,10 @@ pub struct SharedPage {
     /// Calls queued for Umbra, run in ring order before every
     /// synchronous call.
     pub async_ring: [AsyncCall; ASYNC_SLOTS],
+    /// How many times this guest has left for Umbra (every trap,
+    /// hypercall and interrupt exit), updated by Umbra before each entry.
+    /// Informational: benchmarks read it to count exits per operation.
+    pub exits: u64,
 }
 
 /// What the guest finds at `rdi` when it starts.

@@ -232,6 +232,8 @@ pub enum Next {
 #[derive(Clone, Debug)]
 pub struct Stats {
     pub exits_by_vector: [u64; 256],
+    /// The sum of `exits_by_vector`, kept as it grows for the shared page.
+    pub exits: u64,
     pub hypercalls: [u64; abi::CALL_COUNT as usize + 1],
     pub async_calls: u64,
     /// Traps and interrupts delivered to the guest's handlers, by vector.
@@ -244,6 +246,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             exits_by_vector: [0; 256],
+            exits: 0,
             hypercalls: [0; abi::CALL_COUNT as usize + 1],
             async_calls: 0,
             delivered: [0; 256],
@@ -336,6 +339,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     pub fn handle_exit(&mut self, regs: &mut GuestRegs, cr2: u64, host: &mut impl Host) -> Next {
         let vector = (regs.vector & 0xff) as u8;
         self.stats.exits_by_vector[vector as usize] += 1;
+        self.stats.exits += 1;
         if regs.cs & 3 == 0 {
             return Next::SwitcherFault;
         }
@@ -455,10 +459,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(abi::RESULT_OK)
     }
 
-    /// Before each entry: the guest's clock.
+    /// Before each entry: the guest's clock, and its count of exits.
     pub fn update_shared_time(&mut self, now_ns: u64) {
         if let Some(page) = self.shared_page {
-            self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, time_ns) as u64, now_ns);
+            let exits = self.stats.exits;
+            let memory = self.mmu.memory_mut();
+            memory.write_u64(page + offset_of!(SharedPage, time_ns) as u64, now_ns);
+            memory.write_u64(page + offset_of!(SharedPage, exits) as u64, exits);
         }
     }
 
