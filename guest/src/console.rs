@@ -1,14 +1,16 @@
-//! # The console: one line, one hypercall
+//! # The console: one line at a time
 //!
-//! The guest has no serial port of its own; Umbra prints for it. Each
-//! `say!` builds one line, "guest: " and the text and a newline, in a
-//! buffer on the stack, and hands it over with a single CONSOLE_WRITE, so
-//! lines from the guest and from Umbra never interleave mid-line. A line
-//! too long for the buffer goes out in pieces.
+//! Under Umbra the guest has no serial port of its own; Umbra prints for
+//! it. Each `say!` builds one line, "guest: " and the text and a newline,
+//! in a buffer on the stack, and hands it to the platform in one piece
+//! (one CONSOLE_WRITE under Umbra), so lines from the guest and from
+//! Umbra never interleave mid-line. A line too long for the buffer goes
+//! out in pieces. Natively the same line goes to COM1, prefix and all, so
+//! both transcripts read alike.
 
 use core::fmt::{self, Write};
 
-use crate::hypercall;
+use crate::platform;
 
 /// Prints one line on Umbra's console, prefixed "guest: ".
 macro_rules! say {
@@ -26,7 +28,7 @@ struct Line {
 impl Line {
     fn flush(&mut self) {
         if self.len > 0 {
-            hypercall::console_write(&self.buffer[..self.len]);
+            platform::console(&self.buffer[..self.len]);
             self.len = 0;
         }
     }

@@ -185,10 +185,16 @@ fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
     unsafe { (&raw const (*slot).ready).read_volatile() != 0 }
 }
 
-/// Nanoseconds since boot, as Umbra last wrote them before entering us.
-pub fn time_ns() -> u64 {
+/// The TSC's rate, which Umbra wrote at INIT.
+pub fn tsc_khz() -> u64 {
     // SAFETY: a read of our own static; volatile because Umbra writes it.
-    unsafe { (&raw const (*shared()).time_ns).read_volatile() }
+    unsafe { (&raw const (*shared()).tsc_khz).read_volatile() }
+}
+
+/// How many times we have exited to Umbra, as of our last entry.
+pub fn exits() -> u64 {
+    // SAFETY: a read of our own static; volatile because Umbra writes it.
+    unsafe { (&raw const (*shared()).exits).read_volatile() }
 }
 
 /// The shared page itself, for the attack suite (`attacks.rs`), which

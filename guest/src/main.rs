@@ -1,27 +1,33 @@
-//! # guest: the paravirtual kernel Umbra runs
+//! # guest: the kernel Umbra runs, which also runs without it
 //!
-//! This is the first kernel to run under Umbra, and so far its only job is
-//! to prove that the hypercall ABI works. It runs at ring 1, where every
-//! privileged instruction faults, so it never touches the hardware: it
-//! asks Umbra for everything through hypercalls (`hypercall.rs`).
+//! One ELF image, two entries:
+//! - **under Umbra** it starts at `guest_entry` (below), named by our own
+//!   ELF note, at ring 1, where every privileged instruction faults: it
+//!   asks Umbra for everything through hypercalls (`hypercall.rs`);
+//! - **natively**, booted by QEMU as a PVH kernel, it starts at
+//!   `native_entry32` (`native.rs`), named by the PVH note, at ring 0,
+//!   and drives the machine itself.
 //!
-//! The path of one run:
+//! Either way it ends up in the process kernel (`kernel/`: address spaces,
+//! user programs at ring 3, fork, copy-on-write, a preemptive scheduler)
+//! on top of the platform layer (`platform.rs`), which is the only code
+//! that knows which entry was taken. docs/guest.md describes it.
 //!
-//! 1. `guest_entry` (below) clears .bss and calls [`guest_main`] with the
-//!    address of the `BootInfo` Umbra left at the top of guest memory.
+//! The paravirtual path of one run:
+//!
+//! 1. `guest_entry` clears .bss and calls [`guest_main`] with the address
+//!    of the `BootInfo` Umbra left at the top of guest memory.
 //! 2. [`guest_main`] checks the `BootInfo`, copies the command line (its
 //!    memory will be reused), registers the shared page with INIT and says
 //!    hello.
-//! 3. A `test=...` word on the command line picks one of the small tests
-//!    in `modes.rs`, most of which break a rule on purpose to see Umbra
-//!    kill the guest. Without one, `touch.rs` builds page tables
-//!    (`tables.rs`), switches to them and touches a few hundred pages every
-//!    way the ABI allows, then shuts down with status 0.
-//!
-//! `test=showcase` and `test=scenario:NAME` go further: they run the
-//! process kernel in `kernel/` (address spaces, user programs at ring 3,
-//! fork, copy-on-write, a preemptive scheduler), on top of the platform
-//! layer in `platform.rs`. docs/guest.md describes it.
+//! 3. Without a `test=` word, or with `test=showcase` or
+//!    `test=scenario:NAME`, the process kernel runs: the showcase by
+//!    default. Any other `test=` word picks one of the small tests in
+//!    `modes.rs`, most of which break a rule on purpose to see Umbra kill
+//!    the guest, and which natively have no meaning. `test=pages` is the
+//!    first program this guest ever ran: `touch.rs` builds page tables
+//!    (`tables.rs`) and touches a few hundred pages every way the ABI
+//!    allows.
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -49,6 +55,8 @@ mod kernel;
 #[cfg(target_os = "none")]
 mod modes;
 #[cfg(target_os = "none")]
+mod native;
+#[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod tables;
@@ -57,14 +65,23 @@ mod touch;
 #[cfg(target_os = "none")]
 mod traps;
 
-// The entry point. Umbra starts us here in 64-bit mode with `rdi` and
-// `rsp` both holding the address of the `BootInfo`; the stack grows down
-// from it. A loader should zero .bss, but clearing it ourselves costs a
-// few instructions and spares us from trusting that. `rbp` is cleared so
-// a frame-pointer backtrace ends here.
+// The paravirtual entry point, and the note that names it for Umbra's
+// loader (`hv_core::abi::PV_ENTRY_NOTE_*`). Umbra starts us here in 64-bit
+// mode with `rdi` and `rsp` both holding the address of the `BootInfo`;
+// the stack grows down from it. A loader should zero .bss, but clearing
+// it ourselves costs a few instructions and spares us from trusting that.
+// `rbp` is cleared so a frame-pointer backtrace ends here.
 #[cfg(target_os = "none")]
 core::arch::global_asm!(
     r#"
+    .pushsection .note.umbra, "a", @note
+    .balign 4
+    .long 6, 8, 1               /* name size, payload size, PV_ENTRY_NOTE_TYPE */
+    .asciz "Umbra"
+    .balign 4
+    .quad guest_entry
+    .popsection
+
     .section .text.entry, "ax"
     .global guest_entry
 guest_entry:
@@ -92,8 +109,9 @@ mod boot {
 
     use crate::console::Printable;
     use crate::hypercall::{self, shutdown};
+    use crate::platform::{self, Backend};
     use crate::tables::Frames;
-    use crate::{modes, tables, touch};
+    use crate::{kernel, modes};
 
     /// How much of the command line we keep; the rest is ignored.
     const CMDLINE_MAX: usize = 512;
@@ -155,9 +173,33 @@ mod boot {
         shutdown(STATUS_BROKEN, why)
     }
 
+    /// The process kernel's scenario for a `test=` word: the showcase when
+    /// there is none. None for the test modes, which are Umbra's alone.
+    fn kernel_scenario(test: Option<&[u8]>) -> Option<&[u8]> {
+        match test {
+            None | Some(b"showcase") => Some(b"showcase"),
+            Some(word) => word.strip_prefix(b"scenario:"),
+        }
+    }
+
+    /// The native entry's way into the process kernel, with the free
+    /// memory `[free_start, free_end)` of `memory_size` bytes.
+    pub fn run_kernel(cmdline: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
+        let test = modes::test_word(cmdline);
+        match kernel_scenario(test) {
+            Some(scenario) => kernel::run(scenario, memory_size, free_start, free_end),
+            None => {
+                let test = Printable(test.unwrap_or_default());
+                say!("test {test} makes hypercalls: it runs only under Umbra");
+                platform::shutdown(97, "test needs Umbra")
+            }
+        }
+    }
+
     /// Called by `guest_entry` with the address of the `BootInfo`.
     #[unsafe(no_mangle)]
     extern "C" fn guest_main(boot: *const BootInfo) -> ! {
+        platform::choose(Backend::Paravirtual);
         let Some(info) = read_boot_info(boot) else { broken("bad boot info") };
         let cmdline = Cmdline::copy(&info);
         let test = modes::test_word(cmdline.bytes());
@@ -175,12 +217,13 @@ mod boot {
         say!("cmdline: \"{}\"", Printable(cmdline.bytes()));
 
         let frames = Frames::between_image_and_stack(boot as u64);
-        match test {
-            Some(name) => modes::run(name, info.memory_size, frames),
-            None => {
-                let space = tables::build_and_switch(info.memory_size, frames);
-                touch::run(space)
+        match (kernel_scenario(test), test) {
+            (Some(scenario), _) => {
+                let (start, end) = frames.range();
+                kernel::run(scenario, info.memory_size, start, end)
             }
+            (None, Some(name)) => modes::run(name, info.memory_size, frames),
+            (None, None) => unreachable!("no test word means the showcase"),
         }
     }
 
@@ -191,6 +234,6 @@ mod boot {
             Some(at) => say!("panic: {} at {}:{}", info.message(), at.file(), at.line()),
             None => say!("panic: {}", info.message()),
         }
-        shutdown(STATUS_BROKEN, "panic")
+        platform::shutdown(STATUS_BROKEN, "panic")
     }
 }

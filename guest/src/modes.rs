@@ -7,9 +7,9 @@
 //! prints "guest: test NAME". If Umbra lets a misdeed pass, the guest says
 //! "guest: survived" and stops with status 98, which no test expects.
 //! Some modes prove a path works instead: `null-hypercalls:N` (a
-//! measurement), `reflect` and `timer` (see traps.rs). And two run the
-//! process kernel (`kernel/`): `showcase`, and `scenario:NAME` for each
-//! scenario it knows.
+//! measurement), `reflect` and `timer` (see traps.rs), and `pages`, the
+//! page-table walk in touch.rs. (The process kernel's `showcase` and
+//! `scenario:NAME` are not test modes: main.rs starts them itself.)
 
 use hv_core::abi;
 
@@ -52,19 +52,12 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
     if let Some(attack) = name.strip_prefix(b"attack:") {
         crate::attacks::run(attack, memory_size, frames);
     }
-    if let Some(scenario) = name.strip_prefix(b"scenario:") {
-        let (start, end) = frames.range();
-        crate::kernel::run(scenario, memory_size, start, end);
-    }
     match name {
         b"secret" => crate::isolation::secret(memory_size, frames),
         b"scan" => crate::isolation::scan(memory_size, frames),
         b"fpu-secret" => crate::isolation::fpu_secret(),
         b"fpu-scan" => crate::isolation::fpu_scan(),
-        b"showcase" => {
-            let (start, end) = frames.range();
-            crate::kernel::run(b"showcase", memory_size, start, end)
-        }
+        b"pages" => crate::touch::run(tables::build_and_switch(memory_size, frames)),
         b"map-switcher" => map_switcher(memory_size, frames),
         b"reflect" => crate::traps::reflect(memory_size, frames),
         b"timer" => crate::traps::timer(memory_size, frames),

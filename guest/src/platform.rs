@@ -7,21 +7,58 @@
 //! shut down, read the clock. Above this file nothing knows whether it
 //! runs natively or under Umbra.
 //!
-//! Today there is one backend, the paravirtual one: each operation is a
-//! hypercall, or a write to the shared page (the virtual interrupt flag).
-//! A native backend (ring 0, real `mov cr3`, `invlpg`, `cli`/`sti`,
-//! `hlt`, a LAPIC timer, COM1) would be chosen at boot by the entry the
-//! kernel came in through and slot in behind the same functions.
+//! There are two backends, and the entry the image came in through picks
+//! one, once, before anything else runs:
+//! - **paravirtual** (`guest_entry`, ring 1 under Umbra): each operation
+//!   is a hypercall, or a write to the shared page (the virtual interrupt
+//!   flag, the interrupt-return address);
+//! - **native** (`native_entry32`, ring 0 on a bare machine, `native.rs`):
+//!   real `mov cr3`, `invlpg`, `cli`/`sti`, `hlt`, the PIT, COM1, an IDT
+//!   and a TSS of its own.
+//!
+//! A branch on one byte per call is all the indirection costs; Linux
+//! patches its call sites instead, which a kernel this size does not need.
+
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use hv_core::abi;
 
 use crate::hypercall::{self, hypercall};
+use crate::native;
+
+/// Which machine the kernel runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Paravirtual = 0,
+    Native = 1,
+}
+
+static BACKEND: AtomicU8 = AtomicU8::new(Backend::Paravirtual as u8);
+
+/// Set by each entry before anything else.
+pub fn choose(backend: Backend) {
+    BACKEND.store(backend as u8, Ordering::Relaxed);
+}
+
+pub fn backend() -> Backend {
+    if BACKEND.load(Ordering::Relaxed) == Backend::Native as u8 {
+        Backend::Native
+    } else {
+        Backend::Paravirtual
+    }
+}
+
+fn native() -> bool {
+    backend() == Backend::Native
+}
 
 /// A page-table entry changed: the leaf for `va` in the tables at `root`.
 /// `now` asks for the change to count before the next instruction; else
 /// it may be batched until the next synchronous call ([`sync`]).
 pub fn set_pte(root: u64, va: u64, pte: u64, now: bool) {
-    if now {
+    if native() {
+        native::set_pte(root, va);
+    } else if now {
         hypercall::set_pte(root, va, pte);
     } else {
         hypercall::queue_async(abi::SET_PTE, [root, va, pte, 0, 0]);
@@ -30,7 +67,9 @@ pub fn set_pte(root: u64, va: u64, pte: u64, now: bool) {
 
 /// Makes every batched page-table change count.
 pub fn sync() {
-    hypercall::flush_async();
+    if !native() {
+        hypercall::flush_async();
+    }
 }
 
 /// Switches to the address space rooted at `root`.
@@ -38,43 +77,73 @@ pub fn sync() {
 /// # Safety
 /// The tables must map the running code, its stack and its data.
 pub unsafe fn switch_root(root: u64) {
-    // SAFETY: the caller vouches for the tables.
-    unsafe { hypercall::new_pgtable(root) };
+    if native() {
+        // SAFETY: the caller vouches for the tables.
+        unsafe { native::switch_root(root) };
+    } else {
+        // SAFETY: as above.
+        unsafe { hypercall::new_pgtable(root) };
+    }
 }
 
 /// Forgets every translation of the current address space's user half.
 pub fn flush_user() {
-    // SAFETY: a request to drop cached translations; nothing else changes.
-    unsafe { hypercall(abi::FLUSH_TLB, 0, 0, 0, 0, 0) };
+    if native() {
+        native::flush_user();
+    } else {
+        // SAFETY: a request to drop cached translations; nothing else changes.
+        unsafe { hypercall(abi::FLUSH_TLB, 0, 0, 0, 0, 0) };
+    }
 }
 
 /// The interrupt flag (virtual under Umbra). Part of the contract; the
 /// process kernel has no idle loop yet, so nothing calls it today.
 #[allow(dead_code)]
 pub fn interrupts(on: bool) {
-    hypercall::set_interrupts_enabled(on);
+    if native() {
+        native::interrupts(on);
+    } else {
+        hypercall::set_interrupts_enabled(on);
+    }
 }
 
 /// Sleeps until an interrupt arrives; interrupts must be on. As above.
 #[allow(dead_code)]
 pub fn halt() {
-    // SAFETY: a request to Umbra.
-    unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
+    if native() {
+        native::halt();
+    } else {
+        // SAFETY: a request to Umbra.
+        unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
+    }
 }
 
 /// Arms the one-shot clock: IRQ 0 after `delta_ns` (0 cancels).
 pub fn set_timer(delta_ns: u64) {
-    // SAFETY: a request to Umbra.
-    unsafe { hypercall(abi::SET_CLOCKEVENT, delta_ns, 0, 0, 0, 0) };
+    if native() {
+        native::set_timer(delta_ns);
+    } else {
+        // SAFETY: a request to Umbra.
+        unsafe { hypercall(abi::SET_CLOCKEVENT, delta_ns, 0, 0, 0, 0) };
+    }
 }
 
-/// Nanoseconds since boot.
+/// Nanoseconds since the machine started, from the TSC: no call to
+/// Umbra, which gives us the TSC's rate in the shared page; natively the
+/// rate was measured against the PIT.
 pub fn now_ns() -> u64 {
-    hypercall::time_ns()
+    let khz = if native() { native::tsc_khz() } else { hypercall::tsc_khz() }.max(1);
+    // SAFETY: rdtsc is allowed at every ring we run at (CR4.TSD is clear).
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    (u128::from(tsc) * 1_000_000 / u128::from(khz)) as u64
 }
 
 /// Prints bytes on the console as they are.
 pub fn console(bytes: &[u8]) {
+    if native() {
+        native::console(bytes);
+        return;
+    }
     for chunk in bytes.chunks(abi::CONSOLE_WRITE_MAX as usize) {
         hypercall::console_write(chunk);
     }
@@ -91,6 +160,10 @@ pub struct Gate {
 
 /// Installs `handler` (a kernel-half address) for `vector`.
 pub fn set_trap_handler(vector: u8, handler: u64, gate: Gate) {
+    if native() {
+        native::set_trap_handler(vector, handler, gate);
+        return;
+    }
     let mut flags = abi::IDT_PRESENT;
     if gate.trap {
         flags |= abi::IDT_TRAP_GATE;
@@ -103,23 +176,44 @@ pub fn set_trap_handler(vector: u8, handler: u64, gate: Gate) {
 }
 
 /// Where the CPU finds the registers for `iretq` with interrupts going
-/// back on: no interrupt may arrive while it stands there.
+/// back on: no interrupt may arrive while it stands there. Only Umbra
+/// needs telling; a real CPU's `iretq` restores the flag atomically.
 pub fn set_interrupt_return(address: u64) {
-    hypercall::set_noirq_iret(address);
+    if !native() {
+        hypercall::set_noirq_iret(address);
+    }
 }
 
 /// The kernel stack traps from user mode land on: `len` bytes below `top`.
 pub fn set_kernel_stack(top: u64, len: u64) {
-    // SAFETY: a kernel-half stack of ours, which stays allocated.
-    unsafe { hypercall(abi::SET_STACK, top, len, 0, 0, 0) };
+    if native() {
+        native::set_kernel_stack(top);
+    } else {
+        // SAFETY: a kernel-half stack of ours, which stays allocated.
+        unsafe { hypercall(abi::SET_STACK, top, len, 0, 0, 0) };
+    }
 }
 
-/// Declares where the kernel half starts, before the first switch.
+/// Declares where the kernel half starts, before the first switch. A
+/// real MMU needs no telling: the U bit says it all.
 pub fn set_kernel_boundary(boundary: u64) {
-    hypercall::set_kernel_boundary(boundary);
+    if !native() {
+        hypercall::set_kernel_boundary(boundary);
+    }
+}
+
+/// The address of the last page fault.
+pub fn fault_address() -> u64 {
+    if native() { native::fault_address() } else { hypercall::fault_address() }
+}
+
+/// How often the kernel has left for the hypervisor so far (always 0
+/// natively): benchmarks divide its growth by their operations.
+pub fn exits() -> u64 {
+    if native() { 0 } else { hypercall::exits() }
 }
 
 /// Stops the machine with `status`.
 pub fn shutdown(status: u64, message: &str) -> ! {
-    hypercall::shutdown(status, message)
+    if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
 }

@@ -196,6 +196,12 @@ pub struct BootInfo {
     pub cmdline_len: u64,
 }
 
+/// The ELF note that names a guest's paravirtual entry, so one image can
+/// also boot natively (its PVH note and `e_entry` name the native one).
+/// The payload is the 64-bit entry address, little-endian.
+pub const PV_ENTRY_NOTE_NAME: &[u8] = b"Umbra\0";
+pub const PV_ENTRY_NOTE_TYPE: u32 = 1;
+
 /// "UMBRABOO" in little-endian ASCII.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"UMBRABOO");
 

@@ -27,6 +27,14 @@
 //! as it was. Having no allocator, the plan lives in a fixed array; hence
 //! the limit of [`MAX_PROGRAM_HEADERS`], far more than a kernel needs.
 //!
+//! One image may carry two entries: the kernel in `guest/` boots natively
+//! through a PVH note (32-bit code, for a VMM) and under Umbra through a
+//! note of ours, [`crate::abi::PV_ENTRY_NOTE_NAME`], whose 8-byte payload
+//! is the 64-bit paravirtual entry. When that note is there it wins over
+//! `e_entry`; either way the entry is checked the same way. Notes are
+//! hints for many loaders and we load none of them, so a note segment we
+//! cannot read is skipped; but an Umbra note of the wrong size is refused.
+//!
 //! Segments are named in errors by their index in the program header table,
 //! the same number `readelf -l` prints, so a message can be checked against
 //! the file.
@@ -44,6 +52,7 @@ const ELFDATA2LSB: u8 = 1;
 const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
 const PF_X: u32 = 1;
 
 /// Where the loaded guest starts, and what it occupies.
@@ -99,7 +108,9 @@ pub enum LoadError {
     Overlap { first: usize, second: usize },
     /// No PT_LOAD segment with a non-zero `p_memsz`.
     NoLoadableSegments,
-    /// `e_entry` is in no loaded segment.
+    /// Umbra's entry note does not hold exactly one 8-byte address.
+    BadEntryNote { segment: usize, size: u32 },
+    /// The entry (`e_entry`, or Umbra's note) is in no loaded segment.
     EntryOutsideSegments { entry: u64 },
     /// `e_entry` is in a segment without PF_X.
     EntryNotExecutable { entry: u64, segment: usize },
@@ -147,6 +158,9 @@ impl fmt::Display for LoadError {
             ),
             Self::Overlap { first, second } => write!(f, "segments {first} and {second} overlap"),
             Self::NoLoadableSegments => write!(f, "no loadable segments"),
+            Self::BadEntryNote { segment, size } => {
+                write!(f, "Umbra entry note in segment {segment} holds {size} bytes, expected 8")
+            }
             Self::EntryOutsideSegments { entry } => {
                 write!(f, "entry point {entry:#x} is outside the loaded segments")
             }
@@ -253,7 +267,8 @@ fn plan(image: &[u8], memory: u64) -> Result<Plan<'_>, LoadError> {
         },
     );
 
-    let entry = header.entry;
+    let entry = pv_entry_note(image, table)?.unwrap_or(header.entry);
+    let summary = LoadedImage { entry, ..summary };
     let home = segments
         .iter()
         .flatten()
@@ -264,6 +279,52 @@ fn plan(image: &[u8], memory: u64) -> Result<Plan<'_>, LoadError> {
     }
 
     Ok(Plan { segments, loaded: summary })
+}
+
+/// The paravirtual entry from Umbra's note, if some PT_NOTE segment of
+/// the program header `table` has one. Other notes are skipped.
+fn pv_entry_note(image: &[u8], table: &[u8]) -> Result<Option<u64>, LoadError> {
+    for (index, raw) in table.chunks_exact(PHDR_SIZE).enumerate() {
+        let header = ProgramHeader::parse(raw).ok_or(LoadError::ProgramHeadersOutsideImage)?;
+        if header.p_type != PT_NOTE {
+            continue;
+        }
+        let mut notes = file_bytes(image, header.offset, header.filesz).unwrap_or(&[]);
+        while let Some(note) = Note::parse(notes) {
+            if note.name == crate::abi::PV_ENTRY_NOTE_NAME && note.kind == crate::abi::PV_ENTRY_NOTE_TYPE {
+                let size = note.payload.len() as u32;
+                let entry = le_u64(note.payload, 0).filter(|_| size == 8);
+                return entry.map(Some).ok_or(LoadError::BadEntryNote { segment: index, size });
+            }
+            notes = note.rest;
+        }
+    }
+    Ok(None)
+}
+
+/// One ELF note: name size, payload size, type, then the name and the
+/// payload, each padded to 4 bytes; `rest` is what follows it.
+struct Note<'a> {
+    name: &'a [u8],
+    kind: u32,
+    payload: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Note<'a> {
+    /// The first note of `bytes`, unless they are too short to hold it.
+    fn parse(bytes: &'a [u8]) -> Option<Note<'a>> {
+        let name_len = usize::try_from(le_u32(bytes, 0)?).ok()?;
+        let payload_len = usize::try_from(le_u32(bytes, 4)?).ok()?;
+        let payload_at = 12usize.checked_add(name_len.checked_next_multiple_of(4)?)?;
+        let next = payload_at.checked_add(payload_len.checked_next_multiple_of(4)?)?;
+        Some(Note {
+            name: bytes.get(12..12 + name_len)?,
+            kind: le_u32(bytes, 8)?,
+            payload: bytes.get(payload_at..payload_at + payload_len)?,
+            rest: bytes.get(next..).unwrap_or(&[]),
+        })
+    }
 }
 
 /// The parts of the ELF header the loader cares about.
@@ -799,6 +860,47 @@ mod tests {
         assert!(matches!(error(&image), LoadError::EntryNotExecutable { segment: 2, .. }));
     }
 
+    /// An ELF note: name, type and payload, padded as the format says.
+    fn note(name: &[u8], kind: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&kind.to_le_bytes());
+        for part in [name, payload] {
+            bytes.extend_from_slice(part);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        bytes
+    }
+
+    fn with_notes(notes: &[u8]) -> Vec<u8> {
+        Builder::new(0x1000)
+            .load(PF_R | PF_X, 0x1000, TEXT, TEXT.len() as u64)
+            .segment(PT_NOTE, PF_R, 0, notes, 0)
+            .build()
+    }
+
+    #[test]
+    fn umbra_note_names_the_entry() {
+        let xen = note(b"Xen\0", 18, &0x1000u32.to_le_bytes());
+        let umbra = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
+        // Found after another loader's note, and preferred to e_entry.
+        let loaded = try_load(&with_notes(&[xen.clone(), umbra.clone()].concat())).unwrap();
+        assert_eq!(loaded.entry, 0x1003);
+        // Without it, e_entry; a note of another type or name is not ours.
+        assert_eq!(try_load(&with_notes(&xen)).unwrap().entry, 0x1000);
+        let other = note(crate::abi::PV_ENTRY_NOTE_NAME, 2, &0x1003u64.to_le_bytes());
+        assert_eq!(try_load(&with_notes(&other)).unwrap().entry, 0x1000);
+        // A truncated note chain is skipped, not trusted.
+        assert_eq!(try_load(&with_notes(&umbra[..umbra.len() - 1])).unwrap().entry, 0x1000);
+        // The note's entry is checked like e_entry.
+        let outside = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x9000u64.to_le_bytes());
+        assert_eq!(error(&with_notes(&outside)), LoadError::EntryOutsideSegments { entry: 0x9000 });
+        // A payload that is not one address is refused.
+        let short = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u32.to_le_bytes());
+        assert_eq!(error(&with_notes(&short)), LoadError::BadEntryNote { segment: 1, size: 4 });
+    }
+
     #[test]
     fn messages() {
         let outside =
@@ -833,6 +935,7 @@ mod tests {
             outside,
             LoadError::Overlap { first: 0, second: 1 },
             LoadError::NoLoadableSegments,
+            LoadError::BadEntryNote { segment: 1, size: 4 },
             LoadError::EntryOutsideSegments { entry: 0 },
             LoadError::EntryNotExecutable { entry: 0, segment: 0 },
         ];

@@ -1,0 +1,498 @@
+//! # The native backend: the same kernel on a bare machine, at ring 0
+//!
+//! The guest image boots two ways. Under Umbra it enters at ring 1 through
+//! `guest_entry` (named by our own ELF note) and asks for everything with
+//! hypercalls. Booted directly by QEMU as a PVH kernel, it enters here
+//! instead, through the PVH note, in 32-bit protected mode with paging
+//! off, and owns the machine: it builds its own GDT, IDT and TSS, drives
+//! the 8259 PIC and the 8254 PIT for its one-shot timer, calibrates the
+//! TSC against the PIT, and talks to COM1 itself.
+//!
+//! Everything above `platform.rs` is the same code either way: the process
+//! kernel in `kernel/` cannot tell which backend it runs on. That is what
+//! lets the differential suite compare a native run with a nested one line
+//! by line, and the benchmark divide one time by the other.
+//!
+//! Choices made for the smallness of this file:
+//! - The timer is PIT channel 0 in mode 0 (interrupt on terminal count),
+//!   through the PIC in auto-EOI mode, so no handler has to acknowledge
+//!   anything. It reaches 55 ms at most; the scheduler asks for 1 ms.
+//! - Every handler runs with interrupts off: the kernel's stubs expect
+//!   that (under Umbra they clear the virtual flag themselves), so each
+//!   gate here is an interrupt gate even where the kernel asked for a
+//!   trap gate, which under Umbra only enables direct delivery.
+//! - The boot tables identity-map the first GiB; the kernel replaces them
+//!   with its own at once, which also keep an identity map, so the GDT,
+//!   IDT and TSS stay where they are in every address space.
+
+use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::console::Printable;
+use crate::platform::{self, Backend, Gate};
+
+/// The segment selectors of the native GDT. The user ones are the same
+/// numbers Umbra gives guest user mode (`abi::GUEST_USER_*`), so the
+/// kernel builds the same user frames on either backend.
+const KERNEL_CS: u16 = 0x08;
+const TSS_SELECTOR: u16 = 0x38;
+const _: () = assert!(hv_core::abi::GUEST_USER_SS == 0x2b && hv_core::abi::GUEST_USER_CS == 0x33);
+
+// The PVH note QEMU looks for, the 32-bit entry and the jump to long mode.
+global_asm!(
+    r#"
+    .pushsection .note.pvh, "a", @note
+    .balign 4
+    .long 4, 4, 18              /* name size, payload size, XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long native_entry32
+    .popsection
+
+    .pushsection .text.native, "ax"
+    .code32
+    .global native_entry32
+native_entry32:
+    cld
+    mov %ebx, %esi              /* start_info, kept out of stosb's way */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+    mov $native_stack_top, %esp
+
+    /*
+     * The PIC's interrupts reach the CPU through the local APIC's LINT0
+     * as ExtINT ("virtual wire"). SeaBIOS sets that up on pc and q35;
+     * microvm's firmware does not, so we do, while paging is off and the
+     * APIC's registers are plain physical addresses.
+     */
+    orl $0x100, 0xfee000f0      /* spurious vector register: APIC on */
+    mov 0xfee00350, %eax        /* LINT0 */
+    and $~0x10700, %eax
+    or $0x700, %eax             /* ExtINT, unmasked */
+    mov %eax, 0xfee00350
+
+    /* PML4[0] -> PDPT[0] -> one PD of 512 x 2 MiB: the first GiB. */
+    mov $native_boot_pd, %edi
+    xor %ecx, %ecx
+1:  mov %ecx, %eax
+    shl $21, %eax
+    or $0x83, %eax              /* present, writable, 2 MiB */
+    mov %eax, (%edi, %ecx, 8)
+    inc %ecx
+    cmp $512, %ecx
+    jb 1b
+    movl $native_boot_pd + 3, native_boot_pdpt
+    movl $native_boot_pdpt + 3, native_boot_pml4
+
+    mov %cr4, %eax
+    or $0x20, %eax              /* PAE */
+    mov %eax, %cr4
+    mov $native_boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0x80000001, %eax       /* NX, if the CPU has it */
+    cpuid
+    mov %edx, %ebx
+    mov $0xC0000080, %ecx       /* EFER */
+    rdmsr
+    or $0x100, %eax             /* LME */
+    bt $20, %ebx
+    jnc 2f
+    or $0x800, %eax             /* NXE */
+2:  wrmsr
+    mov %cr0, %eax
+    or $0x80010001, %eax        /* PG | WP | PE */
+    mov %eax, %cr0
+    lgdt native_gdt_pointer
+    ljmp $0x08, $native_entry64
+
+    .code64
+native_entry64:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    mov $native_stack_top, %rsp /* the upper half of rsp is undefined here */
+    xor %ebp, %ebp
+    mov %esi, %edi
+    call native_main
+3:  hlt
+    jmp 3b
+
+    /* Vectors nobody installed (a spurious PIC interrupt, say): ignore. */
+    .global native_ignore_interrupt
+native_ignore_interrupt:
+    iretq
+    .popsection
+
+    .pushsection .data.native, "aw"
+    .balign 16
+    .global native_gdt
+native_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff    /* 0x08: kernel code, 64-bit */
+    .quad 0x00cf92000000ffff    /* 0x10: kernel data */
+    .quad 0, 0                  /* 0x18, 0x20: unused (Umbra's ring-1 slots) */
+    .quad 0x00cff2000000ffff    /* 0x28: user data (0x2b) */
+    .quad 0x00affa000000ffff    /* 0x30: user code, 64-bit (0x33) */
+    .quad 0, 0                  /* 0x38: the TSS, filled in at boot */
+native_gdt_end:
+native_gdt_pointer:
+    .word native_gdt_end - native_gdt - 1
+    .quad native_gdt
+    .popsection
+
+    .pushsection .bss.native, "aw", @nobits
+    .balign 4096
+native_boot_pml4: .skip 4096
+native_boot_pdpt: .skip 4096
+native_boot_pd:   .skip 4096
+    .skip 64 * 1024
+native_stack_top:
+    .popsection
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static mut native_gdt: [u64; 9];
+    fn native_ignore_interrupt();
+}
+
+/// A static the CPU reads behind the compiler's back (IDT, TSS).
+#[repr(C, align(16))]
+struct Table<T>(UnsafeCell<T>);
+
+// SAFETY: one CPU; the tables are written at boot and by the kernel with
+// interrupts off.
+unsafe impl<T> Sync for Table<T> {}
+
+/// 256 gates of 16 bytes each.
+static IDT: Table<[[u64; 2]; 256]> = Table(UnsafeCell::new([[0; 2]; 256]));
+
+/// The 64-bit TSS: only RSP0 matters (offset 4), and the I/O bitmap
+/// offset (at 102) past the end says there is none.
+static TSS: Table<[u32; 26]> = Table(UnsafeCell::new([0; 26]));
+
+/// TSC ticks per millisecond, measured against the PIT at boot.
+static TSC_KHZ: AtomicU64 = AtomicU64::new(1);
+
+const COM1: u16 = 0x3f8;
+const PIT_HZ: u64 = 1_193_182;
+const PIC1_COMMAND: u16 = 0x20;
+const PIC1_DATA: u16 = 0x21;
+const PIC2_COMMAND: u16 = 0xa0;
+const PIC2_DATA: u16 = 0xa1;
+/// QEMU's isa-debug-exit, when the VM has one: it exits with (v << 1) | 1.
+const DEBUG_EXIT: u16 = 0xf4;
+/// PM1a control on QEMU's pc and q35 boards, for a power-off without it.
+const PM1A_CONTROL: u16 = 0x604;
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: ring 0 owns the ports; each caller names a device it drives.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+fn inb(port: u16) -> u8 {
+    let value;
+    // SAFETY: as above.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: reads the time-stamp counter, which ring 0 may always read.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The hvm_start_info fields we read, at their offsets.
+const START_INFO_MAGIC: u32 = 0x336e_c578;
+const CMDLINE_MAX: usize = 512;
+/// Where the boot tables end: memory above the first GiB is not used.
+const MAPPED_AT_BOOT: u64 = 1 << 30;
+/// The image's load address (`link.ld`): the RAM range holding it is ours.
+const IMAGE_BASE: u64 = 0x20_0000;
+
+unsafe extern "C" {
+    static __image_end: u8;
+}
+
+/// What the VMM told us, checked.
+struct StartInfo {
+    cmdline: [u8; CMDLINE_MAX],
+    cmdline_len: usize,
+    memory_size: u64,
+}
+
+fn read_u32(pa: u64) -> u32 {
+    // SAFETY: callers read start_info and what it points to, which the
+    // VMM put in low RAM, identity-mapped by the boot tables.
+    unsafe { (pa as *const u32).read_unaligned() }
+}
+
+fn read_u64(pa: u64) -> u64 {
+    u64::from(read_u32(pa)) | (u64::from(read_u32(pa + 4)) << 32)
+}
+
+/// Reads start_info at `pa`: the command line and the end of the RAM
+/// range that holds the image, or why it could not.
+fn read_start_info(pa: u64) -> Result<StartInfo, &'static str> {
+    let in_boot_map = |address: u64, len: u64| address.checked_add(len).is_some_and(|e| e <= MAPPED_AT_BOOT);
+    if pa == 0 || !in_boot_map(pa, 56) {
+        return Err("start_info is missing or above the first GiB");
+    }
+    if read_u32(pa) != START_INFO_MAGIC {
+        return Err("start_info has a bad magic");
+    }
+    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0 };
+    let cmdline = read_u64(pa + 24);
+    if cmdline != 0 && in_boot_map(cmdline, CMDLINE_MAX as u64) {
+        while info.cmdline_len < CMDLINE_MAX {
+            // SAFETY: checked to lie in the boot map above.
+            let byte = unsafe { ((cmdline + info.cmdline_len as u64) as *const u8).read() };
+            if byte == 0 {
+                break;
+            }
+            info.cmdline[info.cmdline_len] = byte;
+            info.cmdline_len += 1;
+        }
+    }
+    // The memory map arrived with start_info version 1.
+    let (map, entries) = (read_u64(pa + 40), u64::from(read_u32(pa + 48)));
+    if read_u32(pa + 4) < 1 || map == 0 || !in_boot_map(map, entries.saturating_mul(24)) {
+        return Err("start_info has no usable memory map");
+    }
+    for entry in (0..entries).map(|i| map + 24 * i) {
+        let (start, size, kind) = (read_u64(entry), read_u64(entry + 8), read_u32(entry + 16));
+        let end = start.saturating_add(size);
+        if kind == 1 && start <= IMAGE_BASE && IMAGE_BASE < end {
+            // 2 MiB pages map it; what lies past a 2 MiB edge is left alone.
+            info.memory_size = end.min(MAPPED_AT_BOOT) & !((2 << 20) - 1);
+        }
+    }
+    let image_end = &raw const __image_end as u64;
+    if info.memory_size < image_end + (8 << 20) {
+        return Err("too little RAM around the image (needs 8 MiB past it)");
+    }
+    Ok(info)
+}
+
+/// Called by `native_entry64` with the address of start_info.
+#[unsafe(no_mangle)]
+extern "C" fn native_main(start_info: u64) -> ! {
+    platform::choose(Backend::Native);
+    serial_init();
+    set_up_cpu_tables();
+    pic_init();
+    calibrate_tsc();
+    let info = match read_start_info(start_info) {
+        Ok(info) => info,
+        Err(why) => {
+            say!("{why}");
+            shutdown(99, why)
+        }
+    };
+    let cmdline = &info.cmdline[..info.cmdline_len];
+    say!("hello from ring 0 (native)");
+    say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
+    say!("cmdline: \"{}\"", Printable(cmdline));
+    let free_start = &raw const __image_end as u64;
+    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size)
+}
+
+fn serial_init() {
+    outb(COM1 + 1, 0x00); // no interrupts
+    outb(COM1 + 3, 0x80); // divisor latch
+    outb(COM1, 0x01); // 115200 baud
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03); // 8N1
+    outb(COM1 + 2, 0xc7); // FIFOs on and cleared
+}
+
+/// Fills in the TSS descriptor, loads the task register and the IDT, and
+/// points every vector at the ignoring stub until the kernel installs its
+/// own.
+fn set_up_cpu_tables() {
+    let tss = TSS.0.get() as u64;
+    let limit = (size_of::<[u32; 26]>() - 1) as u64;
+    // SAFETY: boot, one CPU; only the boot code reads the GDT so far.
+    unsafe {
+        (*TSS.0.get())[25] = (size_of::<[u32; 26]>() as u32) << 16; // I/O map base: none
+        let low = limit | (tss & 0xff_ffff) << 16 | 0x89 << 40 | (tss >> 24 & 0xff) << 56;
+        native_gdt[7] = low;
+        native_gdt[8] = tss >> 32;
+        asm!("ltr {0:x}", in(reg) TSS_SELECTOR, options(nostack));
+    }
+    for vector in 0..=255u8 {
+        set_trap_handler(
+            vector,
+            native_ignore_interrupt as *const () as u64,
+            Gate { trap: false, user: false },
+        );
+    }
+    let pointer: [u64; 2] = [(size_of::<[[u64; 2]; 256]>() as u64 - 1) | (IDT.0.get() as u64) << 16, {
+        IDT.0.get() as u64 >> 48
+    }];
+    // SAFETY: a valid IDT whose gates all lead to code of ours.
+    unsafe { asm!("lidt [{0}]", in(reg) pointer.as_ptr(), options(readonly, nostack)) };
+}
+
+/// Remaps the PIC to vectors 32-47, in auto-EOI mode, everything masked.
+/// (Its output reaches the CPU through the local APIC's LINT0, which the
+/// boot stub set to ExtINT.)
+fn pic_init() {
+    for (command, data, base, wiring) in [(PIC1_COMMAND, PIC1_DATA, 32, 4), (PIC2_COMMAND, PIC2_DATA, 40, 2)]
+    {
+        outb(command, 0x11); // ICW1: initialize, ICW4 follows
+        outb(data, base); // ICW2: vector base
+        outb(data, wiring); // ICW3: the cascade on IRQ 2
+        outb(data, 0x03); // ICW4: 8086 mode, auto-EOI
+        outb(data, 0xff); // masked
+    }
+}
+
+/// Counts TSC ticks over 10 ms of PIT channel 2 (the speaker channel,
+/// gated on, speaker off, polled through port 0x61).
+fn calibrate_tsc() {
+    const MS: u64 = 10;
+    let count = PIT_HZ * MS / 1000;
+    outb(0x61, (inb(0x61) & !0x02) | 0x01);
+    outb(0x43, 0xb0); // channel 2, low then high byte, mode 0
+    outb(0x42, count as u8);
+    outb(0x42, (count >> 8) as u8);
+    let start = rdtsc();
+    while inb(0x61) & 0x20 == 0 {
+        core::hint::spin_loop();
+    }
+    TSC_KHZ.store(((rdtsc() - start) / MS).max(1), Ordering::Relaxed);
+}
+
+// The platform operations, called through `platform.rs`.
+
+pub fn tsc_khz() -> u64 {
+    TSC_KHZ.load(Ordering::Relaxed)
+}
+
+fn cr3() -> u64 {
+    let value;
+    // SAFETY: reading CR3 at ring 0 changes nothing.
+    unsafe { asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Our own tables hold the entry already; only a cached copy of it, in
+/// the live address space, has to go.
+pub fn set_pte(root: u64, va: u64) {
+    if root == cr3() & !0xfff {
+        // SAFETY: dropping a TLB entry is always safe.
+        unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
+    }
+}
+
+/// # Safety
+/// As `platform::switch_root`.
+pub unsafe fn switch_root(root: u64) {
+    // SAFETY: the caller vouches for the tables.
+    unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+}
+
+pub fn flush_user() {
+    // SAFETY: reloading CR3 with its own value only drops cached entries.
+    unsafe { switch_root(cr3()) };
+}
+
+pub fn interrupts(on: bool) {
+    // SAFETY: the kernel decides when it may be interrupted.
+    unsafe {
+        if on {
+            asm!("sti", options(nomem, nostack));
+        } else {
+            asm!("cli", options(nomem, nostack));
+        }
+    }
+}
+
+pub fn halt() {
+    // SAFETY: sleeps until an interrupt; `sti` takes effect after `hlt`
+    // starts, so one arriving in between still wakes us.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// PIT channel 0, mode 0: IRQ 0 once, after `delta_ns` (0 cancels).
+pub fn set_timer(delta_ns: u64) {
+    if delta_ns == 0 {
+        outb(PIC1_DATA, 0xff);
+        outb(0x43, 0x30); // reprogramming stops the count
+        return;
+    }
+    let count = (u128::from(delta_ns) * u128::from(PIT_HZ)).div_ceil(1_000_000_000).clamp(1, 0xffff) as u16;
+    outb(0x43, 0x30); // channel 0, low then high byte, mode 0
+    outb(0x40, count as u8);
+    outb(0x40, (count >> 8) as u8);
+    outb(PIC1_DATA, 0xfe); // IRQ 0 only
+}
+
+pub fn console(bytes: &[u8]) {
+    for &byte in bytes {
+        if byte == b'\n' {
+            serial_byte(b'\r');
+        }
+        serial_byte(byte);
+    }
+}
+
+fn serial_byte(byte: u8) {
+    while inb(COM1 + 5) & 0x20 == 0 {
+        core::hint::spin_loop();
+    }
+    outb(COM1, byte);
+}
+
+/// Writes gate `vector`. Always an interrupt gate (see the top of the
+/// file); `user` lets ring 3 raise it with `int n`.
+pub fn set_trap_handler(vector: u8, handler: u64, gate: Gate) {
+    let dpl: u64 = if gate.user { 3 } else { 0 };
+    let low = (handler & 0xffff)
+        | u64::from(KERNEL_CS) << 16
+        | (0x8e | dpl << 5) << 40
+        | (handler >> 16 & 0xffff) << 48;
+    // SAFETY: one CPU, interrupts off while the kernel installs handlers.
+    unsafe { (*IDT.0.get())[usize::from(vector)] = [low, handler >> 32] };
+}
+
+pub fn set_kernel_stack(top: u64) {
+    // SAFETY: as above; RSP0 sits at byte 4 of the TSS, in two halves.
+    unsafe {
+        (*TSS.0.get())[1] = top as u32;
+        (*TSS.0.get())[2] = (top >> 32) as u32;
+    }
+}
+
+pub fn fault_address() -> u64 {
+    let value;
+    // SAFETY: reading CR2 at ring 0 changes nothing.
+    unsafe { asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Says how it ends, then leaves QEMU through isa-debug-exit if there is
+/// one (the status becomes QEMU's exit code, as under Umbra), else powers
+/// off through ACPI, else halts for good.
+pub fn shutdown(status: u64, message: &str) -> ! {
+    say!("native shutdown: status {status} ({message})");
+    interrupts(false);
+    // Statuses Umbra would not pass through become its "out of range".
+    let status = if status <= hv_core::abi::GUEST_STATUS_MAX { status as u8 } else { 103 };
+    outb(DEBUG_EXIT, status);
+    // SAFETY: SLP_EN with sleep type 0, which QEMU's boards take as S5.
+    unsafe { asm!("out dx, ax", in("dx") PM1A_CONTROL, in("ax") 0x2000u16, options(nomem, nostack)) };
+    loop {
+        // SAFETY: interrupts are off; nothing is left to do.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
