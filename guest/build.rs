@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The user programs, by file name in `user/`.
-const PROGRAMS: [&str; 5] = ["hello", "forktree", "crash", "spinner", "memtest"];
+const PROGRAMS: [&str; 6] = ["hello", "forktree", "crash", "spinner", "memtest", "bench"];
 
 fn main() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

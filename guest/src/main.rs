@@ -174,10 +174,12 @@ mod boot {
     }
 
     /// The process kernel's scenario for a `test=` word: the showcase when
-    /// there is none. None for the test modes, which are Umbra's alone.
+    /// there is none; the benchmark is one too. None for the test modes,
+    /// which are Umbra's alone.
     fn kernel_scenario(test: Option<&[u8]>) -> Option<&[u8]> {
         match test {
             None | Some(b"showcase") => Some(b"showcase"),
+            Some(word) if word.starts_with(b"bench:") => Some(word),
             Some(word) => word.strip_prefix(b"scenario:"),
         }
     }

@@ -356,18 +356,26 @@ fn pic_init() {
     }
 }
 
-/// Counts TSC ticks over 10 ms of PIT channel 2 (the speaker channel,
-/// gated on, speaker off, polled through port 0x61).
+/// Counts TSC ticks over 10 ms of PIT channel 0, counting down in
+/// mode 0 with its interrupt masked, read back by latching the count.
+/// (Channel 2 and port 0x61 would spare the reads, but microvm has no
+/// port 0x61.)
 fn calibrate_tsc() {
     const MS: u64 = 10;
-    let count = PIT_HZ * MS / 1000;
-    outb(0x61, (inb(0x61) & !0x02) | 0x01);
-    outb(0x43, 0xb0); // channel 2, low then high byte, mode 0
-    outb(0x42, count as u8);
-    outb(0x42, (count >> 8) as u8);
+    let count = (PIT_HZ * MS / 1000) as u16;
+    outb(0x43, 0x30); // channel 0, low then high byte, mode 0
+    outb(0x40, count as u8);
+    outb(0x40, (count >> 8) as u8);
     let start = rdtsc();
-    while inb(0x61) & 0x20 == 0 {
-        core::hint::spin_loop();
+    let mut last = count;
+    loop {
+        outb(0x43, 0x00); // latch channel 0's count
+        let now = u16::from(inb(0x40)) | u16::from(inb(0x40)) << 8;
+        // At zero mode 0 wraps round to 0xffff and counts on.
+        if now == 0 || now > last {
+            break;
+        }
+        last = now;
     }
     TSC_KHZ.store(((rdtsc() - start) / MS).max(1), Ordering::Relaxed);
 }

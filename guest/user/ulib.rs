@@ -22,6 +22,7 @@ pub const SYS_YIELD: u64 = 4;
 pub const SYS_GETPID: u64 = 5;
 pub const SYS_SBRK: u64 = 6;
 pub const SYS_CLOCK: u64 = 7;
+pub const SYS_EXITS: u64 = 8;
 
 // The entry: align the stack as a call would, then main's result is the
 // status for exit. `ud2` is never reached.
@@ -95,6 +96,11 @@ pub fn sbrk(delta: i64) -> Option<u64> {
 
 pub fn clock_ns() -> u64 {
     syscall(SYS_CLOCK, 0, 0, 0)
+}
+
+/// How often the kernel has exited to its hypervisor so far (0 natively).
+pub fn hypervisor_exits() -> u64 {
+    syscall(SYS_EXITS, 0, 0, 0)
 }
 
 /// A line being built; `println!` sends it with one write, so lines of

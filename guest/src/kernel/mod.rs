@@ -40,7 +40,8 @@ static FORKTREE: &[u8] = program!("forktree");
 static CRASH: &[u8] = program!("crash");
 static SPINNER: &[u8] = program!("spinner");
 static MEMTEST: &[u8] = program!("memtest");
-const PROGRAMS: usize = 5;
+static BENCH: &[u8] = program!("bench");
+const PROGRAMS: usize = 6;
 
 /// One program a scenario starts: its name, its image, its argument and
 /// the exit status it must end with.
@@ -123,8 +124,33 @@ static SCENARIOS: &[Scenario] = &[
     Scenario { name: "churn", programs: &[start("memtest", MEMTEST, 3, 0)], needs_preemption: false },
 ];
 
-/// The scenario kernel main runs (an index into `SCENARIOS`).
+/// The scenario kernel main runs (an index into `SCENARIOS`), or
+/// [`BENCHMARK`].
 static CHOSEN: AtomicUsize = AtomicUsize::new(0);
+const BENCHMARK: usize = usize::MAX;
+
+/// The benchmark's workloads, in the order of `user/bench.rs`.
+const WORKLOADS: [&str; 6] = ["compute", "syscall", "yield", "touch", "fork", "mixed"];
+/// Up to one run of each, from `bench:NAME=COUNT,...`: (workload, count).
+static mut BENCH_RUNS: [(u64, u64); 8] = [(0, 0); 8];
+static BENCH_RUN_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads `NAME=COUNT,...` into `BENCH_RUNS`; false if a word is not one.
+fn parse_benchmark(spec: &[u8]) -> bool {
+    let mut count = 0;
+    for word in spec.split(|&b| b == b',') {
+        let mut parts = word.splitn(2, |&b| b == b'=');
+        let (Some(name), Some(digits)) = (parts.next(), parts.next()) else { return false };
+        let which = WORKLOADS.iter().position(|w| w.as_bytes() == name);
+        let ops = crate::modes::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
+        let (Some(which), Some(ops), true) = (which, ops, count < 8) else { return false };
+        // SAFETY: boot, before anything else runs or reads it.
+        unsafe { (*(&raw mut BENCH_RUNS))[count] = (which as u64, ops) };
+        count += 1;
+    }
+    BENCH_RUN_COUNT.store(count, Ordering::Relaxed);
+    count > 0
+}
 
 unsafe extern "C" {
     fn kernel_enter_high(entry: u64, stack_top: u64) -> !;
@@ -146,7 +172,18 @@ kernel_enter_high:
 /// Runs scenario `name` (`showcase` is one too) in the free memory
 /// `[free_start, free_end)` of `memory_size` bytes of guest memory.
 pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
-    let Some(index) = SCENARIOS.iter().position(|s| s.name.as_bytes() == name) else {
+    let index = match name.strip_prefix(b"bench:") {
+        Some(spec) if parse_benchmark(spec) => Some(BENCHMARK),
+        Some(_) => {
+            say!(
+                "bad benchmark {}: want bench:NAME=COUNT,... with NAME one of {WORKLOADS:?}",
+                Printable(name)
+            );
+            platform::shutdown(97, "bad benchmark")
+        }
+        None => SCENARIOS.iter().position(|s| s.name.as_bytes() == name),
+    };
+    let Some(index) = index else {
         say!("unknown scenario {}", Printable(name));
         platform::shutdown(97, "unknown scenario")
     };
@@ -166,9 +203,13 @@ pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
 
 /// Kernel main, in the higher half.
 extern "C" fn kernel_main() -> ! {
-    let scenario = &SCENARIOS[CHOSEN.load(Ordering::Relaxed)];
     trap::install();
     say!("kernel: running in the higher half at {:#x}, {PROGRAMS} programs packed", mem::KERNEL_BASE);
+    let chosen = CHOSEN.load(Ordering::Relaxed);
+    if chosen == BENCHMARK {
+        benchmark()
+    }
+    let scenario = &SCENARIOS[chosen];
     let free_before = k().frames.available();
     let mut pids = [0u64; MAX_PROCS];
     for (i, program) in scenario.programs.iter().enumerate() {
@@ -210,4 +251,31 @@ extern "C" fn kernel_main() -> ! {
     }
     say!("scenario {}: {failures} checks failed", scenario.name);
     platform::shutdown(1, "scenario failed")
+}
+
+/// `bench:NAME=COUNT,...`: each workload in turn, alone on the machine,
+/// with the clock ticking as it does for any other program. Each times
+/// itself and prints its line (see `user/bench.rs`).
+fn benchmark() -> ! {
+    k().quiet = true;
+    trap::start_clock();
+    let mut failures = 0;
+    for i in 0..BENCH_RUN_COUNT.load(Ordering::Relaxed) {
+        // SAFETY: written once at boot, only read from here on.
+        let (which, count) = unsafe { (*(&raw const BENCH_RUNS))[i] };
+        let ok = match proc::spawn(b"bench", BENCH, which << 56 | count) {
+            Ok(pid) => proc::wait().is_some_and(|(done, status)| done == pid && status == 0),
+            Err(_) => false,
+        };
+        if !ok {
+            failures += 1;
+            say!("benchmark {} failed", WORKLOADS[which as usize]);
+        }
+    }
+    trap::stop_clock();
+    if failures == 0 {
+        say!("benchmark: done");
+        platform::shutdown(0, "benchmark done")
+    }
+    platform::shutdown(1, "benchmark failed")
 }

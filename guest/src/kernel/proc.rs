@@ -137,6 +137,9 @@ pub struct Kernel {
     pub need_resched: bool,
     /// Preemptions by the timer; scenarios check it is not zero.
     pub preemptions: u64,
+    /// No "exited" lines: a benchmark's thousands of children would
+    /// measure the console instead of the kernel.
+    pub quiet: bool,
     pub ticking: bool,
 }
 
@@ -155,6 +158,7 @@ static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
     kstacks: 0,
     need_resched: false,
     preemptions: 0,
+    quiet: false,
     ticking: false,
 }));
 

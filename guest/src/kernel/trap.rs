@@ -302,6 +302,7 @@ pub const SYS_YIELD: u64 = 4;
 pub const SYS_GETPID: u64 = 5;
 pub const SYS_SBRK: u64 = 6;
 pub const SYS_CLOCK: u64 = 7;
+pub const SYS_EXITS: u64 = 8;
 
 const ERROR: u64 = u64::MAX;
 
@@ -318,8 +319,10 @@ fn syscall(frame: &mut TrapFrame) {
     let (a0, a1) = (frame.rdi, frame.rsi);
     frame.rax = match frame.rax {
         SYS_EXIT => {
-            let name = k().cur().name;
-            say!("[{}] exited with status {a0}", crate::console::Printable(name.bytes()));
+            if !k().quiet {
+                let name = k().cur().name;
+                say!("[{}] exited with status {a0}", crate::console::Printable(name.bytes()));
+            }
             proc::exit(a0)
         }
         SYS_WRITE => write(a0, a1),
@@ -342,6 +345,7 @@ fn syscall(frame: &mut TrapFrame) {
         SYS_GETPID => k().cur().pid,
         SYS_SBRK => sbrk(a0 as i64),
         SYS_CLOCK => platform::now_ns(),
+        SYS_EXITS => platform::exits(),
         _ => ERROR,
     };
 }
