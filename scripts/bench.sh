@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Umbra's overhead against native, measured side by side in one run.
+#
+#   scripts/bench.sh [--modes "tcg icount kvm"] [--machine microvm|pc|q35]
+#                    [--tcg-counts SPEC] [--kvm-counts SPEC]
+#
+# The guest kernel boots twice per mode, from the same ELF: natively (QEMU
+# runs it as a PVH kernel at ring 0) and nested (Umbra runs it at ring 1),
+# with the same machine, memory and CPUs. Both run the same workloads
+# (`test=bench:NAME=COUNT,...`): compute, syscall, yield, touch, fork and
+# mixed (see guest/user/bench.rs). Each workload times itself with the
+# guest's TSC clock and counts the exits it caused to Umbra.
+#
+# Modes: tcg (QEMU's translator), icount (TCG with -icount shift=0, where
+# a nanosecond of guest time is one instruction, so its figures are
+# instruction counts and reproducible anywhere) and kvm (when /dev/kvm
+# opens). A table per mode gives, per operation, native and nested cost,
+# their ratio and Umbra's exits. These are measurements, not tests: no
+# run fails for being slow. Serial logs go to target/bench/.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+modes="tcg icount kvm" machine=microvm
+tcg_counts="compute=2000000,syscall=20000,yield=5000,touch=4096,fork=200,mixed=50"
+# This machine's nested KVM is slow at every kernel entry (see
+# docs/performance.md), natively too, so it gets smaller counts.
+kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
+usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --modes) modes=${2:?}; shift 2 ;;
+        --machine) machine=${2:?}; shift 2 ;;
+        --tcg-counts) tcg_counts=${2:?}; shift 2 ;;
+        --kvm-counts) kvm_counts=${2:?}; shift 2 ;;
+        -h|--help) usage ;;
+        *) say "unknown option '$1'"; usage ;;
+    esac
+done
+
+ensure_qemu
+build_image >&2
+(cd "$UMBRA_ROOT" && cargo build --release --target "$UMBRA_TARGET" -p guest) >&2 || exit 1
+guest_elf="$UMBRA_ROOT/target/$UMBRA_TARGET/release/guest"
+out="$UMBRA_ROOT/target/bench"
+mkdir -p "$out"
+
+# boot MODE KERNEL APPEND LOG: one boot, with a timeout that only
+# catches hangs; the serial log is kept.
+boot() {
+    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg extra=() rc=0
+    case "$mode" in
+        icount) extra=(-icount shift=0) ;;
+        kvm) accel=kvm ;;
+    esac
+    qemu_args "$accel" "$machine" 2 256M
+    QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
+    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${extra[@]}" -append "$append" >"$log" 2>&1 || rc=$?
+    if ! grep -q "guest: benchmark: done" "$log"; then
+        say "the $mode run of $kernel did not finish (exit code $rc); see $log"
+        return 1
+    fi
+}
+
+# "NAME OPS NS EXITS" per workload, from a log.
+results() {
+    sed -n 's/.*bench \([a-z]*\): \([0-9]*\) ops, \([0-9]*\) ns, \([0-9]*\) exits.*/\1 \2 \3 \4/p' "$1"
+}
+
+declare -A native nested
+for mode in $modes; do
+    if [ "$mode" = kvm ] && ! kvm_opens; then
+        say "skipping kvm: /dev/kvm does not open here"
+        continue
+    fi
+    counts=$tcg_counts
+    [ "$mode" = kvm ] && counts=$kvm_counts
+    say "$mode: native run"
+    boot "$mode" "$guest_elf" "test=bench:$counts" "$out/$mode-native.log" || exit 1
+    say "$mode: nested run"
+    boot "$mode" "$UMBRA_IMAGE" "-- test=bench:$counts" "$out/$mode-nested.log" || exit 1
+    native[$mode]=$(results "$out/$mode-native.log")
+    nested[$mode]=$(results "$out/$mode-nested.log")
+done
+
+# table MODE UNIT: one row per workload.
+table() {
+    local mode=$1 unit=$2
+    echo
+    echo "### $mode ($machine, 2 CPUs, 256 MiB; per operation)"
+    echo
+    echo "| workload | ops | native $unit | nested $unit | nested/native | exits |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local name
+    for name in compute syscall yield touch fork mixed; do
+        join <(echo "${native[$mode]}" | grep "^$name ") <(echo "${nested[$mode]}" | grep "^$name ") || true
+    done | awk '{ n = $3 / $2; v = $6 / $5
+        printf "| %s | %d | %.0f | %.0f | %.2f | %.2f |\n", $1, $2, n, v, v / n, $7 / $5 }'
+}
+
+echo "# Umbra overhead: native vs nested ($(date -u +%Y-%m-%d), QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'))"
+for mode in $modes; do
+    [ -n "${native[$mode]:-}" ] || continue
+    case "$mode" in
+        icount) table icount "insns" ;;
+        *) table "$mode" "ns" ;;
+    esac
+done
+echo
+echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts. Logs in target/bench/."
