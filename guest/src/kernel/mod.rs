@@ -23,7 +23,7 @@ mod mem;
 mod proc;
 mod trap;
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::console::Printable;
 use crate::platform;
@@ -131,8 +131,9 @@ const BENCHMARK: usize = usize::MAX;
 
 /// The benchmark's workloads, in the order of `user/bench.rs`.
 const WORKLOADS: [&str; 6] = ["compute", "syscall", "yield", "touch", "fork", "mixed"];
-/// Up to one run of each, from `bench:NAME=COUNT,...`: (workload, count).
-static mut BENCH_RUNS: [(u64, u64); 8] = [(0, 0); 8];
+/// Up to eight runs, from `bench:NAME=COUNT,...`: the `bench` program's
+/// argument for each, the workload in the top byte and the count below.
+static BENCH_RUNS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 static BENCH_RUN_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Reads `NAME=COUNT,...` into `BENCH_RUNS`; false if a word is not one.
@@ -144,8 +145,7 @@ fn parse_benchmark(spec: &[u8]) -> bool {
         let which = WORKLOADS.iter().position(|w| w.as_bytes() == name);
         let ops = crate::modes::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
         let (Some(which), Some(ops), true) = (which, ops, count < 8) else { return false };
-        // SAFETY: boot, before anything else runs or reads it.
-        unsafe { (*(&raw mut BENCH_RUNS))[count] = (which as u64, ops) };
+        BENCH_RUNS[count].store((which as u64) << 56 | ops, Ordering::Relaxed);
         count += 1;
     }
     BENCH_RUN_COUNT.store(count, Ordering::Relaxed);
@@ -260,10 +260,10 @@ fn benchmark() -> ! {
     k().quiet = true;
     trap::start_clock();
     let mut failures = 0;
-    for i in 0..BENCH_RUN_COUNT.load(Ordering::Relaxed) {
-        // SAFETY: written once at boot, only read from here on.
-        let (which, count) = unsafe { (*(&raw const BENCH_RUNS))[i] };
-        let ok = match proc::spawn(b"bench", BENCH, which << 56 | count) {
+    for run in BENCH_RUNS.iter().take(BENCH_RUN_COUNT.load(Ordering::Relaxed)) {
+        let arg = run.load(Ordering::Relaxed);
+        let which = arg >> 56;
+        let ok = match proc::spawn(b"bench", BENCH, arg) {
             Ok(pid) => proc::wait().is_some_and(|(done, status)| done == pid && status == 0),
             Err(_) => false,
         };
