@@ -138,8 +138,14 @@ pub struct BootInfo {
 
 impl BootInfo {
     /// Bytes of RAM the memory map describes (before Umbra takes any).
+    /// Overlapping entries are counted twice, so a hostile map can claim
+    /// more than 2^64 bytes: the sum stops at u64::MAX rather than wrap
+    /// (or panic, with overflow checks on).
     pub fn ram_bytes(&self) -> u64 {
-        self.memory_map.iter().filter(|r| r.kind == RegionKind::Ram).map(|r| r.range.len()).sum()
+        self.memory_map
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ram)
+            .fold(0u64, |sum, r| sum.saturating_add(r.range.len()))
     }
 
     /// Does memory the map describes cover every byte of `range`?
@@ -752,6 +758,15 @@ mod tests {
         let (info, _) = parse_ok(&machine(b"\0", &map));
         assert!(info.map_covers(PhysRange { start: 0xefc70, end: 0xf0100 }));
         assert!(!info.map_covers(PhysRange { start: 0x100000, end: 0x101000 }));
+    }
+
+    /// Found by the start_info fuzzer: two huge overlapping RAM entries
+    /// made the RAM total overflow.
+    #[test]
+    fn a_ram_total_past_2_to_the_64_saturates() {
+        let huge = u64::MAX - 0x10_0000;
+        let (info, _) = parse_ok(&machine(b"\0", &[(0x10_0000, huge, 1), (0x20_0000, huge - 0x10_0000, 1)]));
+        assert_eq!(info.ram_bytes(), u64::MAX);
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub struct Config {
     pub guest_mem: u64,
     /// `guest_timeout=SECONDS`: kill a guest that runs longer (0: never).
     pub guest_timeout_s: u64,
-    /// `guests=N`: how many copies of the default guest to run (1-8).
+    /// `guests=N`: how many copies of the default guest to run, one to a
+    /// million; at most [`MAX_GUESTS`] run at once, the rest wait their
+    /// turn (a fuzzing campaign runs thousands in one boot).
     pub guests: usize,
     /// `guests_at_once=N`: at most N guests run together; the others wait
     /// for a place (default: all of them together).
@@ -83,6 +85,12 @@ pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
 pub const MAX_GUEST_TIMEOUT_S: u64 = 86_400;
 /// The most guests run at once.
 pub const MAX_GUESTS: usize = 8;
+/// The most guests one boot runs in all, one after another.
+pub const MAX_GUESTS_IN_ALL: usize = 1_000_000;
+/// In a guest's command line, this becomes the guest's number (1, 2, ...),
+/// so guests that share one command line can still differ: the fuzzer
+/// derives each guest's seed from it.
+pub const GUEST_NUMBER_PLACEHOLDER: &[u8] = b"{n}";
 pub const MIN_GUEST_MEM: u64 = 4 << 20;
 /// Guest-physical addresses must fit the shadow MMU's checks comfortably.
 pub const MAX_GUEST_MEM: u64 = 64 << 30;
@@ -115,6 +123,39 @@ pub fn split_guest(cmdline: &[u8]) -> (&[u8], &[u8]) {
         start = end + 1;
     }
     (cmdline, &[])
+}
+
+/// `cmdline` with every [`GUEST_NUMBER_PLACEHOLDER`] replaced by
+/// `number`, written into `out`; returns how many bytes were written.
+/// What does not fit is cut off, as a long command line is anyway.
+pub fn with_guest_number(cmdline: &[u8], number: usize, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = number;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let mut written = 0;
+    let mut at = 0;
+    while at < cmdline.len() && written < out.len() {
+        let piece = if cmdline[at..].starts_with(GUEST_NUMBER_PLACEHOLDER) {
+            at += GUEST_NUMBER_PLACEHOLDER.len();
+            digits
+        } else {
+            at += 1;
+            &cmdline[at - 1..at]
+        };
+        let room = (out.len() - written).min(piece.len());
+        out[written..written + room].copy_from_slice(&piece[..room]);
+        written += room;
+    }
+    written
 }
 
 /// A plain decimal number, at most 12 digits.
@@ -226,13 +267,13 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                 }
             },
             b"start_info_test" if value.is_empty() => config.start_info_test = true,
-            b"guests" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS as u64).contains(n)) {
+            b"guests" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS_IN_ALL as u64).contains(n)) {
                 Some(count) => config.guests = count as usize,
                 None => {
                     let _ = notices.push(CmdlineNotice::BadValue {
                         key: "guests",
                         value: Excerpt::of(value),
-                        expected: "1 to 8",
+                        expected: "1 to 1000000",
                         default: "1",
                     });
                 }
@@ -375,11 +416,34 @@ mod tests {
         assert_eq!(parse_all(b"guests_at_once=2").0.guests_at_once, Some(2));
         assert_eq!(parse_all(b"guests_at_once=0").1.len(), 1);
         assert_eq!(parse_all(b"").0.guests, 1);
-        for bad in [&b"guests=0"[..], b"guests=9", b"guests=many"] {
+        assert_eq!(parse_all(b"guests=9").0.guests, 9);
+        assert_eq!(parse_all(b"guests=1000000").0.guests, MAX_GUESTS_IN_ALL);
+        assert_eq!(parse_all(b"guests_at_once=9").1.len(), 1);
+        for bad in [&b"guests=0"[..], b"guests=1000001", b"guests=many"] {
             let (config, notices) = parse_all(bad);
             assert_eq!(config.guests, 1, "{bad:?}");
             assert_eq!(notices.len(), 1);
         }
+    }
+
+    fn numbered(cmdline: &[u8], number: usize, room: usize) -> StdVec<u8> {
+        let mut out = std::vec![0u8; room];
+        let len = with_guest_number(cmdline, number, &mut out);
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn guest_numbers_fill_the_placeholder() {
+        assert_eq!(numbered(b"test=fuzz:100+{n}:50", 7, 64), b"test=fuzz:100+7:50");
+        assert_eq!(numbered(b"{n}{n} {n", 1_000_000, 64), b"10000001000000 {n");
+        assert_eq!(numbered(b"a {n}", 0, 64), b"a 0");
+        assert_eq!(numbered(b"no placeholder", 3, 64), b"no placeholder");
+        // Cut off where the room ends, even inside a number.
+        assert_eq!(numbered(b"x={n}", 12345, 4), b"x=12");
+        assert_eq!(numbered(b"", 5, 4), b"");
+        assert_eq!(numbered(b"abc", usize::MAX, 0), b"");
+        assert_eq!(numbered(b"{n}", usize::MAX, 64), std::format!("{}", usize::MAX).as_bytes());
     }
 
     #[test]

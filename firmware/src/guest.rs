@@ -14,6 +14,12 @@
 //! guest, and hand the exit to hv-core, until the guest shuts down or is
 //! killed. Either way its memory and shadow pages go back to the pool and
 //! the statistics are printed.
+//!
+//! At most eight guests run at once, but a boot may run many more one
+//! after another (`guests=N`, up to a million: a fuzzing campaign runs
+//! thousands). When several ran, one closing line adds them up, with the
+//! free frames before and after, which shows that each one gave back all
+//! it took.
 
 use core::fmt::Write;
 use core::mem::size_of;
@@ -175,8 +181,13 @@ pub struct Console {
 }
 
 impl Console {
-    /// The host's closing line for this guest; returns `status`.
+    /// The host's closing line for this guest; returns `status`. It starts
+    /// a line of its own even when the guest left half a line unfinished
+    /// (a fuzzer's random bytes), so the reason is always one whole line.
     fn finish(&self, status: u8, line: core::fmt::Arguments) -> u8 {
+        if !self.at_line_start {
+            crate::serial::print(format_args!("\n"));
+        }
         match self.prefix {
             Some(number) => crate::serial::print(format_args!("[g{number}] {line}\n")),
             None => crate::serial::print(format_args!("{line}\n")),
@@ -193,6 +204,9 @@ impl Host for Console {
     fn console_write(&mut self, bytes: &[u8]) {
         let Some(number) = self.prefix else {
             crate::serial::write_bytes(bytes);
+            if let Some(&last) = bytes.last() {
+                self.at_line_start = last == b'\n';
+            }
             return;
         };
         for line in bytes.split_inclusive(|&b| b == b'\n') {
@@ -290,18 +304,27 @@ struct Slot {
 
 /// Load the guests and run them to the end, time-sliced on this CPU, at
 /// most `at_once` at a time: a waiting guest starts when another ends, in
-/// memory that may well be the finished guest's, scrubbed. Returns the
-/// firmware's exit status: 0 when every guest exited with 0, otherwise
-/// the status of the first guest (in order) that did not.
-pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64, timeout_s: u64) -> u8 {
+/// memory that may well be the finished guest's, scrubbed. `total` guests
+/// run in all; guest i runs `guests[i]`, and those past the end of the
+/// list run its last entry again. Returns the firmware's exit status: 0
+/// when every guest exited with 0, otherwise the status of the first
+/// guest (in order) that did not.
+pub fn run(
+    guests: &[GuestImage],
+    total: usize,
+    at_once: usize,
+    memory_size: u64,
+    tsc_khz: u64,
+    timeout_s: u64,
+) -> u8 {
     let clock = Console { tsc_khz, boot_tsc: rdtsc(), prefix: None, at_line_start: true };
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
-    let several = guests.len() > 1;
+    let several = total > 1;
     let at_once = at_once.clamp(1, MAX_GUESTS);
-    let mut waiting = guests.iter().enumerate().take(MAX_GUESTS);
-    let mut results = [status::SUCCESS; MAX_GUESTS];
+    let mut totals = Totals { free_before: free_frames(), ..Totals::default() };
+    let mut waiting = (0..total).filter_map(|index| Some((index, guests.get(index).or(guests.last())?)));
     let mut slots: heapless::Vec<Slot, MAX_GUESTS> = heapless::Vec::new();
-    let mut admit = |slots: &mut heapless::Vec<Slot, MAX_GUESTS>, results: &mut [u8; MAX_GUESTS]| {
+    let mut admit = |slots: &mut heapless::Vec<Slot, MAX_GUESTS>, totals: &mut Totals| {
         while slots.len() < at_once {
             let Some((index, guest)) = waiting.next() else { return };
             let number = index + 1;
@@ -316,11 +339,11 @@ pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64
                     let fpu = FpuState::clean();
                     let _ = slots.push(Slot { number, fpu, vcpu, regs, state, console, cycles, watchdog });
                 }
-                Err(status) => results[index] = status,
+                Err(status) => totals.ended(number, status),
             }
         }
     };
-    admit(&mut slots, &mut results);
+    admit(&mut slots, &mut totals);
 
     let cpu = 0;
     let mut current: Option<usize> = None;
@@ -339,26 +362,87 @@ pub fn run(guests: &[GuestImage], at_once: usize, memory_size: u64, tsc_khz: u64
             SliceEnd::Finished(status) => SlotState::Finished(status),
         };
         if let SlotState::Finished(status) = slots[next].state {
-            results[slots[next].number - 1] = status;
-            retire(slots.remove(next), several);
+            totals.ended(slots[next].number, status);
+            retire(slots.remove(next), several, &mut totals);
             current = None;
-            admit(&mut slots, &mut results);
+            admit(&mut slots, &mut totals);
         }
     }
     // A guest halted for ever is finished by pick_next; retire the rest.
     for slot in slots {
         if let SlotState::Finished(status) = slot.state {
-            results[slot.number - 1] = status;
+            totals.ended(slot.number, status);
         }
-        retire(slot, several);
+        retire(slot, several, &mut totals);
     }
-    results.into_iter().find(|&status| status != status::SUCCESS).unwrap_or(status::SUCCESS)
+    if several {
+        totals.print(free_frames());
+    }
+    totals.first_failure.map_or(status::SUCCESS, |(_, status)| status)
+}
+
+fn free_frames() -> usize {
+    FRAMES.lock().as_ref().map_or(0, |frames| frames.free_frames())
+}
+
+/// What all the guests of a run add up to, printed at the end when there
+/// were several: a campaign of thousands of guests is read from this line.
+/// The free frames before and after show that every guest gave all its
+/// memory back.
+#[derive(Default)]
+struct Totals {
+    guests: u64,
+    exited: u64,
+    killed: u64,
+    other: u64,
+    hypercalls: u64,
+    async_calls: u64,
+    exits: u64,
+    free_before: usize,
+    /// The lowest-numbered guest that did not exit with 0, and its status.
+    first_failure: Option<(usize, u8)>,
+}
+
+impl Totals {
+    fn ended(&mut self, number: usize, status: u8) {
+        self.guests += 1;
+        match status {
+            status::SUCCESS => self.exited += 1,
+            status::GUEST_KILLED => self.killed += 1,
+            _ => self.other += 1,
+        }
+        if status != status::SUCCESS && self.first_failure.is_none_or(|(first, _)| number < first) {
+            self.first_failure = Some((number, status));
+        }
+    }
+
+    fn print(&self, free_after: usize) {
+        crate::serial::print(format_args!(
+            "guests: {} ended: {} exited 0, {} killed, {} other; hypercalls {} (+{} async), exits {}; \
+             free frames {} before, {} after\n",
+            self.guests,
+            self.exited,
+            self.killed,
+            self.other,
+            self.hypercalls,
+            self.async_calls,
+            self.exits,
+            self.free_before,
+            free_after,
+        ));
+        if free_after != self.free_before {
+            log::warn!(
+                "memory: {} frames fewer free after the guests than before",
+                self.free_before - free_after
+            );
+        }
+    }
 }
 
 /// A finished guest gives everything back at once: its shadow pages, its
 /// memory (scrubbed first, so no later guest ever sees it), and its
 /// statistics go out.
-fn retire(slot: Slot, several: bool) {
+fn retire(slot: Slot, several: bool, totals: &mut Totals) {
     let Slot { vcpu, cycles, number, .. } = slot;
     let counters = vcpu.mmu.counters();
     let stats = vcpu.stats.clone();
@@ -367,6 +451,9 @@ fn retire(slot: Slot, several: bool) {
         log::warn!("shadow pool: {} frames still in use after the guest's release", pool.in_use);
     }
     release_guest_memory(ram);
+    totals.hypercalls += stats.hypercalls.iter().sum::<u64>();
+    totals.async_calls += stats.async_calls;
+    totals.exits += stats.exits_by_vector.iter().sum::<u64>();
     print_stats(&stats, &counters, &cycles, several.then_some(number));
 }
 
@@ -537,7 +624,7 @@ fn load(
             format_args!("guest killed: its image reaches the boot-info page at {boot_info:#x}"),
         ));
     }
-    write_boot_info(&mut ram, boot_info, guest.cmdline);
+    write_boot_info(&mut ram, boot_info, guest.cmdline, number);
     log::debug!("guest{}: memory at host {:#x}, scrubbed", Numbered(console.prefix), ram.base);
     log::info!(
         "guest{}: {} segments at {:#x}-{:#x}, entry {:#x}, {} MiB",
@@ -676,9 +763,14 @@ fn sleep_while_halted<M: vcpu::GuestRam, P: FramePool>(
     }
 }
 
-fn write_boot_info(ram: &mut GuestRam, at: u64, cmdline: &[u8]) {
-    let header = size_of::<BootInfo>() as u64;
-    let cmdline = &cmdline[..cmdline.len().min((PAGE - header) as usize)];
+/// The boot-info block, with the command line after it in the same page;
+/// a `{n}` in the command line becomes the guest's number.
+fn write_boot_info(ram: &mut GuestRam, at: u64, cmdline: &[u8], number: usize) {
+    const HEADER: usize = size_of::<BootInfo>();
+    let header = HEADER as u64;
+    let mut numbered = [0u8; PAGE as usize - HEADER];
+    let len = umbra_firmware::cmdline::with_guest_number(cmdline, number, &mut numbered);
+    let cmdline = &numbered[..len];
     let info = BootInfo {
         magic: abi::BOOT_INFO_MAGIC,
         abi_version: abi::ABI_VERSION,

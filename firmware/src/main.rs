@@ -244,7 +244,9 @@ mod boot {
         log::debug!("switcher: pages for {} CPUs", switcher::cpu_count());
 
         // The guests: each PVH module is one; without modules, `guests=N`
-        // copies of the default guest built into the image.
+        // copies of the default guest built into the image. At most
+        // MAX_GUESTS distinct ones are listed; guests past the list run
+        // the last one again (a campaign of thousands shares one line).
         let mut guests: heapless::Vec<guest::GuestImage, { guest::MAX_GUESTS }> = heapless::Vec::new();
         for (index, module) in info.modules.iter().enumerate().take(guest::MAX_GUESTS) {
             // SAFETY: the module lies in memory the map describes (checked by
@@ -261,7 +263,7 @@ mod boot {
             // line: guest i gets part i, and the last part repeats.
             let mut parts = guest_cmdline;
             let mut cmdline: &[u8] = &[];
-            for _ in 0..config.guests {
+            for _ in 0..config.guests.min(guest::MAX_GUESTS) {
                 if !parts.is_empty() {
                     let (this, rest) = cmdline::split_guest(parts);
                     (cmdline, parts) = (this.trim_ascii(), rest);
@@ -284,7 +286,8 @@ mod boot {
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
         let at_once = config.guests_at_once.unwrap_or(guest::MAX_GUESTS);
-        let status = guest::run(&guests, at_once, config.guest_mem, tsc_khz, config.guest_timeout_s);
+        let total = if info.modules.is_empty() { config.guests } else { guests.len() };
+        let status = guest::run(&guests, total, at_once, config.guest_mem, tsc_khz, config.guest_timeout_s);
         power::exit(status)
     }
 
