@@ -47,6 +47,7 @@ impl Rng {
 const EHDR: usize = 64;
 const PHDR: usize = 56;
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
 const PF_X: u32 = 1;
 /// Guest memories up to this size are real buffers whose bytes are
 /// checked; larger ones only record where the loader wrote.
@@ -145,7 +146,12 @@ fn valid_image(rng: &mut Rng, memory: u64) -> Vec<u8> {
     // Non-overlapping slices of memory: segment i in the i-th quarter.
     let quarter = room / 4;
     let mut phdrs = Vec::new();
-    let mut data_at = (EHDR + PHDR * count) as u64;
+    // Half the images also name their entry in Umbra's note (as the real
+    // guest does), after another loader's note or alone; the payload is
+    // sometimes the wrong size, which must be refused.
+    let with_note = rng.below(2) == 0;
+    let headers = count + usize::from(with_note);
+    let mut data_at = (EHDR + PHDR * headers) as u64;
     for i in 0..count as u64 {
         let memsz = 1 + rng.below(0x3000.min(quarter));
         let filesz = if rng.below(3) == 0 { 0 } else { rng.below(memsz + 1) };
@@ -155,9 +161,28 @@ fn valid_image(rng: &mut Rng, memory: u64) -> Vec<u8> {
         let flags = if i == 0 { PF_X | 4 } else { rng.below(8) as u32 };
         phdrs.push(Phdr { p_type: PT_LOAD, flags, offset, paddr, filesz, memsz });
     }
+    let mut notes = Vec::new();
+    if with_note {
+        let note_entry = phdrs[0].paddr + rng.below(phdrs[0].memsz);
+        if rng.below(2) == 0 {
+            notes.extend(note(b"Xen\0", 18, &(note_entry as u32).to_le_bytes()));
+        }
+        let payload: Vec<u8> = match rng.below(8) {
+            0 => note_entry.to_le_bytes()[..rng.pick(&[0usize, 4, 7])].to_vec(),
+            1 => [note_entry.to_le_bytes(), [0; 8]].concat(),
+            _ => note_entry.to_le_bytes().to_vec(),
+        };
+        notes.extend(note(hv_core::abi::PV_ENTRY_NOTE_NAME, hv_core::abi::PV_ENTRY_NOTE_TYPE, &payload));
+        let (offset, filesz) = (data_at, notes.len() as u64);
+        data_at += filesz;
+        phdrs.push(Phdr { p_type: PT_NOTE, flags: 4, offset, paddr: 0, filesz, memsz: 0 });
+    }
     let mut image = vec![0u8; data_at as usize];
-    for byte in image.iter_mut().skip(EHDR + PHDR * count) {
+    for byte in image.iter_mut().skip(EHDR + PHDR * headers) {
         *byte = rng.next() as u8;
+    }
+    if let Some(p) = phdrs.iter().find(|p| p.p_type == PT_NOTE) {
+        image[p.offset as usize..(p.offset + p.filesz) as usize].copy_from_slice(&notes);
     }
     image[..4].copy_from_slice(b"\x7fELF");
     image[4] = 2; // ELFCLASS64
@@ -171,11 +196,24 @@ fn valid_image(rng: &mut Rng, memory: u64) -> Vec<u8> {
     put_u64(&mut image, 32, EHDR as u64);
     put_u16(&mut image, 52, EHDR as u16);
     put_u16(&mut image, 54, PHDR as u16);
-    put_u16(&mut image, 56, count as u16);
+    put_u16(&mut image, 56, headers as u16);
     for (i, p) in phdrs.iter().enumerate() {
         write_phdr(&mut image, EHDR + PHDR * i, p);
     }
     image
+}
+
+/// An ELF note: sizes, type, then name and payload padded to 4 bytes.
+fn note(name: &[u8], kind: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&kind.to_le_bytes());
+    for part in [name, payload] {
+        bytes.extend_from_slice(part);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+    }
+    bytes
 }
 
 /// A value biased to the edges that break loaders.
