@@ -633,6 +633,7 @@ fn main() {
             ("bad-console", "CONSOLE_WRITE: buffer 0x700000000000 (+16) is not the guest's memory"),
             ("unknown-hypercall", "unknown hypercall 0xdead"),
             ("no-init", "first hypercall was CONSOLE_WRITE (0x2), not INIT"),
+            ("first-init-at-switcher", "guest asked the host to access the switcher region"),
             ("bad-idt", "LOAD_IDT_ENTRY: vector 13, handler 0xffffffffffc00000: handler in the switcher"),
             ("halt-forever", "HALT with virtual interrupts off or no clock armed"),
             ("fault-on-bad-stack", "double fault while delivering general protection fault (#GP)"),

@@ -205,8 +205,10 @@ mod boot {
         let Some(info) = read_boot_info(boot) else { broken("bad boot info") };
         let cmdline = Cmdline::copy(&info);
         let test = modes::test_word(cmdline.bytes());
-        if test == Some(b"no-init".as_slice()) {
-            modes::no_init();
+        match test {
+            Some(b"no-init") => modes::no_init(),
+            Some(b"first-init-at-switcher") => modes::first_init_at_switcher(),
+            _ => {}
         }
 
         hypercall::init();

@@ -95,6 +95,17 @@ pub fn no_init() -> ! {
     survived()
 }
 
+/// `test=first-init-at-switcher`: the very first call, INIT, names the
+/// switcher's state page as the shared page. (The attack suite's
+/// `init-at-switcher` comes after a proper INIT, so it meets "INIT called
+/// twice" first.) Nothing may be printed before: the first call must be
+/// this one.
+pub fn first_init_at_switcher() -> ! {
+    // SAFETY: Umbra must refuse this, and kill us.
+    unsafe { hypercall(abi::INIT, SWITCHER_STATE, 0, 0, 0, 0) };
+    survived()
+}
+
 /// `test=map-switcher`: map a frame of ours over the switcher and
 /// announce it.
 fn map_switcher(memory_size: u64, frames: Frames) {
