@@ -33,8 +33,9 @@ use switcher_asm::layout::GuestRegs;
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
 
+use crate::lapic;
 use crate::memory::FRAMES;
-use crate::{lapic, switcher};
+use crate::switcher::{self, CpuPages};
 
 /// The host takes the CPU back at least this often, whatever the guest
 /// does with its own interrupt flag.
@@ -345,16 +346,16 @@ pub fn run(
     };
     admit(&mut slots, &mut totals);
 
-    let cpu = 0;
+    let cpu = switcher::for_cpu(0);
     let mut current: Option<usize> = None;
     while let Some(next) = pick_next(&mut slots, current) {
         if current != Some(next) {
-            switch_to(&mut slots, current, next, cpu);
+            switch_to(&mut slots, current, next, &cpu);
             current = Some(next);
         }
         let slot = &mut slots[next];
         let turn_started = rdtsc();
-        let end = run_slice(slot, cpu, several);
+        let end = run_slice(slot, &cpu, several);
         slot.cycles.total += rdtsc() - turn_started;
         slot.state = match end {
             SliceEnd::Preempted => SlotState::Runnable,
@@ -453,7 +454,7 @@ fn retire(slot: Slot, several: bool, totals: &mut Totals) {
     release_guest_memory(ram);
     totals.hypercalls += stats.hypercalls.iter().sum::<u64>();
     totals.async_calls += stats.async_calls;
-    totals.exits += stats.exits_by_vector.iter().sum::<u64>();
+    totals.exits += stats.exits;
     print_stats(&stats, &counters, &cycles, several.then_some(number));
 }
 
@@ -569,13 +570,13 @@ fn pick_next(slots: &mut [Slot], current: Option<usize>) -> Option<usize> {
 
 /// Put `next`'s registers in the registers page, and its direct gates and
 /// kernel stack in this CPU's switcher pages.
-fn switch_to(slots: &mut [Slot], current: Option<usize>, next: usize, cpu: usize) {
+fn switch_to(slots: &mut [Slot], current: Option<usize>, next: usize, cpu: &CpuPages) {
     // SAFETY: no guest runs; the registers page is ours.
     unsafe {
         if let Some(current) = current {
-            slots[current].regs = *switcher::regs(cpu);
+            slots[current].regs = *cpu.regs();
         }
-        *switcher::regs(cpu) = slots[next].regs;
+        *cpu.regs() = slots[next].regs;
     }
     if let Some(current) = current {
         slots[current].fpu.save();
@@ -584,11 +585,11 @@ fn switch_to(slots: &mut [Slot], current: Option<usize>, next: usize, cpu: usize
     install_switcher_state(&slots[next].vcpu, cpu);
 }
 
-fn install_switcher_state(vcpu: &Vcpu<GuestRam, ShadowPool>, cpu: usize) {
+fn install_switcher_state(vcpu: &Vcpu<GuestRam, ShadowPool>, cpu: &CpuPages) {
     let stack = vcpu.kernel_stack_top();
-    switcher::set_kernel_stack(cpu, stack.unwrap_or(0));
+    cpu.set_kernel_stack(stack.unwrap_or(0));
     // Without a kernel stack a direct gate would push into nowhere.
-    switcher::set_direct_gates(cpu, |v| vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler));
+    cpu.set_direct_gates(|v| vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler));
 }
 
 /// Load one guest: memory, ELF, boot info, shadow MMU, first registers.
@@ -658,15 +659,15 @@ impl core::fmt::Display for Numbered {
 
 /// Run the slot's guest until it finishes, or, when other guests wait,
 /// until it halts or its time slice ends at a host tick.
-fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
+fn run_slice(slot: &mut Slot, cpu: &CpuPages, several: bool) -> SliceEnd {
     let Slot { vcpu, console, cycles, watchdog, .. } = slot;
     let watchdog = *watchdog;
     loop {
         if vcpu.take_switcher_changes() {
             install_switcher_state(vcpu, cpu);
         }
-        vcpu.mmu.prepare_switcher(cpu as u32, switcher::guest_entries(cpu));
-        switcher::set_guest_cr3(cpu, vcpu.mmu.current_root());
+        vcpu.mmu.prepare_switcher(cpu.number, cpu.guest_entries());
+        cpu.set_guest_cr3(vcpu.mmu.current_root());
         let now = console.now_ns();
         if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
             return SliceEnd::Finished(watchdog.kill(console));
@@ -674,7 +675,7 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
         {
             // SAFETY: the switcher does not run meanwhile; no reference to
             // the registers page outlives this block.
-            let regs = unsafe { &mut *switcher::regs(cpu) };
+            let regs = unsafe { &mut *cpu.regs() };
             if let Err(kill) = vcpu.prepare_entry(regs, now) {
                 return SliceEnd::Finished(console.killed(kill));
             }
@@ -694,7 +695,7 @@ fn run_slice(slot: &mut Slot, cpu: usize, several: bool) -> SliceEnd {
         lapic::disarm();
 
         // SAFETY: the guest is stopped; the registers page is ours again.
-        let regs = unsafe { &mut *switcher::regs(cpu) };
+        let regs = unsafe { &mut *cpu.regs() };
         let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
         let host_tick = regs.vector == u64::from(lapic::TIMER_VECTOR);
         if host_tick {
@@ -817,7 +818,7 @@ fn print_stats(stats: &Stats, paging: &Counters, cycles: &Cycles, guest: Option<
         return;
     }
     let mut line = heapless::String::<512>::new();
-    let exits: u64 = stats.exits_by_vector.iter().sum();
+    let exits = stats.exits;
     if let Some(number) = guest {
         log::info!("stats for guest {number}:");
     }

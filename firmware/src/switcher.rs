@@ -12,6 +12,10 @@
 //! The host's own page tables point their switcher slot at the boot CPU's
 //! host view; every shadow root the guest runs on gets the guest view of
 //! the CPU it runs on, through `paging`'s `prepare_switcher`.
+//!
+//! The run loop looks a CPU's pages up once ([`for_cpu`]) and keeps the
+//! copy: the world switch then touches them without taking the lock on
+//! every entry. The pages never move once built.
 
 use core::mem::size_of;
 
@@ -30,7 +34,9 @@ use crate::memory::{FRAMES, PRESENT, SWITCHER_PD, WRITABLE, nx_bit};
 
 /// One CPU's switcher frames (host-physical, identity-mapped).
 #[derive(Clone, Copy)]
-struct CpuPages {
+pub struct CpuPages {
+    /// The CPU's index among the MADT's, as `paging` numbers them.
+    pub number: u32,
     regs: u64,
     state: u64,
     idt: u64,
@@ -73,7 +79,7 @@ pub fn init(cpu_count: usize) -> Result<(), &'static str> {
             *frame = zeroed_frame().ok_or("out of memory for the switcher's per-CPU pages")?;
         }
         let [regs, state, idt, host_view, guest_view] = frames;
-        let pages = CpuPages { regs, state, idt, host_view, guest_view };
+        let pages = CpuPages { number: cpus.len() as u32, regs, state, idt, host_view, guest_view };
 
         let switcher_state = SwitcherState {
             host_cr3: Cr3::read_raw().0.start_address().as_u64(),
@@ -121,52 +127,59 @@ pub fn init(cpu_count: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The page-directory entries that give a shadow root `cpu`'s guest view.
-pub fn guest_entries(cpu: usize) -> SwitcherEntries {
-    let guest_view = CPUS.lock()[cpu].guest_view;
-    SwitcherEntries([guest_view | PRESENT | WRITABLE, 0])
+/// `cpu`'s switcher pages, built by [`init`].
+pub fn for_cpu(cpu: usize) -> CpuPages {
+    CPUS.lock()[cpu]
 }
 
-/// This CPU's saved guest registers, inside its registers page.
-pub fn regs(cpu: usize) -> *mut GuestRegs {
-    (CPUS.lock()[cpu].regs + GUEST_REGS_OFFSET) as *mut GuestRegs
-}
+impl CpuPages {
+    /// The page-directory entries that give a shadow root this CPU's
+    /// guest view.
+    pub fn guest_entries(&self) -> SwitcherEntries {
+        SwitcherEntries([self.guest_view | PRESENT | WRITABLE, 0])
+    }
 
-/// Tell `cpu`'s switcher which shadow root to load.
-pub fn set_guest_cr3(cpu: usize, root: u64) {
-    let state = CPUS.lock()[cpu].state as *mut SwitcherState;
-    // SAFETY: the state page is ours and identity-mapped; the field is a
-    // plain u64 the switcher only reads.
-    unsafe { core::ptr::write_volatile(&raw mut (*state).guest_cr3, root) };
-}
+    /// This CPU's saved guest registers, inside its registers page.
+    pub fn regs(&self) -> *mut GuestRegs {
+        (self.regs + GUEST_REGS_OFFSET) as *mut GuestRegs
+    }
 
-/// The stack the CPU switches to when guest user code enters the guest
-/// kernel through a direct gate: TSS.RSP1.
-pub fn set_kernel_stack(cpu: usize, top: u64) {
-    let state = CPUS.lock()[cpu].state as *mut SwitcherState;
-    // SAFETY: the state page is ours and identity-mapped; the guest is not
-    // running on this CPU while the host writes it.
-    unsafe { core::ptr::write_volatile(&raw mut (*state).tss.rsp[1], top) };
-}
+    /// Tell this CPU's switcher which shadow root to load.
+    pub fn set_guest_cr3(&self, root: u64) {
+        let state = self.state as *mut SwitcherState;
+        // SAFETY: the state page is ours and identity-mapped; the field is a
+        // plain u64 the switcher only reads.
+        unsafe { core::ptr::write_volatile(&raw mut (*state).guest_cr3, root) };
+    }
 
-/// Route vectors 32-255 of the real IDT: a direct gate for each vector
-/// `direct` names (to the guest kernel's handler, from ring 3, no exit),
-/// the exit stub for every other. Direct gates are always trap gates: an
-/// interrupt gate would clear the real interrupt flag at ring 1, where
-/// the guest's `iretq` cannot set it again.
-pub fn set_direct_gates(cpu: usize, direct: impl Fn(u8) -> Option<u64>) {
-    const DIRECT_TRAP_GATE: u8 = 0xef; // present, DPL 3, 64-bit trap gate
-    let idt = CPUS.lock()[cpu].idt as *mut layout::Gate;
-    for vector in 32..=255u8 {
-        let gate = match direct(vector) {
-            Some(handler) => layout::Gate {
-                type_attributes: DIRECT_TRAP_GATE,
-                ..layout::Gate::interrupt(handler, hv_core::abi::GUEST_KERNEL_CS, 0)
-            },
-            None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 0),
-        };
-        // SAFETY: the IDT page is ours, identity-mapped, 256 gates long.
-        unsafe { core::ptr::write_volatile(idt.add(vector as usize), gate) };
+    /// The stack the CPU switches to when guest user code enters the
+    /// guest kernel through a direct gate: TSS.RSP1.
+    pub fn set_kernel_stack(&self, top: u64) {
+        let state = self.state as *mut SwitcherState;
+        // SAFETY: the state page is ours and identity-mapped; the guest is
+        // not running on this CPU while the host writes it.
+        unsafe { core::ptr::write_volatile(&raw mut (*state).tss.rsp[1], top) };
+    }
+
+    /// Route vectors 32-255 of the real IDT: a direct gate for each vector
+    /// `direct` names (to the guest kernel's handler, from ring 3, no
+    /// exit), the exit stub for every other. Direct gates are always trap
+    /// gates: an interrupt gate would clear the real interrupt flag at
+    /// ring 1, where the guest's `iretq` cannot set it again.
+    pub fn set_direct_gates(&self, direct: impl Fn(u8) -> Option<u64>) {
+        const DIRECT_TRAP_GATE: u8 = 0xef; // present, DPL 3, 64-bit trap gate
+        let idt = self.idt as *mut layout::Gate;
+        for vector in 32..=255u8 {
+            let gate = match direct(vector) {
+                Some(handler) => layout::Gate {
+                    type_attributes: DIRECT_TRAP_GATE,
+                    ..layout::Gate::interrupt(handler, hv_core::abi::GUEST_KERNEL_CS, 0)
+                },
+                None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 0),
+            };
+            // SAFETY: the IDT page is ours, identity-mapped, 256 gates long.
+            unsafe { core::ptr::write_volatile(idt.add(vector as usize), gate) };
+        }
     }
 }
 
