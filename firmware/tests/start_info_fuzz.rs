@@ -22,6 +22,7 @@
 //! `UMBRA_FUZZ_RUNS` sets the number of runs (default 20,000, a few
 //! seconds), `UMBRA_FUZZ_SEED` the first seed; a failure names its seed.
 
+use hv_core::rng::Rng;
 use std::time::{Duration, Instant};
 
 use umbra_firmware::PhysRange;
@@ -29,26 +30,6 @@ use umbra_firmware::bootinfo::{
     self, BootInfo, MAX_CMDLINE, MAX_MEMMAP_ENTRIES, MAX_MODULE_CMDLINE, MAX_MODULES, ModuleMemory, Notices,
     PhysMemory, RegionKind, START_INFO_MAGIC,
 };
-
-/// xorshift64*: small, seedable, good enough to explore.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// A sparse physical memory: byte blobs at addresses. Where blobs overlap
 /// the later one holds the byte, for every read alike, so the memory is
@@ -173,13 +154,13 @@ fn edgy_address(rng: &mut Rng, layout: &Layout, boot: &Boot) -> u64 {
     match rng.below(3) {
         0 => rng.pick(&near),
         1 => rng.pick(&near).wrapping_add(rng.below(64)).wrapping_sub(32),
-        _ => rng.next() >> rng.below(64),
+        _ => rng.next_u64() >> rng.below(64),
     }
 }
 
 fn edgy_count(rng: &mut Rng, limit: usize) -> u32 {
     let limit = limit as u32;
-    let any = rng.next() as u32;
+    let any = rng.next_u64() as u32;
     rng.pick(&[0, 1, 2, limit - 1, limit, limit + 1, u32::MAX, u32::MAX / 24 + 1, any])
 }
 
@@ -241,7 +222,7 @@ fn mutate(rng: &mut Rng, layout: &Layout, boot: &mut Boot) {
         10 => {
             for byte in boot.cmdline.iter_mut() {
                 if rng.below(4) == 0 {
-                    *byte = rng.next() as u8;
+                    *byte = rng.next_u64() as u8;
                 }
             }
         }
@@ -249,9 +230,9 @@ fn mutate(rng: &mut Rng, layout: &Layout, boot: &mut Boot) {
             let extra = rng.below(3);
             for _ in 0..extra {
                 boot.memmap.push((
-                    rng.next() >> rng.below(64),
-                    rng.next() >> rng.below(64),
-                    rng.next() as u32 & 15,
+                    rng.next_u64() >> rng.below(64),
+                    rng.next_u64() >> rng.below(64),
+                    rng.next_u64() as u32 & 15,
                 ));
             }
             boot.memmap_entries = boot.memmap.len() as u32;
@@ -375,7 +356,7 @@ fn check_accepted(seed: u64, mem: &dyn PhysMemory, info: &BootInfo, cmdline_addr
 
 /// One run; whether the start_info was accepted.
 fn run_once(seed: u64) -> bool {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let packed = rng.below(4) == 0;
     let layout = if packed { &PACKED } else { &SPREAD };
     let mut boot = plausible(&mut rng, layout);

@@ -34,6 +34,7 @@
 use core::arch::global_asm;
 
 use hv_core::abi;
+use hv_core::rng::Rng;
 
 use crate::hypercall::{hypercall, shutdown};
 use crate::modes::decimal;
@@ -41,42 +42,27 @@ use crate::tables::{
     self, ACCESSED, AddressSpace, DIRTY, Frames, KERNEL_ALIAS_SIZE, KERNEL_BASE, PRESENT, PT, WRITABLE,
 };
 
-/// xorshift64*: small and replayable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn edgy(&mut self, memory_size: u64) -> u64 {
-        let edges = [
-            0,
-            u64::MAX,
-            memory_size,
-            memory_size - 1,
-            memory_size - 8,
-            memory_size - 4096,
-            SWITCHER,
-            SWITCHER + 0x3000,
-            KERNEL_BASE,
-            KERNEL_BASE - 1,
-            0x0000_8000_0000_0000,
-            0x0000_7fff_ffff_fff8,
-        ];
-        match self.below(4) {
-            0 => edges[self.below(edges.len() as u64) as usize],
-            1 => self.below(memory_size) | self.below(8), // maybe misaligned
-            2 => KERNEL_BASE + self.below(16 << 20),
-            _ => self.next(),
-        }
+/// A value biased to the edges that break hypervisors.
+fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
+    let edges = [
+        0,
+        u64::MAX,
+        memory_size,
+        memory_size - 1,
+        memory_size - 8,
+        memory_size - 4096,
+        SWITCHER,
+        SWITCHER + 0x3000,
+        KERNEL_BASE,
+        KERNEL_BASE - 1,
+        0x0000_8000_0000_0000,
+        0x0000_7fff_ffff_fff8,
+    ];
+    match rng.below(4) {
+        0 => rng.pick(&edges),
+        1 => rng.below(memory_size) | rng.below(8), // maybe misaligned
+        2 => KERNEL_BASE + rng.below(16 << 20),
+        _ => rng.next_u64(),
     }
 }
 
@@ -182,7 +168,7 @@ pub fn run(spec: &[u8], memory_size: u64, frames: Frames) -> ! {
     if !int3 {
         say!("fuzz: int3 left out: it kills the VM under a nested KVM");
     }
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let mut ring = Ring { next: 0 };
     for _ in 0..count {
         // With H = 1 no number is drawn here, so the plain fuzzer's runs
@@ -212,9 +198,14 @@ fn hostile_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, in
             let window = if rng.below(2) == 0 { KERNEL_SCRATCH } else { USER_SCRATCH };
             let va = window + rng.below(512) * 4096;
             let frame =
-                if rng.below(4) == 0 { rng.edgy(memory_size) } else { rng.below(memory_size / 4096) * 4096 };
-            let flags =
-                [PRESENT | WRITABLE | ACCESSED | DIRTY, PRESENT, 0, rng.next() & 0xfff, 1 << 63 | PRESENT];
+                if rng.below(4) == 0 { edgy(rng, memory_size) } else { rng.below(memory_size / 4096) * 4096 };
+            let flags = [
+                PRESENT | WRITABLE | ACCESSED | DIRTY,
+                PRESENT,
+                0,
+                rng.next_u64() & 0xfff,
+                1 << 63 | PRESENT,
+            ];
             let pte = (frame & 0x000f_ffff_ffff_f000) | flags[rng.below(flags.len() as u64) as usize];
             space.set(va, PT, pte);
             if rng.below(2) == 0 {
@@ -308,7 +299,7 @@ fn calm_call(number: u64, a: u64, b: u64, c: u64, d: u64, e: u64) {
 /// rules; where the rules leave an argument free (ignored, or unchecked
 /// because a length is zero or an entry not present), an edge value.
 fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring: &mut Ring, int3: bool) {
-    let edgy = |rng: &mut Rng| rng.edgy(memory_size);
+    let edgy = |rng: &mut Rng| edgy(rng, memory_size);
     match rng.below(16) {
         0..=4 => {
             let window = if rng.below(2) == 0 { KERNEL_SCRATCH } else { USER_SCRATCH };
@@ -322,8 +313,8 @@ fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring:
             // CPU ignores (or reads as no-execute): none is reserved.
             let flags = match rng.below(3) {
                 0 => PRESENT | WRITABLE | ACCESSED | DIRTY,
-                1 => rng.next() & 0xfff,
-                _ => rng.next() & 0xfff0_0000_0000_0fff,
+                1 => rng.next_u64() & 0xfff,
+                _ => rng.next_u64() & 0xfff0_0000_0000_0fff,
             };
             let pte = frame | flags;
             space.set(va, PT, pte);
@@ -410,7 +401,7 @@ fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring:
 /// SHUTDOWN, and HALT (with no clock armed, a kill of its own).
 fn random_call(rng: &mut Rng, memory_size: u64) {
     let number = match rng.below(20) {
-        0 => rng.edgy(memory_size),
+        0 => edgy(rng, memory_size),
         _ => loop {
             let number = rng.below(abi::CALL_COUNT);
             if !matches!(number, abi::INIT | abi::SHUTDOWN | abi::HALT) {
@@ -421,7 +412,7 @@ fn random_call(rng: &mut Rng, memory_size: u64) {
     // Mostly plausible arguments, so a run lives long enough to reach
     // deeper states; an edge value one time in four.
     let args = [0; 5].map(|_: u64| match rng.below(4) {
-        0 => rng.edgy(memory_size),
+        0 => edgy(rng, memory_size),
         1 => rng.below(64),
         _ => KERNEL_BASE + rng.below(16 << 20) / 8 * 8,
     });
@@ -433,7 +424,7 @@ fn random_call(rng: &mut Rng, memory_size: u64) {
 fn scribble_shared_page(rng: &mut Rng, memory_size: u64) {
     let page = crate::hypercall::shared_page_address();
     let word = 8 + rng.below(4096 / 8 - 1) * 8;
-    let value = if rng.below(3) == 0 { 1 } else { rng.edgy(memory_size) };
+    let value = if rng.below(3) == 0 { 1 } else { edgy(rng, memory_size) };
     // SAFETY: our own shared page, which Umbra reads as untrusted.
     unsafe { ((page + word) as *mut u64).write_volatile(value) };
 }

@@ -465,6 +465,7 @@ mod tests {
     extern crate std;
 
     use super::*;
+    use crate::rng::Rng;
     use std::string::ToString;
     use std::vec;
     use std::vec::Vec;
@@ -945,22 +946,6 @@ mod tests {
         }
     }
 
-    /// xorshift64*: deterministic, so a failure can be replayed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     /// Random damage to a good image (flipped bits, random bytes, hostile
     /// values dropped on header fields, truncation) must never panic or
     /// write outside the target, and must write nothing when refused. Plain
@@ -995,34 +980,37 @@ mod tests {
         let (mut loaded, mut refused) = (0, 0);
         for _ in 0..20_000 {
             let mut image = original.clone();
-            for _ in 0..1 + rng.below(4) {
-                match rng.below(5) {
+            for _ in 0..1 + rng.index(4) {
+                match rng.index(5) {
                     0 => {
-                        let at = rng.below(image.len());
-                        image[at] ^= 1 << rng.below(8);
+                        let at = rng.index(image.len());
+                        image[at] ^= 1 << rng.index(8);
                     }
                     1 => {
-                        let at = rng.below(image.len());
-                        image[at] = rng.next() as u8;
+                        let at = rng.index(image.len());
+                        image[at] = rng.next_u64() as u8;
                     }
                     2 | 3 => {
-                        let (at, width) = if rng.below(3) == 0 {
-                            HEADER_FIELDS[rng.below(HEADER_FIELDS.len())]
+                        let (at, width) = if rng.index(3) == 0 {
+                            HEADER_FIELDS[rng.index(HEADER_FIELDS.len())]
                         } else {
-                            let (field, width) = PH_FIELDS[rng.below(PH_FIELDS.len())];
-                            (ph_at(rng.below(3)) + field, width)
+                            let (field, width) = PH_FIELDS[rng.index(PH_FIELDS.len())];
+                            (ph_at(rng.index(3)) + field, width)
                         };
                         if at >= image.len() {
                             continue;
                         }
-                        let value =
-                            if rng.below(2) == 0 { HOSTILE[rng.below(HOSTILE.len())] } else { rng.next() };
+                        let value = if rng.index(2) == 0 {
+                            HOSTILE[rng.index(HOSTILE.len())]
+                        } else {
+                            rng.next_u64()
+                        };
                         let end = (at + width).min(image.len());
                         let bytes = value.to_le_bytes();
                         image[at..end].copy_from_slice(&bytes[..end - at]);
                     }
                     _ => {
-                        let len = rng.below(image.len() + 1);
+                        let len = rng.index(image.len() + 1);
                         image.truncate(len);
                     }
                 }

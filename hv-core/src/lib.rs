@@ -17,5 +17,6 @@
 
 pub mod abi;
 pub mod elf;
+pub mod rng;
 pub mod traps;
 pub mod vcpu;

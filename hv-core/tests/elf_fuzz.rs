@@ -20,29 +20,10 @@
 //! `UMBRA_FUZZ_RUNS` sets the number of runs (default 20,000, a few
 //! seconds), `UMBRA_FUZZ_SEED` the first seed; a failure names its seed.
 
+use hv_core::rng::Rng;
 use std::time::{Duration, Instant};
 
 use hv_core::elf::{self, LoadTarget, LoadedImage};
-
-/// xorshift64*: small, seedable, good enough to explore.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 const EHDR: usize = 64;
 const PHDR: usize = 56;
@@ -179,7 +160,7 @@ fn valid_image(rng: &mut Rng, memory: u64) -> Vec<u8> {
     }
     let mut image = vec![0u8; data_at as usize];
     for byte in image.iter_mut().skip(EHDR + PHDR * headers) {
-        *byte = rng.next() as u8;
+        *byte = rng.next_u64() as u8;
     }
     if let Some(p) = phdrs.iter().find(|p| p.p_type == PT_NOTE) {
         image[p.offset as usize..(p.offset + p.filesz) as usize].copy_from_slice(&notes);
@@ -240,7 +221,7 @@ fn edgy(rng: &mut Rng, memory: u64, image_len: u64, other: u64) -> u64 {
     match rng.below(3) {
         0 => rng.pick(&edges),
         1 => rng.pick(&edges).wrapping_add(rng.below(16)).wrapping_sub(8),
-        _ => rng.next() >> rng.below(64),
+        _ => rng.next_u64() >> rng.below(64),
     }
 }
 
@@ -274,7 +255,7 @@ fn mutate(rng: &mut Rng, image: &mut Vec<u8>, memory: u64) {
             let value = edgy(rng, memory, len, other);
             match rng.below(6) {
                 0 => put_u32(image, at, rng.pick(&[0, 1, 2, 4, 6, 0x6474_e551, u32::MAX])),
-                1 => put_u32(image, at + 4, rng.next() as u32 & 7),
+                1 => put_u32(image, at + 4, rng.next_u64() as u32 & 7),
                 _ => put_u64(image, at + field, value),
             }
         }
@@ -301,7 +282,7 @@ fn mutate(rng: &mut Rng, image: &mut Vec<u8>, memory: u64) {
         // Garbage at the end.
         7 => {
             for _ in 0..rng.below(256) {
-                image.push(rng.next() as u8);
+                image.push(rng.next_u64() as u8);
             }
         }
         // The entry point moved, to an edge or into another segment.
@@ -376,7 +357,7 @@ fn check_accepted(seed: u64, image: &[u8], target: &Target, loaded: LoadedImage)
 
 /// One run; whether the image was accepted.
 fn run_once(seed: u64) -> bool {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let planned = rng.pick(&[0x10000, 0x40000, 1 << 20, 1 << 40, u64::MAX]);
     let mut image = valid_image(&mut rng, planned);
     let mutations = rng.pick(&[0, 1, 1, 2, 2, 3, 5]);

@@ -19,51 +19,36 @@ mod common;
 
 use common::{Console, MEMORY, Pool, Ram};
 use hv_core::abi::{self, SharedPage};
+use hv_core::rng::Rng;
 use hv_core::vcpu::{self, Next, Vcpu};
 use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
 
-/// xorshift64*: small, seedable, good enough to explore.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A value biased to the edges that break things.
-    fn edgy(&mut self) -> u64 {
-        const EDGES: [u64; 16] = [
-            0,
-            1,
-            u64::MAX,
-            u64::MAX - 7,
-            MEMORY,
-            MEMORY - 1,
-            MEMORY - 8,
-            MEMORY - 4096,
-            SWITCHER_BASE,
-            SWITCHER_BASE + 0x3000,
-            0xFFFF_8000_0000_0000,
-            0x0000_7fff_ffff_f000,
-            0x0000_8000_0000_0000,
-            0x1000,
-            0x10_0001,
-            1 << 52,
-        ];
-        match self.below(4) {
-            0 => EDGES[self.below(EDGES.len() as u64) as usize],
-            1 => self.below(MEMORY + 0x10000),
-            2 => EDGES[self.below(EDGES.len() as u64) as usize].wrapping_add(self.below(16)).wrapping_sub(8),
-            _ => self.next(),
-        }
+/// A value biased to the edges that break things.
+fn edgy(rng: &mut Rng) -> u64 {
+    const EDGES: [u64; 16] = [
+        0,
+        1,
+        u64::MAX,
+        u64::MAX - 7,
+        MEMORY,
+        MEMORY - 1,
+        MEMORY - 8,
+        MEMORY - 4096,
+        SWITCHER_BASE,
+        SWITCHER_BASE + 0x3000,
+        0xFFFF_8000_0000_0000,
+        0x0000_7fff_ffff_f000,
+        0x0000_8000_0000_0000,
+        0x1000,
+        0x10_0001,
+        1 << 52,
+    ];
+    match rng.below(4) {
+        0 => rng.pick(&EDGES),
+        1 => rng.below(MEMORY + 0x10000),
+        2 => rng.pick(&EDGES).wrapping_add(rng.below(16)).wrapping_sub(8),
+        _ => rng.next_u64(),
     }
 }
 
@@ -101,8 +86,8 @@ fn exit_regs(rng: &mut Rng) -> GuestRegs {
     // Mostly calls that exist with plausible arguments, so a life lasts
     // long enough to reach deeper states; sometimes anything at all.
     let wild = rng.below(16) == 0;
-    regs.rax = if wild { rng.edgy() } else { rng.below(abi::CALL_COUNT) };
-    let argument = |rng: &mut Rng| if wild || rng.below(4) == 0 { rng.edgy() } else { plausible(rng) };
+    regs.rax = if wild { edgy(rng) } else { rng.below(abi::CALL_COUNT) };
+    let argument = |rng: &mut Rng| if wild || rng.below(4) == 0 { edgy(rng) } else { plausible(rng) };
     (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8) =
         (argument(rng), argument(rng), argument(rng), argument(rng), argument(rng));
     if rng.below(25) == 0 {
@@ -110,10 +95,10 @@ fn exit_regs(rng: &mut Rng) -> GuestRegs {
         regs.ss = u64::from(abi::GUEST_USER_SS);
     }
     if rng.below(20) == 0 {
-        regs.rsp = rng.edgy();
+        regs.rsp = edgy(rng);
     }
     if rng.below(100) == 0 {
-        regs.rip = rng.edgy();
+        regs.rip = edgy(rng);
     }
     regs
 }
@@ -127,7 +112,7 @@ fn scribble(vcpu: &mut Vcpu<Ram, Pool>, rng: &mut Rng) {
         1 => SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + rng.below(64 * 7) * 8,
         _ => rng.below(MEMORY / 8) * 8,
     };
-    let value = if rng.below(4) == 0 { 1 } else { rng.edgy() };
+    let value = if rng.below(4) == 0 { 1 } else { edgy(rng) };
     memory.write_u64(target, value);
 }
 
@@ -147,7 +132,7 @@ fn run_once(seed: u64, steps: usize) -> (usize, bool) {
             scribble(&mut vcpu, &mut rng);
         }
         let mut regs = exit_regs(&mut rng);
-        let cr2 = if rng.below(8) != 0 { plausible(&mut rng) } else { rng.edgy() };
+        let cr2 = if rng.below(8) != 0 { plausible(&mut rng) } else { edgy(&mut rng) };
         let next = vcpu.handle_exit(&mut regs, cr2, &mut console);
         match next {
             Next::Kill(kill) => {
