@@ -25,6 +25,7 @@ fn main() {
     let script = manifest.join("link.ld");
     println!("cargo:rerun-if-changed={}", script.display());
     println!("cargo:rerun-if-changed={}", manifest.join("user").display());
+    println!("cargo:rerun-if-changed={}", manifest.join("src/kernel/syscall_numbers.rs").display());
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
         return;
     }

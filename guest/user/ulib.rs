@@ -8,21 +8,13 @@
 //!
 //! System calls are `int 0x80`: the number in `rax`, arguments in `rdi`,
 //! `rsi`, `rdx`, the result in `rax`; every other register is preserved.
-//! The numbers are the kernel's (`kernel/syscall.rs`); a negative result
+//! The numbers are the kernel's (`src/kernel/syscall_numbers.rs`); a negative result
 //! (as i64) is an error.
 #![allow(dead_code)]
 
 use core::fmt::{self, Write};
 
-pub const SYS_EXIT: u64 = 0;
-pub const SYS_WRITE: u64 = 1;
-pub const SYS_FORK: u64 = 2;
-pub const SYS_WAIT: u64 = 3;
-pub const SYS_YIELD: u64 = 4;
-pub const SYS_GETPID: u64 = 5;
-pub const SYS_SBRK: u64 = 6;
-pub const SYS_CLOCK: u64 = 7;
-pub const SYS_EXITS: u64 = 8;
+include!("../src/kernel/syscall_numbers.rs");
 
 // The entry: align the stack as a call would, then main's result is the
 // status for exit. `ud2` is never reached.

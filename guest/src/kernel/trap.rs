@@ -293,16 +293,8 @@ fn page_fault(frame: &TrapFrame, from_user: bool) {
     }
 }
 
-/// The system-call numbers (`user/ulib.rs` has the same list).
-pub const SYS_EXIT: u64 = 0;
-pub const SYS_WRITE: u64 = 1;
-pub const SYS_FORK: u64 = 2;
-pub const SYS_WAIT: u64 = 3;
-pub const SYS_YIELD: u64 = 4;
-pub const SYS_GETPID: u64 = 5;
-pub const SYS_SBRK: u64 = 6;
-pub const SYS_CLOCK: u64 = 7;
-pub const SYS_EXITS: u64 = 8;
+// The system-call numbers, shared with `user/ulib.rs`.
+include!("syscall_numbers.rs");
 
 const ERROR: u64 = u64::MAX;
 
