@@ -70,7 +70,8 @@ pub struct Config {
     pub start_info_test: bool,
     /// Bytes of memory each guest gets, from `guest_mem=` (default 64M).
     pub guest_mem: u64,
-    /// `guest_timeout=SECONDS`: kill a guest that runs longer (0: never).
+    /// `guest_timeout=SECONDS`: kill a guest that runs longer (0, the
+    /// default: never; `guest_timeout=0` itself is refused with a warning).
     pub guest_timeout_s: u64,
     /// `guests=N`: how many copies of the default guest to run, one to a
     /// million; at most [`MAX_GUESTS`] run at once, the rest wait their
@@ -289,17 +290,21 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                     });
                 }
             },
-            b"guest_timeout" => match parse_decimal(value).filter(|s| *s <= MAX_GUEST_TIMEOUT_S) {
-                Some(seconds) => config.guest_timeout_s = seconds,
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "guest_timeout",
-                        value: Excerpt::of(value),
-                        expected: "whole seconds, at most a day",
-                        default: "no timeout",
-                    });
+            // 0 is refused rather than read as "never": a watchdog asked
+            // for and silently not set would be worse than a warning.
+            b"guest_timeout" => {
+                match parse_decimal(value).filter(|s| (1..=MAX_GUEST_TIMEOUT_S).contains(s)) {
+                    Some(seconds) => config.guest_timeout_s = seconds,
+                    None => {
+                        let _ = notices.push(CmdlineNotice::BadValue {
+                            key: "guest_timeout",
+                            value: Excerpt::of(value),
+                            expected: "whole seconds, 1 to 86400",
+                            default: "no timeout",
+                        });
+                    }
                 }
-            },
+            }
             b"crash" => match CrashKind::from_word(value) {
                 Some(kind) => config.crash = Some(kind),
                 None => {
@@ -401,9 +406,13 @@ mod tests {
     fn guest_timeouts() {
         assert_eq!(parse_all(b"guest_timeout=30").0.guest_timeout_s, 30);
         assert_eq!(parse_all(b"").0.guest_timeout_s, 0);
-        for bad in
-            [&b"guest_timeout=1M"[..], b"guest_timeout=soon", b"guest_timeout=999999", b"guest_timeout="]
-        {
+        for bad in [
+            &b"guest_timeout=1M"[..],
+            b"guest_timeout=soon",
+            b"guest_timeout=999999",
+            b"guest_timeout=",
+            b"guest_timeout=0",
+        ] {
             let (config, notices) = parse_all(bad);
             assert_eq!(config.guest_timeout_s, 0, "{bad:?}");
             assert_eq!(notices.len(), 1);

@@ -87,19 +87,29 @@ fn ist_stack_top(index: usize) -> VirtAddr {
     VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
 }
 
+/// Where the legacy PICs' vectors go: the last sixteen, which the host
+/// owns. Their spurious IRQ 7 (master, 0xf7; slave, 0xff) can arrive even
+/// with every line masked, so the host IDT takes both.
+const PIC_MASTER_BASE: u8 = 0xf0;
+const PIC_SLAVE_BASE: u8 = 0xf8;
+const PIC_MASTER_SPURIOUS: u8 = PIC_MASTER_BASE + 7;
+const _: () =
+    assert!(hv_core::abi::is_host_vector(PIC_MASTER_BASE) && hv_core::abi::is_host_vector(PIC_SLAVE_BASE));
+
 /// Move the legacy 8259 PICs off the exception vectors, then mask them.
 ///
 /// The BIOS (SeaBIOS on pc and q35) leaves the timer's IRQ 0 at vector 8,
 /// the double-fault vector. The guest runs with interrupts enabled, so an
 /// unmasked PIC would dress a timer tick up as a #DF. Umbra does not use
-/// the PICs; where there are none (microvm) these writes go nowhere.
+/// the PICs; where there are none (microvm) these writes go nowhere. The
+/// vectors land among the host's own, where no guest may put a gate.
 pub fn silence_legacy_pic() {
     const INIT: u8 = 0x11; // ICW1: edge-triggered, cascade, ICW4 follows
     let steps: [(u16, u8); 10] = [
         (0x20, INIT),
         (0xa0, INIT),
-        (0x21, 0x20), // ICW2: master at vectors 0x20-0x27
-        (0xa1, 0x28), // slave at 0x28-0x2f
+        (0x21, PIC_MASTER_BASE), // ICW2: the vector bases
+        (0xa1, PIC_SLAVE_BASE),
         (0x21, 0x04), // ICW3: slave on IRQ 2
         (0xa1, 0x02),
         (0x21, 0x01), // ICW4: 8086 mode
@@ -162,6 +172,7 @@ pub fn init() {
         let spurious = host_spurious_interrupt as *const () as u64;
         idt.0[crate::lapic::TIMER_VECTOR as usize] = Gate::new(timer, tables.code, 0);
         idt.0[crate::lapic::SPURIOUS_VECTOR as usize] = Gate::new(spurious, tables.code, 0);
+        idt.0[PIC_MASTER_SPURIOUS as usize] = Gate::new(spurious, tables.code, 0);
         idt
     });
     let pointer =

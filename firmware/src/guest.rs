@@ -29,7 +29,7 @@ use hv_core::elf::{self, LoadTarget};
 use hv_core::traps::HaltState;
 use hv_core::vcpu::{self, Host, Kill, Next, Stats, Vcpu};
 use paging::{Counters, FramePool, GuestMemory, ShadowMmu};
-use switcher_asm::layout::GuestRegs;
+use switcher_asm::layout::{self, GuestRegs};
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
 
@@ -308,8 +308,9 @@ struct Slot {
 /// memory that may well be the finished guest's, scrubbed. `total` guests
 /// run in all; guest i runs `guests[i]`, and those past the end of the
 /// list run its last entry again. Returns the firmware's exit status: 0
-/// when every guest exited with 0, otherwise the status of the first
-/// guest (in order) that did not.
+/// when every guest exited with 0; 101 when a guest could not be set up
+/// at all; otherwise the status of the first guest (in order) that did
+/// not exit 0.
 pub fn run(
     guests: &[GuestImage],
     total: usize,
@@ -379,7 +380,7 @@ pub fn run(
     if several {
         totals.print(free_frames());
     }
-    totals.first_failure.map_or(status::SUCCESS, |(_, status)| status)
+    totals.status()
 }
 
 fn free_frames() -> usize {
@@ -402,6 +403,9 @@ struct Totals {
     free_before: usize,
     /// The lowest-numbered guest that did not exit with 0, and its status.
     first_failure: Option<(usize, u8)>,
+    /// A guest could not even be set up (an `umbra: error:` line): the run
+    /// did not do what it was asked, whatever the others did.
+    firmware_error: bool,
 }
 
 impl Totals {
@@ -415,6 +419,16 @@ impl Totals {
         if status != status::SUCCESS && self.first_failure.is_none_or(|(first, _)| number < first) {
             self.first_failure = Some((number, status));
         }
+        self.firmware_error |= status == status::FIRMWARE_ERROR;
+    }
+
+    /// The firmware's exit status: 101 if any guest could not be set up,
+    /// otherwise that of the first guest (in order) that did not exit 0.
+    fn status(&self) -> u8 {
+        if self.firmware_error {
+            return status::FIRMWARE_ERROR;
+        }
+        self.first_failure.map_or(status::SUCCESS, |(_, status)| status)
     }
 
     fn print(&self, free_after: usize) {
@@ -604,7 +618,8 @@ fn load(
         return Err(console.finish(
             status::FIRMWARE_ERROR,
             format_args!(
-                "umbra: error: no {} MiB of contiguous memory for guest {number} (guest_mem=)",
+                "umbra: error: no {} MiB of contiguous memory for guest {number} (guest_mem={}M)",
+                memory_size >> 20,
                 memory_size >> 20
             ),
         ));
@@ -691,6 +706,13 @@ fn run_slice(slot: &mut Slot, cpu: &CpuPages, several: bool) -> SliceEnd {
         // sanitized; interrupts are off in the host.
         unsafe { switcher_asm::enter() };
         let exited = rdtsc();
+        // The exit path sets the host's flags before anything else; should
+        // it ever stop, stop here, before compiled code runs on with a
+        // guest's DF or AC.
+        let flags = x86_64::registers::rflags::read_raw() & layout::HOST_SYSTEM_FLAGS;
+        if flags != layout::HOST_RFLAGS & layout::HOST_SYSTEM_FLAGS {
+            panic!("the switcher's exit path left RFLAGS {flags:#x}, not the host's");
+        }
         cycles.guest += exited - entered;
         lapic::disarm();
 

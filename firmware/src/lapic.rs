@@ -17,9 +17,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use x86_64::registers::model_specific::Msr;
 
-/// The host timer's vector, and the spurious-interrupt vector.
+/// The host timer's vector, and the spurious-interrupt vector. Both are
+/// among the vectors no guest may route to itself.
 pub const TIMER_VECTOR: u8 = 0xef;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+const _: () =
+    assert!(hv_core::abi::is_host_vector(TIMER_VECTOR) && hv_core::abi::is_host_vector(SPURIOUS_VECTOR));
 
 const APIC_BASE_MSR: u32 = 0x1b;
 const APIC_ENABLE: u64 = 1 << 11;

@@ -124,6 +124,20 @@ pub const IDT_USER: u64 = 1 << 2;
 /// Every flag LOAD_IDT_ENTRY knows; any other bit set kills the guest.
 pub const IDT_FLAGS: u64 = IDT_PRESENT | IDT_TRAP_GATE | IDT_USER;
 
+/// The vectors the host keeps for itself on every CPU: its timer (0xef),
+/// the local APIC's spurious (0xff) and error interrupts, the legacy
+/// PICs' (moved here and masked), and the IPIs several CPUs will use. The
+/// real IDT always routes them to the host, so a guest may not make one
+/// a direct gate: LOAD_IDT_ENTRY with [`IDT_USER`] on one of them kills
+/// the guest. A plain entry there is the guest's own virtual vector, and
+/// only ever receives what Umbra delivers to it.
+pub const HOST_VECTORS: core::ops::RangeInclusive<u8> = 0xe0..=0xff;
+
+/// Does the host own `vector`?
+pub const fn is_host_vector(vector: u8) -> bool {
+    vector >= *HOST_VECTORS.start()
+}
+
 /// Guest interrupt n arrives at vector `IRQ_BASE + n`; the clock is IRQ 0.
 pub const IRQ_BASE: u64 = 32;
 pub const CLOCK_IRQ: u64 = 0;

@@ -668,6 +668,22 @@ mod tests {
         );
     }
 
+    /// `p_vaddr` is the guest's own business: a kernel linked high and
+    /// loaded low (as Linux's vmlinux is) is placed by `p_paddr` alone, and
+    /// its entry is a guest-physical address, as linear mode needs.
+    #[test]
+    fn virtual_addresses_are_not_looked_at() {
+        let mut image = good().build();
+        for index in [0, 2] {
+            put64(&mut image, ph_at(index) + 16, 0xffff_ffff_8000_0000 + index as u64 * 0x2000);
+        }
+        let mut target = VecTarget::new(MEMORY);
+        let loaded = load(&image, &mut target).unwrap();
+        assert_eq!(loaded, LoadedImage { entry: 0x1002, lowest: 0x1000, highest: 0x3100, segments: 2 });
+        assert_eq!(&target.memory[0x1000..0x1005], TEXT);
+        assert_eq!(&target.memory[0x3000..0x3004], DATA);
+    }
+
     #[test]
     fn edges_that_are_fine() {
         // A segment ending exactly at the top of memory, a pure-.bss one

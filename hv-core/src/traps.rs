@@ -59,10 +59,17 @@ const RFLAGS_IF: u64 = 1 << 9;
 /// Cleared by the CPU on every interrupt delivery: TF, NT, RF, VM.
 const RFLAGS_CLEARED_ON_DELIVERY: u64 = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17);
 
-/// Vectors guest user code may raise itself: `int3`, `into`, and any
+/// Vectors guest user code may raise itself: `int3`, `into` (which 64-bit
+/// mode no longer has; the entry is allowed and never used), and any
 /// vector from 32 up.
 fn user_may_raise(vector: u8) -> bool {
     matches!(vector, 3 | 4) || vector >= 32
+}
+
+/// The #GP error code for a software interrupt through a gate the caller
+/// may not use: the gate's index, with the IDT bit set.
+fn software_interrupt_error(vector: u8) -> u64 {
+    u64::from(vector) << 3 | 2
 }
 
 fn is_canonical(va: u64) -> bool {
@@ -92,6 +99,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             }
             if gate.user() && !user_may_raise(index) {
                 return Err(bad("user mode may not raise this vector"));
+            }
+            if gate.user() && abi::is_host_vector(index) {
+                return Err(bad("the host owns this vector; it may not be a direct gate"));
             }
         }
         let was_direct = self.direct_gate(index).is_some();
@@ -123,10 +133,11 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     }
 
     /// The handler of a vector the real IDT should route straight to the
-    /// guest kernel: present, user-raisable, from 32 up.
+    /// guest kernel: present, user-raisable, from 32 up, and never one of
+    /// the host's (LOAD_IDT_ENTRY refuses those; this is the second lock).
     pub fn direct_gate(&self, vector: u8) -> Option<GuestGate> {
         let gate = self.idt[vector as usize];
-        (vector >= 32 && gate.present() && gate.user()).then_some(gate)
+        (vector >= 32 && !abi::is_host_vector(vector) && gate.present() && gate.user()).then_some(gate)
     }
 
     /// The kernel stack for traps from user mode, once SET_STACK named it.
@@ -227,40 +238,48 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.deliver(regs, 14, Some(regs.error_code), regs.rip)
     }
 
-    /// `int n` (or `int3`, `into`) at the guest's RIP that the CPU refused
-    /// to run directly: deliver it ourselves if the guest allows user mode
-    /// to raise that vector. Returns false if the bytes are no such
+    /// The software interrupt at `rip`, if the bytes there are one: its
+    /// vector and length. Only `int n` and `int3`: `into` (0xce) is invalid
+    /// in 64-bit mode, and the CPU's #UD for it is the guest's to handle.
+    fn software_interrupt_at(&self, rip: u64, user: bool) -> Option<(u8, u64)> {
+        match self.instruction_bytes(rip, user)? {
+            [0xcd, vector] => Some((vector, 2)),
+            [0xcc, _] => Some((3, 1)),
+            _ => None,
+        }
+    }
+
+    /// `int n` or `int3` at the guest's RIP that the CPU refused to run
+    /// directly: deliver it ourselves if the guest allows user mode to
+    /// raise that vector. Returns false if the bytes are no such
     /// instruction.
     pub(crate) fn emulate_software_interrupt(&mut self, regs: &mut GuestRegs) -> Result<bool, Kill> {
-        let user = regs.cs & 3 == 3;
-        let fetch = Access { write: false, user, fetch: true };
-        let mut bytes = [0u8; 2];
-        for (offset, byte) in bytes.iter_mut().enumerate() {
-            let Ok(gpa) = self.mmu.translate(regs.rip.wrapping_add(offset as u64), fetch) else {
-                return Ok(false);
-            };
-            let mut one = [0u8];
-            if !self.mmu.memory().read_bytes(gpa, &mut one) {
-                return Ok(false);
-            }
-            *byte = one[0];
-        }
-        let (vector, length) = match bytes {
-            [0xcd, vector] => (vector, 2),
-            [0xcc, _] => (3, 1),
-            [0xce, _] => (4, 1),
-            _ => return Ok(false),
+        let Some((vector, length)) = self.software_interrupt_at(regs.rip, regs.cs & 3 == 3) else {
+            return Ok(false);
         };
         let gate = self.idt[vector as usize];
         if !(gate.present() && gate.user()) {
             // What the CPU does for a gate user mode may not use.
-            let error = u64::from(vector) << 3 | 2;
-            self.deliver(regs, 13, Some(error), regs.rip)?;
+            self.deliver(regs, 13, Some(software_interrupt_error(vector)), regs.rip)?;
             return Ok(true);
         }
         self.stats.emulated_software_interrupts += 1;
         self.deliver(regs, vector, None, regs.rip + length)?;
         Ok(true)
+    }
+
+    /// A #GP from the guest kernel. When an `int n` at ring 1 raised it
+    /// (every gate it does not own is DPL 0), the error code names the IDT
+    /// entry as hardware encodes it; QEMU's TCG encodes it otherwise, so
+    /// the guest gets hardware's value whatever Umbra runs on.
+    pub(crate) fn deliver_kernel_general_protection(&mut self, regs: &mut GuestRegs) -> Result<(), Kill> {
+        const ERROR_IDT: u64 = 1 << 1;
+        if regs.error_code & ERROR_IDT != 0
+            && let Some((vector, _)) = self.software_interrupt_at(regs.rip, false)
+        {
+            regs.error_code = software_interrupt_error(vector);
+        }
+        self.deliver(regs, 13, Some(regs.error_code), regs.rip)
     }
 
     /// SET_CLOCKEVENT: one shot of the guest's IRQ 0.

@@ -22,7 +22,7 @@ use core::fmt;
 use core::mem::offset_of;
 
 use paging::{Access, FaultOutcome, FramePool, GuestMemory, KillReason, Level, ShadowMmu, TranslateError};
-use switcher_asm::layout::{GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
+use switcher_asm::layout::{self, GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
 
 use crate::abi::{self, AsyncCall, SharedPage};
 use crate::traps::GuestGate;
@@ -354,8 +354,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
                 Ok(false) => self.deliver_exception(regs, vector),
                 Err(kill) => Err(kill),
             },
+            13 => self.deliver_kernel_general_protection(regs),
             // The guest's own business, for its own handlers.
-            0 | 1 | 3..=7 | 13 | 16 | 17 | 19 => self.deliver_exception(regs, vector),
+            0 | 1 | 3..=7 | 16 | 17 | 19 => self.deliver_exception(regs, vector),
             // An interrupt (or NMI) that arrived while the guest ran is the
             // host's: its timer, which the run loop has acknowledged.
             2 | 32..=255 => Ok(()),
@@ -372,20 +373,28 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// at ring 1 (an instruction this CPU lacks, say) is the guest's own
     /// fault, not a request.
     fn is_hypercall_instruction(&self, rip: u64) -> bool {
+        self.instruction_bytes(rip, false) == Some(abi::HYPERCALL_INSTRUCTION)
+    }
+
+    /// The first two bytes of the instruction at `rip`, fetched through
+    /// the guest's own tables as the CPU would at that ring; None where
+    /// they do not allow it.
+    pub(crate) fn instruction_bytes(&self, rip: u64, user: bool) -> Option<[u8; 2]> {
+        let fetch = Access { write: false, user, fetch: true };
         let mut bytes = [0u8; 2];
-        bytes.iter_mut().enumerate().all(|(offset, byte)| {
-            let fetch = Access { write: false, user: false, fetch: true };
-            let Ok(gpa) = self.mmu.translate(rip.wrapping_add(offset as u64), fetch) else { return false };
+        for (offset, byte) in bytes.iter_mut().enumerate() {
+            let gpa = self.mmu.translate(rip.wrapping_add(offset as u64), fetch).ok()?;
             let mut one = [0u8];
-            let read = self.mmu.memory().read_bytes(gpa, &mut one);
+            if !self.mmu.memory().read_bytes(gpa, &mut one) {
+                return None;
+            }
             *byte = one[0];
-            read
-        }) && bytes == abi::HYPERCALL_INSTRUCTION
+        }
+        Some(bytes)
     }
 
     fn deliver_exception(&mut self, regs: &mut GuestRegs, vector: u8) -> Result<(), Kill> {
-        let pushes_error_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
-        let error_code = pushes_error_code.then_some(regs.error_code);
+        let error_code = layout::has_error_code(vector).then_some(regs.error_code);
         self.deliver(regs, vector, error_code, regs.rip)
     }
 

@@ -131,6 +131,75 @@ fn idt_entries_are_checked() {
 }
 
 #[test]
+fn no_host_vector_can_become_a_direct_gate() {
+    for vector in abi::HOST_VECTORS {
+        let mut vcpu = guest();
+        let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
+        let kill = kill_of(load(&mut vcpu, u64::from(vector), HANDLER, flags));
+        assert!(
+            matches!(
+                kill,
+                Kill::BadIdtEntry { why: "the host owns this vector; it may not be a direct gate", .. }
+            ),
+            "vector {vector:#x}: {kill:?}"
+        );
+        assert_eq!(vcpu.direct_gate(vector), None);
+        // A plain entry is the guest's own virtual vector: accepted, and
+        // still never routed through the real IDT.
+        let mut vcpu = guest();
+        assert_eq!(load(&mut vcpu, u64::from(vector), HANDLER, abi::IDT_PRESENT), Next::Resume);
+        assert_eq!(vcpu.direct_gate(vector), None);
+    }
+    // The vector just below the host's is an ordinary guest vector.
+    let mut vcpu = guest();
+    let below = *abi::HOST_VECTORS.start() - 1;
+    let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
+    assert_eq!(load(&mut vcpu, u64::from(below), HANDLER, flags), Next::Resume);
+    assert!(vcpu.direct_gate(below).is_some());
+}
+
+#[test]
+fn into_is_an_invalid_opcode_not_int_4() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 4, HANDLER, abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER);
+    load(&mut vcpu, 6, HANDLER + 0x100, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, USER_RIP, &[0xce, 0x90]);
+    // 0xce is invalid in 64-bit mode: the CPU raises #UD.
+    let mut regs = user_regs(6, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER + 0x100, "the guest's #UD handler, not its #OF one");
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP, "a fault: rip not advanced");
+    assert_eq!(vcpu.stats.emulated_software_interrupts, 0);
+    assert_eq!(vcpu.stats.delivered[4], 0);
+    assert_eq!(vcpu.stats.delivered[6], 1);
+}
+
+#[test]
+fn int_n_at_ring_1_gets_hardware_error_code() {
+    for (bytes, vector) in [([0xcd, 0x1f], 0x1f_u64), ([0xcd, 0x80], 0x80), ([0xcc, 0x90], 3)] {
+        let mut vcpu = guest();
+        load(&mut vcpu, 13, HANDLER, abi::IDT_PRESENT);
+        let mut regs = kernel_regs(13, 0);
+        put_bytes(&mut vcpu, KERNEL_GPA + 0x2345, &bytes);
+        // QEMU's TCG shifts the vector by four where hardware shifts by three.
+        regs.error_code = vector << 4 | 2;
+        let top = (regs.rsp) & !0xf;
+        assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+        assert_eq!(regs.rip, HANDLER);
+        assert_eq!(read(&vcpu, kernel_gpa(top - 48)), vector << 3 | 2, "{bytes:x?}");
+    }
+    // A #GP at ring 1 that is not about the IDT keeps its own error code.
+    let mut vcpu = guest();
+    load(&mut vcpu, 13, HANDLER, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, KERNEL_GPA + 0x2345, &[0xcd, 0x80]);
+    let mut regs = kernel_regs(13, 0x10);
+    let top = (regs.rsp) & !0xf;
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(read(&vcpu, kernel_gpa(top - 48)), 0x10);
+}
+
+#[test]
 fn a_user_vector_becomes_a_direct_gate() {
     let mut vcpu = guest();
     assert!(!vcpu.take_switcher_changes());

@@ -185,11 +185,27 @@ pub const STATE_GUEST_TSS_ACCESS: u64 =
 pub const GUEST_GDT_VA: u64 = STATE_PAGE + offset_of!(SwitcherState, gdt) as u64;
 pub const GUEST_TSS_VA: u64 = STATE_PAGE + offset_of!(SwitcherState, tss) as u64;
 
-/// Vectors whose exceptions push an error code; the stubs push a zero
-/// for the others, so every exit looks the same.
+/// The exceptions that push an error code, one bit per vector (all are
+/// below 32): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC, #SX. The
+/// switcher's stubs push a zero for every other vector, so every exit
+/// looks the same; the assembly reads this very mask.
+pub const ERROR_CODE_VECTORS: u32 =
+    1 << 8 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 17 | 1 << 21 | 1 << 29 | 1 << 30;
+
+/// Does the CPU push an error code for `vector`?
 pub const fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+    vector < 32 && ERROR_CODE_VECTORS & (1 << vector) != 0
 }
+
+/// RFLAGS as the host's code runs: only the always-one bit 1. DF clear
+/// (the ABI every compiled function assumes), AC clear, IOPL 0, no trap
+/// or nested-task flag, and interrupts off (the host turns them on only
+/// around `hlt`). The exit path loads it before anything else.
+pub const HOST_RFLAGS: u64 = 0x2;
+/// The flags whose value the host's code depends on (TF, IF, DF, IOPL,
+/// NT, RF, AC): the arithmetic ones change with every instruction, so a
+/// check of the exit path looks at these.
+pub const HOST_SYSTEM_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x3000 | 0x4000 | 0x1_0000 | 0x4_0000;
 
 /// One 16-byte interrupt gate.
 #[repr(C)]

@@ -37,6 +37,8 @@ mod image {
         STATE_HOST_TSS_SELECTOR = const STATE_HOST_TSS_SELECTOR,
         TSS_SELECTOR = const TSS_SELECTOR,
         SWITCHER_DS = const SWITCHER_DS,
+        ERROR_CODE_VECTORS = const ERROR_CODE_VECTORS,
+        HOST_RFLAGS = const HOST_RFLAGS,
         GUEST_REGS_VA = const GUEST_REGS_VA,
         options(att_syntax)
     );

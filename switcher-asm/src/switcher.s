@@ -23,9 +23,14 @@
  *   page, and pushed its frame there; the stub adds an error code where
  *   the CPU did not, and the vector; exit_common pushes every register,
  *   completing GuestRegs in place;
+ *   set RFLAGS to the host's own value, whatever the guest left in it
+ *   (the CPU clears only TF, NT, RF and IF on the way in: DF and AC come
+ *   through, and the compiler assumes DF clear at every call);
  *   load the host CR3, GDT, TSS and IDT back, restore the host's data
- *   segments and stack, pop its callee-saved registers and return to the
- *   host as if switcher_enter were an ordinary function.
+ *   segments (FS and GS too) and stack, pop its callee-saved registers
+ *   and return to the host as if switcher_enter were an ordinary
+ *   function. docs/switcher.md lists every piece of state an exit can
+ *   carry in, and why each is safe.
  */
     .pushsection .text.switcher, "ax"
     .balign 4096
@@ -37,8 +42,13 @@ switcher_start:
     .set vector, 0
     .rept 256
     .org switcher_start + vector * {STUB_SIZE}
-    .if (vector == 8) || (vector == 10) || (vector == 11) || (vector == 12) || (vector == 13) || (vector == 14) || (vector == 17) || (vector == 21) || (vector == 29) || (vector == 30)
-    .else
+    /* The CPU pushes an error code only for the exceptions whose bits
+     * are set in ERROR_CODE_VECTORS (layout.rs), all below 32. */
+    .set pushes_error_code, 0
+    .if vector < 32
+    .set pushes_error_code, ({ERROR_CODE_VECTORS} >> vector) & 1
+    .endif
+    .if pushes_error_code == 0
     push $0
     .endif
     push $vector
@@ -82,6 +92,9 @@ switcher_enter:
     iretq
 
 exit_common:
+    /* First of all, the host's flags: DF and AC clear, IOPL 0, IF off. */
+    pushq ${HOST_RFLAGS}
+    popfq
     push %rax
     push %rbx
     push %rcx
@@ -108,6 +121,8 @@ exit_common:
     mov ${SWITCHER_DS}, %eax
     mov %eax, %ds
     mov %eax, %es
+    mov %eax, %fs
+    mov %eax, %gs
     mov %eax, %ss
     mov {STATE_HOST_RSP}, %rsp
     pop %r15
