@@ -112,11 +112,14 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(abi::RESULT_OK)
     }
 
-    /// SET_STACK: the stack traps from user mode land on. Umbra keeps it
-    /// mapped, so delivering a trap never faults on it.
+    /// SET_STACK: the stack traps from user mode land on, `len` bytes (a
+    /// page multiple) below a page-aligned `top`. Umbra keeps it mapped,
+    /// so delivering a trap never faults on it.
     pub(crate) fn set_stack(&mut self, top: u64, len: u64) -> Result<u64, Kill> {
         let bad = |why| Kill::BadStack { top, len, why };
-        if len == 0 || len > abi::KERNEL_STACK_MAX || !len.is_multiple_of(4096) || !top.is_multiple_of(16) {
+        // A page-aligned top keeps the stack to len / 4096 whole pages, the
+        // ones Umbra pins; any other top would straddle one more.
+        if len == 0 || len > abi::KERNEL_STACK_MAX || !len.is_multiple_of(4096) || !top.is_multiple_of(4096) {
             return Err(bad("length or alignment"));
         }
         let bottom = top.checked_sub(len).ok_or(bad("wraps"))?;

@@ -326,9 +326,13 @@ fn traps_from_user_mode_need_the_kernel_stack() {
 
 #[test]
 fn set_stack_is_checked() {
-    for (top, len) in
-        [(KERNEL_STACK_TOP, 0), (KERNEL_STACK_TOP, 100), (KERNEL_STACK_TOP, 64 * 1024), (0x8000, 4096)]
-    {
+    for (top, len) in [
+        (KERNEL_STACK_TOP, 0),
+        (KERNEL_STACK_TOP, 100),
+        (KERNEL_STACK_TOP, 64 * 1024),
+        (0x8000, 4096),
+        (KERNEL_STACK_TOP - 16, 4096),
+    ] {
         let mut vcpu = guest();
         let kill = kill_of(hypercall(&mut vcpu, abi::SET_STACK, [top, len, 0]));
         assert!(matches!(kill, Kill::BadStack { .. }), "{top:#x}+{len}: {kill:?}");
