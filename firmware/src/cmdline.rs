@@ -84,14 +84,10 @@ pub struct Config {
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
 pub const MAX_GUEST_TIMEOUT_S: u64 = 86_400;
-/// The most guests run at once.
-pub const MAX_GUESTS: usize = 8;
+/// The most guests run at once: as many places as the run loop has.
+pub const MAX_GUESTS: usize = hv_core::run::MAX_GUESTS;
 /// The most guests one boot runs in all, one after another.
 pub const MAX_GUESTS_IN_ALL: usize = 1_000_000;
-/// In a guest's command line, this becomes the guest's number (1, 2, ...),
-/// so guests that share one command line can still differ: the fuzzer
-/// derives each guest's seed from it.
-pub const GUEST_NUMBER_PLACEHOLDER: &[u8] = b"{n}";
 pub const MIN_GUEST_MEM: u64 = 4 << 20;
 /// Guest-physical addresses must fit the shadow MMU's checks comfortably.
 pub const MAX_GUEST_MEM: u64 = 64 << 30;
@@ -124,39 +120,6 @@ pub fn split_guest(cmdline: &[u8]) -> (&[u8], &[u8]) {
         start = end + 1;
     }
     (cmdline, &[])
-}
-
-/// `cmdline` with every [`GUEST_NUMBER_PLACEHOLDER`] replaced by
-/// `number`, written into `out`; returns how many bytes were written.
-/// What does not fit is cut off, as a long command line is anyway.
-pub fn with_guest_number(cmdline: &[u8], number: usize, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = number;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let digits = &digits[start..];
-    let mut written = 0;
-    let mut at = 0;
-    while at < cmdline.len() && written < out.len() {
-        let piece = if cmdline[at..].starts_with(GUEST_NUMBER_PLACEHOLDER) {
-            at += GUEST_NUMBER_PLACEHOLDER.len();
-            digits
-        } else {
-            at += 1;
-            &cmdline[at - 1..at]
-        };
-        let room = (out.len() - written).min(piece.len());
-        out[written..written + room].copy_from_slice(&piece[..room]);
-        written += room;
-    }
-    written
 }
 
 /// A plain decimal number, at most 12 digits.
@@ -433,26 +396,6 @@ mod tests {
             assert_eq!(config.guests, 1, "{bad:?}");
             assert_eq!(notices.len(), 1);
         }
-    }
-
-    fn numbered(cmdline: &[u8], number: usize, room: usize) -> StdVec<u8> {
-        let mut out = std::vec![0u8; room];
-        let len = with_guest_number(cmdline, number, &mut out);
-        out.truncate(len);
-        out
-    }
-
-    #[test]
-    fn guest_numbers_fill_the_placeholder() {
-        assert_eq!(numbered(b"test=fuzz:100+{n}:50", 7, 64), b"test=fuzz:100+7:50");
-        assert_eq!(numbered(b"{n}{n} {n", 1_000_000, 64), b"10000001000000 {n");
-        assert_eq!(numbered(b"a {n}", 0, 64), b"a 0");
-        assert_eq!(numbered(b"no placeholder", 3, 64), b"no placeholder");
-        // Cut off where the room ends, even inside a number.
-        assert_eq!(numbered(b"x={n}", 12345, 4), b"x=12");
-        assert_eq!(numbered(b"", 5, 4), b"");
-        assert_eq!(numbered(b"abc", usize::MAX, 0), b"");
-        assert_eq!(numbered(b"{n}", usize::MAX, 64), std::format!("{}", usize::MAX).as_bytes());
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   which CPUs exist, and how to switch the machine off;
 //! - [`frames`] turns the memory map into free page frames, keeping out
 //!   everything that is already spoken for;
-//! - [`status`] names the exit statuses every test relies on.
+//! - [`status`] names the exit statuses every test relies on (hv-core's,
+//!   whose run loop decides most of them).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -24,7 +25,8 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod frames;
 pub mod madt;
-pub mod status;
+
+pub use hv_core::status;
 
 /// The version printed in the banner: `umbra <version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

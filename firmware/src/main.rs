@@ -14,9 +14,9 @@
 //! 4. [`acpi`]: the CPUs from the MADT, the power-off method from the FADT.
 //! 5. [`memory`]: the frame pool, then the host's own page tables.
 //! 6. [`switcher`]: every CPU's switcher pages.
-//! 7. The banner; then [`guest`] runs the guest (PVH module 0, or the
-//!    default guest built into the image) and its status becomes Umbra's,
-//!    through the exit contract in [`power`].
+//! 7. The banner; then [`guest`] runs the guests (the PVH modules, or the
+//!    default guest built into the image) through hv-core's run loop, and
+//!    their status becomes Umbra's, through the exit contract in [`power`].
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -285,9 +285,13 @@ mod boot {
             }
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
-        let at_once = config.guests_at_once.unwrap_or(guest::MAX_GUESTS);
-        let total = if info.modules.is_empty() { config.guests } else { guests.len() };
-        let status = guest::run(&guests, total, at_once, config.guest_mem, tsc_khz, config.guest_timeout_s);
+        let run = hv_core::run::RunConfig {
+            total: if info.modules.is_empty() { config.guests } else { guests.len() },
+            at_once: config.guests_at_once.unwrap_or(guest::MAX_GUESTS),
+            memory_size: config.guest_mem,
+            timeout_s: config.guest_timeout_s,
+        };
+        let status = guest::run(&guests, &run, tsc_khz);
         power::exit(status)
     }
 

@@ -21,7 +21,10 @@
 use core::fmt;
 use core::mem::offset_of;
 
-use paging::{Access, FaultOutcome, FramePool, GuestMemory, KillReason, Level, ShadowMmu, TranslateError};
+use paging::{
+    Access, Counters, FaultOutcome, FramePool, GuestMemory, KillReason, Level, ShadowMmu, SwitcherEntries,
+    TranslateError,
+};
 use switcher_asm::layout::{self, GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
 
 use crate::abi::{self, AsyncCall, SharedPage};
@@ -294,8 +297,13 @@ const ASYNC_RING_OFFSET: u64 = offset_of!(SharedPage, async_ring) as u64;
 const ASYNC_CALL_SIZE: u64 = core::mem::size_of::<AsyncCall>() as u64;
 
 /// One guest's CPU: its shadow MMU and what it told us at INIT.
+///
+/// The shadow MMU is the vCPU's own: the run loop reaches it only through
+/// the few methods below (the root to enter on, the counters, the memory
+/// back at the end), so every change to the guest's shadow tables goes
+/// through what an exit means.
 pub struct Vcpu<M: GuestRam, P: FramePool> {
-    pub mmu: ShadowMmu<M, P>,
+    pub(crate) mmu: ShadowMmu<M, P>,
     /// Guest-physical address of the shared page, once INIT named it.
     pub(crate) shared_page: Option<u64>,
     /// Our own position in the async ring; the guest's idea is not trusted.
@@ -333,6 +341,41 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             clock_deadline_ns: None,
             switcher_changed: false,
         }
+    }
+
+    /// Give the current shadow root this CPU's switcher mapping (`cpu`'s
+    /// guest view, `entries`); returns the root to enter on.
+    pub fn prepare_switcher(&mut self, cpu: u32, entries: SwitcherEntries) -> u64 {
+        self.mmu.prepare_switcher(cpu, entries);
+        self.mmu.current_root()
+    }
+
+    /// What the shadow MMU has done so far, for the statistics.
+    pub fn counters(&self) -> Counters {
+        self.mmu.counters()
+    }
+
+    /// The guest's memory, as the host reaches it.
+    pub fn memory(&self) -> &M {
+        self.mmu.memory()
+    }
+
+    /// The guest's memory, to write, as the loader or a test does.
+    pub fn memory_mut(&mut self) -> &mut M {
+        self.mmu.memory_mut()
+    }
+
+    /// The shadow leaf for `va` in the current root, if one is present.
+    pub fn shadow_entry(&self, va: u64) -> Option<u64> {
+        self.mmu.shadow_entry(va)
+    }
+
+    /// Take the vCPU apart once its guest has finished: its memory and
+    /// its shadow frames go back to the host, its counts to the
+    /// statistics.
+    pub fn into_parts(self) -> (M, P, Stats) {
+        let (memory, pool) = self.mmu.into_parts();
+        (memory, pool, self.stats)
     }
 
     /// Decide what a trap means. `cr2` matters only for page faults.

@@ -106,7 +106,7 @@ fn exit_regs(rng: &mut Rng) -> GuestRegs {
 /// Scribble somewhere the host reads: the shared page, its async ring, or
 /// a random word of guest memory (page tables included).
 fn scribble(vcpu: &mut Vcpu<Ram, Pool>, rng: &mut Rng) {
-    let memory = vcpu.mmu.memory_mut();
+    let memory = vcpu.memory_mut();
     let target = match rng.below(3) {
         0 => SHARED + rng.below(std::mem::size_of::<SharedPage>() as u64 / 8) * 8,
         1 => SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + rng.below(64 * 7) * 8,

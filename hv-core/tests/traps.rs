@@ -28,11 +28,11 @@ const U: u64 = 4;
 const PS: u64 = 0x80;
 
 fn write(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, value: u64) {
-    assert!(vcpu.mmu.memory_mut().write_u64(gpa, value));
+    assert!(vcpu.memory_mut().write_u64(gpa, value));
 }
 
 fn read(vcpu: &Vcpu<Ram, Pool>, gpa: u64) -> u64 {
-    vcpu.mmu.memory().read_u64(gpa).unwrap()
+    vcpu.memory().read_u64(gpa).unwrap()
 }
 
 /// The kernel-half stack address `va` as guest-physical.
@@ -343,7 +343,7 @@ fn set_stack_is_checked() {
 }
 
 fn put_bytes(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, bytes: &[u8]) {
-    assert!(vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), gpa, bytes));
+    assert!(vcpu::GuestRam::write_bytes(vcpu.memory_mut(), gpa, bytes));
 }
 
 #[test]

@@ -70,9 +70,9 @@ fn init_fills_the_shared_page_and_steps_over_ud2() {
     let (next, regs) = call(&mut vcpu, &mut Console::default(), abi::INIT, [SHARED, 0, 0, 0, 0]);
     assert_eq!(next, Next::Resume);
     assert_eq!(regs.rip, ENTRY + 2);
-    let version = vcpu.mmu.memory().read_u64(SHARED).unwrap() as u32;
+    let version = vcpu.memory().read_u64(SHARED).unwrap() as u32;
     assert_eq!(version, abi::ABI_VERSION);
-    let tsc = vcpu.mmu.memory().read_u64(SHARED + std::mem::offset_of!(SharedPage, tsc_khz) as u64).unwrap();
+    let tsc = vcpu.memory().read_u64(SHARED + std::mem::offset_of!(SharedPage, tsc_khz) as u64).unwrap();
     assert_eq!(tsc, 2_600_000);
 }
 
@@ -94,7 +94,7 @@ fn init_rejects_bad_pages_and_a_second_init() {
 #[test]
 fn console_write_prints_and_checks_its_buffer() {
     let (mut vcpu, mut console) = initialised();
-    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"hello");
+    vcpu::GuestRam::write_bytes(vcpu.memory_mut(), 0x3000, b"hello");
     let (next, regs) = call(&mut vcpu, &mut console, abi::CONSOLE_WRITE, [0x3000, 5, 0, 0, 0]);
     assert_eq!(next, Next::Resume);
     assert_eq!(regs.rax, 5);
@@ -132,7 +132,7 @@ fn send_interrupts_is_only_a_chance_to_deliver() {
 #[test]
 fn shutdown_passes_its_status_and_prints_its_message() {
     let (mut vcpu, mut console) = initialised();
-    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"bye");
+    vcpu::GuestRam::write_bytes(vcpu.memory_mut(), 0x3000, b"bye");
     let (next, _) = call(&mut vcpu, &mut console, abi::SHUTDOWN, [7, 0x3000, 3, 0, 0]);
     assert_eq!(next, Next::Shutdown { status: 7 });
     assert_eq!(console.printed, b"guest shutdown: bye\n");
@@ -174,7 +174,7 @@ fn linear_mode_faults_are_filled_and_interrupts_resume() {
     regs.vector = 14;
     regs.error_code = 0x10; // not present, instruction fetch
     assert_eq!(vcpu.handle_exit(&mut regs, ENTRY, &mut console), Next::Resume);
-    assert!(vcpu.mmu.shadow_entry(ENTRY).is_some());
+    assert!(vcpu.shadow_entry(ENTRY).is_some());
 
     // Beyond guest memory, even linear mode has nothing: the guest's own
     // business, which is fatal until faults are reflected.
@@ -196,7 +196,7 @@ fn linear_mode_faults_are_filled_and_interrupts_resume() {
 
 fn write_async(vcpu: &mut Vcpu<Ram, Pool>, slot: u64, number: u64, args: [u64; 5]) {
     let base = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + slot * 56;
-    let memory = vcpu.mmu.memory_mut();
+    let memory = vcpu.memory_mut();
     memory.write_u64(base + 8, number);
     for (i, arg) in args.iter().enumerate() {
         memory.write_u64(base + 16 + i as u64 * 8, *arg);
@@ -207,7 +207,7 @@ fn write_async(vcpu: &mut Vcpu<Ram, Pool>, slot: u64, number: u64, args: [u64; 5
 #[test]
 fn the_async_ring_drains_in_order_before_a_call() {
     let (mut vcpu, mut console) = initialised();
-    vcpu::GuestRam::write_bytes(vcpu.mmu.memory_mut(), 0x3000, b"ab");
+    vcpu::GuestRam::write_bytes(vcpu.memory_mut(), 0x3000, b"ab");
     write_async(&mut vcpu, 0, abi::CONSOLE_WRITE, [0x3000, 1, 0, 0, 0]);
     write_async(&mut vcpu, 1, abi::CONSOLE_WRITE, [0x3001, 1, 0, 0, 0]);
     // Slot 3 is ready but slot 2 is not: the drain stops at slot 2.
@@ -217,7 +217,7 @@ fn the_async_ring_drains_in_order_before_a_call() {
     assert_eq!(console.printed, b"ab");
     assert_eq!(vcpu.stats.async_calls, 2);
     let ready = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64;
-    assert_eq!(vcpu.mmu.memory().read_u64(ready), Some(0));
+    assert_eq!(vcpu.memory().read_u64(ready), Some(0));
 }
 
 #[test]

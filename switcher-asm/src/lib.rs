@@ -60,21 +60,29 @@ pub use image::code_physical_range;
 
 /// Run the guest on this CPU until its next trap or interrupt.
 ///
+/// `regs` is this CPU's registers page as the host maps it. The switcher
+/// reads the guest's registers from that page and writes them back there,
+/// through its own mapping of it; handing the pointer in tells the
+/// compiler so, even while the caller holds a reference to the page.
+///
 /// # Safety
 /// This CPU's switcher pages must be mapped at [`SWITCHER_BASE`] in the
 /// current (host) page tables, its state page filled in (host CR3, the
 /// host's descriptor tables, and `guest_cr3`: a shadow root that maps the
-/// same switcher pages), and its registers page holding sane guest
-/// registers (CS and SS at ring 1 or 3). Interrupts must be off.
+/// same switcher pages), and its registers page, `regs`, holding sane
+/// guest registers (CS and SS at ring 1 or 3). Interrupts must be off.
 #[cfg(target_os = "none")]
-pub unsafe fn enter() {
+pub unsafe fn enter(regs: *mut layout::GuestRegs) {
     // SAFETY: per the contract above, the switcher returns here with every
     // callee-saved register and the stack as they were; the C ABI's
-    // caller-saved registers are declared clobbered.
+    // caller-saved registers are declared clobbered. `rdi` carries `regs`
+    // only so the asm is known to use it: the switcher loads the guest's
+    // own `rdi` over it.
     unsafe {
         core::arch::asm!(
             "call {entry}",
             entry = in(reg) layout::ENTRY_VA,
+            in("rdi") regs,
             clobber_abi("C"),
         );
     }

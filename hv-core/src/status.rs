@@ -5,6 +5,11 @@
 //! QEMU itself exits with `(N << 1) | 1`, which is how every test learns
 //! the outcome. Statuses below [`FIRST_RESERVED`] belong to the guest: it
 //! passes its own status through `SHUTDOWN`. The rest are Umbra's own.
+//!
+//! They live in hv-core because its run loop decides most of them (a
+//! kill, a guest that could not be set up, the first failure among many);
+//! the firmware re-exports them as `umbra_firmware::status` for its own
+//! (a crash, a malformed boot).
 
 /// Everything went as planned.
 pub const SUCCESS: u8 = 0;

@@ -1,0 +1,268 @@
+//! # What the host says about its guests
+//!
+//! Everything a run prints besides the guests' own words comes from here,
+//! and the boot tests read all of it, so its wording is a contract:
+//!
+//! - a guest's console: its bytes go out as they come, but when several
+//!   guests share the one serial line, each of their lines starts with
+//!   `[gN] `, so that interleaved output can still be told apart;
+//! - a guest's closing line: `guest exited with status N` or
+//!   `guest killed: <reason>`, always a whole line of its own, even after
+//!   a guest that left half a line unfinished;
+//! - its statistics block at `log=info`: exits by vector, hypercalls by
+//!   name, deliveries, paging, and cycles;
+//! - when several guests ran, one totals line that adds them up, with the
+//!   free frames before and after, which shows that each one gave back
+//!   everything it took;
+//! - and the run's status: 0 when every guest exited with 0; 101 when any
+//!   guest could not even be set up; otherwise the status of the first
+//!   guest, in order, that did not exit 0.
+
+use core::fmt::{self, Write};
+
+use log::Level;
+use paging::Counters;
+
+use crate::abi;
+use crate::run::Machine;
+use crate::status;
+use crate::vcpu::{Kill, Stats};
+
+/// One guest's side of the console: whether its lines carry a `[gN] `
+/// prefix, and whether it is at the start of a line.
+#[derive(Clone, Copy)]
+pub(crate) struct GuestConsole {
+    prefix: Option<usize>,
+    at_line_start: bool,
+}
+
+impl GuestConsole {
+    /// Guest `number`'s console; its lines are prefixed when `several`
+    /// guests run.
+    pub(crate) fn new(number: usize, several: bool) -> GuestConsole {
+        GuestConsole { prefix: several.then_some(number), at_line_start: true }
+    }
+
+    pub(crate) fn prefix(&self) -> Option<usize> {
+        self.prefix
+    }
+
+    /// The guest's own bytes, each line prefixed when several guests run.
+    pub(crate) fn write(&mut self, machine: &mut impl Machine, bytes: &[u8]) {
+        let Some(number) = self.prefix else {
+            machine.write_guest_bytes(bytes);
+            if let Some(&last) = bytes.last() {
+                self.at_line_start = last == b'\n';
+            }
+            return;
+        };
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                machine.print(format_args!("[g{number}] "));
+            }
+            machine.write_guest_bytes(line);
+            self.at_line_start = line.ends_with(b"\n");
+        }
+    }
+
+    /// The host's closing line for this guest; returns `status`. It starts
+    /// a line of its own even when the guest left half a line unfinished
+    /// (a fuzzer's random bytes), so the reason is always one whole line.
+    pub(crate) fn finish(&self, machine: &mut impl Machine, status: u8, line: fmt::Arguments) -> u8 {
+        if !self.at_line_start {
+            machine.print(format_args!("\n"));
+        }
+        match self.prefix {
+            Some(number) => machine.print(format_args!("[g{number}] {line}\n")),
+            None => machine.print(format_args!("{line}\n")),
+        }
+        status
+    }
+
+    pub(crate) fn killed(&self, machine: &mut impl Machine, reason: Kill) -> u8 {
+        self.finish(machine, status::GUEST_KILLED, format_args!("guest killed: {reason}"))
+    }
+}
+
+/// " 2" after "guest" when several guests run, nothing otherwise.
+pub(crate) struct Numbered(pub(crate) Option<usize>);
+
+impl fmt::Display for Numbered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(number) => write!(f, " {number}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Time stamp counter ticks. Under `-icount shift=0` they count
+/// instructions, which is how the switcher's cost is measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Cycles {
+    pub(crate) guest: u64,
+    /// Guest plus the host's work for it: the guest's turns on the CPU.
+    pub(crate) total: u64,
+    /// The shortest enter-to-return of a hypercall exit: the switcher both
+    /// ways plus the guest's few instructions between two calls.
+    pub(crate) fastest_hypercall: u64,
+}
+
+impl Default for Cycles {
+    fn default() -> Self {
+        Cycles { guest: 0, total: 0, fastest_hypercall: u64::MAX }
+    }
+}
+
+/// A compact block at `log=info`: exits, hypercalls, paging, cycles.
+pub(crate) fn print_stats(
+    machine: &mut impl Machine,
+    stats: &Stats,
+    paging: &Counters,
+    cycles: &Cycles,
+    guest: Option<usize>,
+) {
+    if !machine.logs(Level::Info) {
+        return;
+    }
+    let mut line = heapless::String::<512>::new();
+    let exits = stats.exits;
+    if let Some(number) = guest {
+        machine.log(Level::Info, format_args!("stats for guest {number}:"));
+    }
+    let _ = write!(line, "stats: exits {exits}:");
+    for (vector, count) in stats.exits_by_vector.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = match vector {
+            6 => write!(line, " #UD/hypercall={count}"),
+            14 => write!(line, " #PF={count}"),
+            32..=255 => write!(line, " irq{vector}={count}"),
+            _ => write!(line, " vector{vector}={count}"),
+        };
+    }
+    machine.log(Level::Info, format_args!("{line}"));
+
+    line.clear();
+    let calls: u64 = stats.hypercalls.iter().sum();
+    let _ = write!(line, "stats: hypercalls {calls} (+{} async):", stats.async_calls);
+    for (number, count) in stats.hypercalls.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = write!(line, " {}={count}", abi::call_name(number as u64));
+    }
+    machine.log(Level::Info, format_args!("{line}"));
+
+    line.clear();
+    let delivered: u64 = stats.delivered.iter().sum();
+    let _ = write!(
+        line,
+        "stats: delivered to the guest's handlers {delivered} (int n delivered by the host {}):",
+        stats.emulated_software_interrupts
+    );
+    for (vector, count) in stats.delivered.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let _ = write!(line, " v{vector}={count}");
+    }
+    machine.log(Level::Info, format_args!("{line}"));
+
+    machine.log(
+        Level::Info,
+        format_args!(
+            "stats: paging: fills {} (linear {}), prefills {}, reflects {}, roots hit {} missed {} evicted {}, \
+             flushes {} user {} full, frames now {} peak {}",
+            paging.fills,
+            paging.linear_fills,
+            paging.prefills,
+            paging.reflects,
+            paging.root_hits,
+            paging.root_misses,
+            paging.evictions,
+            paging.user_flushes,
+            paging.full_flushes,
+            paging.frames_in_use,
+            paging.frames_peak,
+        ),
+    );
+    let host = cycles.total.saturating_sub(cycles.guest);
+    machine.log(
+        Level::Info,
+        format_args!(
+            "stats: cycles: guest {} ({}%), host {} ({}%), fastest hypercall round trip {}",
+            cycles.guest,
+            cycles.guest * 100 / cycles.total.max(1),
+            host,
+            host * 100 / cycles.total.max(1),
+            if cycles.fastest_hypercall == u64::MAX { 0 } else { cycles.fastest_hypercall }
+        ),
+    );
+}
+
+/// What all the guests of a run add up to, printed at the end when there
+/// were several: a campaign of thousands of guests is read from this line.
+/// The free frames before and after show that every guest gave all its
+/// memory back.
+#[derive(Default)]
+pub(crate) struct Totals {
+    guests: u64,
+    exited: u64,
+    killed: u64,
+    other: u64,
+    pub(crate) hypercalls: u64,
+    pub(crate) async_calls: u64,
+    pub(crate) exits: u64,
+    free_before: usize,
+    /// The lowest-numbered guest that did not exit with 0, and its status.
+    first_failure: Option<(usize, u8)>,
+    /// A guest could not even be set up (an `umbra: error:` line): the run
+    /// did not do what it was asked, whatever the others did.
+    firmware_error: bool,
+}
+
+impl Totals {
+    pub(crate) fn new(free_before: usize) -> Totals {
+        Totals { free_before, ..Totals::default() }
+    }
+
+    pub(crate) fn ended(&mut self, number: usize, status: u8) {
+        self.guests += 1;
+        match status {
+            status::SUCCESS => self.exited += 1,
+            status::GUEST_KILLED => self.killed += 1,
+            _ => self.other += 1,
+        }
+        if status != status::SUCCESS && self.first_failure.is_none_or(|(first, _)| number < first) {
+            self.first_failure = Some((number, status));
+        }
+        self.firmware_error |= status == status::FIRMWARE_ERROR;
+    }
+
+    /// The firmware's exit status: 101 if any guest could not be set up,
+    /// otherwise that of the first guest (in order) that did not exit 0.
+    pub(crate) fn status(&self) -> u8 {
+        if self.firmware_error {
+            return status::FIRMWARE_ERROR;
+        }
+        self.first_failure.map_or(status::SUCCESS, |(_, status)| status)
+    }
+
+    pub(crate) fn print(&self, machine: &mut impl Machine, free_after: usize) {
+        machine.print(format_args!(
+            "guests: {} ended: {} exited 0, {} killed, {} other; hypercalls {} (+{} async), exits {}; \
+             free frames {} before, {} after\n",
+            self.guests,
+            self.exited,
+            self.killed,
+            self.other,
+            self.hypercalls,
+            self.async_calls,
+            self.exits,
+            self.free_before,
+            free_after,
+        ));
+        if free_after != self.free_before {
+            machine.log(
+                Level::Warn,
+                format_args!(
+                    "memory: {} frames fewer free after the guests than before",
+                    self.free_before - free_after
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! # Running guests: the run loop and the scheduler
+//!
+//! This is lguest's `run_guest`, grown to several guests on one CPU. The
+//! loop itself is short: pick a guest, enter it, hand the exit to its
+//! vCPU ([`crate::vcpu`]), and go round again until every guest has
+//! finished. What makes it a scheduler is the few rules around that:
+//!
+//! - **Places.** At most [`MAX_GUESTS`] guests are loaded at once
+//!   (`guests_at_once=` may ask for fewer), but a boot may run many more
+//!   one after another (`guests=`, up to a million: a fuzzing campaign
+//!   runs thousands). A waiting guest is loaded, in order, as soon as
+//!   another one ends, in memory that may well be the finished guest's,
+//!   scrubbed.
+//! - **Turns.** The guests that can run take turns, round robin. A turn
+//!   ends when the host's own timer fires ([`HOST_TICK_NS`], whatever the
+//!   guest does with its virtual interrupt flag), when the guest halts, or
+//!   when it finishes. A guest alone on the CPU keeps it: there is nobody
+//!   to hand it to.
+//! - **Halts.** HALT means "wake me at my clock event, or when an
+//!   interrupt is pending". A halted guest is skipped; when every guest is
+//!   halted, the CPU sleeps until the first of them can go on. A guest
+//!   that halts with nothing that could ever wake it is killed.
+//! - **The watchdog.** `guest_timeout=N` kills a guest still running N
+//!   seconds after it started, asleep or not.
+//!
+//! The loop reaches the hardware only through [`Machine`]: entering the
+//! guest, the timer, the clock, the FPU, the console, memory and this
+//! CPU's switcher pages. The firmware supplies the real ones; the tests
+//! in `hv-core/tests/run.rs` supply a simulated machine whose "guest" is a
+//! script, so every rule above is checked on the host.
+//!
+//! The running guest's registers stay in the switcher's registers page,
+//! which the run loop is lent for the whole run: an exit costs no copy of
+//! them, only a switch to another guest does.
+
+use core::fmt;
+
+use heapless::Vec;
+use log::Level;
+use paging::{FramePool, SwitcherEntries};
+use switcher_asm::layout::GuestRegs;
+
+use crate::abi;
+use crate::elf::LoadTarget;
+use crate::load::load;
+use crate::report::{Cycles, GuestConsole, Totals, print_stats};
+use crate::status;
+use crate::traps::HaltState;
+use crate::vcpu::{self, GuestRam, Host, Kill, Next, Vcpu};
+
+/// The most guests loaded at once.
+pub const MAX_GUESTS: usize = 8;
+
+/// The host takes the CPU back at least this often, whatever the guest
+/// does with its own interrupt flag.
+pub const HOST_TICK_NS: u64 = 10_000_000;
+
+/// One guest to run: its ELF image and its command line.
+#[derive(Clone, Copy)]
+pub struct GuestImage<'a> {
+    pub image: &'a [u8],
+    pub cmdline: &'a [u8],
+}
+
+/// What the command line asked of the run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunConfig {
+    /// `guests=`: how many guests run in all. Guest i runs image i; those
+    /// past the end of the list run its last entry again.
+    pub total: usize,
+    /// `guests_at_once=`: at most this many are loaded together (and
+    /// never more than [`MAX_GUESTS`]).
+    pub at_once: usize,
+    /// `guest_mem=`: each guest's memory, in bytes.
+    pub memory_size: u64,
+    /// `guest_timeout=`, in seconds; 0 for no watchdog.
+    pub timeout_s: u64,
+}
+
+/// How the guest came back to the host: what the registers page cannot
+/// say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// CR2 as the exit left it: the faulting address when the exit was a
+    /// page fault (vector 14); 0 otherwise.
+    pub cr2: u64,
+    /// The exit was the host's own timer: the guest's turn is over.
+    pub host_tick: bool,
+    /// Time stamp counter ticks from entry to exit.
+    pub guest_cycles: u64,
+}
+
+/// What only the hardware can do for the run loop.
+///
+/// The firmware implements it for the boot CPU; the host tests implement
+/// it with plain memory, a clock that moves when told, and a guest that is
+/// a script.
+pub trait Machine {
+    /// One guest's memory.
+    type Memory: GuestRam + LoadTarget;
+    /// Frames for one guest's shadow page tables.
+    type Pool: FramePool;
+    /// One guest's x87 registers, kept while another guest runs.
+    type Fpu;
+
+    /// Nanoseconds since the run started: the guests' clock.
+    fn now_ns(&self) -> u64;
+    /// The time stamp counter, for the statistics' cycle counts.
+    fn tsc(&self) -> u64;
+    /// The time stamp counter's rate, which each guest is told at INIT.
+    fn tsc_khz(&self) -> u64;
+
+    /// A guest's console bytes, made harmless for the host's terminal.
+    fn write_guest_bytes(&mut self, bytes: &[u8]);
+    /// The host's own text, always printed.
+    fn print(&mut self, text: fmt::Arguments);
+    /// One line at `level`, printed if `log=` lets it through.
+    fn log(&mut self, level: Level, line: fmt::Arguments);
+    /// Would a line at `level` be printed? (The statistics are not worth
+    /// formatting otherwise.)
+    fn logs(&self, level: Level) -> bool;
+
+    /// `size` bytes of memory for a guest, contiguous and scrubbed, or
+    /// None when there is not that much.
+    fn take_memory(&mut self, size: u64) -> Option<Self::Memory>;
+    /// A finished guest's memory: scrubbed, then free for the next.
+    fn release_memory(&mut self, memory: Self::Memory);
+    /// A fresh pool for one guest's shadow page tables.
+    fn shadow_pool(&mut self) -> Self::Pool;
+    /// The host's free frames, for the totals line.
+    fn free_frames(&self) -> usize;
+
+    /// The x87 state a new guest starts with.
+    fn fresh_fpu(&mut self) -> Self::Fpu;
+    /// Keep the running guest's x87 state in `state`.
+    fn save_fpu(&mut self, state: &mut Self::Fpu);
+    /// Give the CPU a guest's x87 state back.
+    fn restore_fpu(&mut self, state: &Self::Fpu);
+
+    /// This CPU's number and the page-directory entries that map its
+    /// switcher's guest view: every shadow root a guest enters on needs
+    /// them.
+    fn switcher_mapping(&self) -> (u32, SwitcherEntries);
+    /// The shadow root the switcher loads on the next entry.
+    fn set_guest_root(&mut self, root: u64);
+    /// Put a vCPU's kernel stack (TSS.RSP1) and direct gates (`direct`
+    /// gives the guest handler for each vector that has one) into this
+    /// CPU's switcher pages.
+    fn set_guest_gates(&mut self, kernel_stack_top: u64, direct: impl Fn(u8) -> Option<u64>);
+
+    /// Run the guest from `regs` until its next trap or interrupt, with
+    /// the host's timer armed to fire within `timer_ns`; `regs` then holds
+    /// its registers at the exit. `regs` is the registers page the run was
+    /// lent.
+    fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit;
+    /// Arm the host's timer for `ns` and wait, interrupts on, for it or
+    /// any other interrupt.
+    fn sleep(&mut self, ns: u64);
+}
+
+/// A vCPU over a machine's memory and shadow pool.
+pub type MachineVcpu<M> = Vcpu<<M as Machine>::Memory, <M as Machine>::Pool>;
+
+/// Load the guests and run them to the end, time-sliced on this CPU (see
+/// the module's account). `regs` is this CPU's registers page, where the
+/// switcher takes the running guest's registers from and leaves them.
+/// Returns the run's exit status: 0 when every guest exited with 0; 101
+/// when a guest could not be set up at all; otherwise the status of the
+/// first guest (in order) that did not exit 0.
+pub fn run<M: Machine>(
+    machine: &mut M,
+    regs: &mut GuestRegs,
+    guests: &[GuestImage],
+    config: &RunConfig,
+) -> u8 {
+    let several = config.total > 1;
+    let mut totals = Totals::new(machine.free_frames());
+    let mut admission = Admission {
+        waiting: (0..config.total).filter_map(|index| Some((index, *guests.get(index).or(guests.last())?))),
+        at_once: config.at_once.clamp(1, MAX_GUESTS),
+        several,
+        config,
+    };
+    let mut slots: Vec<Slot<M>, MAX_GUESTS> = Vec::new();
+    admission.admit(machine, &mut slots, &mut totals);
+
+    let mut current: Option<usize> = None;
+    while let Some(next) = pick_next(machine, &mut slots, current) {
+        if current != Some(next) {
+            switch_to(machine, regs, &mut slots, current, next);
+            current = Some(next);
+        }
+        let slot = &mut slots[next];
+        let turn_started = machine.tsc();
+        let end = run_slice(machine, regs, slot, several);
+        slot.cycles.total += machine.tsc() - turn_started;
+        slot.state = match end {
+            SliceEnd::Preempted => SlotState::Runnable,
+            SliceEnd::Halted => SlotState::Halted,
+            SliceEnd::Finished(status) => SlotState::Finished(status),
+        };
+        if let SlotState::Finished(status) = slots[next].state {
+            totals.ended(slots[next].number, status);
+            retire(machine, slots.remove(next), several, &mut totals);
+            current = None;
+            admission.admit(machine, &mut slots, &mut totals);
+        }
+    }
+    // A guest halted for ever is finished by pick_next; retire the rest.
+    for slot in slots {
+        if let SlotState::Finished(status) = slot.state {
+            totals.ended(slot.number, status);
+        }
+        retire(machine, slot, several, &mut totals);
+    }
+    if several {
+        let free_after = machine.free_frames();
+        totals.print(machine, free_after);
+    }
+    totals.status()
+}
+
+/// Where a guest is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Runnable,
+    Halted,
+    Finished(u8),
+}
+
+/// A loaded guest and everything that is only its: its vCPU (memory,
+/// shadow tables, IDT, clock), its registers while another guest runs,
+/// and its own counts.
+struct Slot<M: Machine> {
+    number: usize,
+    /// Its x87 registers while another guest runs.
+    fpu: M::Fpu,
+    /// `guest_timeout=`, counted from when this guest started.
+    watchdog: Option<Watchdog>,
+    vcpu: MachineVcpu<M>,
+    /// Its registers while another guest runs (the running guest's are in
+    /// the registers page).
+    regs: GuestRegs,
+    state: SlotState,
+    console: GuestConsole,
+    cycles: Cycles,
+}
+
+/// The guests still waiting for a place, and what each one is given.
+struct Admission<'c, I> {
+    /// Guest index and image, in order.
+    waiting: I,
+    at_once: usize,
+    several: bool,
+    config: &'c RunConfig,
+}
+
+impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, I> {
+    /// Load waiting guests, in order, while there are places. One that
+    /// cannot be loaded ends there, with its status, and frees its place
+    /// for the next.
+    fn admit<M: Machine>(
+        &mut self,
+        machine: &mut M,
+        slots: &mut Vec<Slot<M>, MAX_GUESTS>,
+        totals: &mut Totals,
+    ) {
+        while slots.len() < self.at_once {
+            let Some((index, guest)) = self.waiting.next() else { return };
+            let number = index + 1;
+            let console = GuestConsole::new(number, self.several);
+            match load(machine, &guest, self.config.memory_size, number, &console) {
+                Ok((vcpu, regs)) => {
+                    let timeout_s = self.config.timeout_s;
+                    let deadline_ns =
+                        machine.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
+                    let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
+                    let state = SlotState::Runnable;
+                    let cycles = Cycles::default();
+                    let fpu = machine.fresh_fpu();
+                    let _ = slots.push(Slot { number, fpu, vcpu, regs, state, console, cycles, watchdog });
+                }
+                Err(status) => totals.ended(number, status),
+            }
+        }
+    }
+}
+
+/// A finished guest gives everything back at once: its shadow pages, its
+/// memory (scrubbed first, so no later guest ever sees it), and its
+/// statistics go out.
+fn retire<M: Machine>(machine: &mut M, slot: Slot<M>, several: bool, totals: &mut Totals) {
+    let Slot { vcpu, cycles, number, .. } = slot;
+    let counters = vcpu.counters();
+    let (ram, pool, stats) = vcpu.into_parts();
+    if pool.in_use() != 0 {
+        machine.log(
+            Level::Warn,
+            format_args!("shadow pool: {} frames still in use after the guest's release", pool.in_use()),
+        );
+    }
+    machine.release_memory(ram);
+    totals.hypercalls += stats.hypercalls.iter().sum::<u64>();
+    totals.async_calls += stats.async_calls;
+    totals.exits += stats.exits;
+    print_stats(machine, &stats, &counters, &cycles, several.then_some(number));
+}
+
+/// `guest_timeout=`: when a guest still running is killed.
+#[derive(Clone, Copy)]
+struct Watchdog {
+    deadline_ns: u64,
+    timeout_s: u64,
+}
+
+impl Watchdog {
+    fn kill(&self, machine: &mut impl Machine, console: &GuestConsole) -> u8 {
+        let timeout_s = self.timeout_s;
+        let reason =
+            format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds");
+        console.finish(machine, status::GUEST_KILLED, reason)
+    }
+}
+
+/// How a guest's turn on the CPU ended.
+enum SliceEnd {
+    /// A host tick, with other guests waiting.
+    Preempted,
+    /// HALT, with other guests to run meanwhile.
+    Halted,
+    Finished(u8),
+}
+
+/// Round robin over the guests that can run; when every unfinished guest
+/// is halted, sleep until the first of them can go on.
+fn pick_next<M: Machine>(machine: &mut M, slots: &mut [Slot<M>], current: Option<usize>) -> Option<usize> {
+    loop {
+        let count = slots.len();
+        let start = current.map_or(0, |c| c + 1);
+        let runnable =
+            (0..count).map(|i| (start + i) % count).find(|&i| slots[i].state == SlotState::Runnable);
+        if runnable.is_some() {
+            return runnable;
+        }
+        let mut earliest: Option<u64> = None;
+        let mut any_halted = false;
+        for slot in slots.iter_mut().filter(|s| s.state == SlotState::Halted) {
+            any_halted = true;
+            let now = machine.now_ns();
+            if let Some(watchdog) = slot.watchdog {
+                if now > watchdog.deadline_ns {
+                    slot.state = SlotState::Finished(watchdog.kill(machine, &slot.console));
+                    continue;
+                }
+                let wake = watchdog.deadline_ns.saturating_add(1);
+                earliest = Some(earliest.map_or(wake, |e| e.min(wake)));
+            }
+            match slot.vcpu.halt_state(now) {
+                HaltState::Ready => slot.state = SlotState::Runnable,
+                HaltState::SleepUntil(deadline) => {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
+                }
+                HaltState::Forever => {
+                    slot.state = SlotState::Finished(slot.console.killed(machine, Kill::HaltForever));
+                }
+            }
+        }
+        if !any_halted {
+            return None;
+        }
+        if slots.iter().any(|s| s.state == SlotState::Runnable) {
+            continue;
+        }
+        if let Some(deadline) = earliest {
+            let now = machine.now_ns();
+            machine.sleep(deadline.saturating_sub(now).min(HOST_TICK_NS));
+        }
+    }
+}
+
+/// Put `next`'s registers in the registers page, its x87 state in the
+/// CPU, and its direct gates and kernel stack in this CPU's switcher
+/// pages; `current`'s go back to its slot.
+fn switch_to<M: Machine>(
+    machine: &mut M,
+    regs: &mut GuestRegs,
+    slots: &mut [Slot<M>],
+    current: Option<usize>,
+    next: usize,
+) {
+    if let Some(current) = current {
+        slots[current].regs = *regs;
+    }
+    *regs = slots[next].regs;
+    if let Some(current) = current {
+        machine.save_fpu(&mut slots[current].fpu);
+    }
+    machine.restore_fpu(&slots[next].fpu);
+    install_switcher_state(machine, &slots[next].vcpu);
+}
+
+fn install_switcher_state<M: Machine>(machine: &mut M, vcpu: &MachineVcpu<M>) {
+    let stack = vcpu.kernel_stack_top();
+    // Without a kernel stack a direct gate would push into nowhere.
+    machine.set_guest_gates(stack.unwrap_or(0), |v| {
+        vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler)
+    });
+}
+
+/// The vCPU's view of the host while it handles one exit: the machine's
+/// clock, and the guest's own console.
+struct GuestHost<'a, M> {
+    machine: &'a mut M,
+    console: &'a mut GuestConsole,
+}
+
+impl<M: Machine> Host for GuestHost<'_, M> {
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.console.write(self.machine, bytes);
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.machine.now_ns()
+    }
+
+    fn tsc_khz(&self) -> u64 {
+        self.machine.tsc_khz()
+    }
+}
+
+/// Run the slot's guest until it finishes, or, when other guests wait,
+/// until it halts or its time slice ends at a host tick.
+fn run_slice<M: Machine>(
+    machine: &mut M,
+    regs: &mut GuestRegs,
+    slot: &mut Slot<M>,
+    several: bool,
+) -> SliceEnd {
+    let Slot { vcpu, console, cycles, watchdog, .. } = slot;
+    let watchdog = *watchdog;
+    loop {
+        if vcpu.take_switcher_changes() {
+            install_switcher_state(machine, vcpu);
+        }
+        let (cpu, entries) = machine.switcher_mapping();
+        let root = vcpu.prepare_switcher(cpu, entries);
+        machine.set_guest_root(root);
+        let now = machine.now_ns();
+        if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
+            return SliceEnd::Finished(watchdog.kill(machine, console));
+        }
+        if let Err(kill) = vcpu.prepare_entry(regs, now) {
+            return SliceEnd::Finished(console.killed(machine, kill));
+        }
+        vcpu::sanitize(regs);
+        let until_deadline = vcpu.next_deadline_ns().map_or(HOST_TICK_NS, |d| d.saturating_sub(now));
+
+        let exit = machine.enter(regs, until_deadline.min(HOST_TICK_NS));
+        cycles.guest += exit.guest_cycles;
+        if regs.vector == 6 {
+            cycles.fastest_hypercall = cycles.fastest_hypercall.min(exit.guest_cycles);
+        }
+        let next = vcpu.handle_exit(regs, exit.cr2, &mut GuestHost { machine, console });
+        match next {
+            Next::Resume if exit.host_tick && several => return SliceEnd::Preempted,
+            Next::Resume => {}
+            Next::Halt if several => return SliceEnd::Halted,
+            Next::Halt => match sleep_while_halted(machine, vcpu, watchdog) {
+                Ok(()) => {}
+                Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(machine, kill)),
+                Err(HaltEnd::Watchdog(watchdog)) => {
+                    return SliceEnd::Finished(watchdog.kill(machine, console));
+                }
+            },
+            Next::Shutdown { status } if status <= abi::GUEST_STATUS_MAX => {
+                return SliceEnd::Finished(console.finish(
+                    machine,
+                    status as u8,
+                    format_args!("guest exited with status {status}"),
+                ));
+            }
+            Next::Shutdown { status } => {
+                return SliceEnd::Finished(console.finish(
+                    machine,
+                    status::GUEST_STATUS_OUT_OF_RANGE,
+                    format_args!("guest exited with status {status}, which is out of range (0-99)"),
+                ));
+            }
+            Next::Kill(reason) => return SliceEnd::Finished(console.killed(machine, reason)),
+            Next::SwitcherFault => panic!(
+                "exception {} in the switcher itself at rip {:#x} (error code {:#x})",
+                regs.vector, regs.rip, regs.error_code
+            ),
+        }
+    }
+}
+
+/// Why a halted guest stopped sleeping for good.
+enum HaltEnd {
+    Kill(Kill),
+    Watchdog(Watchdog),
+}
+
+/// HALT for the only guest: sleep, interrupts on, until it has an
+/// interrupt to take; the watchdog bounds the sleep too.
+fn sleep_while_halted<M: Machine>(
+    machine: &mut M,
+    vcpu: &MachineVcpu<M>,
+    watchdog: Option<Watchdog>,
+) -> Result<(), HaltEnd> {
+    loop {
+        let now = machine.now_ns();
+        if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
+            return Err(HaltEnd::Watchdog(watchdog));
+        }
+        match vcpu.halt_state(now) {
+            HaltState::Ready => return Ok(()),
+            HaltState::Forever => return Err(HaltEnd::Kill(Kill::HaltForever)),
+            HaltState::SleepUntil(deadline) => {
+                let wake = watchdog.map_or(deadline, |w| deadline.min(w.deadline_ns.saturating_add(1)));
+                machine.sleep(wake.saturating_sub(now).min(HOST_TICK_NS));
+            }
+        }
+    }
+}
