@@ -58,11 +58,21 @@ impl vcpu::GuestRam for Ram {
 pub struct Pool {
     frames: BTreeMap<u64, [u64; 512]>,
     next: u64,
+    /// Added to every frame's address, so that several pools' frames
+    /// never meet (and a frame tells which pool it came from).
+    offset: u64,
+}
+
+impl Pool {
+    /// A pool whose frames start `offset` bytes above [`POOL_BASE`].
+    pub fn at(offset: u64) -> Pool {
+        Pool { offset, ..Pool::default() }
+    }
 }
 
 impl FramePool for Pool {
     fn alloc_zeroed(&mut self) -> Option<u64> {
-        let frame = POOL_BASE + self.next * 4096;
+        let frame = POOL_BASE + self.offset + self.next * 4096;
         self.next += 1;
         self.frames.insert(frame, [0; 512]);
         Some(frame)

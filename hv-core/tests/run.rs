@@ -1,0 +1,715 @@
+//! The run loop on a simulated machine.
+//!
+//! [`Sim`] implements `hv_core::run::Machine` with plain memory, a clock
+//! that only moves when a guest runs or the host sleeps, and guests that
+//! are scripts: on each entry the "guest" takes the next step of its
+//! script (a hypercall, made the way a real guest makes one, at a `ud2`;
+//! or computing until the host's timer fires) and hands the exit back.
+//! Everything else is hv-core's own code: loading the ELF image, the boot
+//! information, the vCPU, the scheduler and what it prints.
+//!
+//! A script is chosen by the guest's number, which the simulated guest
+//! reads from its own boot information (`guest={n}` on its command line),
+//! so the boot-info block and the `{n}` substitution are checked on every
+//! run too. The simulated machine also checks, on every entry, what the
+//! real one relies on: the entering guest's shadow root, registers and
+//! x87 state are its own, and the timer never runs longer than a host
+//! tick.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::{self, Write};
+use std::mem::offset_of;
+use std::rc::Rc;
+
+use common::{POOL_BASE, Pool};
+use hv_core::abi::{self, BootInfo};
+use hv_core::elf::LoadTarget;
+use hv_core::run::{self, Exit, GuestImage, HOST_TICK_NS, Machine, RunConfig};
+use hv_core::status;
+use hv_core::vcpu;
+use log::Level;
+use paging::{GuestMemory, SwitcherEntries};
+use switcher_asm::layout::GuestRegs;
+
+const MEMORY: u64 = 4 << 20;
+/// Where the image's code goes: a page of `ud2`, so every hypercall's
+/// instruction is really there.
+const ENTRY: u64 = 0x10_0000;
+const SHARED_PAGE: u64 = 0x20_0000;
+/// Where a simulated guest puts the text it writes to its console.
+const TEXT: u64 = 0x30_0000;
+/// The host's timer, as the real machine numbers it.
+const TIMER_VECTOR: u64 = 0xef;
+/// Each step of a script that is not a wait for the timer takes this long.
+const STEP_NS: u64 = 1_000;
+/// Each guest's pool sits this far from the previous guest's, so a shadow
+/// root tells which guest it belongs to.
+const POOL_STRIDE: u64 = 1 << 32;
+const SECOND: u64 = 1_000_000_000;
+
+/// A guest's memory, shared with the simulated machine so that a guest
+/// can put text in it and the machine can read its boot information.
+#[derive(Clone)]
+struct SimRam(Rc<RefCell<Vec<u8>>>);
+
+impl GuestMemory for SimRam {
+    fn limit(&self) -> u64 {
+        self.0.borrow().len() as u64
+    }
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        vcpu::GuestRam::read_bytes(self, gpa, &mut bytes).then(|| u64::from_le_bytes(bytes))
+    }
+    fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
+        vcpu::GuestRam::write_bytes(self, gpa, &value.to_le_bytes())
+    }
+    fn guest_to_host(&self, gpa: u64) -> u64 {
+        0x1000_0000 + gpa
+    }
+}
+
+impl vcpu::GuestRam for SimRam {
+    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let bytes = self.0.borrow();
+        let Some(src) = usize::try_from(gpa).ok().and_then(|at| bytes.get(at..at.checked_add(buf.len())?))
+        else {
+            return false;
+        };
+        buf.copy_from_slice(src);
+        true
+    }
+    fn write_bytes(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let mut bytes = self.0.borrow_mut();
+        let Some(dst) =
+            usize::try_from(gpa).ok().and_then(|at| bytes.get_mut(at..at.checked_add(data.len())?))
+        else {
+            return false;
+        };
+        dst.copy_from_slice(data);
+        true
+    }
+}
+
+impl LoadTarget for SimRam {
+    fn size(&self) -> u64 {
+        self.limit()
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) {
+        assert!(vcpu::GuestRam::write_bytes(self, gpa, data));
+    }
+    fn zero(&mut self, gpa: u64, len: u64) {
+        assert!(vcpu::GuestRam::write_bytes(self, gpa, &vec![0; len as usize]));
+    }
+}
+
+/// One step of a simulated guest.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// A hypercall with these arguments.
+    Call(u64, [u64; 5]),
+    /// Put this text in memory and CONSOLE_WRITE it.
+    Write(&'static str),
+    /// Compute until the host's timer fires.
+    Tick,
+    /// Compute for ever.
+    Spin,
+}
+
+use Step::*;
+
+const INIT: Step = Call(abi::INIT, [SHARED_PAGE, 0, 0, 0, 0]);
+const HALT: Step = Call(abi::HALT, [0; 5]);
+
+const fn shutdown(status: u64) -> Step {
+    Call(abi::SHUTDOWN, [status, 0, 0, 0, 0])
+}
+
+const fn clock_event(delta_ns: u64) -> Step {
+    Call(abi::SET_CLOCKEVENT, [delta_ns, 0, 0, 0, 0])
+}
+
+/// One entry, as the simulated machine saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    guest: usize,
+    at_ns: u64,
+    timer_ns: u64,
+}
+
+/// A simulated machine for the run loop.
+#[derive(Default)]
+struct Sim {
+    clock_ns: u64,
+    /// Everything printed: the guests' bytes, the host's lines, and the
+    /// log lines `log=` lets through, as the firmware prints them.
+    out: String,
+    log_level: Option<Level>,
+    /// Each guest's script, by number.
+    scripts: BTreeMap<usize, VecDeque<Step>>,
+    /// Which `take_memory` calls (1, 2, ...) find no memory.
+    no_memory_for_call: BTreeSet<usize>,
+    memory_calls: usize,
+    /// Guest memories out now, and at most.
+    memories_out: usize,
+    memories_peak: usize,
+    last_memory: Option<SimRam>,
+    /// Guest number by shadow pool, from that guest's boot information.
+    pool_owner: BTreeMap<u64, usize>,
+    /// Each loaded guest's memory, by number.
+    memory_of: BTreeMap<usize, SimRam>,
+    /// The shadow root the next entry loads.
+    root: u64,
+    gates_installed: usize,
+    next_fpu: u32,
+    fpu_in_cpu: Option<u32>,
+    fpu_of: BTreeMap<usize, u32>,
+    entries: Vec<Entry>,
+    sleeps: Vec<u64>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim { log_level: Some(Level::Info), ..Sim::default() }
+    }
+
+    fn script(mut self, guest: usize, steps: &[Step]) -> Sim {
+        self.scripts.insert(guest, steps.iter().copied().collect());
+        self
+    }
+
+    /// The guest whose shadow root the switcher would load.
+    fn entering_guest(&self) -> usize {
+        let pool = (self.root - POOL_BASE) / POOL_STRIDE;
+        *self.pool_owner.get(&pool).unwrap_or_else(|| panic!("root {:#x} is no guest's", self.root))
+    }
+
+    /// Guest numbers, one per turn on the CPU.
+    fn turns(&self) -> Vec<usize> {
+        let mut turns: Vec<usize> = self.entries.iter().map(|e| e.guest).collect();
+        turns.dedup();
+        turns
+    }
+
+    fn first_entry(&self, guest: usize) -> Option<usize> {
+        self.entries.iter().position(|e| e.guest == guest)
+    }
+}
+
+/// The guest number a boot-info block's command line (`guest=N`) names.
+fn number_from_boot_info(ram: &SimRam) -> usize {
+    let at = MEMORY - 4096;
+    let field = |offset: usize| ram.read_u64(at + offset as u64).unwrap();
+    assert_eq!(field(offset_of!(BootInfo, magic)), abi::BOOT_INFO_MAGIC);
+    assert_eq!(field(offset_of!(BootInfo, memory_size)), MEMORY);
+    let (addr, len) = (field(offset_of!(BootInfo, cmdline_addr)), field(offset_of!(BootInfo, cmdline_len)));
+    let mut cmdline = vec![0u8; len as usize];
+    assert!(vcpu::GuestRam::read_bytes(ram, addr, &mut cmdline));
+    let cmdline = String::from_utf8(cmdline).unwrap();
+    let number = cmdline.strip_prefix("guest=").unwrap_or_else(|| panic!("command line {cmdline:?}"));
+    number.parse().unwrap_or_else(|_| panic!("command line {cmdline:?}"))
+}
+
+impl Machine for Sim {
+    type Memory = SimRam;
+    type Pool = Pool;
+    type Fpu = u32;
+
+    fn now_ns(&self) -> u64 {
+        self.clock_ns
+    }
+    fn tsc(&self) -> u64 {
+        self.clock_ns
+    }
+    fn tsc_khz(&self) -> u64 {
+        1_000_000
+    }
+
+    fn write_guest_bytes(&mut self, bytes: &[u8]) {
+        self.out.push_str(&String::from_utf8_lossy(bytes));
+    }
+    fn print(&mut self, text: fmt::Arguments) {
+        self.out.write_fmt(text).unwrap();
+    }
+    fn log(&mut self, level: Level, line: fmt::Arguments) {
+        if self.logs(level) {
+            let prefix = match level {
+                Level::Error => "error: ",
+                Level::Warn => "warn: ",
+                Level::Info => "",
+                Level::Debug => "debug: ",
+                Level::Trace => "trace: ",
+            };
+            writeln!(self.out, "{prefix}{line}").unwrap();
+        }
+    }
+    fn logs(&self, level: Level) -> bool {
+        self.log_level.is_some_and(|max| level <= max)
+    }
+
+    fn take_memory(&mut self, size: u64) -> Option<SimRam> {
+        self.memory_calls += 1;
+        if self.no_memory_for_call.contains(&self.memory_calls) {
+            return None;
+        }
+        self.memories_out += 1;
+        self.memories_peak = self.memories_peak.max(self.memories_out);
+        let ram = SimRam(Rc::new(RefCell::new(vec![0; size as usize])));
+        self.last_memory = Some(ram.clone());
+        Some(ram)
+    }
+    fn release_memory(&mut self, _memory: SimRam) {
+        self.memories_out -= 1;
+    }
+    fn shadow_pool(&mut self) -> Pool {
+        // The loader asks for a pool once the guest's memory holds its
+        // boot information: read which guest this is.
+        let ram = self.last_memory.as_ref().expect("a pool before any memory");
+        let number = number_from_boot_info(ram);
+        let index = self.pool_owner.len() as u64;
+        self.pool_owner.insert(index, number);
+        self.memory_of.insert(number, ram.clone());
+        Pool::at(index * POOL_STRIDE)
+    }
+    fn free_frames(&self) -> usize {
+        100_000 - self.memories_out * (MEMORY / 4096) as usize
+    }
+
+    fn fresh_fpu(&mut self) -> u32 {
+        self.next_fpu += 1;
+        self.next_fpu
+    }
+    fn save_fpu(&mut self, state: &mut u32) {
+        *state = self.fpu_in_cpu.expect("saving an FPU state nobody restored");
+    }
+    fn restore_fpu(&mut self, state: &u32) {
+        self.fpu_in_cpu = Some(*state);
+    }
+
+    fn switcher_mapping(&self) -> (u32, SwitcherEntries) {
+        (0, SwitcherEntries([0x7000_0003, 0]))
+    }
+    fn set_guest_root(&mut self, root: u64) {
+        self.root = root;
+    }
+    fn set_guest_gates(&mut self, _kernel_stack_top: u64, _direct: impl Fn(u8) -> Option<u64>) {
+        self.gates_installed += 1;
+    }
+
+    fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
+        let guest = self.entering_guest();
+        assert!(timer_ns <= HOST_TICK_NS, "the host's timer armed for {timer_ns} ns");
+        assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS), "guest {guest} entered with unsanitized CS");
+        // Each guest leaves its own mark in r15, which must come back to it.
+        assert!(
+            regs.r15 == 0 || regs.r15 == guest as u64,
+            "guest {guest} got guest {}'s registers",
+            regs.r15
+        );
+        regs.r15 = guest as u64;
+        let fpu = self.fpu_in_cpu.expect("entered with no guest's FPU state");
+        assert_eq!(
+            *self.fpu_of.entry(guest).or_insert(fpu),
+            fpu,
+            "guest {guest} got another guest's FPU state"
+        );
+        self.entries.push(Entry { guest, at_ns: self.clock_ns, timer_ns });
+
+        let script = self.scripts.get_mut(&guest).unwrap_or_else(|| panic!("guest {guest} has no script"));
+        let step = match script.front() {
+            Some(Spin) => Tick,
+            Some(_) => script.pop_front().unwrap(),
+            None => panic!("guest {guest} ran past the end of its script"),
+        };
+        let (number, args) = match step {
+            Call(number, args) => (number, args),
+            Write(text) => {
+                // The guest puts its text in its own memory first.
+                let ram = self.memory_of.get_mut(&guest).unwrap();
+                assert!(vcpu::GuestRam::write_bytes(ram, TEXT, text.as_bytes()));
+                (abi::CONSOLE_WRITE, [TEXT, text.len() as u64, 0, 0, 0])
+            }
+            Tick | Spin => {
+                self.clock_ns += timer_ns;
+                regs.vector = TIMER_VECTOR;
+                return Exit { cr2: 0, host_tick: true, guest_cycles: timer_ns };
+            }
+        };
+        self.clock_ns += STEP_NS;
+        regs.rip = ENTRY;
+        regs.vector = 6;
+        regs.error_code = 0;
+        regs.rax = number;
+        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8) = (args[0], args[1], args[2], args[3], args[4]);
+        Exit { cr2: 0, host_tick: false, guest_cycles: STEP_NS }
+    }
+
+    fn sleep(&mut self, ns: u64) {
+        assert!(ns <= HOST_TICK_NS, "the host slept {ns} ns in one go");
+        self.sleeps.push(ns);
+        self.clock_ns += ns;
+    }
+}
+
+/// A guest image: one executable segment at [`ENTRY`], a page of `ud2`.
+fn image() -> Vec<u8> {
+    const CODE: usize = 0x1000;
+    let mut elf = vec![0u8; CODE + 4096];
+    let mut put = |at: usize, bytes: &[u8]| elf[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, b"\x7fELF\x02\x01\x01");
+    put(16, &2u16.to_le_bytes()); // ET_EXEC
+    put(18, &62u16.to_le_bytes()); // x86-64
+    put(20, &1u32.to_le_bytes());
+    put(24, &ENTRY.to_le_bytes());
+    put(32, &64u64.to_le_bytes()); // program headers right after
+    put(52, &64u16.to_le_bytes());
+    put(54, &56u16.to_le_bytes());
+    put(56, &1u16.to_le_bytes());
+    let phdr = 64;
+    put(phdr, &1u32.to_le_bytes()); // PT_LOAD
+    put(phdr + 4, &5u32.to_le_bytes()); // R+X
+    put(phdr + 8, &(CODE as u64).to_le_bytes());
+    put(phdr + 16, &ENTRY.to_le_bytes());
+    put(phdr + 24, &ENTRY.to_le_bytes());
+    put(phdr + 32, &4096u64.to_le_bytes());
+    put(phdr + 40, &4096u64.to_le_bytes());
+    for at in (CODE..CODE + 4096).step_by(2) {
+        put(at, &abi::HYPERCALL_INSTRUCTION);
+    }
+    elf
+}
+
+fn config(total: usize) -> RunConfig {
+    RunConfig { total, at_once: run::MAX_GUESTS, memory_size: MEMORY, timeout_s: 0 }
+}
+
+/// Run `config.total` guests of [`image`] on `sim`; returns the status.
+fn run(sim: &mut Sim, config: RunConfig) -> u8 {
+    let image = image();
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    run_images(sim, &guests, config)
+}
+
+fn run_images(sim: &mut Sim, guests: &[GuestImage], config: RunConfig) -> u8 {
+    let mut regs = GuestRegs::default();
+    let status = run::run(sim, &mut regs, guests, &config);
+    assert_eq!(sim.memories_out, 0, "guest memory still out after the run:\n{}", sim.out);
+    status
+}
+
+/// The lines of `out` that start with `prefix`.
+fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|line| line.starts_with(prefix)).collect()
+}
+
+#[test]
+fn runnable_guests_take_turns_round_robin() {
+    let steps = [INIT, Tick, Tick, Tick, Tick, shutdown(0)];
+    let mut sim = Sim::new().script(1, &steps).script(2, &steps).script(3, &steps);
+    assert_eq!(run(&mut sim, config(3)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.turns(), [1, 2, 3].repeat(5), "{}", sim.out);
+    // Every turn but the last of each guest ended at a host tick.
+    assert!(sim.entries.iter().all(|e| e.timer_ns == HOST_TICK_NS));
+}
+
+#[test]
+fn a_guest_that_spins_does_not_keep_the_cpu_from_the_others() {
+    let mut sim = Sim::new()
+        .script(1, &[INIT, Tick, Tick, Tick, Tick, Tick, Tick, shutdown(0)])
+        .script(2, &[INIT, Tick, shutdown(0)])
+        .script(3, &[INIT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(3)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.turns(), [1, 2, 3, 1, 2, 1], "{}", sim.out);
+}
+
+#[test]
+fn a_guest_alone_keeps_the_cpu_through_host_ticks() {
+    let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(1)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.entries.len(), 5);
+    // Its registers were put in the page once, at the start.
+    assert_eq!(sim.gates_installed, 1);
+    assert!(sim.out.contains("\nguest exited with status 0\n"), "{}", sim.out);
+}
+
+#[test]
+fn a_halted_guest_sleeps_until_its_clock_event() {
+    let delta = 25_000_000;
+    let mut sim = Sim::new().script(1, &[INIT, clock_event(delta), HALT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(1)), status::SUCCESS, "{}", sim.out);
+    // SET_CLOCKEVENT is handled at the end of its step; HALT one step later.
+    let set_at = sim.entries[1].at_ns + STEP_NS;
+    let halted_at = sim.entries[2].at_ns + STEP_NS;
+    let deadline = set_at + delta;
+    // The host sleeps in host ticks at most, until the deadline and no
+    // longer.
+    assert_eq!(sim.sleeps, [HOST_TICK_NS, HOST_TICK_NS, deadline - halted_at - 2 * HOST_TICK_NS]);
+    let woken = sim.entries[3];
+    assert_eq!(woken.at_ns, deadline);
+    // The clock event has fired: nothing is left to arm the timer for
+    // but the host's own tick.
+    assert_eq!(woken.timer_ns, HOST_TICK_NS);
+}
+
+#[test]
+fn the_timer_is_armed_for_a_guest_clock_event_nearer_than_a_tick() {
+    let mut sim = Sim::new().script(1, &[INIT, clock_event(3_000_000), Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(1)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.entries[2].timer_ns, 3_000_000);
+}
+
+#[test]
+fn halted_guests_give_way_and_the_host_sleeps_when_all_are_halted() {
+    let delta = 25_000_000;
+    let mut sim = Sim::new()
+        .script(1, &[INIT, clock_event(delta), HALT, shutdown(0)])
+        .script(2, &[INIT, Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    // Guest 1 halts; guest 2 runs meanwhile, twice in a row, since guest
+    // 1 is not runnable; then the host sleeps until guest 1's deadline.
+    assert_eq!(sim.turns(), [1, 2, 1], "{}", sim.out);
+    let deadline = sim.entries[1].at_ns + STEP_NS + delta;
+    let last = *sim.entries.last().unwrap();
+    assert_eq!(last.at_ns, deadline);
+    let asleep: u64 = sim.sleeps.iter().sum();
+    let guest_2_done = sim.entries[5].at_ns + STEP_NS;
+    assert_eq!(asleep, deadline - guest_2_done);
+    assert!(sim.sleeps.iter().all(|&ns| ns <= HOST_TICK_NS));
+}
+
+#[test]
+fn a_halt_nothing_can_end_kills_the_guest() {
+    let mut sim = Sim::new().script(1, &[INIT, HALT]);
+    assert_eq!(run(&mut sim, config(1)), status::GUEST_KILLED);
+    assert!(
+        sim.out.contains(
+            "guest killed: HALT with virtual interrupts off or no clock armed: it would never wake\n"
+        ),
+        "{}",
+        sim.out
+    );
+    let mut sim = Sim::new().script(1, &[INIT, HALT]).script(2, &[INIT, Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::GUEST_KILLED);
+    assert!(sim.out.contains("[g1] guest killed: HALT with virtual interrupts off"), "{}", sim.out);
+    assert!(sim.sleeps.is_empty());
+}
+
+fn with_timeout(total: usize, timeout_s: u64) -> RunConfig {
+    RunConfig { timeout_s, ..config(total) }
+}
+
+#[test]
+fn the_watchdog_kills_a_guest_that_never_stops() {
+    let mut sim = Sim::new().script(1, &[INIT, Spin]);
+    assert_eq!(run(&mut sim, with_timeout(1, 2)), status::GUEST_KILLED);
+    assert!(
+        sim.out.contains("\nguest killed: watchdog: still running after guest_timeout=2 seconds\n"),
+        "{}",
+        sim.out
+    );
+    // It ran its two seconds, and not a tick more.
+    let last = sim.entries.last().unwrap();
+    assert!(last.at_ns <= 2 * SECOND && last.at_ns + HOST_TICK_NS > 2 * SECOND, "{last:?}");
+}
+
+#[test]
+fn the_watchdog_kills_one_guest_among_several_and_spares_the_rest() {
+    let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, shutdown(0)]).script(2, &[INIT, Spin]);
+    assert_eq!(run(&mut sim, with_timeout(2, 1)), status::GUEST_KILLED);
+    assert_eq!(
+        lines_starting(&sim.out, "[g"),
+        [
+            "[g1] guest exited with status 0",
+            "[g2] guest killed: watchdog: still running after guest_timeout=1 seconds"
+        ],
+        "{}",
+        sim.out
+    );
+}
+
+#[test]
+fn the_watchdog_ends_a_halted_guest_sleep() {
+    for total in [1, 2] {
+        let mut sim = Sim::new().script(1, &[INIT, clock_event(abi::CLOCK_DELTA_MAX_NS), HALT]);
+        if total == 2 {
+            sim = sim.script(2, &[INIT, shutdown(0)]);
+        }
+        assert_eq!(run(&mut sim, with_timeout(total, 1)), status::GUEST_KILLED, "{}", sim.out);
+        assert!(
+            sim.out.contains("guest killed: watchdog: still running after guest_timeout=1 seconds\n"),
+            "{}",
+            sim.out
+        );
+        assert!(sim.clock_ns > SECOND && sim.clock_ns <= SECOND + HOST_TICK_NS, "{}", sim.clock_ns);
+    }
+}
+
+#[test]
+fn waiting_guests_start_as_places_free_up() {
+    let steps = [INIT, Tick, Tick, shutdown(0)];
+    let mut sim = Sim::new();
+    for guest in 1..=5 {
+        sim = sim.script(guest, &steps);
+    }
+    let config = RunConfig { at_once: 2, ..config(5) };
+    assert_eq!(run(&mut sim, config), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.memories_peak, 2, "never more than two guests loaded at once");
+    // All five ran, in order, each to its end.
+    let firsts: Vec<usize> = (1..=5).map(|guest| sim.first_entry(guest).expect("every guest runs")).collect();
+    assert!(firsts.is_sorted(), "{firsts:?}");
+    assert!(sim.scripts.values().all(VecDeque::is_empty));
+    // Guest 3 had to wait for a place: it starts only after guest 1 ended.
+    let guest_1_last = sim.entries.iter().rposition(|e| e.guest == 1).unwrap();
+    assert!(sim.first_entry(3).unwrap() > guest_1_last);
+    let frames = 100_000;
+    assert!(
+        sim.out.contains(&format!(
+            "guests: 5 ended: 5 exited 0, 0 killed, 0 other; hypercalls 10 (+0 async), exits 20; \
+             free frames {frames} before, {frames} after\n"
+        )),
+        "{}",
+        sim.out
+    );
+}
+
+#[test]
+fn the_totals_line_counts_every_ending() {
+    let mut sim = Sim::new()
+        .script(1, &[INIT, shutdown(0)])
+        .script(2, &[INIT, Call(0x999, [0; 5])])
+        .script(3, &[INIT, Tick, shutdown(7)])
+        .script(4, &[INIT, shutdown(150)]);
+    assert_eq!(run(&mut sim, config(4)), status::GUEST_KILLED, "{}", sim.out);
+    assert_eq!(
+        lines_starting(&sim.out, "[g"),
+        [
+            "[g1] guest exited with status 0",
+            "[g2] guest killed: unknown hypercall 0x999",
+            "[g4] guest exited with status 150, which is out of range (0-99)",
+            "[g3] guest exited with status 7",
+        ],
+        "{}",
+        sim.out
+    );
+    assert_eq!(
+        lines_starting(&sim.out, "guests: "),
+        ["guests: 4 ended: 1 exited 0, 1 killed, 2 other; hypercalls 8 (+0 async), exits 9; \
+          free frames 100000 before, 100000 after"],
+        "{}",
+        sim.out
+    );
+}
+
+#[test]
+fn one_guest_prints_no_totals_and_no_prefixes() {
+    let mut sim = Sim::new().script(1, &[INIT, Write("hello\n"), shutdown(3)]);
+    assert_eq!(run(&mut sim, config(1)), 3);
+    assert!(
+        sim.out.starts_with("guest: 1 segments at 0x100000-0x101000, entry 0x100000, 4 MiB\nhello\n"),
+        "{}",
+        sim.out
+    );
+    assert!(!sim.out.contains("guests: "), "{}", sim.out);
+    assert!(!sim.out.contains("[g"), "{}", sim.out);
+}
+
+#[test]
+fn the_first_failing_guest_by_number_sets_the_status() {
+    // Guest 2 fails first in time, guest 1 first in order.
+    let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, shutdown(5)]).script(2, &[INIT, shutdown(7)]);
+    assert_eq!(run(&mut sim, config(2)), 5, "{}", sim.out);
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]).script(2, &[INIT, Tick, shutdown(9)]);
+    assert_eq!(run(&mut sim, config(2)), 9, "{}", sim.out);
+}
+
+#[test]
+fn a_guest_that_could_not_be_set_up_makes_the_run_a_firmware_error() {
+    // Guest 1 fails first and in order, but guest 2 never got its memory.
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(5)]).script(3, &[INIT, shutdown(0)]);
+    sim.no_memory_for_call.insert(2);
+    assert_eq!(run(&mut sim, config(3)), status::FIRMWARE_ERROR, "{}", sim.out);
+    assert!(
+        sim.out.contains("[g2] umbra: error: no 4 MiB of contiguous memory for guest 2 (guest_mem=4M)\n"),
+        "{}",
+        sim.out
+    );
+    assert!(sim.out.contains("guests: 3 ended: 1 exited 0, 0 killed, 2 other;"), "{}", sim.out);
+}
+
+#[test]
+fn a_malformed_image_kills_its_guest_only() {
+    let good = image();
+    let mut reaching = image();
+    // The segment now ends one byte into the boot-info page.
+    reaching[64 + 24..64 + 32].copy_from_slice(&(MEMORY - 4096 - 4095).to_le_bytes());
+    reaching[24..32].copy_from_slice(&(MEMORY - 4096 - 4095).to_le_bytes());
+    let guests = [
+        GuestImage { image: &good, cmdline: b"guest={n}" },
+        GuestImage { image: b"not an ELF file, just bytes that go on long enough", cmdline: b"" },
+        GuestImage { image: &reaching, cmdline: b"guest={n}" },
+    ];
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]);
+    assert_eq!(run_images(&mut sim, &guests, config(3)), status::GUEST_KILLED, "{}", sim.out);
+    assert_eq!(
+        lines_starting(&sim.out, "[g"),
+        [
+            "[g2] guest killed: malformed guest ELF: not an ELF file (bad magic)",
+            "[g3] guest killed: its image reaches the boot-info page at 0x3ff000",
+            "[g1] guest exited with status 0",
+        ],
+        "{}",
+        sim.out
+    );
+}
+
+#[test]
+fn several_guests_lines_carry_their_numbers_and_a_closing_line_starts_its_own() {
+    let mut sim = Sim::new()
+        .script(1, &[INIT, Write("one\ntwo"), Tick, Write(" and a half"), shutdown(0)])
+        .script(2, &[INIT, Write("hello\n"), Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    // Each guest has its own idea of where its line stands: guest 1 goes
+    // on with its own half line after guest 2's whole one.
+    assert!(
+        sim.out.contains("[g1] one\n[g1] two[g2] hello\n and a half\n[g1] guest exited with status 0\n"),
+        "{}",
+        sim.out
+    );
+    assert!(sim.out.contains("\n[g2] guest exited with status 0\n"), "{}", sim.out);
+    // Alone, a guest's half line is ended before the host's line.
+    let mut sim = Sim::new().script(1, &[INIT, Write("half a line"), Call(0x999, [0; 5])]);
+    run(&mut sim, config(1));
+    assert!(sim.out.contains("half a line\nguest killed: unknown hypercall 0x999\n"), "{}", sim.out);
+}
+
+#[test]
+fn each_guest_statistics_block_counts_its_own_exits() {
+    let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, shutdown(0)]).script(2, &[INIT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS);
+    let stats = lines_starting(&sim.out, "stats");
+    let names = format!("{}=1 {}=1", abi::call_name(abi::INIT), abi::call_name(abi::SHUTDOWN));
+    assert_eq!(stats[0], "stats for guest 2:", "{}", sim.out);
+    assert_eq!(stats[1], "stats: exits 2: #UD/hypercall=2");
+    assert_eq!(stats[2], format!("stats: hypercalls 2 (+0 async): {names}"));
+    assert!(
+        stats[3].starts_with("stats: delivered to the guest's handlers 0 (int n delivered by the host 0):")
+    );
+    assert!(stats[4].starts_with("stats: paging: fills 0 (linear 0)"), "{}", stats[4]);
+    assert_eq!(
+        stats[5],
+        format!(
+            "stats: cycles: guest {} (100%), host 0 (0%), fastest hypercall round trip {STEP_NS}",
+            2 * STEP_NS
+        )
+    );
+    assert_eq!(stats[6], "stats for guest 1:");
+    assert_eq!(stats[7], "stats: exits 4: #UD/hypercall=2 irq239=2");
+    // Quieter, there is no block at all, and the totals line stays.
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]).script(2, &[INIT, shutdown(0)]);
+    sim.log_level = Some(Level::Warn);
+    run(&mut sim, config(2));
+    assert!(!sim.out.contains("stats"), "{}", sim.out);
+    assert!(sim.out.contains("guests: 2 ended: 2 exited 0"), "{}", sim.out);
+}
