@@ -131,6 +131,17 @@ const fn clock_event(delta_ns: u64) -> Step {
     Call(abi::SET_CLOCKEVENT, [delta_ns, 0, 0, 0, 0])
 }
 
+/// A guest's x87 registers, as far as the simulated machine cares: whose
+/// they are, and how many times that guest has changed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fpu {
+    id: u32,
+    changes: u64,
+}
+
+/// No test runs this long: a run still going is a run that never ends.
+const LONGEST_RUN_NS: u64 = 100 * SECOND;
+
 /// One entry, as the simulated machine saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -164,8 +175,10 @@ struct Sim {
     root: u64,
     gates_installed: usize,
     next_fpu: u32,
-    fpu_in_cpu: Option<u32>,
-    fpu_of: BTreeMap<usize, u32>,
+    /// The x87 state in the CPU: whose, and how far its guest got with it.
+    fpu_in_cpu: Option<Fpu>,
+    /// The x87 state each guest left in the CPU last.
+    fpu_left_by: BTreeMap<usize, Fpu>,
     entries: Vec<Entry>,
     sleeps: Vec<u64>,
 }
@@ -215,7 +228,7 @@ fn number_from_boot_info(ram: &SimRam) -> usize {
 impl Machine for Sim {
     type Memory = SimRam;
     type Pool = Pool;
-    type Fpu = u32;
+    type Fpu = Fpu;
 
     fn now_ns(&self) -> u64 {
         self.clock_ns
@@ -277,14 +290,14 @@ impl Machine for Sim {
         100_000 - self.memories_out * (MEMORY / 4096) as usize
     }
 
-    fn fresh_fpu(&mut self) -> u32 {
+    fn fresh_fpu(&mut self) -> Fpu {
         self.next_fpu += 1;
-        self.next_fpu
+        Fpu { id: self.next_fpu, changes: 0 }
     }
-    fn save_fpu(&mut self, state: &mut u32) {
+    fn save_fpu(&mut self, state: &mut Fpu) {
         *state = self.fpu_in_cpu.expect("saving an FPU state nobody restored");
     }
-    fn restore_fpu(&mut self, state: &u32) {
+    fn restore_fpu(&mut self, state: &Fpu) {
         self.fpu_in_cpu = Some(*state);
     }
 
@@ -302,18 +315,22 @@ impl Machine for Sim {
         let guest = self.entering_guest();
         assert!(timer_ns <= HOST_TICK_NS, "the host's timer armed for {timer_ns} ns");
         assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS), "guest {guest} entered with unsanitized CS");
-        // Each guest leaves its own mark in r15, which must come back to it.
-        assert!(
-            regs.r15 == 0 || regs.r15 == guest as u64,
-            "guest {guest} got guest {}'s registers",
-            regs.r15
-        );
+        // Each guest leaves its own mark in r15, which must come back to it
+        // (a new guest starts with 0 there).
+        let seen = self.entries.iter().any(|e| e.guest == guest);
+        let mark = if seen { guest as u64 } else { 0 };
+        assert_eq!(regs.r15, mark, "guest {guest} entered with the registers of guest {}", regs.r15);
         regs.r15 = guest as u64;
-        let fpu = self.fpu_in_cpu.expect("entered with no guest's FPU state");
-        assert_eq!(
-            *self.fpu_of.entry(guest).or_insert(fpu),
-            fpu,
-            "guest {guest} got another guest's FPU state"
+        // And its x87 registers as it left them; then it changes them.
+        let fpu = self.fpu_in_cpu.as_mut().expect("entered with no guest's FPU state");
+        assert_eq!(*self.fpu_left_by.entry(guest).or_insert(*fpu), *fpu, "guest {guest}'s FPU state");
+        fpu.changes += 1;
+        self.fpu_left_by.insert(guest, *fpu);
+        assert!(
+            self.clock_ns < LONGEST_RUN_NS,
+            "guest {guest} still running at {} ns:\n{}",
+            self.clock_ns,
+            self.out
         );
         self.entries.push(Entry { guest, at_ns: self.clock_ns, timer_ns });
 
@@ -348,6 +365,12 @@ impl Machine for Sim {
 
     fn sleep(&mut self, ns: u64) {
         assert!(ns <= HOST_TICK_NS, "the host slept {ns} ns in one go");
+        assert!(
+            self.clock_ns < LONGEST_RUN_NS,
+            "the host still asleep at {} ns:\n{}",
+            self.clock_ns,
+            self.out
+        );
         self.sleeps.push(ns);
         self.clock_ns += ns;
     }
