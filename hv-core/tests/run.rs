@@ -24,72 +24,50 @@ use std::fmt::{self, Write};
 use std::mem::offset_of;
 use std::rc::Rc;
 
-use common::{POOL_BASE, Pool};
+use common::{POOL_BASE, Pool, Ram};
 use hv_core::abi::{self, BootInfo};
 use hv_core::elf::LoadTarget;
 use hv_core::run::{self, Exit, GuestImage, HOST_TICK_NS, Machine, RunConfig};
 use hv_core::status;
-use hv_core::vcpu;
+use hv_core::vcpu::{self, GuestRam};
 use log::Level;
 use paging::{GuestMemory, SwitcherEntries};
 use switcher_asm::layout::GuestRegs;
 
+/// Each guest's memory, and where things are in it: the image's code at
+/// the entry, a page of `ud2`, so every hypercall's instruction is really
+/// there; the page INIT names; and the text a guest writes.
 const MEMORY: u64 = 4 << 20;
-/// Where the image's code goes: a page of `ud2`, so every hypercall's
-/// instruction is really there.
 const ENTRY: u64 = 0x10_0000;
 const SHARED_PAGE: u64 = 0x20_0000;
-/// Where a simulated guest puts the text it writes to its console.
 const TEXT: u64 = 0x30_0000;
-/// The host's timer, as the real machine numbers it.
-const TIMER_VECTOR: u64 = 0xef;
-/// Each step of a script that is not a wait for the timer takes this long.
-const STEP_NS: u64 = 1_000;
-/// Each guest's pool sits this far from the previous guest's, so a shadow
-/// root tells which guest it belongs to.
-const POOL_STRIDE: u64 = 1 << 32;
-const SECOND: u64 = 1_000_000_000;
 
 /// A guest's memory, shared with the simulated machine so that a guest
 /// can put text in it and the machine can read its boot information.
 #[derive(Clone)]
-struct SimRam(Rc<RefCell<Vec<u8>>>);
+struct SimRam(Rc<RefCell<Ram>>);
 
 impl GuestMemory for SimRam {
     fn limit(&self) -> u64 {
-        self.0.borrow().len() as u64
+        self.0.borrow().limit()
     }
     fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let mut bytes = [0u8; 8];
-        vcpu::GuestRam::read_bytes(self, gpa, &mut bytes).then(|| u64::from_le_bytes(bytes))
+        self.0.borrow().read_u64(gpa)
     }
     fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
-        vcpu::GuestRam::write_bytes(self, gpa, &value.to_le_bytes())
+        self.0.borrow_mut().write_u64(gpa, value)
     }
     fn guest_to_host(&self, gpa: u64) -> u64 {
-        0x1000_0000 + gpa
+        self.0.borrow().guest_to_host(gpa)
     }
 }
 
 impl vcpu::GuestRam for SimRam {
     fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let bytes = self.0.borrow();
-        let Some(src) = usize::try_from(gpa).ok().and_then(|at| bytes.get(at..at.checked_add(buf.len())?))
-        else {
-            return false;
-        };
-        buf.copy_from_slice(src);
-        true
+        self.0.borrow().read_bytes(gpa, buf)
     }
-    fn write_bytes(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let mut bytes = self.0.borrow_mut();
-        let Some(dst) =
-            usize::try_from(gpa).ok().and_then(|at| bytes.get_mut(at..at.checked_add(data.len())?))
-        else {
-            return false;
-        };
-        dst.copy_from_slice(data);
-        true
+    fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
+        self.0.borrow_mut().write_bytes(gpa, bytes)
     }
 }
 
@@ -97,13 +75,16 @@ impl LoadTarget for SimRam {
     fn size(&self) -> u64 {
         self.limit()
     }
-    fn write(&mut self, gpa: u64, data: &[u8]) {
-        assert!(vcpu::GuestRam::write_bytes(self, gpa, data));
+    fn write(&mut self, gpa: u64, bytes: &[u8]) {
+        assert!(self.write_bytes(gpa, bytes));
     }
     fn zero(&mut self, gpa: u64, len: u64) {
-        assert!(vcpu::GuestRam::write_bytes(self, gpa, &vec![0; len as usize]));
+        self.0.borrow_mut().bytes[gpa as usize..(gpa + len) as usize].fill(0);
     }
 }
+
+/// The host's timer, as the real machine numbers it.
+const TIMER_VECTOR: u64 = 0xef;
 
 /// One step of a simulated guest.
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +112,9 @@ const fn clock_event(delta_ns: u64) -> Step {
     Call(abi::SET_CLOCKEVENT, [delta_ns, 0, 0, 0, 0])
 }
 
+/// Each step of a script that is not a wait for the timer takes this long.
+const STEP_NS: u64 = 1_000;
+
 /// A guest's x87 registers, as far as the simulated machine cares: whose
 /// they are, and how many times that guest has changed them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +123,7 @@ struct Fpu {
     changes: u64,
 }
 
+const SECOND: u64 = 1_000_000_000;
 /// No test runs this long: a run still going is a run that never ends.
 const LONGEST_RUN_NS: u64 = 100 * SECOND;
 
@@ -149,6 +134,10 @@ struct Entry {
     at_ns: u64,
     timer_ns: u64,
 }
+
+/// Each guest's pool sits this far from the previous guest's, so a shadow
+/// root tells which guest it belongs to.
+const POOL_STRIDE: u64 = 1 << 32;
 
 /// A simulated machine for the run loop.
 #[derive(Default)]
@@ -219,7 +208,7 @@ fn number_from_boot_info(ram: &SimRam) -> usize {
     assert_eq!(field(offset_of!(BootInfo, memory_size)), MEMORY);
     let (addr, len) = (field(offset_of!(BootInfo, cmdline_addr)), field(offset_of!(BootInfo, cmdline_len)));
     let mut cmdline = vec![0u8; len as usize];
-    assert!(vcpu::GuestRam::read_bytes(ram, addr, &mut cmdline));
+    assert!(ram.read_bytes(addr, &mut cmdline));
     let cmdline = String::from_utf8(cmdline).unwrap();
     let number = cmdline.strip_prefix("guest=").unwrap_or_else(|| panic!("command line {cmdline:?}"));
     number.parse().unwrap_or_else(|_| panic!("command line {cmdline:?}"))
@@ -269,7 +258,7 @@ impl Machine for Sim {
         }
         self.memories_out += 1;
         self.memories_peak = self.memories_peak.max(self.memories_out);
-        let ram = SimRam(Rc::new(RefCell::new(vec![0; size as usize])));
+        let ram = SimRam(Rc::new(RefCell::new(Ram { bytes: vec![0; size as usize] })));
         self.last_memory = Some(ram.clone());
         Some(ram)
     }
@@ -345,7 +334,7 @@ impl Machine for Sim {
             Write(text) => {
                 // The guest puts its text in its own memory first.
                 let ram = self.memory_of.get_mut(&guest).unwrap();
-                assert!(vcpu::GuestRam::write_bytes(ram, TEXT, text.as_bytes()));
+                assert!(ram.write_bytes(TEXT, text.as_bytes()));
                 (abi::CONSOLE_WRITE, [TEXT, text.len() as u64, 0, 0, 0])
             }
             Tick | Spin => {
@@ -422,6 +411,12 @@ fn run_images(sim: &mut Sim, guests: &[GuestImage], config: RunConfig) -> u8 {
     status
 }
 
+/// Fails, showing everything printed, unless `text` was printed.
+#[track_caller]
+fn assert_printed(sim: &Sim, text: &str) {
+    assert!(sim.out.contains(text), "{text:?} was not printed:\n{}", sim.out);
+}
+
 /// The lines of `out` that start with `prefix`.
 fn lines_starting<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
     out.lines().filter(|line| line.starts_with(prefix)).collect()
@@ -454,7 +449,7 @@ fn a_guest_alone_keeps_the_cpu_through_host_ticks() {
     assert_eq!(sim.entries.len(), 5);
     // Its registers were put in the page once, at the start.
     assert_eq!(sim.gates_installed, 1);
-    assert!(sim.out.contains("\nguest exited with status 0\n"), "{}", sim.out);
+    assert_printed(&sim, "\nguest exited with status 0\n");
 }
 
 #[test]
@@ -506,16 +501,13 @@ fn halted_guests_give_way_and_the_host_sleeps_when_all_are_halted() {
 fn a_halt_nothing_can_end_kills_the_guest() {
     let mut sim = Sim::new().script(1, &[INIT, HALT]);
     assert_eq!(run(&mut sim, config(1)), status::GUEST_KILLED);
-    assert!(
-        sim.out.contains(
-            "guest killed: HALT with virtual interrupts off or no clock armed: it would never wake\n"
-        ),
-        "{}",
-        sim.out
+    assert_printed(
+        &sim,
+        "guest killed: HALT with virtual interrupts off or no clock armed: it would never wake\n",
     );
     let mut sim = Sim::new().script(1, &[INIT, HALT]).script(2, &[INIT, Tick, shutdown(0)]);
     assert_eq!(run(&mut sim, config(2)), status::GUEST_KILLED);
-    assert!(sim.out.contains("[g1] guest killed: HALT with virtual interrupts off"), "{}", sim.out);
+    assert_printed(&sim, "[g1] guest killed: HALT with virtual interrupts off");
     assert!(sim.sleeps.is_empty());
 }
 
@@ -527,11 +519,7 @@ fn with_timeout(total: usize, timeout_s: u64) -> RunConfig {
 fn the_watchdog_kills_a_guest_that_never_stops() {
     let mut sim = Sim::new().script(1, &[INIT, Spin]);
     assert_eq!(run(&mut sim, with_timeout(1, 2)), status::GUEST_KILLED);
-    assert!(
-        sim.out.contains("\nguest killed: watchdog: still running after guest_timeout=2 seconds\n"),
-        "{}",
-        sim.out
-    );
+    assert_printed(&sim, "\nguest killed: watchdog: still running after guest_timeout=2 seconds\n");
     // It ran its two seconds, and not a tick more.
     let last = sim.entries.last().unwrap();
     assert!(last.at_ns <= 2 * SECOND && last.at_ns + HOST_TICK_NS > 2 * SECOND, "{last:?}");
@@ -560,11 +548,7 @@ fn the_watchdog_ends_a_halted_guest_sleep() {
             sim = sim.script(2, &[INIT, shutdown(0)]);
         }
         assert_eq!(run(&mut sim, with_timeout(total, 1)), status::GUEST_KILLED, "{}", sim.out);
-        assert!(
-            sim.out.contains("guest killed: watchdog: still running after guest_timeout=1 seconds\n"),
-            "{}",
-            sim.out
-        );
+        assert_printed(&sim, "guest killed: watchdog: still running after guest_timeout=1 seconds\n");
         assert!(sim.clock_ns > SECOND && sim.clock_ns <= SECOND + HOST_TICK_NS, "{}", sim.clock_ns);
     }
 }
@@ -587,13 +571,12 @@ fn waiting_guests_start_as_places_free_up() {
     let guest_1_last = sim.entries.iter().rposition(|e| e.guest == 1).unwrap();
     assert!(sim.first_entry(3).unwrap() > guest_1_last);
     let frames = 100_000;
-    assert!(
-        sim.out.contains(&format!(
+    assert_printed(
+        &sim,
+        &format!(
             "guests: 5 ended: 5 exited 0, 0 killed, 0 other; hypercalls 10 (+0 async), exits 20; \
              free frames {frames} before, {frames} after\n"
-        )),
-        "{}",
-        sim.out
+        ),
     );
 }
 
@@ -653,12 +636,8 @@ fn a_guest_that_could_not_be_set_up_makes_the_run_a_firmware_error() {
     let mut sim = Sim::new().script(1, &[INIT, shutdown(5)]).script(3, &[INIT, shutdown(0)]);
     sim.no_memory_for_call.insert(2);
     assert_eq!(run(&mut sim, config(3)), status::FIRMWARE_ERROR, "{}", sim.out);
-    assert!(
-        sim.out.contains("[g2] umbra: error: no 4 MiB of contiguous memory for guest 2 (guest_mem=4M)\n"),
-        "{}",
-        sim.out
-    );
-    assert!(sim.out.contains("guests: 3 ended: 1 exited 0, 0 killed, 2 other;"), "{}", sim.out);
+    assert_printed(&sim, "[g2] umbra: error: no 4 MiB of contiguous memory for guest 2 (guest_mem=4M)\n");
+    assert_printed(&sim, "guests: 3 ended: 1 exited 0, 0 killed, 2 other;");
 }
 
 #[test]
@@ -695,16 +674,12 @@ fn several_guests_lines_carry_their_numbers_and_a_closing_line_starts_its_own() 
     assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
     // Each guest has its own idea of where its line stands: guest 1 goes
     // on with its own half line after guest 2's whole one.
-    assert!(
-        sim.out.contains("[g1] one\n[g1] two[g2] hello\n and a half\n[g1] guest exited with status 0\n"),
-        "{}",
-        sim.out
-    );
-    assert!(sim.out.contains("\n[g2] guest exited with status 0\n"), "{}", sim.out);
+    assert_printed(&sim, "[g1] one\n[g1] two[g2] hello\n and a half\n[g1] guest exited with status 0\n");
+    assert_printed(&sim, "\n[g2] guest exited with status 0\n");
     // Alone, a guest's half line is ended before the host's line.
     let mut sim = Sim::new().script(1, &[INIT, Write("half a line"), Call(0x999, [0; 5])]);
     run(&mut sim, config(1));
-    assert!(sim.out.contains("half a line\nguest killed: unknown hypercall 0x999\n"), "{}", sim.out);
+    assert_printed(&sim, "half a line\nguest killed: unknown hypercall 0x999\n");
 }
 
 #[test]
@@ -734,5 +709,5 @@ fn each_guest_statistics_block_counts_its_own_exits() {
     sim.log_level = Some(Level::Warn);
     run(&mut sim, config(2));
     assert!(!sim.out.contains("stats"), "{}", sim.out);
-    assert!(sim.out.contains("guests: 2 ended: 2 exited 0"), "{}", sim.out);
+    assert_printed(&sim, "guests: 2 ended: 2 exited 0");
 }
