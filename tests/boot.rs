@@ -556,6 +556,42 @@ fn image_is_a_pvh_exec() -> Case {
     })
 }
 
+/// The switcher's exit path leaves FS and GS as the guest set them
+/// (docs/switcher.md, "The host's state at an exit"). That is sound only
+/// while no host code uses them: no `%fs:`/`%gs:` operand, no FS/GS-base
+/// instruction, no `swapgs` anywhere in the image.
+fn image_uses_no_fs_or_gs() -> Case {
+    Case::new("image_uses_no_fs_or_gs", |_| {
+        let image = match boot_tests::image() {
+            Ok(path) => path,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let output = match std::process::Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(&image)
+            .output()
+        {
+            Ok(output) if output.status.success() => output,
+            Ok(output) => {
+                return Verdict::Fail(format!("objdump failed: {}", String::from_utf8_lossy(&output.stderr)));
+            }
+            Err(e) => return Verdict::Fail(format!("objdump (Debian's binutils) could not run: {e}")),
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let forbidden = ["%fs:", "%gs:", "rdfsbase", "wrfsbase", "rdgsbase", "wrgsbase", "swapgs"];
+        let uses: Vec<&str> =
+            text.lines().filter(|line| forbidden.iter().any(|f| line.contains(f))).take(5).collect();
+        if text.lines().count() < 1000 {
+            return Verdict::Fail("objdump printed almost nothing: is the image's code there?".into());
+        }
+        if uses.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail(format!("host code uses FS or GS: {uses:?}"))
+        }
+    })
+}
+
 fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
@@ -592,7 +628,7 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
 }
 
 fn main() {
-    let mut cases = vec![image_is_a_pvh_exec()];
+    let mut cases = vec![image_is_a_pvh_exec(), image_uses_no_fs_or_gs()];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
             cases.push(standard_boot(machine, accel));

@@ -27,7 +27,8 @@
  *   (the CPU clears only TF, NT, RF and IF on the way in: DF and AC come
  *   through, and the compiler assumes DF clear at every call);
  *   load the host CR3, GDT, TSS and IDT back, restore the host's data
- *   segments (FS and GS too) and stack, pop its callee-saved registers
+ *   segments and stack (FS and GS stay the guest's: the host never uses
+ *   them, and a guest's thread pointer must survive its exits), pop its callee-saved registers
  *   and return to the host as if switcher_enter were an ordinary
  *   function. docs/switcher.md lists every piece of state an exit can
  *   carry in, and why each is safe.
@@ -121,8 +122,6 @@ exit_common:
     mov ${SWITCHER_DS}, %eax
     mov %eax, %ds
     mov %eax, %es
-    mov %eax, %fs
-    mov %eax, %gs
     mov %eax, %ss
     mov {STATE_HOST_RSP}, %rsp
     pop %r15
