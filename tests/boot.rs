@@ -6,7 +6,8 @@
 //! two CPUs. Then the odd inputs: junk and over-long command lines, an
 //! unknown log level, too little RAM, the deliberate crashes, a module,
 //! power-off through ACPI without QEMU's exit device, and Cloud Hypervisor
-//! when it is installed.
+//! when it is installed. Two cases only read the image: its PVH note, and
+//! its size stripped (at most 512 KiB, default guest included).
 //!
 //! Every good boot also runs the default guest to its end. The guest
 //! cases: a guest passed as a module, a guest's own exit status passed
@@ -556,6 +557,47 @@ fn image_is_a_pvh_exec() -> Case {
     })
 }
 
+/// The image stays lean: stripped, with its default guest inside, at most
+/// 512 KiB. Measured the loader's way (what the VMM reads: headers and
+/// segments, as `hv_core::elf::strip` keeps), and with binutils' `strip`
+/// when it is installed, which keeps a few section headers more.
+fn image_is_lean() -> Case {
+    Case::new("image_stripped_size", |name| {
+        const LIMIT: usize = 512 << 10;
+        let path = match boot_tests::image() {
+            Ok(path) => path,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let mut image = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => return Verdict::Fail(format!("cannot read {}: {e}", path.display())),
+        };
+        let loaded = match hv_core::elf::strip(&mut image) {
+            Ok(keep) => keep,
+            Err(e) => return Verdict::Fail(format!("the image is not an ELF the loader takes: {e}")),
+        };
+        if loaded > LIMIT {
+            return Verdict::Fail(format!(
+                "the image's headers and segments take {loaded} bytes, over {LIMIT}"
+            ));
+        }
+        if on_path("strip").is_none() {
+            return Verdict::Pass;
+        }
+        let stripped = std::env::temp_dir().join(format!("umbra-{name}-{}", std::process::id()));
+        let status = std::process::Command::new("strip").arg("-o").arg(&stripped).arg(&path).status();
+        let size = std::fs::metadata(&stripped).map(|m| m.len());
+        let _ = std::fs::remove_file(&stripped);
+        match (status, size) {
+            (Ok(status), Ok(size)) if status.success() && size <= LIMIT as u64 => Verdict::Pass,
+            (Ok(status), Ok(size)) if status.success() => {
+                Verdict::Fail(format!("strip leaves {size} bytes of the image, over {LIMIT}"))
+            }
+            (status, size) => Verdict::Fail(format!("strip failed: {status:?}, {size:?}")),
+        }
+    })
+}
+
 fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
@@ -592,7 +634,7 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
 }
 
 fn main() {
-    let mut cases = vec![image_is_a_pvh_exec()];
+    let mut cases = vec![image_is_a_pvh_exec(), image_is_lean()];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
             cases.push(standard_boot(machine, accel));
