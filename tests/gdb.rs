@@ -14,6 +14,10 @@
 //!    (`finish`) back into that path;
 //! 4. it lets the boot go on, and Umbra exits with status 0.
 //!
+//! Each backtrace must end at the entry stub it started from (the
+//! firmware's, the guest's, the kernel's trap stub), which the stubs'
+//! unwind information says.
+//!
 //! Every breakpoint is a hardware one, the only kind this nested KVM
 //! survives, and the script makes gdb's own (`finish`) hardware ones too
 //! there, so both accelerators run the same steps and nothing is skipped
@@ -176,6 +180,24 @@ fn gdb_session(accel: Accel) -> Case {
                 );
             }
             after = step.what;
+        }
+        // The entry stubs say nothing called them: a backtrace ends there
+        // rather than wandering into what the stack holds below.
+        let lines = outcome.lines();
+        for (at, line) in lines.iter().enumerate() {
+            let stub = ["in long_mode_entry ()", "in guest_entry ()", "in kernel_trap_common ()"]
+                .into_iter()
+                .find(|stub| line.starts_with('#') && line.contains(stub));
+            let next = lines.get(at + 1).copied().unwrap_or("");
+            if let Some(stub) = stub
+                && (next.starts_with('#') || next.starts_with("Backtrace stopped"))
+            {
+                return fail(
+                    format_args!("the backtrace went on past '{stub}': {next:?}"),
+                    transcript,
+                    console,
+                );
+            }
         }
         let serial_text = std::fs::read_to_string(console).unwrap_or_default();
         let serial_lines: Vec<&str> = serial_text.lines().map(|l| l.trim_end_matches('\r')).collect();
