@@ -10,18 +10,19 @@
 # gdb stops at the first breakpoint reached: --break in the firmware,
 # --guest-break in the guest kernel (umbra_main when neither is given).
 # Both are hardware breakpoints (hbreak). Under KVM every breakpoint gdb
-# sets, its own too (finish, next, until), is made a hardware one: a
-# software breakpoint crashes this kind of nested KVM, and there are only
-# four debug registers. --batch runs gdb's commands from FILE instead of
-# a prompt, then waits for the boot to end (at most --timeout seconds,
-# 300 by default) and exits with Umbra's exit status.
+# sets, its own too (finish, next, until), is made a hardware one, since
+# a software breakpoint crashes this kind of nested KVM; only four fit,
+# and a guest breakpoint takes two (one per address the kernel runs at).
+# --batch runs gdb's commands from FILE instead of a prompt, then waits
+# for the boot to end (at most --timeout seconds, 300 by default) and
+# exits with Umbra's exit status.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 accel=tcg machine=microvm mem=256M append="" port=1234
 serial_log="$UMBRA_ROOT/target/debug-serial.log" batch="" limit=300
 breaks=() guest_breaks=()
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --accel) accel=${2:?}; shift 2 ;;
