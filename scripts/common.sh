@@ -4,6 +4,9 @@
 UMBRA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UMBRA_TARGET=x86_64-unknown-none
 UMBRA_IMAGE="$UMBRA_ROOT/target/$UMBRA_TARGET/release/umbra"
+# The default guest kernel with its symbols and debug info, for gdb: the
+# image embeds it without them (firmware/build.rs writes both).
+UMBRA_GUEST_SYMBOLS="$UMBRA_ROOT/target/$UMBRA_TARGET/release/guest-symbols"
 
 say() { echo "umbra-scripts: $*" >&2; }
 
@@ -19,20 +22,30 @@ ensure_rust_target() {
     }
 }
 
-# QEMU from Debian's packages, when we are root and it is missing.
-ensure_qemu() {
-    command -v qemu-system-x86_64 >/dev/null && return 0
+# Debian's PACKAGE, for the command COMMAND, when we are root and it is
+# missing; otherwise say how to install it and stop.
+ensure_from_debian() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's qemu-system-x86"
+        say "installing Debian's $package"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q qemu-system-x86 >/dev/null 2>&1 ||
-            { apt-get update -q >/dev/null && apt-get install -y -q qemu-system-x86 >/dev/null; } || true
+        apt-get install -y -q "$package" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q "$package" >/dev/null; } || true
     fi
-    command -v qemu-system-x86_64 >/dev/null || {
-        say "qemu-system-x86_64 is missing; install it with: sudo apt-get install qemu-system-x86"
+    command -v "$command" >/dev/null || {
+        say "$command is missing; install it with: sudo apt-get install $package"
         exit 1
     }
 }
+
+ensure_qemu() { ensure_from_debian qemu-system-x86_64 qemu-system-x86; }
+
+# gdb, for scripts/debug.sh and the gdb test (tests/gdb.rs).
+ensure_gdb() { ensure_from_debian gdb gdb; }
+
+# objdump and strip, for the boot tests that read the image itself.
+ensure_binutils() { ensure_from_debian objdump binutils; }
 
 # Does /dev/kvm open for reading and writing?
 kvm_opens() {
