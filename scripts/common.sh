@@ -1,5 +1,8 @@
+# shellcheck shell=bash
 # Shared by the scripts in this folder: where things are, what is
 # installed, and whether KVM opens. Source it; do not run it.
+# The variables it sets are read by the scripts that source it:
+# shellcheck disable=SC2034
 
 UMBRA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UMBRA_TARGET=x86_64-unknown-none
@@ -44,6 +47,9 @@ ensure_qemu() { ensure_from_debian qemu-system-x86_64 qemu-system-x86; }
 # gdb, for scripts/debug.sh and the gdb test (tests/gdb.rs).
 ensure_gdb() { ensure_from_debian gdb gdb; }
 
+# ShellCheck, which scripts/test.sh runs over every script.
+ensure_shellcheck() { ensure_from_debian shellcheck shellcheck; }
+
 # objdump and strip, for the boot tests that read the image itself.
 ensure_binutils() { ensure_from_debian objdump binutils; }
 
@@ -64,6 +70,8 @@ build_image() {
 # under KVM the default model is used; TCG uses the default too.
 qemu_args() {
     local accel=$1 machine=$2 smp=$3 mem=$4 serial=${5:-stdio}
+    # The commas belong to QEMU's option syntax, not to the array.
+    # shellcheck disable=SC2054
     QEMU_ARGS=(-machine "$machine" -accel "$accel" -smp "$smp" -m "$mem"
         -display none -monitor none -serial "$serial" -nic none -no-reboot
         -device isa-debug-exit,iobase=0xf4,iosize=0x04

@@ -20,6 +20,10 @@ step() { echo; echo "== $*"; }
 step "format"
 cargo fmt --all -- --check
 
+step "shell scripts (shellcheck)"
+ensure_shellcheck
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run
+
 step "lints (host crates)"
 cargo clippy --all-targets -- -D warnings
 step "lints (firmware and guest, $UMBRA_TARGET)"
