@@ -5,7 +5,8 @@
 //! printed. This module gives it real things to work on, through
 //! `hv_core::run::Machine`, for the boot CPU:
 //! - [`GuestRam`]: a guest's memory, one contiguous run of host frames
-//!   (`guest_mem=`, 64 MiB by default), scrubbed before and after use;
+//!   (`guest_mem=`; without it 64 MiB, or what the machine can spare:
+//!   `umbra_firmware::guestmem`), scrubbed before and after use;
 //! - [`ShadowPool`]: frames for shadow page tables, from the frame pool,
 //!   up to a cap;
 //! - [`FpuState`]: a guest's x87 registers, swapped with `fxsave` and

@@ -15,6 +15,7 @@
 //!   which CPUs exist, and how to switch the machine off;
 //! - [`frames`] turns the memory map into free page frames, keeping out
 //!   everything that is already spoken for;
+//! - [`guestmem`] decides how much of them each guest gets;
 //! - [`status`] names the exit statuses every test relies on (hv-core's,
 //!   whose run loop decides most of them).
 #![no_std]
@@ -24,6 +25,7 @@ pub mod aml;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod frames;
+pub mod guestmem;
 pub mod madt;
 
 pub use hv_core::status;

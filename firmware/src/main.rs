@@ -285,10 +285,27 @@ mod boot {
             }
         };
         log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
+        let total = if info.modules.is_empty() { config.guests } else { guests.len() };
+        let together =
+            config.guests_at_once.unwrap_or(guest::MAX_GUESTS).min(total).clamp(1, guest::MAX_GUESTS);
+        let given = config.guest_mem_given.then_some(config.guest_mem);
+        let Some(memory) = memory::plan_guest_memory(given, config.guest_mem, together) else {
+            fatal(format_args!(
+                "no room for a guest: {} MiB free, and a guest needs at least {} MiB and room for its shadow tables",
+                memory::free_mib(),
+                umbra_firmware::guestmem::SHARED_FLOOR >> 20
+            ))
+        };
+        if memory.is_warning() {
+            log::warn!("{memory}");
+        } else {
+            log::info!("{memory}");
+        }
         let run = hv_core::run::RunConfig {
-            total: if info.modules.is_empty() { config.guests } else { guests.len() },
-            at_once: config.guests_at_once.unwrap_or(guest::MAX_GUESTS),
-            memory_size: config.guest_mem,
+            total,
+            at_once: memory.at_once,
+            memory_size: memory.size,
+            memory_origin: &memory.origin(),
             timeout_s: config.guest_timeout_s,
         };
         let status = guest::run(&guests, &run, tsc_khz);

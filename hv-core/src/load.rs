@@ -30,7 +30,7 @@ use switcher_asm::layout::{GuestRegs, PAGE_SIZE};
 use crate::abi::{self, BootInfo};
 use crate::elf;
 use crate::report::{GuestConsole, Numbered};
-use crate::run::{GuestImage, Machine, MachineVcpu};
+use crate::run::{GuestImage, Machine, MachineVcpu, RunConfig};
 use crate::status;
 use crate::vcpu::{self, GuestRam, Vcpu};
 
@@ -49,18 +49,19 @@ pub fn boot_info_gpa(memory_size: u64) -> u64 {
 pub(crate) fn load<M: Machine>(
     machine: &mut M,
     guest: &GuestImage,
-    memory_size: u64,
+    config: &RunConfig,
     number: usize,
     console: &GuestConsole,
 ) -> Result<(MachineVcpu<M>, GuestRegs), u8> {
+    let memory_size = config.memory_size;
     let Some(mut ram) = machine.take_memory(memory_size) else {
         return Err(console.finish(
             machine,
             status::FIRMWARE_ERROR,
             format_args!(
-                "umbra: error: no {} MiB of contiguous memory for guest {number} (guest_mem={}M)",
+                "umbra: error: no {} MiB of contiguous memory for guest {number} ({})",
                 memory_size >> 20,
-                memory_size >> 20
+                config.memory_origin
             ),
         ));
     };

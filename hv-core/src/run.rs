@@ -63,16 +63,20 @@ pub struct GuestImage<'a> {
 }
 
 /// What the command line asked of the run.
-#[derive(Clone, Copy, Debug)]
-pub struct RunConfig {
+#[derive(Clone, Copy)]
+pub struct RunConfig<'a> {
     /// `guests=`: how many guests run in all. Guest i runs image i; those
     /// past the end of the list run its last entry again.
     pub total: usize,
     /// `guests_at_once=`: at most this many are loaded together (and
     /// never more than [`MAX_GUESTS`]).
     pub at_once: usize,
-    /// `guest_mem=`: each guest's memory, in bytes.
+    /// Each guest's memory, in bytes: `guest_mem=`, or what the machine
+    /// can spare.
     pub memory_size: u64,
+    /// Where that size came from (`guest_mem=64M`, say), for the line
+    /// that says a guest found no memory that large.
+    pub memory_origin: &'a dyn fmt::Display,
     /// `guest_timeout=`, in seconds; 0 for no watchdog.
     pub timeout_s: u64,
 }
@@ -171,7 +175,7 @@ pub fn run<M: Machine>(
     machine: &mut M,
     regs: &mut GuestRegs,
     guests: &[GuestImage],
-    config: &RunConfig,
+    config: &RunConfig<'_>,
 ) -> u8 {
     let several = config.total > 1;
     let mut totals = Totals::new(machine.free_frames());
@@ -247,15 +251,15 @@ struct Slot<M: Machine> {
 }
 
 /// The guests still waiting for a place, and what each one is given.
-struct Admission<'c, I> {
+struct Admission<'c, 'o, I> {
     /// Guest index and image, in order.
     waiting: I,
     at_once: usize,
     several: bool,
-    config: &'c RunConfig,
+    config: &'c RunConfig<'o>,
 }
 
-impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, I> {
+impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, '_, I> {
     /// Load waiting guests, in order, while there are places. One that
     /// cannot be loaded ends there, with its status, and frees its place
     /// for the next.
@@ -269,7 +273,7 @@ impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, I> {
             let Some((index, guest)) = self.waiting.next() else { return };
             let number = index + 1;
             let console = GuestConsole::new(number, self.several);
-            match load(machine, &guest, self.config.memory_size, number, &console) {
+            match load(machine, &guest, self.config, number, &console) {
                 Ok((vcpu, regs)) => {
                     let timeout_s = self.config.timeout_s;
                     let deadline_ns =

@@ -393,8 +393,14 @@ fn image() -> Vec<u8> {
     elf
 }
 
-fn config(total: usize) -> RunConfig {
-    RunConfig { total, at_once: run::MAX_GUESTS, memory_size: MEMORY, timeout_s: 0 }
+fn config(total: usize) -> RunConfig<'static> {
+    RunConfig {
+        total,
+        at_once: run::MAX_GUESTS,
+        memory_size: MEMORY,
+        memory_origin: &"guest_mem=4M",
+        timeout_s: 0,
+    }
 }
 
 /// Run `config.total` guests of [`image`] on `sim`; returns the status.
@@ -511,7 +517,7 @@ fn a_halt_nothing_can_end_kills_the_guest() {
     assert!(sim.sleeps.is_empty());
 }
 
-fn with_timeout(total: usize, timeout_s: u64) -> RunConfig {
+fn with_timeout(total: usize, timeout_s: u64) -> RunConfig<'static> {
     RunConfig { timeout_s, ..config(total) }
 }
 
