@@ -369,6 +369,7 @@ mod boot {
             CrashKind::UnusableStack => unsafe {
                 core::arch::asm!("mov rsp, {0}", "push rax", in(reg) 0x8u64, options(noreturn))
             },
+            CrashKind::OnAp => log::warn!("crash=ap: no application processor is started yet"),
         };
     }
 }
