@@ -329,12 +329,14 @@ mod tests {
 
     #[test]
     fn trampoline_page_is_the_highest_free_conventional_page() {
-        // QEMU's pc and microvm, and Cloud Hypervisor: RAM up to the EBDA.
+        // QEMU's pc, q35 and microvm: RAM up to the EBDA.
         let map = [ram(0, 0x9fc00), reserved(0x9fc00, 0xa0000), ram(MIB, 64 * MIB)];
         assert_eq!(trampoline_page(&map, &[]), Some(0x9e000));
         // start_info and its memory map in the way: the next page down.
         let boot = [PhysRange { start: 0x9e800, end: 0x9e900 }];
         assert_eq!(trampoline_page(&map, &boot), Some(0x9d000));
+        // Cloud Hypervisor: all 640 KiB are RAM.
+        assert_eq!(trampoline_page(&[ram(0, 0xa0000)], &[]), Some(0x9f000));
         // A reserved region inside RAM wins over it.
         let map = [ram(0, 0x9fc00), reserved(0x9d000, 0x9e001)];
         assert_eq!(trampoline_page(&map, &[]), Some(0x9c000));

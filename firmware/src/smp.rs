@@ -136,12 +136,6 @@ core::arch::global_asm!(
     options(att_syntax)
 );
 
-/// The boot CPU, and the CPUs the boot CPU means to start.
-struct Plan<'a> {
-    boot_apic_id: u32,
-    others: &'a [u32],
-}
-
 /// Start the CPUs the MADT lists (`apic_ids`), up to `wanted` in all, the
 /// boot CPU included, as CPUs 1, 2, ... in MADT order (the switcher has
 /// pages for that many). Returns how many CPUs are online, the boot CPU
@@ -154,14 +148,19 @@ pub fn start(apic_ids: &[u32], wanted: usize) -> usize {
         log::warn!("cpus: the boot CPU's APIC ID {boot_apic_id} is not in the MADT; starting no other CPU");
         return 1;
     }
+    // A CPU listed twice would be started twice, and the second INIT
+    // would stop it where the first start left it: once is enough.
     let mut others: heapless::Vec<u32, MAX_CPUS> = heapless::Vec::new();
-    for &id in apic_ids.iter().filter(|&&id| id != boot_apic_id).take(wanted.saturating_sub(1)) {
-        let _ = others.push(id);
+    for (index, &id) in apic_ids.iter().enumerate() {
+        if apic_ids[..index].contains(&id) {
+            log::warn!("cpus: the MADT lists APIC ID {id} more than once; starting it once");
+        } else if id != boot_apic_id && others.len() + 1 < wanted {
+            let _ = others.push(id);
+        }
     }
     if others.is_empty() {
         return 1;
     }
-    let plan = Plan { boot_apic_id, others: &others };
     if !lapic::present() {
         log::warn!(
             "cpus: no usable local APIC to start the other CPUs with; going on with the boot CPU only"
@@ -187,7 +186,7 @@ pub fn start(apic_ids: &[u32], wanted: usize) -> usize {
     // Every slot first: splitting the identity map for guard pages flushes
     // only this CPU's TLB, so it is done while no other CPU runs.
     let mut prepared: heapless::Vec<usize, MAX_CPUS> = heapless::Vec::new();
-    for (index, &apic_id) in plan.others.iter().enumerate() {
+    for (index, &apic_id) in others.iter().enumerate() {
         let number = index + 1;
         match prepare(number, apic_id) {
             Ok(()) => {
@@ -196,7 +195,7 @@ pub fn start(apic_ids: &[u32], wanted: usize) -> usize {
             Err(why) => log::warn!("cpus: CPU {number} (APIC ID {apic_id}): {why}; going on without it"),
         }
     }
-    log::debug!("cpus: boot CPU is APIC ID {}; start page {page:#x}", plan.boot_apic_id);
+    log::debug!("cpus: boot CPU is APIC ID {boot_apic_id}; start page {page:#x}");
 
     let mut online = 1;
     for number in prepared {
