@@ -547,7 +547,157 @@ const CATALOGUE: &[Attack] = &[
             Killed("watchdog: still running after guest_timeout=2 seconds"),
         )
     },
+    // Flags: what a ring-1 guest leaves in RFLAGS when it exits must not
+    // reach the host, and must come back to it as it was (NT and RF
+    // aside: Umbra never enters with them).
+    Attack {
+        also: Some((
+            "guest: std-console text: ",
+            |line| line == STD_CONSOLE_TEXT,
+            "the text written with DF set, whole",
+        )),
+        ..attack(
+            "std-console",
+            "flags",
+            "std, then CONSOLE_WRITE; DF checked after",
+            Survives("DF still set after CONSOLE_WRITE, which wrote all 90 bytes"),
+        )
+    },
+    attack(
+        "std-page-fault",
+        "flags",
+        "std, then a read of an untouched page of its kernel alias, which Umbra fills",
+        Survives("DF still set after a demand-filled page fault"),
+    ),
+    attack(
+        "std-trap",
+        "flags",
+        "std, then cli with a #GP handler",
+        Survives("DF set in the #GP frame our handler got, and still set after its iretq"),
+    ),
+    Attack {
+        firmware: "guest_timeout=2",
+        also: Some(("stats: exits ", |line| line.contains(" irq239="), "exits for the host timer, irq239")),
+        ..attack(
+            "std-watchdog",
+            "flags",
+            "std, virtual interrupts off, then spin for ever",
+            Killed("watchdog: still running after guest_timeout=2 seconds"),
+        )
+    },
+    Attack {
+        also: Some((
+            "guest shutdown: ",
+            |line| line == "guest shutdown: DF set at SHUTDOWN; this message must arrive whole",
+            "the SHUTDOWN message given with DF set, whole",
+        )),
+        ..attack(
+            "std-shutdown",
+            "flags",
+            "std, then SHUTDOWN with status 0 and a message",
+            Survives("shutting down with DF set"),
+        )
+    },
+    attack(
+        "ac-hypercall",
+        "flags",
+        "popfq with AC set, then a hypercall",
+        Survives("AC still set after a hypercall"),
+    ),
+    attack(
+        "nt-hypercall",
+        "flags",
+        "popfq with NT set, then a hypercall",
+        Survives("NT set by popfq, clear after a hypercall (Umbra clears it at every entry)"),
+    ),
+    attack(
+        "tf-hypercall",
+        "flags",
+        "popfq with TF set, then a hypercall, with a #DB handler",
+        Handled("#DB traps delivered to our handler before and after a hypercall"),
+    ),
+    Attack {
+        // Hardware sets RF in the frame of every fault, so there the frame
+        // cannot tell: the guest sees RF set whatever Umbra entered with.
+        kvm: Some(Survives("hypercall made with RF set; RF set in the next #GP frame")),
+        ..attack(
+            "rf-hypercall",
+            "flags",
+            "iretq to itself with RF set, onto a hypercall; then cli, whose #GP frame shows RF",
+            Survives("hypercall made with RF set; RF clear in the next #GP frame"),
+        )
+    },
+    attack(
+        "flags-round-trip",
+        "flags",
+        "CF PF AF ZF SF DF OF AC ID set across a hypercall, a page fault, a #GP and a host timer interrupt",
+        Survives(
+            "CF PF AF ZF SF DF OF AC ID kept across a hypercall, a demand-filled page fault, a #GP to our handler \
+             and a host timer interrupt",
+        ),
+    ),
+    // Vectors: 0xe0-0xff are the host's, never a guest's direct gate.
+    Attack {
+        firmware: "guest_timeout=2",
+        also: Some((
+            "guest killed: ",
+            |line| line.contains("LOAD_IDT_ENTRY: vector 239, handler "),
+            "the kill at LOAD_IDT_ENTRY for vector 239, before any spin",
+        )),
+        ..attack(
+            "host-vector-timer",
+            "vectors",
+            "LOAD_IDT_ENTRY making 0xef, the host's timer, a direct gate (IDT_USER); then spin, interrupts off",
+            Killed(HOST_VECTOR),
+        )
+    },
+    attack(
+        "host-vector-spurious",
+        "vectors",
+        "LOAD_IDT_ENTRY making 0xff, the APIC's spurious vector, a direct gate",
+        Killed(HOST_VECTOR),
+    ),
+    attack(
+        "host-vector-first",
+        "vectors",
+        "LOAD_IDT_ENTRY making 0xe0, the first host vector, a direct gate",
+        Killed(HOST_VECTOR),
+    ),
+    attack(
+        "host-vector-pic",
+        "vectors",
+        "LOAD_IDT_ENTRY making 0xf7, the master PIC's spurious IRQ, a direct gate",
+        Killed(HOST_VECTOR),
+    ),
+    Attack {
+        firmware: "guest_timeout=2",
+        also: Some(("stats: exits ", |line| line.contains(" irq239="), "exits for the host timer, irq239")),
+        ..attack(
+            "host-vector-plain",
+            "vectors",
+            "a plain entry on 0xef; 20 exits with virtual interrupts on, none delivered there; then spin with them off",
+            Killed("watchdog: still running after guest_timeout=2 seconds"),
+        )
+    },
+    attack(
+        "into-user",
+        "vectors",
+        "into (0xce) at ring 3, with a user gate on vector 4 and a #UD handler",
+        Handled("#UD from ring 3 delivered to our handler, not vector 4"),
+    ),
+    attack(
+        "int-1f",
+        "vectors",
+        "int 0x1f at ring 1 (every gate it does not own is DPL 0)",
+        Handled("#GP delivered to our handler (error 0xfa)"),
+    ),
 ];
+
+/// The line std-console writes with DF set.
+const STD_CONSOLE_TEXT: &str =
+    "guest: std-console text: 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+const HOST_VECTOR: &str = "the host owns this vector; it may not be a direct gate";
 
 /// Attacks this machine's KVM cannot run, with the reason.
 const KVM_SKIPS: &[(&str, &str)] = &[
@@ -560,6 +710,11 @@ const KVM_SKIPS: &[(&str, &str)] = &[
         "xrstor",
         "this nested KVM fails to emulate the #UD and stops the whole VM ('KVM internal error. \
          Suberror: 1', emulation failure), like int n at ring 1",
+    ),
+    (
+        "int-1f",
+        "int n at ring 1 stops this nested KVM's whole VM ('KVM internal error', emulation failure) \
+         before any exit reaches Umbra",
     ),
 ];
 

@@ -28,13 +28,15 @@ use hv_core::abi;
 
 use crate::console::Printable;
 use crate::hypercall::{hypercall, shutdown};
-use crate::tables::{Frames, KERNEL_BASE};
+use crate::tables::{AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
 
 mod faults;
+mod flags;
 mod hypercalls;
 mod paging;
 mod privilege;
 mod switcher;
+mod vectors;
 
 /// One attack: its name on the command line, and what it does.
 struct Attack {
@@ -43,8 +45,15 @@ struct Attack {
 }
 
 /// Every attack, by group. `tests/attacks.rs` holds the same names.
-const ATTACKS: &[&[Attack]] =
-    &[privilege::ATTACKS, hypercalls::ATTACKS, paging::ATTACKS, switcher::ATTACKS, faults::ATTACKS];
+const ATTACKS: &[&[Attack]] = &[
+    privilege::ATTACKS,
+    hypercalls::ATTACKS,
+    paging::ATTACKS,
+    switcher::ATTACKS,
+    faults::ATTACKS,
+    flags::ATTACKS,
+    vectors::ATTACKS,
+];
 
 /// Runs attack `name`, after INIT.
 pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
@@ -80,6 +89,9 @@ static ATTACK_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
 static ATTACK_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
 #[unsafe(no_mangle)]
 static ATTACK_CS: AtomicU64 = AtomicU64::new(0);
+/// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
+#[unsafe(no_mangle)]
+static ATTACK_RFLAGS: AtomicU64 = AtomicU64::new(0);
 /// Where a handler resumes (0: where the frame says).
 #[unsafe(no_mangle)]
 static ATTACK_RESUME: AtomicU64 = AtomicU64::new(0);
@@ -93,10 +105,11 @@ static ATTACK_STEPS: AtomicU64 = AtomicU64::new(0);
 static ATTACK_TICKS: AtomicU64 = AtomicU64::new(0);
 
 // One handler per exception an attack expects. Each records the vector,
-// the error code (u64::MAX when the CPU pushes none) and the CS it came
-// from, counts, and resumes at ATTACK_RESUME. A trap from user mode
-// cannot `iretq` back into the attack's kernel code, so it abandons the
-// trap stack and jumps there on the kernel stack the attack saved.
+// the error code (u64::MAX when the CPU pushes none), the CS it came from
+// and the RFLAGS it saved, counts, and resumes at ATTACK_RESUME. A trap
+// from user mode cannot `iretq` back into the attack's kernel code, so it
+// abandons the trap stack and jumps there on the kernel stack the attack
+// saved.
 core::arch::global_asm!(
     r#"
     .pushsection .text.guest_traps, "ax"
@@ -111,6 +124,8 @@ core::arch::global_asm!(
     movq $\vector, ATTACK_VECTOR(%rip)
     lock incq ATTACK_TRAPS(%rip)
     pushq %rax
+    movq 24(%rsp), %rax             /* the RFLAGS the trap saved */
+    movq %rax, ATTACK_RFLAGS(%rip)
     movq 16(%rsp), %rax             /* the CS the trap came from */
     movq %rax, ATTACK_CS(%rip)
     andl $3, %eax
@@ -127,6 +142,7 @@ core::arch::global_asm!(
     .endm
 
     attack_handler attack_trap_de, 0, 0
+    attack_handler attack_trap_of, 4, 0
     attack_handler attack_trap_ud, 6, 0
     attack_handler attack_trap_nm, 7, 0
     attack_handler attack_trap_np, 11, 1
@@ -153,6 +169,7 @@ attack_noirq_iret:
 
 unsafe extern "C" {
     fn attack_trap_de();
+    fn attack_trap_of();
     fn attack_trap_ud();
     fn attack_trap_nm();
     fn attack_trap_np();
@@ -203,6 +220,7 @@ fn install_handlers() {
 fn vector_name(vector: u64) -> &'static str {
     match vector {
         0 => "#DE",
+        4 => "#OF",
         6 => "#UD",
         7 => "#NM",
         11 => "#NP",
@@ -279,3 +297,80 @@ const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
 const UNMAPPED: u64 = 0x0000_5000_0000_0000;
 /// The first non-canonical address above the user half.
 const NON_CANONICAL: u64 = 0x0000_8000_0000_0000;
+
+/// A user-mode page at this address, and its stack page above it. A PML4
+/// slot we use for nothing else, so the tables are all new.
+const USER_CODE: u64 = 0x0000_1000_0000_0000;
+const USER_BIT: u64 = 1 << 2;
+
+/// Maps `va` to a fresh frame, user-accessible at every level; returns
+/// the frame.
+fn map_user(space: &mut AddressSpace, va: u64) -> u64 {
+    let frame = space.frames.alloc();
+    space.set(va, PT, frame | PRESENT | WRITABLE | USER_BIT);
+    // `set` made the upper tables supervisor-only; open them to ring 3.
+    // They are new (never present before), so nothing needs announcing.
+    let mut table = space.root;
+    for level in (1..=3).rev() {
+        let entry = phys::<u64>(table + 8 * ((va >> (12 + 9 * level)) & 511));
+        // SAFETY: an entry of our own tables, reached by the identity map.
+        unsafe {
+            let value = entry.read_volatile() | USER_BIT;
+            entry.write_volatile(value);
+            table = value & 0x000F_FFFF_FFFF_F000;
+        }
+    }
+    frame
+}
+
+/// The kernel stack for traps from user mode: 16 KiB of .bss, used through
+/// its kernel alias.
+#[repr(C, align(4096))]
+struct KernelStack([u8; 16384]);
+static mut KERNEL_STACK: KernelStack = KernelStack([0; 16384]);
+
+/// Runs `code` at ring 3, on a user page of its own with a stack page
+/// above it, with rax = SHUTDOWN and rdi = 98: were the trap it must end
+/// in taken for a hypercall, we would exit "survived". Our handlers, which
+/// the caller installs, come back here from user mode on the kernel stack
+/// saved in ATTACK_KERNEL_RSP. `with_stack` says whether we name a kernel
+/// stack first (without one, Umbra has nowhere to deliver the trap).
+fn run_at_ring3(space: &mut AddressSpace, code: &[u8], with_stack: bool) {
+    let page = map_user(space, USER_CODE);
+    map_user(space, USER_CODE + PAGE_SIZE);
+    // SAFETY: a frame we just allocated, reached by the identity map; the
+    // code is far shorter than a page.
+    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), phys::<u8>(page), code.len()) };
+    if with_stack {
+        let top = KERNEL_BASE + &raw const KERNEL_STACK as u64 + 16384;
+        // SAFETY: our own .bss, mapped writable by the kernel alias.
+        unsafe { hypercall(abi::SET_STACK, top, 16384, 0, 0, 0) };
+    }
+    // SAFETY: enters ring 3 at the code; our handler comes back to label
+    // 2 on the kernel stack saved in ATTACK_KERNEL_RSP.
+    unsafe {
+        core::arch::asm!(
+            "lea {t}, [rip + 2f]",
+            "mov qword ptr [rip + {resume}], {t}",
+            "mov qword ptr [rip + {krsp}], rsp",
+            "push {ss}",
+            "push {user_rsp}",
+            "push 0x202",
+            "push {cs}",
+            "push {user_rip}",
+            "iretq",
+            "2:",
+            resume = sym ATTACK_RESUME,
+            krsp = sym ATTACK_KERNEL_RSP,
+            t = out(reg) _,
+            ss = const abi::GUEST_USER_SS as u64,
+            cs = const abi::GUEST_USER_CS as u64,
+            user_rsp = in(reg) USER_CODE + 2 * PAGE_SIZE,
+            user_rip = in(reg) USER_CODE,
+            inout("rax") abi::SHUTDOWN => _,
+            in("rdi") 98u64,
+            in("rsi") 0u64,
+            in("rdx") 0u64,
+        );
+    }
+}

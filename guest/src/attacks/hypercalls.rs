@@ -12,12 +12,12 @@ use core::sync::atomic::Ordering;
 use hv_core::abi::{self, ASYNC_SLOTS};
 
 use super::{
-    ATTACK_CS, ATTACK_KERNEL_RSP, ATTACK_RESUME, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack,
-    NON_CANONICAL, STATE_PAGE, SWITCHER_BASE, UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_trap_gp,
-    install_handlers, load_idt_entry, works,
+    ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, NON_CANONICAL, STATE_PAGE, SWITCHER_BASE,
+    UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_trap_gp, install_handlers, load_idt_entry,
+    run_at_ring3, works,
 };
 use crate::hypercall::{self, hypercall};
-use crate::tables::{self, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use crate::tables::{self, Frames, KERNEL_BASE};
 
 /// A hypercall that Umbra must refuse by killing us.
 fn call(number: u64, args: [u64; 5]) {
@@ -263,37 +263,6 @@ fn bogus_pending(name: &'static str, memory_size: u64, frames: Frames) {
     works(name, format_args!("nothing delivered for bogus pending bits"))
 }
 
-/// A user-mode page at this address, and its stack page above it. A PML4
-/// slot we use for nothing else, so the tables are all new.
-const USER_CODE: u64 = 0x0000_1000_0000_0000;
-const USER_BIT: u64 = 1 << 2;
-
-/// Maps `va` to a fresh frame, user-accessible at every level; returns
-/// the frame.
-fn map_user(space: &mut AddressSpace, va: u64) -> u64 {
-    let frame = space.frames.alloc();
-    space.set(va, PT, frame | PRESENT | WRITABLE | USER_BIT);
-    // `set` made the upper tables supervisor-only; open them to ring 3.
-    // They are new (never present before), so nothing needs announcing.
-    let mut table = space.root;
-    for level in (1..=3).rev() {
-        let entry = phys::<u64>(table + 8 * ((va >> (12 + 9 * level)) & 511));
-        // SAFETY: an entry of our own tables, reached by the identity map.
-        unsafe {
-            let value = entry.read_volatile() | USER_BIT;
-            entry.write_volatile(value);
-            table = value & 0x000F_FFFF_FFFF_F000;
-        }
-    }
-    frame
-}
-
-/// The kernel stack for traps from user mode: 16 KiB of .bss, used through
-/// its kernel alias.
-#[repr(C, align(4096))]
-struct KernelStack([u8; 16384]);
-static mut KERNEL_STACK: KernelStack = KernelStack([0; 16384]);
-
 /// Runs `ud2` at ring 3 with rax = SHUTDOWN and rdi = 98: were it taken
 /// for a hypercall, we would exit "survived". It is a #UD from user mode,
 /// the guest kernel's to handle. `with_stack` says whether we named a
@@ -301,42 +270,7 @@ static mut KERNEL_STACK: KernelStack = KernelStack([0; 16384]);
 fn user_ud2(memory_size: u64, frames: Frames, with_stack: bool) {
     let mut space = tables::build_and_switch(memory_size, frames);
     install_handlers();
-    let code = map_user(&mut space, USER_CODE);
-    map_user(&mut space, USER_CODE + PAGE_SIZE);
-    // SAFETY: a frame we just allocated, reached by the identity map.
-    unsafe { phys::<[u8; 2]>(code).write_volatile(abi::HYPERCALL_INSTRUCTION) };
-    if with_stack {
-        let top = KERNEL_BASE + &raw const KERNEL_STACK as u64 + 16384;
-        // SAFETY: our own .bss, mapped writable by the kernel alias.
-        unsafe { hypercall(abi::SET_STACK, top, 16384, 0, 0, 0) };
-    }
-    // SAFETY: enters ring 3 at the `ud2`; our #UD handler comes back to
-    // label 2 on the kernel stack saved in ATTACK_KERNEL_RSP.
-    unsafe {
-        core::arch::asm!(
-            "lea {t}, [rip + 2f]",
-            "mov qword ptr [rip + {resume}], {t}",
-            "mov qword ptr [rip + {krsp}], rsp",
-            "push {ss}",
-            "push {user_rsp}",
-            "push 0x202",
-            "push {cs}",
-            "push {user_rip}",
-            "iretq",
-            "2:",
-            resume = sym ATTACK_RESUME,
-            krsp = sym ATTACK_KERNEL_RSP,
-            t = out(reg) _,
-            ss = const abi::GUEST_USER_SS as u64,
-            cs = const abi::GUEST_USER_CS as u64,
-            user_rsp = in(reg) USER_CODE + 2 * PAGE_SIZE,
-            user_rip = in(reg) USER_CODE,
-            inout("rax") abi::SHUTDOWN => _,
-            in("rdi") 98u64,
-            in("rsi") 0u64,
-            in("rdx") 0u64,
-        );
-    }
+    run_at_ring3(&mut space, &abi::HYPERCALL_INSTRUCTION, with_stack);
 }
 
 fn user_hypercall(name: &'static str, memory_size: u64, frames: Frames) {
