@@ -1,9 +1,15 @@
+# shellcheck shell=bash
 # Shared by the scripts in this folder: where things are, what is
 # installed, and whether KVM opens. Source it; do not run it.
+# The variables it sets are read by the scripts that source it:
+# shellcheck disable=SC2034
 
 UMBRA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 UMBRA_TARGET=x86_64-unknown-none
 UMBRA_IMAGE="$UMBRA_ROOT/target/$UMBRA_TARGET/release/umbra"
+# The default guest kernel with its symbols and debug info, for gdb: the
+# image embeds it without them (firmware/build.rs writes both).
+UMBRA_GUEST_SYMBOLS="$UMBRA_ROOT/target/$UMBRA_TARGET/release/guest-symbols"
 
 say() { echo "umbra-scripts: $*" >&2; }
 
@@ -19,20 +25,33 @@ ensure_rust_target() {
     }
 }
 
-# QEMU from Debian's packages, when we are root and it is missing.
-ensure_qemu() {
-    command -v qemu-system-x86_64 >/dev/null && return 0
+# Debian's PACKAGE, for the command COMMAND, when we are root and it is
+# missing; otherwise say how to install it and stop.
+ensure_from_debian() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's qemu-system-x86"
+        say "installing Debian's $package"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q qemu-system-x86 >/dev/null 2>&1 ||
-            { apt-get update -q >/dev/null && apt-get install -y -q qemu-system-x86 >/dev/null; } || true
+        apt-get install -y -q "$package" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q "$package" >/dev/null; } || true
     fi
-    command -v qemu-system-x86_64 >/dev/null || {
-        say "qemu-system-x86_64 is missing; install it with: sudo apt-get install qemu-system-x86"
+    command -v "$command" >/dev/null || {
+        say "$command is missing; install it with: sudo apt-get install $package"
         exit 1
     }
 }
+
+ensure_qemu() { ensure_from_debian qemu-system-x86_64 qemu-system-x86; }
+
+# gdb, for scripts/debug.sh and the gdb test (tests/gdb.rs).
+ensure_gdb() { ensure_from_debian gdb gdb; }
+
+# ShellCheck, which scripts/test.sh runs over every script.
+ensure_shellcheck() { ensure_from_debian shellcheck shellcheck; }
+
+# objdump and strip, for the boot tests that read the image itself.
+ensure_binutils() { ensure_from_debian objdump binutils; }
 
 # Does /dev/kvm open for reading and writing?
 kvm_opens() {
@@ -51,6 +70,8 @@ build_image() {
 # under KVM the default model is used; TCG uses the default too.
 qemu_args() {
     local accel=$1 machine=$2 smp=$3 mem=$4 serial=${5:-stdio}
+    # The commas belong to QEMU's option syntax, not to the array.
+    # shellcheck disable=SC2054
     QEMU_ARGS=(-machine "$machine" -accel "$accel" -smp "$smp" -m "$mem"
         -display none -monitor none -serial "$serial" -nic none -no-reboot
         -device isa-debug-exit,iobase=0xf4,iosize=0x04

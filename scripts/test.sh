@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Everything CI checks: formatting, lints, host tests and boot tests.
-# Installs what it needs first (the Rust target; QEMU when run as root).
+# Installs what it needs first (the Rust target; QEMU and gdb when run as
+# root).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$UMBRA_ROOT"
 
 ensure_rust_target
 ensure_qemu
+ensure_gdb
+ensure_binutils
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" ||
         rustup component add "$component" || { say "run: rustup component add $component"; exit 1; }
@@ -16,6 +19,10 @@ step() { echo; echo "== $*"; }
 
 step "format"
 cargo fmt --all -- --check
+
+step "shell scripts (shellcheck)"
+ensure_shellcheck
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run
 
 step "lints (host crates)"
 cargo clippy --all-targets -- -D warnings

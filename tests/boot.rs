@@ -11,7 +11,11 @@
 //! log level, a bad CPU count, too little RAM, the deliberate crashes
 //! (one on an application processor), a module, power-off through ACPI
 //! without QEMU's exit device (with the other CPUs parked), and Cloud
-//! Hypervisor when it is installed.
+//! Hypervisor when it is installed. Small machines (32 and 64 MiB) run
+//! the showcase in what they can spare, several guests share memory, and
+//! a `guest_mem=` too large is one clear error. Two cases only read the
+//! image: its PVH note, and its size stripped (at most 512 KiB, default
+//! guest included).
 //!
 //! Every good boot also runs the default guest to its end. The guest
 //! cases: a guest passed as a module, a guest's own exit status passed
@@ -248,6 +252,92 @@ fn too_little_ram(machine: &'static str) -> Case {
             errors[0].contains("too little memory"),
             "error should say too little memory: {:?}",
             errors[0]
+        );
+        check_exit(&outcome, FIRMWARE_ERROR, true)
+    })
+}
+
+/// A small machine without `guest_mem=`: the guest gets what the machine
+/// can spare, the line says so, and the showcase runs to status 0.
+fn small_machine(accel: Accel, mem: &'static str, mib: u64) -> Case {
+    Case::new(format!("{}_microvm_{}_default_showcase", accel.name(), mem.to_lowercase()), move |name| {
+        let outcome = match boot(name, &Boot::new("microvm", accel).mem(mem)) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let line = outcome.line_starting("guest memory: ").unwrap_or("");
+        let size = line.strip_prefix("guest memory: ").and_then(|l| l.split(' ').next()).unwrap_or("?");
+        check!(
+            outcome,
+            line.ends_with(" MiB, what this machine can spare (less than the default 64 MiB)"),
+            "the guest memory line should say it is what the machine can spare: {line:?}"
+        );
+        check!(
+            outcome,
+            outcome.line_starting(&format!("guest: memory: {size} MiB (")).is_some(),
+            "the guest should have the {size} MiB the line names"
+        );
+        both(check_banner(&outcome, 2, mib), || {
+            both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
+        })
+    })
+}
+
+/// Several guests without `guest_mem=` share the memory; under the
+/// floor, fewer run at once, said in one line, and all still run.
+fn guests_share(mem: &'static str, guests: usize, line: (&'static str, &'static str)) -> Case {
+    Case::new(format!("tcg_microvm_{}_{guests}_guests_share", mem.to_lowercase()), move |name| {
+        let config = Boot::new("microvm", Accel::Tcg).mem(mem).append(format!("guests={guests}"));
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let lines: Vec<&str> = outcome.lines().into_iter().filter(|l| l.contains("guest memory: ")).collect();
+        check!(outcome, lines.len() == 1, "expected one guest memory line, got {lines:?}");
+        // How much each gets depends on Umbra's own footprint; the words
+        // around it do not.
+        let (start, end) = line;
+        check!(
+            outcome,
+            lines[0].starts_with(start) && lines[0].ends_with(end),
+            "expected {start:?}...{end:?}, got {:?}",
+            lines[0]
+        );
+        let ended = format!("guests: {guests} ended: {guests} exited 0, 0 killed, 0 other; ");
+        check!(outcome, outcome.line_starting(&ended).is_some(), "expected every guest to exit 0: {ended:?}");
+        check_exit(&outcome, 0, true)
+    })
+}
+
+/// The smallest guest memory still runs the default guest's showcase.
+fn smallest_guest() -> Case {
+    Case::new("tcg_microvm_guest_mem_4m_showcase", |name| {
+        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append("guest_mem=4M")) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(
+            outcome,
+            outcome.has_line("guest memory: 4 MiB (guest_mem=4M)"),
+            "expected 'guest memory: 4 MiB (guest_mem=4M)'"
+        );
+        both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
+    })
+}
+
+/// `guest_mem=` too large for the machine: one clear error naming it.
+fn guest_mem_too_large() -> Case {
+    Case::new("tcg_microvm_64m_guest_mem_too_large", |name| {
+        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).mem("64M").append("guest_mem=64M")) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let errors: Vec<&str> =
+            outcome.lines().into_iter().filter(|l| l.starts_with("umbra: error:")).collect();
+        check!(
+            outcome,
+            errors == ["umbra: error: no 64 MiB of contiguous memory for guest 1 (guest_mem=64M)"],
+            "expected the one error naming guest_mem=64M, got {errors:?}"
         );
         check_exit(&outcome, FIRMWARE_ERROR, true)
     })
@@ -654,6 +744,47 @@ fn image_uses_no_fs_or_gs() -> Case {
     })
 }
 
+/// The image stays lean: stripped, with its default guest inside, at most
+/// 512 KiB. Measured the loader's way (what the VMM reads: headers and
+/// segments, as `hv_core::elf::strip` keeps), and with binutils' `strip`
+/// when it is installed, which keeps a few section headers more.
+fn image_is_lean() -> Case {
+    Case::new("image_stripped_size", |name| {
+        const LIMIT: usize = 512 << 10;
+        let path = match boot_tests::image() {
+            Ok(path) => path,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let mut image = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => return Verdict::Fail(format!("cannot read {}: {e}", path.display())),
+        };
+        let loaded = match hv_core::elf::strip(&mut image) {
+            Ok(keep) => keep,
+            Err(e) => return Verdict::Fail(format!("the image is not an ELF the loader takes: {e}")),
+        };
+        if loaded > LIMIT {
+            return Verdict::Fail(format!(
+                "the image's headers and segments take {loaded} bytes, over {LIMIT}"
+            ));
+        }
+        if on_path("strip").is_none() {
+            return Verdict::Pass;
+        }
+        let stripped = std::env::temp_dir().join(format!("umbra-{name}-{}", std::process::id()));
+        let status = std::process::Command::new("strip").arg("-o").arg(&stripped).arg(&path).status();
+        let size = std::fs::metadata(&stripped).map(|m| m.len());
+        let _ = std::fs::remove_file(&stripped);
+        match (status, size) {
+            (Ok(status), Ok(size)) if status.success() && size <= LIMIT as u64 => Verdict::Pass,
+            (Ok(status), Ok(size)) if status.success() => {
+                Verdict::Fail(format!("strip leaves {size} bytes of the image, over {LIMIT}"))
+            }
+            (status, size) => Verdict::Fail(format!("strip failed: {status:?}, {size:?}")),
+        }
+    })
+}
+
 fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
@@ -690,7 +821,7 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
 }
 
 fn main() {
-    let mut cases = vec![image_is_a_pvh_exec(), image_uses_no_fs_or_gs()];
+    let mut cases = vec![image_is_a_pvh_exec(), image_is_lean(), image_uses_no_fs_or_gs()];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
             for smp in [1, 2, 4] {
@@ -720,6 +851,25 @@ fn main() {
         cases.push(too_little_ram(machine));
         cases.push(acpi_power_off(machine));
     }
+    for accel in [Accel::Tcg, Accel::Kvm] {
+        cases.push(small_machine(accel, "64M", 64));
+        cases.push(small_machine(accel, "32M", 32));
+    }
+    cases.push(guests_share(
+        "64M",
+        4,
+        ("guest memory: ", " MiB each, so that 4 guests fit at once (less than the default 64 MiB)"),
+    ));
+    cases.push(guests_share(
+        "32M",
+        8,
+        (
+            "warn: guest memory: 4 MiB each, the least; this machine has room for ",
+            " guests at once, not 8: the others wait their turn",
+        ),
+    ));
+    cases.push(smallest_guest());
+    cases.push(guest_mem_too_large());
     for (kind, expect) in [("ud", "#UD"), ("pf", "#PF"), ("panic", "panic"), ("stack", "#DF"), ("ap", "#UD")]
     {
         cases.push(deliberate_crash(Accel::Tcg, kind, expect));

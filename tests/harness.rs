@@ -36,6 +36,18 @@ pub fn guest_elf() -> Result<PathBuf, String> {
     BUILT.get_or_init(|| build_for_target("guest", "guest")).clone()
 }
 
+/// The default guest kernel with its symbols, for gdb: the firmware's
+/// build writes it next to the image, which embeds the guest without them.
+pub fn guest_symbols() -> Result<PathBuf, String> {
+    let image = image()?;
+    let symbols = image.with_file_name("guest-symbols");
+    if symbols.is_file() {
+        Ok(symbols)
+    } else {
+        Err(format!("the image's build left no {}", symbols.display()))
+    }
+}
+
 /// `cargo build --release --target x86_64-unknown-none -p PACKAGE`, and
 /// the path of its binary `BINARY`.
 fn build_for_target(package: &str, binary: &str) -> Result<PathBuf, String> {

@@ -109,6 +109,8 @@ pvh_start32:
 
     .code64
 long_mode_entry:
+    .cfi_startproc
+    .cfi_undefined rip          /* for debuggers: nothing called this */
     mov $0x10, %ax
     mov %ax, %ds
     mov %ax, %es
@@ -121,6 +123,7 @@ long_mode_entry:
     mov %esi, %edi              /* zero-extends start_info into rdi */
     call umbra_main
     ud2
+    .cfi_endproc
     .popsection
 
     .pushsection .rodata.boot, "a"

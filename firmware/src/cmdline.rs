@@ -77,8 +77,12 @@ pub struct Config {
     /// `start_info_test`: parse a crafted start_info from module 0 (see
     /// [`crate::bootinfo::ModuleMemory`]), report, and stop.
     pub start_info_test: bool,
-    /// Bytes of memory each guest gets, from `guest_mem=` (default 64M).
+    /// Bytes of memory each guest gets, from `guest_mem=`; without it, the
+    /// most each gets (`guestmem` gives less where the machine is small).
     pub guest_mem: u64,
+    /// Whether `guest_mem=` was given: only then is `guest_mem` taken as
+    /// it is.
+    pub guest_mem_given: bool,
     /// `guest_timeout=SECONDS`: kill a guest that runs longer (0, the
     /// default: never; `guest_timeout=0` itself is refused with a warning).
     pub guest_timeout_s: u64,
@@ -115,6 +119,7 @@ impl Default for Config {
             crash: None,
             start_info_test: false,
             guest_mem: DEFAULT_GUEST_MEM,
+            guest_mem_given: false,
             guest_timeout_s: 0,
             guests: 1,
             guests_at_once: None,
@@ -270,13 +275,13 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                 }
             },
             b"guest_mem" => match parse_size(value).filter(|b| (MIN_GUEST_MEM..=MAX_GUEST_MEM).contains(b)) {
-                Some(bytes) => config.guest_mem = bytes,
+                Some(bytes) => (config.guest_mem, config.guest_mem_given) = (bytes, true),
                 None => {
                     let _ = notices.push(CmdlineNotice::BadValue {
                         key: "guest_mem",
                         value: Excerpt::of(value),
                         expected: "a size from 4M to 64G, like 64M",
-                        default: "64M",
+                        default: "64M or what the machine can spare",
                     });
                 }
             },
@@ -407,6 +412,19 @@ mod tests {
             assert_eq!(config.guest_mem, DEFAULT_GUEST_MEM, "{bad:?}");
             assert_eq!(notices.len(), 1);
         }
+    }
+
+    #[test]
+    fn guest_memory_given_or_not() {
+        assert!(parse_all(b"guest_mem=16M").0.guest_mem_given);
+        assert!(!parse_all(b"").0.guest_mem_given);
+        let (config, notices) = parse_all(b"guest_mem=2M");
+        assert!(!config.guest_mem_given);
+        assert_eq!(
+            format!("{}", notices[0]),
+            "cmdline: unknown value '2M' for guest_mem= (expected a size from 4M to 64G, like 64M); \
+             using 64M or what the machine can spare"
+        );
     }
 
     #[test]

@@ -255,6 +255,45 @@ impl<'bits> FrameAllocator<'bits> {
         None
     }
 
+    /// The runs of wholly free blocks of `block` frames (each starting at
+    /// a multiple of `block` frames), as their lengths in blocks: where
+    /// [`alloc_contiguous`](Self::alloc_contiguous) with that alignment can
+    /// place a run. When there are more than [`MAX_FREE_RANGES`], the
+    /// longest are kept.
+    pub fn free_block_runs(&self, block: usize) -> Vec<u64, MAX_FREE_RANGES> {
+        let mut runs: Vec<u64, MAX_FREE_RANGES> = Vec::new();
+        let block = block.max(1);
+        let blocks = self.bits.len() * 64 / block;
+        let mut keep = |length: u64| {
+            if length == 0 {
+                return;
+            }
+            if runs.push(length).is_err()
+                && let Some(shortest) = runs.iter_mut().min().filter(|shortest| **shortest < length)
+            {
+                *shortest = length;
+            }
+        };
+        let mut length = 0;
+        for index in 0..blocks {
+            let frames = index * block..(index + 1) * block;
+            // Whole bitmap words at a time where the block is made of them.
+            let free = if block.is_multiple_of(64) {
+                self.bits[frames.start / 64..frames.end / 64].iter().all(|&word| word == u64::MAX)
+            } else {
+                frames.clone().all(|frame| self.is_free(frame))
+            };
+            if free {
+                length += 1;
+            } else {
+                keep(length);
+                length = 0;
+            }
+        }
+        keep(length);
+        runs
+    }
+
     pub fn free(&mut self, addr: u64) -> Result<(), FreeError> {
         if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(FreeError::Misaligned(addr));
@@ -397,6 +436,45 @@ mod tests {
         assert_eq!(frames.free_frames(), before);
         let small = frames.alloc_contiguous(3, 1).unwrap();
         assert_eq!(small, MIB);
+    }
+
+    #[test]
+    fn free_block_runs_are_where_aligned_runs_fit() {
+        // 1 MiB to 7 MiB free: the 2 MiB blocks at 2 and 4 MiB are whole,
+        // the first and last halves are not.
+        let ranges = [PhysRange { start: MIB, end: 7 * MIB }, PhysRange { start: 10 * MIB, end: 16 * MIB }];
+        let mut bits = vec![0u64; bitmap_words(&ranges)];
+        let mut frames = allocator_over(&mut bits, &ranges);
+        assert_eq!(frames.free_block_runs(512).as_slice(), &[2, 3]);
+        // A run placed, and one frame taken out of the 12 MiB block.
+        assert_eq!(frames.alloc_contiguous(1024, 512), Some(2 * MIB));
+        assert_eq!(frames.alloc_contiguous(1, 3072), Some(12 * MIB));
+        assert_eq!(frames.free_block_runs(512).as_slice(), &[1, 1]);
+    }
+
+    #[test]
+    fn free_block_runs_of_blocks_smaller_than_a_word() {
+        // Frames 256 to 265: the 3-frame blocks at 258 and 261 are whole.
+        let ranges = [PhysRange { start: MIB, end: MIB + 10 * PAGE_SIZE }];
+        let mut bits = vec![0u64; bitmap_words(&ranges)];
+        let frames = allocator_over(&mut bits, &ranges);
+        assert_eq!(frames.free_block_runs(3).as_slice(), &[2]);
+    }
+
+    #[test]
+    fn free_block_runs_keep_the_longest_when_there_are_many() {
+        // 2 MiB blocks 1 to 160 free, then a frame taken from every other
+        // block up to 140: 70 runs of one block, and one of 20 at the end.
+        let ranges = [PhysRange { start: 2 * MIB, end: 322 * MIB }];
+        let mut bits = vec![0u64; bitmap_words(&ranges)];
+        let mut frames = allocator_over(&mut bits, &ranges);
+        for block in 1..=70 {
+            assert_eq!(frames.alloc_contiguous(1, 1024), Some(block * 4 * MIB));
+        }
+        let runs = frames.free_block_runs(512);
+        assert_eq!(runs.len(), MAX_FREE_RANGES);
+        assert_eq!(runs.iter().filter(|&&r| r == 1).count(), MAX_FREE_RANGES - 1);
+        assert!(runs.contains(&20));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! decides what every exit means; this module gives it real things to
 //! work on:
 //! - [`GuestRam`]: the guest's memory, one contiguous run of host frames
-//!   (`guest_mem=`, 64 MiB by default), scrubbed before and after use;
+//!   (`guest_mem=`; without it 64 MiB, or what the machine can spare:
+//!   `umbra_firmware::guestmem`), scrubbed before and after use;
 //! - [`ShadowPool`]: frames for shadow page tables, from the frame pool,
 //!   up to a cap;
 //! - [`Console`]: the serial port, the clock and the TSC rate.
@@ -30,6 +31,7 @@ use hv_core::traps::HaltState;
 use hv_core::vcpu::{self, Host, Kill, Next, Stats, Vcpu};
 use paging::{Counters, FramePool, GuestMemory, ShadowMmu};
 use switcher_asm::layout::{self, GuestRegs};
+use umbra_firmware::guestmem::GuestMemPlan;
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
 
@@ -304,25 +306,18 @@ struct Slot {
 }
 
 /// Load the guests and run them to the end, time-sliced on this CPU, at
-/// most `at_once` at a time: a waiting guest starts when another ends, in
-/// memory that may well be the finished guest's, scrubbed. `total` guests
-/// run in all; guest i runs `guests[i]`, and those past the end of the
-/// list run its last entry again. Returns the firmware's exit status: 0
-/// when every guest exited with 0; 101 when a guest could not be set up
-/// at all; otherwise the status of the first guest (in order) that did
-/// not exit 0.
-pub fn run(
-    guests: &[GuestImage],
-    total: usize,
-    at_once: usize,
-    memory_size: u64,
-    tsc_khz: u64,
-    timeout_s: u64,
-) -> u8 {
+/// most `memory.at_once` at a time, each in `memory.size` bytes: a waiting
+/// guest starts when another ends, in memory that may well be the finished
+/// guest's, scrubbed. `total` guests run in all; guest i runs `guests[i]`,
+/// and those past the end of the list run its last entry again. Returns
+/// the firmware's exit status: 0 when every guest exited with 0; 101 when
+/// a guest could not be set up at all; otherwise the status of the first
+/// guest (in order) that did not exit 0.
+pub fn run(guests: &[GuestImage], total: usize, memory: &GuestMemPlan, tsc_khz: u64, timeout_s: u64) -> u8 {
     let clock = Console { tsc_khz, boot_tsc: rdtsc(), prefix: None, at_line_start: true };
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
     let several = total > 1;
-    let at_once = at_once.clamp(1, MAX_GUESTS);
+    let at_once = memory.at_once.clamp(1, MAX_GUESTS);
     let mut totals = Totals { free_before: free_frames(), ..Totals::default() };
     let mut waiting = (0..total).filter_map(|index| Some((index, guests.get(index).or(guests.last())?)));
     let mut slots: heapless::Vec<Slot, MAX_GUESTS> = heapless::Vec::new();
@@ -331,7 +326,7 @@ pub fn run(
             let Some((index, guest)) = waiting.next() else { return };
             let number = index + 1;
             let console = Console { prefix: several.then_some(number), ..clock };
-            match load(guest, memory_size, number, &console) {
+            match load(guest, memory, number, &console) {
                 Ok((vcpu, regs)) => {
                     let deadline_ns =
                         console.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
@@ -610,17 +605,18 @@ fn install_switcher_state(vcpu: &Vcpu<GuestRam, ShadowPool>, cpu: &CpuPages) {
 /// On failure, the status it ends with (the reason is printed).
 fn load(
     guest: &GuestImage,
-    memory_size: u64,
+    memory: &GuestMemPlan,
     number: usize,
     console: &Console,
 ) -> Result<(Vcpu<GuestRam, ShadowPool>, GuestRegs), u8> {
+    let memory_size = memory.size;
     let Some(mut ram) = take_guest_memory(memory_size) else {
         return Err(console.finish(
             status::FIRMWARE_ERROR,
             format_args!(
-                "umbra: error: no {} MiB of contiguous memory for guest {number} (guest_mem={}M)",
+                "umbra: error: no {} MiB of contiguous memory for guest {number} ({})",
                 memory_size >> 20,
-                memory_size >> 20
+                memory.origin()
             ),
         ));
     };

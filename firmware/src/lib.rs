@@ -15,6 +15,7 @@
 //!   which CPUs exist, and how to switch the machine off;
 //! - [`frames`] turns the memory map into free page frames, keeping out
 //!   everything that is already spoken for;
+//! - [`guestmem`] decides how much of them each guest gets;
 //! - [`status`] names the exit statuses every test relies on.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod aml;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod frames;
+pub mod guestmem;
 pub mod madt;
 pub mod status;
 

@@ -302,9 +302,23 @@ mod boot {
                 Quoted(guest_cmdline)
             );
         }
-        let at_once = config.guests_at_once.unwrap_or(guest::MAX_GUESTS);
         let total = if info.modules.is_empty() { config.guests } else { guests.len() };
-        let status = guest::run(&guests, total, at_once, config.guest_mem, tsc_khz, config.guest_timeout_s);
+        let together =
+            config.guests_at_once.unwrap_or(guest::MAX_GUESTS).min(total).clamp(1, guest::MAX_GUESTS);
+        let given = config.guest_mem_given.then_some(config.guest_mem);
+        let Some(memory) = memory::plan_guest_memory(given, config.guest_mem, together) else {
+            fatal(format_args!(
+                "no room for a guest: {} MiB free, and a guest needs at least {} MiB and room for its shadow tables",
+                memory::free_mib(),
+                umbra_firmware::guestmem::SHARED_FLOOR >> 20
+            ))
+        };
+        if memory.is_warning() {
+            log::warn!("{memory}");
+        } else {
+            log::info!("{memory}");
+        }
+        let status = guest::run(&guests, total, &memory, tsc_khz, config.guest_timeout_s);
         power::exit(status)
     }
 

@@ -25,6 +25,7 @@ use spin::Mutex;
 use umbra_firmware::PhysRange;
 use umbra_firmware::bootinfo::{BootInfo, PhysMemory};
 use umbra_firmware::frames::{self, FrameAllocator, PAGE_SIZE};
+use umbra_firmware::guestmem::{self, FreeMemory, GuestMemPlan};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::{PhysAddr, instructions::tlb};
@@ -35,9 +36,12 @@ const MIB: u64 = 1 << 20;
 pub const BOOT_MAPPED: u64 = 4 * GIB;
 /// RAM above this is left alone (and said so).
 pub const MAX_PHYS: u64 = 64 * GIB;
-/// Below this much usable memory Umbra refuses to run: it needs room for
-/// its own tables and for at least one guest.
-pub const MIN_USABLE: u64 = 32 * MIB;
+/// Below this much usable memory Umbra refuses to run. Its own tables and
+/// one guest of the smallest size with its shadow tables need about 12
+/// MiB; the rest is headroom, so that a machine of 32 MiB (about 30
+/// usable) runs the default guest in 24 MiB, and a smaller one is
+/// refused in one line rather than squeezed.
+pub const MIN_USABLE: u64 = 24 * MIB;
 
 /// Physical memory as the boot code may read it: identity-mapped, and
 /// only within the boot stub's 4 GiB.
@@ -202,6 +206,22 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
     tlb::flush_all();
     *FRAMES.lock() = Some(allocator);
     Ok(MemorySummary { usable_bytes, ignored_above })
+}
+
+/// Each guest's memory, from `guest_mem=` (`given`) or from what the
+/// frame pool has room for now, with `at_once` guests together (see
+/// `umbra_firmware::guestmem`). `None` when not even one guest fits.
+pub fn plan_guest_memory(given: Option<u64>, default: u64, at_once: usize) -> Option<GuestMemPlan> {
+    let frames = FRAMES.lock();
+    let frames = frames.as_ref()?;
+    let runs = frames.free_block_runs((guestmem::BLOCK / PAGE_SIZE) as usize);
+    let free = FreeMemory { bytes: frames.free_frames() as u64 * PAGE_SIZE, block_runs: &runs };
+    guestmem::plan(given, default, at_once, &free)
+}
+
+/// Free memory in MiB, for messages.
+pub fn free_mib() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |frames| frames.free_frames() as u64 * PAGE_SIZE / MIB)
 }
 
 pub const PRESENT: u64 = 1 << 0;

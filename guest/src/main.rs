@@ -70,7 +70,8 @@ mod traps;
 // mode with `rdi` and `rsp` both holding the address of the `BootInfo`;
 // the stack grows down from it. A loader should zero .bss, but clearing
 // it ourselves costs a few instructions and spares us from trusting that.
-// `rbp` is cleared so a frame-pointer backtrace ends here.
+// `rbp` is cleared so a frame-pointer backtrace ends here, and the
+// unwind information says so to gdb.
 #[cfg(target_os = "none")]
 core::arch::global_asm!(
     r#"
@@ -85,6 +86,8 @@ core::arch::global_asm!(
     .section .text.entry, "ax"
     .global guest_entry
 guest_entry:
+    .cfi_startproc
+    .cfi_undefined rip          /* for debuggers: nothing called this */
     mov %rdi, %rdx
     lea __bss_start(%rip), %rdi
     lea __bss_end(%rip), %rcx
@@ -97,6 +100,7 @@ guest_entry:
     xor %ebp, %ebp
     call guest_main
 1:  jmp 1b
+    .cfi_endproc
     "#,
     options(att_syntax)
 );

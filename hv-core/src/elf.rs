@@ -38,6 +38,10 @@
 //! Segments are named in errors by their index in the program header table,
 //! the same number `readelf -l` prints, so a message can be checked against
 //! the file.
+//!
+//! Since the loader reads only the headers and the segments, [`strip`] can
+//! cut the rest off an image (its symbols and debug info): the firmware
+//! embeds its default guest that way, and a debugger reads the whole file.
 
 use core::fmt;
 
@@ -45,6 +49,11 @@ use core::fmt;
 pub const MAX_PROGRAM_HEADERS: usize = 16;
 
 const EHDR_SIZE: usize = 64;
+/// Where the ELF header says where the section headers are, how many,
+/// and which one names the others; [`strip`] clears them.
+const E_SHOFF: usize = 40;
+const E_SHNUM: usize = 60;
+const E_SHSTRNDX: usize = 62;
 const PHDR_SIZE: usize = 56;
 const MAGIC: [u8; 4] = *b"\x7fELF";
 const ELFCLASS64: u8 = 2;
@@ -200,6 +209,47 @@ pub fn load(image: &[u8], target: &mut impl LoadTarget) -> Result<LoadedImage, L
         }
     }
     Ok(plan.loaded)
+}
+
+/// Cuts `image` down to the bytes [`load`] reads, for embedding a guest
+/// in the firmware without its debug info and symbols, which are only
+/// for a debugger and can be most of the file. Returns how many leading
+/// bytes to keep: the ELF header, the program header table and every
+/// segment's file bytes. The header's fields that point at the section
+/// header table, which linkers put after everything else, are cleared so
+/// the cut file stays well-formed for other tools too.
+///
+/// Only an image `load` accepts (in a memory large enough) is cut, and the
+/// cut image loads exactly as the whole one did: nothing it reads is
+/// dropped.
+pub fn strip(image: &mut [u8]) -> Result<usize, LoadError> {
+    plan(image, u64::MAX)?;
+    // `plan` checked the header and that the table lies inside the image.
+    let header = image
+        .get(..EHDR_SIZE)
+        .and_then(Header::parse)
+        .ok_or(LoadError::HeaderTruncated { len: image.len() })?;
+    let table_start = usize::try_from(header.phoff).map_err(|_| LoadError::ProgramHeadersOutsideImage)?;
+    let table_end = table_start
+        .checked_add(usize::from(header.phnum) * PHDR_SIZE)
+        .filter(|&end| end <= image.len())
+        .ok_or(LoadError::ProgramHeadersOutsideImage)?;
+    let mut keep = EHDR_SIZE.max(table_end);
+    for raw in image[table_start..table_end].chunks_exact(PHDR_SIZE) {
+        let header = ProgramHeader::parse(raw).ok_or(LoadError::ProgramHeadersOutsideImage)?;
+        // Every segment's bytes are kept, notes included. A loaded segment
+        // with no file bytes still needs its offset inside the file; a
+        // note that runs past the end, which the loader skips, keeps up
+        // to the end, so it is skipped still.
+        if header.filesz != 0 || (header.p_type == PT_LOAD && header.memsz != 0) {
+            let end = header.offset.saturating_add(header.filesz);
+            keep = keep.max(usize::try_from(end).unwrap_or(usize::MAX).min(image.len()));
+        }
+    }
+    for (at, width) in [(E_SHOFF, 8), (E_SHNUM, 2), (E_SHSTRNDX, 2)] {
+        image[at..at + width].fill(0);
+    }
+    Ok(keep)
 }
 
 /// One segment, checked: every address here is inside guest memory.
@@ -960,6 +1010,70 @@ mod tests {
             let message = error.to_string();
             assert!(!message.is_empty() && !message.contains('\n'), "{error:?}");
         }
+    }
+
+    /// The good image with what a linker adds after the segments: debug
+    /// info, symbols and a section header table the header points at.
+    fn with_symbols() -> (Vec<u8>, usize) {
+        let mut image = good().build();
+        let loadable = image.len();
+        image.extend_from_slice(&[0xdb; 3000]);
+        put64(&mut image, E_SHOFF, loadable as u64 + 1000);
+        put16(&mut image, E_SHNUM, 17);
+        put16(&mut image, E_SHSTRNDX, 15);
+        (image, loadable)
+    }
+
+    #[test]
+    fn strip_keeps_exactly_what_load_reads() {
+        let (whole, loadable) = with_symbols();
+        let mut cut = whole.clone();
+        let keep = strip(&mut cut).unwrap();
+        assert_eq!(keep, loadable);
+        cut.truncate(keep);
+        assert_eq!(&cut[E_SHOFF..E_SHOFF + 8], &[0; 8]);
+        assert_eq!(&cut[E_SHNUM..E_SHSTRNDX + 2], &[0; 4]);
+        let (mut before, mut after) = (VecTarget::new(MEMORY), VecTarget::new(MEMORY));
+        assert_eq!(load(&whole, &mut before), load(&cut, &mut after));
+        assert_eq!(before.memory, after.memory);
+        // Cutting again changes nothing.
+        let mut again = cut.clone();
+        assert_eq!(strip(&mut again), Ok(keep));
+        assert_eq!(again, cut);
+    }
+
+    #[test]
+    fn strip_keeps_a_note_at_the_end() {
+        let umbra = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
+        let mut image = with_notes(&umbra);
+        let loadable = image.len();
+        image.extend_from_slice(&[0xdb; 100]);
+        assert_eq!(strip(&mut image), Ok(loadable));
+        assert_eq!(try_load(&image[..loadable]).unwrap().entry, 0x1003);
+    }
+
+    #[test]
+    fn strip_keeps_the_offset_of_a_segment_without_file_bytes() {
+        // The loader wants even an empty slice of the file to start inside
+        // it (the fuzzer found this one).
+        let mut image =
+            Builder::new(0x1000).load(PF_X, 0x1000, TEXT, 0x10).load(PF_W, 0x3000, &[], 0x10).build();
+        let loadable = image.len();
+        image.extend_from_slice(&[0xdb; 100]);
+        put64(&mut image, ph_at(1) + P_OFFSET, loadable as u64 + 40);
+        let keep = strip(&mut image).unwrap();
+        assert_eq!(keep, loadable + 40);
+        assert!(try_load(&image[..keep]).is_ok());
+    }
+
+    #[test]
+    fn strip_refuses_what_load_refuses() {
+        let (mut image, _) = with_symbols();
+        put16(&mut image, E_MACHINE, 3);
+        let unchanged = image.clone();
+        assert_eq!(strip(&mut image), Err(LoadError::NotX86_64 { machine: 3 }));
+        assert_eq!(image, unchanged);
+        assert_eq!(strip(&mut []), Err(LoadError::BadMagic));
     }
 
     /// Random damage to a good image (flipped bits, random bytes, hostile

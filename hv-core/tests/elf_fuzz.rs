@@ -15,7 +15,9 @@
 //! - an accepted image wrote only inside guest memory, each segment's file
 //!   bytes then zeros exactly where the program headers say, no two
 //!   segments on the same bytes, and the entry point lies in a loaded,
-//!   executable segment.
+//!   executable segment;
+//! - an accepted image, cut down by `elf::strip` as the firmware's build
+//!   cuts its default guest, loads exactly the same.
 //!
 //! `UMBRA_FUZZ_RUNS` sets the number of runs (default 20,000, a few
 //! seconds), `UMBRA_FUZZ_SEED` the first seed; a failure names its seed.
@@ -355,6 +357,21 @@ fn check_accepted(seed: u64, image: &[u8], target: &Target, loaded: LoadedImage)
     }
 }
 
+/// An accepted image, cut down by `elf::strip`, loads exactly the same.
+fn check_stripped(seed: u64, image: &[u8], whole: &Target, loaded: LoadedImage) {
+    let mut cut = image.to_vec();
+    let keep =
+        elf::strip(&mut cut).unwrap_or_else(|e| panic!("seed {seed}: strip refused an accepted image: {e}"));
+    assert!(keep <= image.len(), "seed {seed}: strip kept {keep} of {} bytes", image.len());
+    cut.truncate(keep);
+    let mut target =
+        Target { size: whole.size, bytes: whole.bytes.as_ref().map(|b| vec![0xa5; b.len()]), writes: vec![] };
+    let again = elf::load(&cut, &mut target);
+    assert_eq!(again, Ok(loaded), "seed {seed}: the stripped image loads differently");
+    assert_eq!(target.bytes, whole.bytes, "seed {seed}: the stripped image wrote other bytes");
+    assert_eq!(target.writes, whole.writes, "seed {seed}: the stripped image wrote elsewhere");
+}
+
 /// One run; whether the image was accepted.
 fn run_once(seed: u64) -> bool {
     let mut rng = Rng::seeded(seed);
@@ -374,6 +391,7 @@ fn run_once(seed: u64) -> bool {
     match elf::load(&image, &mut target) {
         Ok(loaded) => {
             check_accepted(seed, &image, &target, loaded);
+            check_stripped(seed, &image, &target, loaded);
             true
         }
         Err(error) => {

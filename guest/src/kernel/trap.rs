@@ -81,6 +81,10 @@ kernel_vectors:
 
     .global kernel_trap_common, kernel_trap_return, kernel_noirq_iret
 kernel_trap_common:
+    /* For debuggers: what called this is no function but an interrupted
+       context, so a backtrace ends here instead of wandering into it. */
+    .cfi_startproc
+    .cfi_undefined rip
     movl $0, GUEST_SHARED_PAGE+4(%rip)
     pushq %rax
     pushq %rbx
@@ -123,6 +127,7 @@ kernel_trap_return:
 kernel_noirq_iret:
     iretq
 1:  iretq
+    .cfi_endproc
 
     .global kernel_switch
 kernel_switch:

@@ -1,0 +1,224 @@
+//! # Debugging with gdb, as a test
+//!
+//! `scripts/debug.sh` is how a person debugs Umbra and its guest kernel:
+//! QEMU halted with its gdb stub, gdb holding the firmware's symbols and
+//! the guest kernel's (at both addresses the kernel runs at). This test
+//! drives that script in batch mode, under TCG and under KVM when
+//! `/dev/kvm` opens, and reads gdb's transcript the way a person would:
+//!
+//! 1. it stops at `umbra_main`;
+//! 2. it stops at `guest_main`, in the guest kernel, still in linear mode
+//!    at ring 1 (`cs` 0x19), with a backtrace down to `guest_entry`;
+//! 3. it stops at the kernel's system-call handler, in its higher half,
+//!    with a backtrace naming the trap path, and steps out of it
+//!    (`finish`) back into that path;
+//! 4. it lets the boot go on, and Umbra exits with status 0.
+//!
+//! Each backtrace must end at the entry stub it started from (the
+//! firmware's, the guest's, the kernel's trap stub), which the stubs'
+//! unwind information says.
+//!
+//! Every breakpoint is a hardware one, the only kind this nested KVM
+//! survives, and the script makes gdb's own (`finish`) hardware ones too
+//! there, so both accelerators run the same steps and nothing is skipped
+//! but KVM where it does not open. gdb's transcript is kept in
+//! `target/boot-tests/<case>.log`, the serial console next to it.
+//!
+//! Run it with `cargo test -p boot-tests --test gdb`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use boot_tests::{Accel, Case, Verdict, kvm_opens, on_path, run_cases, run_with_timeout, workspace_root};
+
+/// What gdb does once stopped at `umbra_main`, where the script leaves it.
+/// Breakpoints are deleted once passed: KVM has four debug registers, and
+/// a guest breakpoint takes two (one per address the kernel runs at).
+const COMMANDS: &str = "\
+bt
+continue
+bt
+info registers cs
+delete
+hbreak guest::kernel::trap::syscall
+continue
+bt
+info registers cs
+finish
+delete
+continue
+";
+
+/// One thing the transcript must show, after the previous one.
+struct Step {
+    what: &'static str,
+    seen: fn(&str) -> bool,
+}
+
+fn ring1(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    words.next() == Some("cs") && words.next() == Some("0x19")
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        what: "a stop at umbra_main",
+        seen: |l| l.contains("hit Breakpoint 1, umbra::boot::umbra_main ("),
+    },
+    Step {
+        what: "umbra_main at the top of the backtrace",
+        seen: |l| l.starts_with("#0  umbra::boot::umbra_main"),
+    },
+    // The low location: the kernel starts in linear mode.
+    Step {
+        what: "a stop in the guest at guest_main's low address",
+        seen: |l| l.contains("hit Breakpoint 2.1, "),
+    },
+    Step {
+        what: "guest_main in the backtrace",
+        seen: |l| l.starts_with('#') && l.contains("guest::boot::guest_main ("),
+    },
+    Step { what: "guest_entry under it", seen: |l| l.starts_with('#') && l.contains(" in guest_entry ()") },
+    Step { what: "cs 0x19 (ring 1) in guest_main", seen: ring1 },
+    // The high location: the handler runs in the kernel's higher half.
+    Step {
+        what: "a stop at the system-call handler's high address",
+        seen: |l| l.contains("hit Breakpoint 3.2, guest::kernel::trap::syscall ("),
+    },
+    Step {
+        what: "the handler at the top of the backtrace",
+        seen: |l| l.starts_with("#0  guest::kernel::trap::syscall ("),
+    },
+    Step {
+        what: "kernel_trap under it",
+        seen: |l| l.starts_with("#1  0xffff8") && l.contains(" in guest::kernel::trap::kernel_trap ("),
+    },
+    Step {
+        what: "the trap stub under that",
+        seen: |l| l.starts_with("#2  0xffff8") && l.contains(" in kernel_trap_common ()"),
+    },
+    Step { what: "cs 0x19 (ring 1) in the handler", seen: ring1 },
+    Step {
+        what: "finish: back in kernel_trap, in the higher half",
+        seen: |l| l.starts_with("0xffff8") && l.contains(" in guest::kernel::trap::kernel_trap ("),
+    },
+];
+
+/// A port nothing listens on now. Another process may take it before
+/// QEMU does; the case then tries another.
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn fail(why: impl std::fmt::Display, transcript: &Path, serial: &Path) -> Verdict {
+    Verdict::Fail(format!(
+        "{why}\n      gdb's transcript kept in {}\n      serial output kept in {}",
+        transcript.display(),
+        serial.display()
+    ))
+}
+
+fn gdb_session(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_gdb_guest_kernel", accel.name()), move |name| {
+        if accel == Accel::Kvm && !kvm_opens() {
+            return Verdict::Skip("/dev/kvm does not open on this machine".into());
+        }
+        if on_path("gdb").is_none() {
+            return Verdict::Fail("gdb is not installed: scripts/test.sh installs Debian's gdb".into());
+        }
+        if let Err(e) = boot_tests::guest_symbols() {
+            return Verdict::Fail(e);
+        }
+        let dir = workspace_root().join("target/boot-tests");
+        let commands = dir.join(format!("{name}.gdb"));
+        let serial = dir.join(format!("{name}-serial.log"));
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&commands, COMMANDS)) {
+            return Verdict::Fail(format!("cannot write {}: {e}", commands.display()));
+        }
+        let _ = std::fs::remove_file(&serial);
+        // The boot's own limit, inside the script; the outer one also
+        // covers the script's build check and gdb's start.
+        let limit = if accel == Accel::Kvm { 300 } else { 120 };
+        let mut outcome = None;
+        for _ in 0..3 {
+            let port = match free_port() {
+                Ok(port) => port,
+                Err(e) => return Verdict::Fail(e),
+            };
+            let mut script = Command::new("bash");
+            script
+                .arg(workspace_root().join("scripts/debug.sh"))
+                .args(["--accel", accel.name(), "--machine", "microvm"])
+                .args(["--break", "umbra_main", "--guest-break", "guest_main"])
+                .arg("--batch")
+                .arg(&commands)
+                .args(["--port", &port.to_string(), "--timeout", &limit.to_string()])
+                .arg("--serial")
+                .arg(&serial);
+            let run = match run_with_timeout(script, Duration::from_secs(limit + 120), name) {
+                Ok(run) => run,
+                Err(e) => return Verdict::Fail(e),
+            };
+            let port_taken = run.stderr.contains("Address already in use");
+            outcome = Some(run);
+            if !port_taken {
+                break;
+            }
+        }
+        let Some(outcome) = outcome else { return Verdict::Fail("no run".into()) };
+        let (transcript, console) = (&outcome.log, serial.as_path());
+        let mut lines = outcome.lines().into_iter();
+        let mut after = "the start";
+        for step in STEPS {
+            if !lines.any(step.seen) {
+                return fail(
+                    format_args!("gdb did not show {} (after {after})", step.what),
+                    transcript,
+                    console,
+                );
+            }
+            after = step.what;
+        }
+        // The entry stubs say nothing called them: a backtrace ends there
+        // rather than wandering into what the stack holds below.
+        let lines = outcome.lines();
+        for (at, line) in lines.iter().enumerate() {
+            let stub = ["in long_mode_entry ()", "in guest_entry ()", "in kernel_trap_common ()"]
+                .into_iter()
+                .find(|stub| line.starts_with('#') && line.contains(stub));
+            let next = lines.get(at + 1).copied().unwrap_or("");
+            if let Some(stub) = stub
+                && (next.starts_with('#') || next.starts_with("Backtrace stopped"))
+            {
+                return fail(
+                    format_args!("the backtrace went on past '{stub}': {next:?}"),
+                    transcript,
+                    console,
+                );
+            }
+        }
+        let serial_text = std::fs::read_to_string(console).unwrap_or_default();
+        let serial_lines: Vec<&str> = serial_text.lines().map(|l| l.trim_end_matches('\r')).collect();
+        if !serial_lines.contains(&"guest: scenario showcase: all 6 programs ended as expected") {
+            return fail("the showcase did not run to its end after the debugging", transcript, console);
+        }
+        let last = serial_lines.iter().rev().find(|l| !l.is_empty()).copied().unwrap_or("");
+        if last != "umbra: exit status 0" || outcome.exit_code != Some(0) {
+            return fail(
+                format_args!(
+                    "Umbra should exit with status 0: debug.sh exited {:?}, last serial line {last:?}",
+                    outcome.exit_code
+                ),
+                transcript,
+                console,
+            );
+        }
+        Verdict::Pass
+    })
+}
+
+fn main() {
+    run_cases(vec![gdb_session(Accel::Tcg), gdb_session(Accel::Kvm)], 2)
+}
