@@ -3,12 +3,17 @@
 //! Each case boots the real image and checks what a user would see. The
 //! matrix: pc, q35 and microvm, under TCG always and under KVM when
 //! `/dev/kvm` opens (otherwise those cases are skipped by name), each with
-//! two CPUs. Then the odd inputs: junk and over-long command lines, an
-//! unknown log level, too little RAM, the deliberate crashes, a module,
-//! power-off through ACPI without QEMU's exit device, and Cloud Hypervisor
-//! when it is installed. Small machines (32 and 64 MiB) run the showcase
-//! in what they can spare, several guests share memory, and a
-//! `guest_mem=` too large is one clear error. Two cases only read the
+//! one, two and four CPUs, every one of which must come online. QEMU 7.2
+//! runs an x86_64 guest's TCG multi-threaded by default, one host thread
+//! per CPU; one case asks for the single-threaded kind, where the other
+//! CPUs run only in the boot CPU's gaps. Then `cpus=1` holding four CPUs
+//! to one, the odd inputs: junk and over-long command lines, an unknown
+//! log level, a bad CPU count, too little RAM, the deliberate crashes
+//! (one on an application processor), a module, power-off through ACPI
+//! without QEMU's exit device (with the other CPUs parked), and Cloud
+//! Hypervisor when it is installed. Small machines (32 and 64 MiB) run
+//! the showcase in what they can spare, several guests share memory, and
+//! a `guest_mem=` too large is one clear error. Two cases only read the
 //! image: its PVH note, and its size stripped (at most 512 KiB, default
 //! guest included).
 //!
@@ -122,6 +127,18 @@ fn check_guest_exit_and_stats(outcome: &Outcome) -> Verdict {
     Verdict::Pass
 }
 
+/// The banner's CPU line, whole: `cpus: N (APIC IDs 0, ..., N-1), K
+/// online` and the limit, if one held (QEMU numbers its APICs from 0).
+fn check_online(outcome: &Outcome, listed: u32, online: u32, limit: Option<u32>) -> Verdict {
+    let ids: Vec<String> = (0..listed).map(|id| id.to_string()).collect();
+    let mut expected = format!("cpus: {listed} (APIC IDs {}), {online} online", ids.join(", "));
+    if let Some(limit) = limit {
+        expected.push_str(&format!(" (cpus={limit})"));
+    }
+    check!(outcome, outcome.has_line(&expected), "expected the line {expected:?}");
+    Verdict::Pass
+}
+
 fn both(first: Verdict, second: impl FnOnce() -> Verdict) -> Verdict {
     match first {
         Verdict::Pass => second(),
@@ -129,15 +146,20 @@ fn both(first: Verdict, second: impl FnOnce() -> Verdict) -> Verdict {
     }
 }
 
-fn standard_boot(machine: &'static str, accel: Accel) -> Case {
-    Case::new(format!("{}_{machine}_smp2", accel.name()), move |name| {
+/// A clean boot with `smp` CPUs: all of them come online, the others
+/// park, and the boot CPU runs the guest to its end.
+fn standard_boot(machine: &'static str, accel: Accel, smp: u32) -> Case {
+    Case::new(format!("{}_{machine}_smp{smp}", accel.name()), move |name| {
         // The firmware is under test here, so the guest is the quick one.
-        let config = Boot::new(machine, accel).append("log=info -- test=pages");
+        let config = Boot::new(machine, accel).smp(smp).append("log=info -- test=pages");
         let outcome = match boot(name, &config) {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        both(check_banner(&outcome, 2, 256), || {
+        both(check_banner(&outcome, smp as usize, 256), || {
+            if let Verdict::Fail(why) = check_online(&outcome, smp, smp, None) {
+                return Verdict::Fail(why);
+            }
             both(check_exit(&outcome, 0, true), || {
                 if let Verdict::Fail(why) = check_pages_guest_ran(&outcome) {
                     return Verdict::Fail(why);
@@ -151,6 +173,35 @@ fn standard_boot(machine: &'static str, accel: Accel) -> Case {
                 Verdict::Pass
             })
         })
+    })
+}
+
+/// Four CPUs on single-threaded TCG, where the others run only when the
+/// boot CPU's slice ends: they still come up in time.
+fn single_threaded_tcg() -> Case {
+    Case::new("tcg_single_thread_microvm_smp4", |name| {
+        let config =
+            Boot::new("microvm", Accel::Tcg).accel_options("thread=single").smp(4).append("-- test=exit:0");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(outcome, !outcome.serial.contains("warn:"), "a clean boot should print no warnings");
+        both(check_online(&outcome, 4, 4, None), || check_exit(&outcome, 0, true))
+    })
+}
+
+/// `cpus=1` on a machine of four: only the boot CPU starts, the banner
+/// says why, and nothing warns.
+fn cpus_limit(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_smp4_cpus1", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel).smp(4).append("cpus=1 -- test=exit:0");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        check!(outcome, !outcome.serial.contains("warn:"), "a limit is not a problem: no warnings");
+        both(check_online(&outcome, 4, 1, Some(1)), || check_exit(&outcome, 0, true))
     })
 }
 
@@ -292,14 +343,20 @@ fn guest_mem_too_large() -> Case {
     })
 }
 
-fn deliberate_crash(kind: &'static str, expect: &'static str) -> Case {
-    Case::new(format!("tcg_microvm_crash_{kind}"), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(format!("crash={kind}"))) {
+/// `crash=KIND`: the report names what happened and where. `ap` crashes
+/// the first application processor, whose report must name it.
+fn deliberate_crash(accel: Accel, kind: &'static str, expect: &'static str) -> Case {
+    Case::new(format!("{}_microvm_crash_{kind}", accel.name()), move |name| {
+        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("crash={kind}"))) {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
         let report = outcome.line_starting("umbra: crash: ").unwrap_or("");
         check!(outcome, report.contains(expect), "crash report should name '{expect}': {report:?}");
+        let cpu = if kind == "ap" { "CPU 1 (APIC ID 1)" } else { "CPU 0 (APIC ID 0)" };
+        check!(outcome, report.contains(&format!(" on {cpu}")), "crash report should name {cpu}: {report:?}");
+        let reports = outcome.lines().into_iter().filter(|l| l.starts_with("umbra: crash")).count();
+        check!(outcome, reports == 1, "expected one crash report, found {reports}");
         check!(
             outcome,
             outcome.line_starting("  backtrace").is_some(),
@@ -319,7 +376,10 @@ fn acpi_power_off(machine: &'static str) -> Case {
             Ok(outcome) => outcome,
             Err(verdict) => return verdict,
         };
-        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, false))
+        // The boot CPU powers off while the other one is parked.
+        both(check_banner(&outcome, 2, 256), || {
+            both(check_online(&outcome, 2, 2, None), || check_exit(&outcome, 0, false))
+        })
     })
 }
 
@@ -602,8 +662,8 @@ fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case 
 
 /// Cloud Hypervisor: hardware-reduced ACPI, power-off through the
 /// sleep-control register, no isa-debug-exit.
-fn cloud_hypervisor() -> Case {
-    Case::new("cloud_hypervisor_smp2", |name| {
+fn cloud_hypervisor(cpus: u32) -> Case {
+    Case::new(format!("cloud_hypervisor_smp{cpus}"), move |name| {
         let Some(vmm) = on_path("cloud-hypervisor") else {
             return Verdict::Skip("cloud-hypervisor is not on PATH".into());
         };
@@ -618,13 +678,15 @@ fn cloud_hypervisor() -> Case {
         command
             .arg("--kernel")
             .arg(image)
-            .args(["--serial", "tty", "--console", "off", "--cpus", "boot=2", "--memory", "size=256M"])
-            .args(["--cmdline", "log=info"]);
+            .args(["--serial", "tty", "--console", "off", "--cpus", &format!("boot={cpus}")])
+            .args(["--memory", "size=256M", "--cmdline", "log=info"]);
         let outcome = match boot_tests::run_with_timeout(command, std::time::Duration::from_secs(120), name) {
             Ok(outcome) => outcome,
             Err(e) => return Verdict::Fail(e),
         };
-        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, false))
+        both(check_banner(&outcome, cpus as usize, 256), || {
+            both(check_online(&outcome, cpus, cpus, None), || check_exit(&outcome, 0, false))
+        })
     })
 }
 
@@ -762,14 +824,23 @@ fn main() {
     let mut cases = vec![image_is_a_pvh_exec(), image_is_lean(), image_uses_no_fs_or_gs()];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
-            cases.push(standard_boot(machine, accel));
+            for smp in [1, 2, 4] {
+                cases.push(standard_boot(machine, accel, smp));
+            }
         }
+        cases.push(cpus_limit(accel));
     }
+    cases.push(single_threaded_tcg());
     cases.push(warns_and_goes_on("tcg_microvm_junk_cmdline_4k", junk(4096), "warn: cmdline: ignored"));
     cases.push(warns_and_goes_on(
         "tcg_microvm_unknown_log_level",
         b"log=verbose".to_vec(),
         "warn: cmdline: unknown value 'verbose' for log=",
+    ));
+    cases.push(warns_and_goes_on(
+        "tcg_microvm_bad_cpu_count",
+        b"cpus=0".to_vec(),
+        "warn: cmdline: unknown value '0' for cpus= (expected 1 to 64)",
     ));
     cases.push(warns_and_goes_on(
         "tcg_microvm_cmdline_too_long",
@@ -799,9 +870,11 @@ fn main() {
     ));
     cases.push(smallest_guest());
     cases.push(guest_mem_too_large());
-    for (kind, expect) in [("ud", "#UD"), ("pf", "#PF"), ("panic", "panic"), ("stack", "#DF")] {
-        cases.push(deliberate_crash(kind, expect));
+    for (kind, expect) in [("ud", "#UD"), ("pf", "#PF"), ("panic", "panic"), ("stack", "#DF"), ("ap", "#UD")]
+    {
+        cases.push(deliberate_crash(Accel::Tcg, kind, expect));
     }
+    cases.push(deliberate_crash(Accel::Kvm, "ap", "#UD"));
     cases.push(no_acpi());
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(junk_module_is_a_malformed_guest(accel));
@@ -848,6 +921,7 @@ fn main() {
     for seed in 1..=2 {
         cases.push(fuzz_seed(Accel::Kvm, seed));
     }
-    cases.push(cloud_hypervisor());
+    cases.push(cloud_hypervisor(2));
+    cases.push(cloud_hypervisor(4));
     run_cases(cases, 2)
 }

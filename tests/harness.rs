@@ -93,6 +93,8 @@ impl Accel {
 pub struct Boot {
     pub machine: &'static str,
     pub accel: Accel,
+    /// Options for `-accel`, after the accelerator's name (`thread=single`).
+    pub accel_options: Option<&'static str>,
     pub smp: u32,
     pub mem: &'static str,
     pub append: Option<Vec<u8>>,
@@ -107,6 +109,7 @@ impl Boot {
         Boot {
             machine,
             accel,
+            accel_options: None,
             smp: 2,
             mem: "256M",
             append: None,
@@ -121,6 +124,16 @@ impl Boot {
 
     pub fn append(mut self, cmdline: impl Into<Vec<u8>>) -> Boot {
         self.append = Some(cmdline.into());
+        self
+    }
+
+    pub fn smp(mut self, cpus: u32) -> Boot {
+        self.smp = cpus;
+        self
+    }
+
+    pub fn accel_options(mut self, options: &'static str) -> Boot {
+        self.accel_options = Some(options);
         self
     }
 
@@ -141,7 +154,11 @@ impl Boot {
 
     pub fn command(&self, image: &Path) -> Command {
         let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-machine", self.machine, "-accel", self.accel.name()])
+        let accel = match self.accel_options {
+            Some(options) => format!("{},{options}", self.accel.name()),
+            None => self.accel.name().to_string(),
+        };
+        qemu.args(["-machine", self.machine, "-accel", &accel])
             .args(["-smp", &self.smp.to_string(), "-m", self.mem])
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot"])
             .arg("-kernel")

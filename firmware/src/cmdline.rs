@@ -13,6 +13,11 @@ use core::fmt;
 
 use heapless::Vec;
 
+use crate::madt::MAX_CPUS;
+
+// The `cpus=` warning spells the range out.
+const _: () = assert!(MAX_CPUS == 64);
+
 /// How much the firmware says, from `log=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -47,6 +52,9 @@ pub enum CrashKind {
     Panic,
     /// A push onto an unmapped stack, which only an IST stack survives (#DF).
     UnusableStack,
+    /// An invalid opcode on the first application processor, handed to it
+    /// through its mailbox once it is parked: the report must name that CPU.
+    OnAp,
 }
 
 impl CrashKind {
@@ -56,6 +64,7 @@ impl CrashKind {
             b"pf" => CrashKind::PageFault,
             b"panic" => CrashKind::Panic,
             b"stack" => CrashKind::UnusableStack,
+            b"ap" => CrashKind::OnAp,
             _ => return None,
         })
     }
@@ -84,6 +93,9 @@ pub struct Config {
     /// `guests_at_once=N`: at most N guests run together; the others wait
     /// for a place (default: all of them together).
     pub guests_at_once: Option<usize>,
+    /// `cpus=N`: start at most N CPUs, the boot CPU included (default:
+    /// every enabled CPU the MADT lists).
+    pub cpus: Option<usize>,
 }
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
@@ -107,6 +119,7 @@ impl Default for Config {
             guest_timeout_s: 0,
             guests: 1,
             guests_at_once: None,
+            cpus: None,
         }
     }
 }
@@ -258,6 +271,17 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                     });
                 }
             },
+            b"cpus" => match parse_decimal(value).filter(|n| (1..=MAX_CPUS as u64).contains(n)) {
+                Some(count) => config.cpus = Some(count as usize),
+                None => {
+                    let _ = notices.push(CmdlineNotice::BadValue {
+                        key: "cpus",
+                        value: Excerpt::of(value),
+                        expected: "1 to 64",
+                        default: "every CPU the MADT lists",
+                    });
+                }
+            },
             // 0 is refused rather than read as "never": a watchdog asked
             // for and silently not set would be worse than a warning.
             b"guest_timeout" => {
@@ -279,7 +303,7 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                     let _ = notices.push(CmdlineNotice::BadValue {
                         key: "crash",
                         value: Excerpt::of(value),
-                        expected: "ud|pf|panic|stack",
+                        expected: "ud|pf|panic|stack|ap",
                         default: "no crash",
                     });
                 }
@@ -417,8 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn cpu_limits() {
+        assert_eq!(parse_all(b"").0.cpus, None);
+        assert_eq!(parse_all(b"cpus=1").0.cpus, Some(1));
+        assert_eq!(parse_all(b"cpus=4 cpus=2").0.cpus, Some(2));
+        assert_eq!(parse_all(b"cpus=64").0.cpus, Some(MAX_CPUS));
+        for bad in [&b"cpus=0"[..], b"cpus=65", b"cpus=", b"cpus=two", b"cpus=-1", b"cpus=99999999999999"] {
+            let (config, notices) = parse_all(bad);
+            assert_eq!(config.cpus, None, "{bad:?}");
+            assert_eq!(notices.len(), 1, "{bad:?}");
+            let line = format!("{}", notices[0]);
+            assert!(
+                line.starts_with("cmdline: unknown value") && line.contains("for cpus= (expected 1 to 64)")
+            );
+        }
+    }
+
+    #[test]
     fn crash_hooks() {
         assert_eq!(parse_all(b"crash=pf").0.crash, Some(CrashKind::PageFault));
+        assert_eq!(parse_all(b"crash=ap").0.crash, Some(CrashKind::OnAp));
         assert_eq!(parse_all(b"crash=").1.len(), 1);
     }
 

@@ -5,10 +5,18 @@
 //! (double fault, NMI, machine check) switch to stacks of their own (the
 //! TSS's interrupt stack table), and an IDT whose every exception vector
 //! leads to the crash report in `crash.rs`.
+//!
+//! Every CPU has a set of its own, indexed by its number (0 is the boot
+//! CPU; `smp.rs` numbers the others): a TSS is busy while loaded, so no
+//! two CPUs can share one, and the switcher clears that busy bit in the
+//! GDT of the CPU it runs on. The IDTs all hold the same gates. The boot
+//! CPU's IST stacks are in the image; the others' come with their stacks
+//! (`smp.rs`).
 
 use core::mem::size_of;
 
 use spin::Once;
+use umbra_firmware::madt::MAX_CPUS;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::{lidt, load_tss};
@@ -20,12 +28,13 @@ use x86_64::structures::tss::TaskStateSegment;
 pub const DOUBLE_FAULT_IST: u8 = 1;
 pub const NMI_IST: u8 = 2;
 pub const MACHINE_CHECK_IST: u8 = 3;
-const IST_STACK_SIZE: usize = 16 * 1024;
+pub const IST_STACK_SIZE: usize = 16 * 1024;
 
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
 
-/// The IST stacks. The CPU writes them; Rust only takes their addresses.
+/// The boot CPU's IST stacks. The CPU writes them; Rust only takes their
+/// addresses.
 static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
 
 struct HostTables {
@@ -35,9 +44,9 @@ struct HostTables {
     tss: SegmentSelector,
 }
 
-static TSS: Once<TaskStateSegment> = Once::new();
-static TABLES: Once<HostTables> = Once::new();
-static IDT: Once<Idt> = Once::new();
+static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static TABLES: [Once<HostTables>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static IDT: [Once<Idt>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
 /// One 16-byte long-mode interrupt gate.
 #[derive(Clone, Copy, Default)]
@@ -78,13 +87,14 @@ unsafe extern "C" {
     /// The 32 exception entry points, from traps.s.
     static exception_stubs: [u64; 32];
     fn host_timer_interrupt();
+    fn host_wake_interrupt();
     fn host_spurious_interrupt();
 }
 
-fn ist_stack_top(index: usize) -> VirtAddr {
+fn ist_stack_top(index: usize) -> u64 {
     // SAFETY: only the address is taken; the stack is written by the CPU.
     let stack = unsafe { &raw const IST_STACKS[index] };
-    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+    stack as u64 + IST_STACK_SIZE as u64
 }
 
 /// Where the legacy PICs' vectors go: the last sixteen, which the host
@@ -123,21 +133,32 @@ pub fn silence_legacy_pic() {
     }
 }
 
-/// The host TSS's selector, which the switcher reloads on every exit.
-pub fn host_tss_selector() -> u16 {
-    TABLES.get().map_or(0, |tables| tables.tss.0)
+/// CPU `number`'s TSS selector, which the switcher reloads on every exit
+/// (the same in every CPU's GDT).
+pub fn host_tss_selector(number: usize) -> u16 {
+    TABLES.get(number).and_then(Once::get).map_or(0, |tables| tables.tss.0)
 }
 
-/// Load the host GDT, TSS and IDT on the boot CPU.
+/// Load the host GDT, TSS and IDT on the boot CPU (number 0).
 pub fn init() {
-    let tss = TSS.call_once(|| {
+    load(0, [ist_stack_top(0), ist_stack_top(1), ist_stack_top(2)]);
+}
+
+/// Load CPU `number`'s own GDT, TSS and IDT on the calling CPU, with the
+/// tops of its double-fault, NMI and machine-check stacks.
+pub fn init_ap(number: usize, ist_tops: [u64; 3]) {
+    load(number, ist_tops);
+}
+
+fn load(number: usize, ist_tops: [u64; 3]) {
+    let tss = TSS[number].call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().enumerate() {
-            tss.interrupt_stack_table[ist as usize - 1] = ist_stack_top(slot);
+        for (ist, top) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST].into_iter().zip(ist_tops) {
+            tss.interrupt_stack_table[ist as usize - 1] = VirtAddr::new(top);
         }
         tss
     });
-    let tables = TABLES.call_once(|| {
+    let tables = TABLES[number].call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
@@ -146,7 +167,7 @@ pub fn init() {
     });
     tables.gdt.load();
     // SAFETY: the selectors name descriptors of the GDT just loaded, which
-    // is 'static; the TSS descriptor is loaded exactly once.
+    // is 'static; this CPU's TSS descriptor is loaded once, by this CPU.
     unsafe {
         CS::set_reg(tables.code);
         DS::set_reg(tables.data);
@@ -155,7 +176,7 @@ pub fn init() {
         load_tss(tables.tss);
     }
 
-    let idt = IDT.call_once(|| {
+    let idt = IDT[number].call_once(|| {
         let mut idt = Idt([Gate::default(); 256]);
         // SAFETY: exception_stubs is an immutable table defined in traps.s.
         let stubs = unsafe { &exception_stubs };
@@ -169,8 +190,10 @@ pub fn init() {
             idt.0[vector] = Gate::new(stub, tables.code, ist);
         }
         let timer = host_timer_interrupt as *const () as u64;
+        let wake = host_wake_interrupt as *const () as u64;
         let spurious = host_spurious_interrupt as *const () as u64;
         idt.0[crate::lapic::TIMER_VECTOR as usize] = Gate::new(timer, tables.code, 0);
+        idt.0[crate::lapic::WAKE_VECTOR as usize] = Gate::new(wake, tables.code, 0);
         idt.0[crate::lapic::SPURIOUS_VECTOR as usize] = Gate::new(spurious, tables.code, 0);
         idt.0[PIC_MASTER_SPURIOUS as usize] = Gate::new(spurious, tables.code, 0);
         idt

@@ -7,10 +7,14 @@
 //! into file and line (the image keeps its debug info, and is built with
 //! frame pointers so the chain of saved RBPs can be followed). Then the
 //! firmware exits with [`status::CRASH`].
+//!
+//! Any CPU can crash. The report's first line names the CPU (its number
+//! and APIC ID); the first CPU to crash reports, and one that crashes
+//! while another is reporting halts quietly, so the report stays whole.
 
 use core::fmt::Write;
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use umbra_firmware::status;
 use x86_64::registers::control::Cr2;
@@ -85,23 +89,48 @@ const EXCEPTION_NAMES: [&str; 32] = [
     "reserved (31)",
 ];
 
-/// A second crash while reporting the first goes straight to a halt.
-static CRASHING: AtomicBool = AtomicBool::new(false);
+/// The APIC ID of the CPU that is reporting a crash, plus one (0: none).
+static CRASHING: AtomicU32 = AtomicU32::new(0);
 
-fn begin_crash() {
-    if CRASHING.swap(true, Ordering::SeqCst) {
-        print_crashing(format_args!("umbra: crashed again while reporting a crash\n"));
-        crate::power::exit(status::CRASH);
+/// Claim the report for this CPU, and say which CPU it is. A second crash
+/// on the same CPU while reporting the first goes straight to the exit; a
+/// crash on another CPU meanwhile halts that CPU, unreported.
+fn begin_crash() -> Cpu {
+    let (number, apic_id) = crate::smp::this_cpu();
+    match CRASHING.compare_exchange(0, apic_id + 1, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => {
+            crate::serial::seize_for_crash();
+            Cpu { number, apic_id }
+        }
+        Err(reporter) if reporter == apic_id + 1 => {
+            print_crashing(format_args!("umbra: crashed again while reporting a crash\n"));
+            crate::power::exit(status::CRASH)
+        }
+        Err(_) => loop {
+            x86_64::instructions::interrupts::disable();
+            x86_64::instructions::hlt();
+        },
+    }
+}
+
+struct Cpu {
+    number: usize,
+    apic_id: u32,
+}
+
+impl core::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "CPU {} (APIC ID {})", self.number, self.apic_id)
     }
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn crash_from_exception(frame: &ExceptionFrame) -> ! {
-    begin_crash();
+    let cpu = begin_crash();
     let name = EXCEPTION_NAMES.get(frame.vector as usize).copied().unwrap_or("unknown");
     let f = frame;
     print_crashing(format_args!(
-        "umbra: crash: {name} (vector {}) error code {:#x}\n\
+        "umbra: crash: {name} (vector {}) error code {:#x} on {cpu}\n\
          \x20 rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}\n\
          \x20 cr2 {:#018x}\n\
          \x20 rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
@@ -138,9 +167,9 @@ extern "C" fn crash_from_exception(frame: &ExceptionFrame) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    begin_crash();
+    let cpu = begin_crash();
     let mut out = crate::serial::Serial;
-    let _ = write!(out, "umbra: crash: panic");
+    let _ = write!(out, "umbra: crash: panic on {cpu}");
     if let Some(location) = info.location() {
         let _ = write!(out, " at {}:{}", location.file(), location.line());
     }

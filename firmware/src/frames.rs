@@ -99,6 +99,28 @@ fn merge_adjacent(free: &mut FreeRanges) {
     *free = merged;
 }
 
+/// Conventional memory ends at 640 KiB; above it lie the VGA window and
+/// the BIOS, whatever the memory map says.
+pub const CONVENTIONAL_END: u64 = 0xa_0000;
+
+/// The page where the application processors start (see the firmware's
+/// `smp.rs`). A startup IPI names its start address by page number, one
+/// byte of it, so the page must lie below 1 MiB; we keep to conventional
+/// memory, skip page 0 (the real-mode interrupt table, and the null page),
+/// and take the highest page that the memory map calls RAM, that no
+/// non-RAM region touches, and that holds nothing in `occupied` (the boot
+/// structures, the ACPI tables). The frame pool never hands out anything
+/// below [`LOW_MEMORY_END`] anyway; the firmware also lists this page as
+/// occupied, so that no later change to that rule can hand it out.
+pub fn trampoline_page(map: &[MemRegion], occupied: &[PhysRange]) -> Option<u64> {
+    (1..CONVENTIONAL_END / PAGE_SIZE).rev().map(|page| page * PAGE_SIZE).find(|&start| {
+        let page = PhysRange { start, end: start + PAGE_SIZE };
+        let in_ram = map.iter().any(|r| r.kind == RegionKind::Ram && r.range.contains_range(&page));
+        let touched = map.iter().filter(|r| r.kind != RegionKind::Ram).map(|r| &r.range).chain(occupied);
+        in_ram && !touched.clone().any(|r| r.overlaps(&page))
+    })
+}
+
 /// Carve `bytes` (rounded up to pages) from the start of the first free
 /// range big enough, for the allocator's own bitmap.
 pub fn carve(free: &mut FreeRanges, bytes: u64) -> Option<PhysRange> {
@@ -342,6 +364,32 @@ mod tests {
                 assert!(!range.overlaps(hole));
             }
         }
+    }
+
+    #[test]
+    fn trampoline_page_is_the_highest_free_conventional_page() {
+        // QEMU's pc, q35 and microvm: RAM up to the EBDA.
+        let map = [ram(0, 0x9fc00), reserved(0x9fc00, 0xa0000), ram(MIB, 64 * MIB)];
+        assert_eq!(trampoline_page(&map, &[]), Some(0x9e000));
+        // start_info and its memory map in the way: the next page down.
+        let boot = [PhysRange { start: 0x9e800, end: 0x9e900 }];
+        assert_eq!(trampoline_page(&map, &boot), Some(0x9d000));
+        // Cloud Hypervisor: all 640 KiB are RAM.
+        assert_eq!(trampoline_page(&[ram(0, 0xa0000)], &[]), Some(0x9f000));
+        // A reserved region inside RAM wins over it.
+        let map = [ram(0, 0x9fc00), reserved(0x9d000, 0x9e001)];
+        assert_eq!(trampoline_page(&map, &[]), Some(0x9c000));
+        // RAM above 640 KiB is never chosen: a SIPI could reach it, but
+        // the VGA window and the BIOS live there.
+        let map = [ram(0xa0000, 0x100000)];
+        assert_eq!(trampoline_page(&map, &[]), None);
+        // Page 0 is never chosen either; no RAM below 1 MiB, no page.
+        assert_eq!(trampoline_page(&[ram(0, 0x1000)], &[]), None);
+        assert_eq!(trampoline_page(&[ram(0x1000, 0x2000)], &[]), Some(0x1000));
+        assert_eq!(trampoline_page(&[ram(MIB, 64 * MIB)], &[]), None);
+        // Every page taken: none.
+        let all = [PhysRange { start: 0, end: 0xa0000 }];
+        assert_eq!(trampoline_page(&[ram(0, 0x9fc00)], &all), None);
     }
 
     #[test]

@@ -13,10 +13,13 @@
 //!    log level.
 //! 4. [`acpi`]: the CPUs from the MADT, the power-off method from the FADT.
 //! 5. [`memory`]: the frame pool, then the host's own page tables.
-//! 6. [`switcher`]: every CPU's switcher pages.
-//! 7. The banner; then [`guest`] runs the guests (the PVH modules, or the
-//!    default guest built into the image) through hv-core's run loop, and
-//!    their status becomes Umbra's, through the exit contract in [`power`].
+//! 6. [`lapic`]: the boot CPU's local APIC, and the TSC calibrated on it.
+//! 7. [`switcher`]: every CPU's switcher pages; then [`smp`] starts the
+//!    other CPUs (up to `cpus=N`), which park and wait for work.
+//! 8. The banner's `cpus:` line, with how many are online; then [`guest`]
+//!    runs the guests (PVH modules, or the default guest built into the
+//!    image) on the boot CPU through hv-core's run loop, and their status
+//!    becomes Umbra's, through the exit contract in [`power`].
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -46,6 +49,8 @@ mod memory;
 #[cfg(target_os = "none")]
 mod power;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod switcher;
 
 #[cfg(target_os = "none")]
@@ -62,7 +67,7 @@ mod boot {
     use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
     use umbra_firmware::{VERSION, status};
 
-    use crate::{acpi, cpu, guest, lapic, memory, power, serial, switcher};
+    use crate::{acpi, cpu, guest, lapic, memory, power, serial, smp, switcher};
 
     /// The guest built into the image (see build.rs), run when the VMM
     /// passes no module.
@@ -178,12 +183,8 @@ mod boot {
                 None
             }
         };
-        let Some(platform) = platform else {
-            println!("cpus: 1 (the boot CPU; no ACPI MADT)");
-            boot_rest(&info, &config, guest_words, debug_exit, 1)
-        };
+        let Some(platform) = platform else { boot_rest(&info, &config, guest_words, debug_exit, None) };
         let cpus = &platform.cpus;
-        print_cpus(cpus);
         log::info!(
             "acpi: OEM '{}', RSDP {}, power off by {}",
             text(&platform.oem_id),
@@ -199,16 +200,17 @@ mod boot {
             );
         }
 
-        boot_rest(&info, &config, guest_words, debug_exit, cpus.apic_ids.len())
+        boot_rest(&info, &config, guest_words, debug_exit, Some(cpus))
     }
 
-    /// Memory, the rest of the banner, and the end of the run.
+    /// Memory, the other CPUs, the rest of the banner, and the end of the
+    /// run. `cpus` is what the MADT lists, if there is one.
     fn boot_rest(
         info: &bootinfo::BootInfo,
         config: &cmdline::Config,
         guest_cmdline: &[u8],
         debug_exit: bool,
-        cpu_count: usize,
+        cpus: Option<&umbra_firmware::madt::Cpus>,
     ) -> ! {
         let summary = match memory::init(info, &acpi::touched_ranges()) {
             Ok(summary) => summary,
@@ -238,10 +240,33 @@ mod boot {
         if config.start_info_test {
             start_info_test(info);
         }
-        if let Err(error) = switcher::init(cpu_count) {
+        let tsc_khz = match lapic::init() {
+            Ok(khz) => khz,
+            Err(error) => {
+                log::warn!("timer: {error}; guest clock events will not fire, TSC assumed 1 GHz");
+                1_000_000
+            }
+        };
+        log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
+
+        // The CPUs: as many as the MADT lists, or `cpus=N` allows; the
+        // switcher's pages first, since each CPU takes its own as it starts.
+        let listed = cpus.map_or(1, |cpus| cpus.apic_ids.len().max(1));
+        let wanted = config.cpus.map_or(listed, |limit| limit.min(listed));
+        if let Err(error) = switcher::init(wanted) {
             fatal(format_args!("switcher: {error}"));
         }
         log::debug!("switcher: pages for {} CPUs", switcher::cpu_count());
+        match cpus {
+            None => println!("cpus: 1 (the boot CPU; no ACPI MADT)"),
+            Some(cpus) => {
+                let online = smp::start(&cpus.apic_ids, wanted);
+                print_cpus(cpus, online, config.cpus.filter(|&limit| limit < listed));
+            }
+        }
+        if config.crash == Some(CrashKind::OnAp) {
+            crash_on_an_ap();
+        }
 
         // The guests: each PVH module is one; without modules, `guests=N`
         // copies of the default guest built into the image. At most
@@ -277,14 +302,6 @@ mod boot {
                 Quoted(guest_cmdline)
             );
         }
-        let tsc_khz = match lapic::init() {
-            Ok(khz) => khz,
-            Err(error) => {
-                log::warn!("timer: {error}; guest clock events will not fire, TSC assumed 1 GHz");
-                1_000_000
-            }
-        };
-        log::info!("timer: local APIC one-shot at 1 GHz; TSC {} MHz", tsc_khz / 1000);
         let total = if info.modules.is_empty() { config.guests } else { guests.len() };
         let together =
             config.guests_at_once.unwrap_or(guest::MAX_GUESTS).min(total).clamp(1, guest::MAX_GUESTS);
@@ -329,7 +346,9 @@ mod boot {
         }
     }
 
-    fn print_cpus(cpus: &umbra_firmware::madt::Cpus) {
+    /// The banner's CPU line: the MADT's CPUs, and how many of them are
+    /// online (guests run on the boot CPU only, for now).
+    fn print_cpus(cpus: &umbra_firmware::madt::Cpus, online: usize, limit: Option<usize>) {
         struct Ids<'a>(&'a [u32]);
         impl fmt::Display for Ids<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -339,7 +358,24 @@ mod boot {
                 Ok(())
             }
         }
-        println!("cpus: {} (APIC IDs {})", cpus.apic_ids.len(), Ids(&cpus.apic_ids));
+        let ids = Ids(&cpus.apic_ids);
+        match limit {
+            Some(limit) => {
+                println!("cpus: {} (APIC IDs {ids}), {online} online (cpus={limit})", cpus.apic_ids.len())
+            }
+            None => println!("cpus: {} (APIC IDs {ids}), {online} online", cpus.apic_ids.len()),
+        }
+    }
+
+    /// `crash=ap`: an application processor crashes, and its report ends
+    /// the run; this CPU waits for that, boundedly.
+    fn crash_on_an_ap() {
+        let Some((number, apic_id)) = smp::crash_an_ap() else {
+            log::warn!("crash=ap: no other CPU is online; not crashing");
+            return;
+        };
+        lapic::delay_us(4_000_000);
+        fatal(format_args!("crash=ap: CPU {number} (APIC ID {apic_id}) did not crash within 4 s"));
     }
 
     /// `start_info_test`: parse the crafted start_info that module 0 holds
@@ -375,6 +411,9 @@ mod boot {
 
     /// The `crash=` test hooks: prove the crash report works.
     fn crash_on_purpose(kind: CrashKind) {
+        if kind == CrashKind::OnAp {
+            return; // after the other CPUs start (boot_rest)
+        }
         log::info!("crash: {kind:?}, on purpose (crash= on the cmdline)");
         match kind {
             // SAFETY: deliberately faulting instructions; the handlers
@@ -390,6 +429,8 @@ mod boot {
             CrashKind::UnusableStack => unsafe {
                 core::arch::asm!("mov rsp, {0}", "push rax", in(reg) 0x8u64, options(noreturn))
             },
+            // After the other CPUs start (boot_rest).
+            CrashKind::OnAp => {}
         };
     }
 }

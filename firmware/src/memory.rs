@@ -11,8 +11,15 @@
 //!    mapped; the image mapped with 4 KiB pages so code is read-only,
 //!    data is not executable, and the null page and the page under the
 //!    boot stack are absent; and the top 4 MB left empty for the switcher.
+//!
+//! Every CPU gets a top-level table of its own ([`new_cpu_root`]): all of
+//! them share the identity map below (PML4[0]), and each has its own path
+//! to the switcher's slot at the top, so each can map its own switcher
+//! pages there. The application processors' start page below 1 MiB is
+//! chosen and kept out of the frame pool here too ([`trampoline_page`]).
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 use umbra_firmware::PhysRange;
@@ -85,23 +92,39 @@ pub fn is_host_stack(addr: u64, len: u64) -> bool {
     let Some(range) = PhysRange::from_len(addr, len) else {
         return false;
     };
-    // The IST stacks live in the image's .bss; anything in the image is
-    // mapped, and the boot stack is where frames normally are.
-    boot.contains_range(&range) || image.contains_range(&range)
+    // The boot CPU's IST stacks live in the image's .bss; anything in the
+    // image is mapped, and the boot stack is where frames normally are.
+    // The application processors' stacks come from the frame pool.
+    boot.contains_range(&range) || image.contains_range(&range) || crate::smp::is_ap_stack(&range)
 }
 
 /// The frame pool, once [`init`] has built it.
 pub static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 
-/// Physical address of the PD that covers the top 1 GiB; its last two
-/// entries are the switcher's two 2 MiB slots.
-pub static SWITCHER_PD: Mutex<Option<u64>> = Mutex::new(None);
+/// One CPU's top-level page table and the PD under its switcher corner
+/// (PML4[511] -> PDPT[511] -> PD), whose entries 510 and 511 are the
+/// switcher's two 2 MiB slots. Everything below the corner is shared.
+#[derive(Clone, Copy, Debug)]
+pub struct HostRoot {
+    pub pml4: u64,
+    pub switcher_pd: u64,
+}
+
+/// The boot CPU's root, the one [`init`] loads.
+static BOOT_ROOT: Mutex<Option<HostRoot>> = Mutex::new(None);
+
+/// The PDPT under PML4[0], the identity map every CPU's root shares.
+static LOW_PDPT: AtomicU64 = AtomicU64::new(0);
+
+/// The application processors' start page (0: none was free).
+static TRAMPOLINE_PAGE: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug)]
 pub enum MemoryError {
     TooLittle { usable: u64 },
     NoRoomForBitmap,
     NoLowFrame,
+    NotMapped(u64),
 }
 
 impl fmt::Display for MemoryError {
@@ -115,6 +138,7 @@ impl fmt::Display for MemoryError {
             ),
             Self::NoRoomForBitmap => write!(f, "no free range large enough for the frame bitmap"),
             Self::NoLowFrame => write!(f, "no free frame below 4 GiB for the host page tables"),
+            Self::NotMapped(addr) => write!(f, "page {addr:#x} is not in the host's identity map"),
         }
     }
 }
@@ -133,6 +157,15 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
         if occupied.push(*range).is_err() {
             return Err(MemoryError::NoRoomForBitmap);
         }
+    }
+    // The application processors' start page (smp.rs). Nothing below
+    // 1 MiB is ever a free frame, but the page is reserved by name as
+    // well: it must stay out of the pool whatever that rule becomes.
+    if let Some(page) = frames::trampoline_page(&info.memory_map, &occupied) {
+        if occupied.push(PhysRange { start: page, end: page + PAGE_SIZE }).is_err() {
+            return Err(MemoryError::NoRoomForBitmap);
+        }
+        TRAMPOLINE_PAGE.store(page, Ordering::Relaxed);
     }
     let mut free = frames::free_ranges(&info.memory_map, &occupied, MAX_PHYS);
     let ram_top = info
@@ -161,7 +194,9 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
     let usable_bytes = allocator.free_frames() as u64 * PAGE_SIZE;
 
     let top = ram_top.clamp(BOOT_MAPPED, MAX_PHYS);
-    let pml4 = build_host_tables(&mut allocator, top)?;
+    let root = build_host_tables(&mut allocator, top)?;
+    let pml4 = root.pml4;
+    *BOOT_ROOT.lock() = Some(root);
     // SAFETY: the new tables identity-map everything the old ones did that
     // the host uses (the image, its stacks, RAM, the first 4 GiB), so
     // execution continues at the same addresses.
@@ -238,11 +273,10 @@ fn low_page_flags(addr: u64, nx: u64) -> u64 {
     }
 }
 
-fn build_host_tables(allocator: &mut FrameAllocator, top: u64) -> Result<u64, MemoryError> {
+fn build_host_tables(allocator: &mut FrameAllocator, top: u64) -> Result<HostRoot, MemoryError> {
     let nx = nx_bit();
-    let pml4 = table_frame(allocator)?;
     let low_pdpt = table_frame(allocator)?;
-    set_entry(pml4, 0, low_pdpt | PRESENT | WRITABLE);
+    LOW_PDPT.store(low_pdpt, Ordering::Relaxed);
 
     // Every 2 MiB slot the image touches gets 4 KiB pages; so does the
     // first, whose page 0 stays absent to catch null pointers.
@@ -267,11 +301,90 @@ fn build_host_tables(allocator: &mut FrameAllocator, top: u64) -> Result<u64, Me
         }
     }
 
-    // The switcher's corner: PML4[511] -> PDPT[511] -> PD[510..=511].
+    root_over(allocator, low_pdpt)
+}
+
+/// A top-level table over the shared identity map, with a switcher corner
+/// of its own: PML4[511] -> PDPT[511] -> PD[510..=511], left empty. The
+/// PML4 is below 4 GiB (every table frame is): an application processor
+/// loads it while still in 32-bit mode.
+fn root_over(allocator: &mut FrameAllocator, low_pdpt: u64) -> Result<HostRoot, MemoryError> {
+    let pml4 = table_frame(allocator)?;
     let high_pdpt = table_frame(allocator)?;
-    let high_pd = table_frame(allocator)?;
+    let switcher_pd = table_frame(allocator)?;
+    set_entry(pml4, 0, low_pdpt | PRESENT | WRITABLE);
     set_entry(pml4, 511, high_pdpt | PRESENT | WRITABLE);
-    set_entry(high_pdpt, 511, high_pd | PRESENT | WRITABLE);
-    *SWITCHER_PD.lock() = Some(high_pd);
-    Ok(pml4)
+    set_entry(high_pdpt, 511, switcher_pd | PRESENT | WRITABLE);
+    Ok(HostRoot { pml4, switcher_pd })
+}
+
+/// The boot CPU's root, once [`init`] has loaded it.
+pub fn boot_root() -> Option<HostRoot> {
+    *BOOT_ROOT.lock()
+}
+
+/// A root of its own for another CPU (three frames from the pool).
+pub fn new_cpu_root() -> Result<HostRoot, MemoryError> {
+    let mut frames = FRAMES.lock();
+    let allocator = frames.as_mut().ok_or(MemoryError::NoLowFrame)?;
+    root_over(allocator, LOW_PDPT.load(Ordering::Relaxed))
+}
+
+/// The application processors' start page, if conventional memory had a
+/// free one.
+pub fn trampoline_page() -> Option<u64> {
+    Some(TRAMPOLINE_PAGE.load(Ordering::Relaxed)).filter(|&page| page != 0)
+}
+
+/// `pages` contiguous frames from the pool, not cleared.
+pub fn alloc_run(pages: usize) -> Option<u64> {
+    FRAMES.lock().as_mut()?.alloc_contiguous(pages, 1)
+}
+
+/// Take the page at `addr` out of the identity map that every CPU shares,
+/// so that touching it faults: a guard page below a stack. A 2 MiB
+/// mapping around it is first split into 4 KiB pages with the same
+/// rights. Meant for before the application processors start: it flushes
+/// only this CPU's TLB.
+pub fn unmap_guard_page(addr: u64) -> Result<(), MemoryError> {
+    const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    let low_pdpt = LOW_PDPT.load(Ordering::Relaxed);
+    let gib = (addr / GIB) as usize;
+    if low_pdpt == 0 || gib >= 512 || !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(MemoryError::NotMapped(addr));
+    }
+    let pd = read_entry(low_pdpt, gib) & ADDRESS;
+    if pd == 0 {
+        return Err(MemoryError::NotMapped(addr));
+    }
+    let slot = ((addr % GIB) / (2 * MIB)) as usize;
+    let pd_entry = read_entry(pd, slot);
+    if pd_entry & PRESENT == 0 {
+        return Err(MemoryError::NotMapped(addr));
+    }
+    let pt = if pd_entry & HUGE != 0 {
+        let mut frames = FRAMES.lock();
+        let pt = table_frame(frames.as_mut().ok_or(MemoryError::NoLowFrame)?)?;
+        let base = pd_entry & ADDRESS & !(2 * MIB - 1);
+        // The same rights as the 2 MiB page; bit 7 of a PTE is PAT, not
+        // "huge", so it is not carried over.
+        let rights = pd_entry & (PRESENT | WRITABLE | NO_EXECUTE);
+        for page in 0..512 {
+            set_entry(pt, page, (base + page as u64 * PAGE_SIZE) | rights);
+        }
+        set_entry(pd, slot, pt | PRESENT | WRITABLE);
+        pt
+    } else {
+        pd_entry & ADDRESS
+    };
+    set_entry(pt, ((addr % (2 * MIB)) / PAGE_SIZE) as usize, 0);
+    tlb::flush_all();
+    Ok(())
+}
+
+fn read_entry(table: u64, index: usize) -> u64 {
+    debug_assert!(index < 512);
+    // SAFETY: `table` is one of the host's page-table frames, identity-
+    // mapped; the index is within its 512 entries.
+    unsafe { core::ptr::read_volatile((table as *const u64).add(index)) }
 }

@@ -90,9 +90,23 @@ pub fn write_bytes(bytes: &[u8]) {
     }
 }
 
-/// For the crash path: whoever held the console is not coming back.
+/// For the crash path: write around the console lock, whoever holds it.
 pub fn print_crashing(args: fmt::Arguments) {
     let _ = Serial.write_fmt(args);
+}
+
+/// For the crash path, first: take the console for good, so that no other
+/// CPU's line lands inside the report. A CPU holding it is mid-line and
+/// lets go soon; if it never does (this CPU crashed holding it), the
+/// report goes out around it after a bounded wait.
+pub fn seize_for_crash() {
+    for _ in 0..10_000_000 {
+        if let Some(guard) = CONSOLE.try_lock() {
+            core::mem::forget(guard);
+            return;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 #[macro_export]

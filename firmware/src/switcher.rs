@@ -9,9 +9,13 @@
 //!   host's stack pointer and clears a busy bit there before it leaves the
 //!   host's tables), and a *guest view*, where they are read-only.
 //!
-//! The host's own page tables point their switcher slot at the boot CPU's
-//! host view; every shadow root the guest runs on gets the guest view of
-//! the CPU it runs on, through `paging`'s `prepare_switcher`.
+//! Each CPU's own host page tables (its root, `memory::HostRoot`: every
+//! CPU has its own path to the switcher's slot) point that slot at the
+//! CPU's own host view: [`attach`], run by each CPU on itself as it comes
+//! up, which also records the CPU's own GDT, IDT, TSS and root in its
+//! state page for the switcher's way back. Every shadow root the guest
+//! runs on gets the guest view of the CPU it runs on, through `paging`'s
+//! `prepare_switcher`.
 //!
 //! The run loop looks a CPU's pages up once ([`for_cpu`]) and keeps the
 //! copy: the world switch then touches them without taking the lock on
@@ -30,7 +34,7 @@ use umbra_firmware::madt::MAX_CPUS;
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::Cr3;
 
-use crate::memory::{FRAMES, PRESENT, SWITCHER_PD, WRITABLE, nx_bit};
+use crate::memory::{FRAMES, HostRoot, PRESENT, WRITABLE, nx_bit};
 
 /// One CPU's switcher frames (host-physical, identity-mapped).
 #[derive(Clone, Copy)]
@@ -61,17 +65,15 @@ fn write_entry(table: u64, index: usize, value: u64) {
     unsafe { core::ptr::write_volatile((table as *mut u64).add(index), value) };
 }
 
-/// Build every CPU's pages and map the boot CPU's at the top of the host's
-/// address space.
+/// Build the pages of `cpu_count` CPUs (numbered as `smp.rs` numbers
+/// them, the boot CPU first), and map the boot CPU's at the top of its
+/// own address space.
 pub fn init(cpu_count: usize) -> Result<(), &'static str> {
     let (code_start, code_end) = switcher_asm::code_physical_range();
     if code_end - code_start != CODE_PAGES * PAGE_SIZE || code_start % PAGE_SIZE != 0 {
         return Err("the switcher code in the image is not page-aligned or not its expected size");
     }
     let nx = nx_bit();
-    let host_gdt = sgdt();
-    let host_idt = sidt();
-    let host_tss = crate::cpu::host_tss_selector();
     let mut cpus = CPUS.lock();
     for _ in 0..cpu_count.clamp(1, MAX_CPUS) {
         let mut frames = [0u64; 5];
@@ -81,30 +83,10 @@ pub fn init(cpu_count: usize) -> Result<(), &'static str> {
         let [regs, state, idt, host_view, guest_view] = frames;
         let pages = CpuPages { number: cpus.len() as u32, regs, state, idt, host_view, guest_view };
 
-        let switcher_state = SwitcherState {
-            host_cr3: Cr3::read_raw().0.start_address().as_u64(),
-            host_rsp: 0,
-            guest_cr3: 0,
-            host_tss_selector: u64::from(host_tss),
-            host_tss_descriptor: host_gdt.base.as_u64() + u64::from(host_tss & !7),
-            host_gdt: TablePointer { padding: [0; 3], limit: host_gdt.limit, base: host_gdt.base.as_u64() },
-            host_idt: TablePointer { padding: [0; 3], limit: host_idt.limit, base: host_idt.base.as_u64() },
-            guest_gdt: TablePointer {
-                padding: [0; 3],
-                limit: (layout::GDT_ENTRIES * 8 - 1) as u16,
-                base: GUEST_GDT_VA,
-            },
-            guest_idt: TablePointer { padding: [0; 3], limit: (PAGE_SIZE - 1) as u16, base: IDT_PAGE },
-            gdt: layout::guest_gdt(),
-            tss: layout::guest_tss(),
-        };
         const _: () = assert!(size_of::<[layout::Gate; 256]>() as u64 == PAGE_SIZE);
-        // SAFETY: both frames are fresh, page-sized and identity-mapped; the
-        // structs fit in a page (asserted in the layout).
-        unsafe {
-            core::ptr::write_volatile(state as *mut SwitcherState, switcher_state);
-            core::ptr::write_volatile(idt as *mut [layout::Gate; 256], layout::guest_idt());
-        }
+        // SAFETY: the frame is fresh, page-sized and identity-mapped; the
+        // IDT fills exactly a page (asserted above).
+        unsafe { core::ptr::write_volatile(idt as *mut [layout::Gate; 256], layout::guest_idt()) };
 
         for page in 0..CODE_PAGES as usize {
             let code = (code_start + page as u64 * PAGE_SIZE) | PRESENT;
@@ -119,10 +101,46 @@ pub fn init(cpu_count: usize) -> Result<(), &'static str> {
         }
         cpus.push(pages).map_err(|_| "too many CPUs")?;
     }
+    drop(cpus);
 
-    let boot_cpu = cpus[0];
-    let pd = SWITCHER_PD.lock().ok_or("the host page tables have no switcher slot")?;
-    write_entry(pd, SLOT_PD_INDEX, boot_cpu.host_view | PRESENT | WRITABLE);
+    let root = crate::memory::boot_root().ok_or("the host page tables have no switcher slot")?;
+    attach(0, root)
+}
+
+/// Make CPU `cpu`'s pages the calling CPU's own: fill in the host's half
+/// of its state page from this CPU (its root, GDT, TSS and IDT, where the
+/// switcher's exit path returns to), and map its host view into `root`'s
+/// switcher slot. Run by each CPU on itself, on `root`, before it runs a
+/// guest; nothing else writes this CPU's state page or slot meanwhile.
+pub fn attach(cpu: usize, root: HostRoot) -> Result<(), &'static str> {
+    let pages = CPUS.lock().get(cpu).copied().ok_or("no switcher pages for this CPU")?;
+    if Cr3::read_raw().0.start_address().as_u64() != root.pml4 {
+        return Err("a CPU can take its switcher pages only on its own page tables");
+    }
+    let host_gdt = sgdt();
+    let host_idt = sidt();
+    let host_tss = crate::cpu::host_tss_selector(cpu);
+    let switcher_state = SwitcherState {
+        host_cr3: root.pml4,
+        host_rsp: 0,
+        guest_cr3: 0,
+        host_tss_selector: u64::from(host_tss),
+        host_tss_descriptor: host_gdt.base.as_u64() + u64::from(host_tss & !7),
+        host_gdt: TablePointer { padding: [0; 3], limit: host_gdt.limit, base: host_gdt.base.as_u64() },
+        host_idt: TablePointer { padding: [0; 3], limit: host_idt.limit, base: host_idt.base.as_u64() },
+        guest_gdt: TablePointer {
+            padding: [0; 3],
+            limit: (layout::GDT_ENTRIES * 8 - 1) as u16,
+            base: GUEST_GDT_VA,
+        },
+        guest_idt: TablePointer { padding: [0; 3], limit: (PAGE_SIZE - 1) as u16, base: IDT_PAGE },
+        gdt: layout::guest_gdt(),
+        tss: layout::guest_tss(),
+    };
+    // SAFETY: the state frame is this CPU's, page-sized and identity-
+    // mapped; the struct fits in a page (asserted in the layout).
+    unsafe { core::ptr::write_volatile(pages.state as *mut SwitcherState, switcher_state) };
+    write_entry(root.switcher_pd, SLOT_PD_INDEX, pages.host_view | PRESENT | WRITABLE);
     x86_64::instructions::tlb::flush_all();
     Ok(())
 }

@@ -28,13 +28,14 @@ exception_stub_\vector:
     .endr
 
 /*
- * The host's own interrupts: only the APIC timer (which just wakes a
- * halted host: acknowledge it and return) and the APIC's spurious vector
- * (nothing to acknowledge). The host runs with interrupts off except
- * around `hlt`.
+ * The host's own interrupts: only the APIC timer and the wake-up IPI one
+ * CPU sends another (each just wakes a halted CPU: acknowledge it and
+ * return) and the APIC's spurious vector (nothing to acknowledge). The
+ * host runs with interrupts off except around `hlt`.
  */
-    .global host_timer_interrupt, host_spurious_interrupt
+    .global host_timer_interrupt, host_wake_interrupt, host_spurious_interrupt
 host_timer_interrupt:
+host_wake_interrupt:
     push %rax
     mov LAPIC_EOI_ADDRESS(%rip), %rax
     movl $0, (%rax)
