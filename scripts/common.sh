@@ -58,6 +58,24 @@ kvm_opens() {
     [ -e /dev/kvm ] && (exec 3<>/dev/kvm) 2>/dev/null
 }
 
+# Wait until something listens on TCP port $1 of this machine, for at most
+# $2 seconds, and while process $3 lives. It reads the kernel's socket table rather than connecting,
+# so the listener (QEMU's gdb stub) never sees a stray client.
+wait_for_listener() {
+    local port_hex tries
+    port_hex=$(printf '%04X' "$1")
+    for ((tries = 0; tries < $2 * 10; tries++)); do
+        # Column 2 is local address:port in hex, column 4 the state (0A = LISTEN).
+        if awk -v port=":$port_hex" '$2 ~ port"$" && $4 == "0A" { found = 1 } END { exit !found }' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$3" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 build_image() {
     ensure_rust_target
     (cd "$UMBRA_ROOT" && cargo build --release --target "$UMBRA_TARGET" -p umbra-firmware) || exit 1

@@ -86,6 +86,7 @@ if [ -z "$batch" ]; then
     qemu-system-x86_64 "${QEMU_ARGS[@]}" &
     qemu_pid=$!
     trap 'kill $qemu_pid 2>/dev/null || true' EXIT
+    wait_for_listener "$port" 60 "$qemu_pid" || { say "QEMU's gdb stub did not listen on port $port"; exit 125; }
     gdb "${gdb_args[@]}" "$UMBRA_IMAGE"
     exit 0
 fi
@@ -94,6 +95,13 @@ fi
 timeout "$limit" qemu-system-x86_64 "${QEMU_ARGS[@]}" &
 qemu_pid=$!
 trap 'kill $qemu_pid 2>/dev/null || true' EXIT
+# gdb gives up at once if the stub is not listening yet, and on a busy
+# machine QEMU can take a while to get there.
+if ! wait_for_listener "$port" 60 "$qemu_pid"; then
+    say "QEMU's gdb stub did not listen on port $port within 60 seconds"
+    wait "$qemu_pid" || true
+    exit 125
+fi
 timeout "$limit" gdb -nx -batch "${gdb_args[@]}" -x "$batch" "$UMBRA_IMAGE" </dev/null || true
 set +e
 wait "$qemu_pid"

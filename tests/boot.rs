@@ -785,6 +785,59 @@ fn image_is_lean() -> Case {
     })
 }
 
+/// The firmware's memory (its loaded segments and its bss) ends below the
+/// lowest address of the guest kernel. Both run at low addresses, the
+/// firmware identity-mapped and the guest kernel in linear mode, and gdb
+/// holds both symbol files (scripts/debug.sh): where they overlap, gdb
+/// names a guest address after a firmware symbol.
+fn image_clear_of_the_guest_kernel() -> Case {
+    Case::new("image_clear_of_the_guest_kernel", |_| {
+        let read = |path: Result<std::path::PathBuf, String>| {
+            path.and_then(|p| std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display())))
+        };
+        let (firmware, guest) = match (read(boot_tests::image()), read(boot_tests::guest_symbols())) {
+            (Ok(firmware), Ok(guest)) => (firmware, guest),
+            (Err(e), _) | (_, Err(e)) => return Verdict::Fail(e),
+        };
+        let (firmware, guest) = match (load_ranges(&firmware), load_ranges(&guest)) {
+            (Ok(firmware), Ok(guest)) => (firmware, guest),
+            (Err(e), _) | (_, Err(e)) => return Verdict::Fail(e),
+        };
+        let firmware_end = firmware.iter().map(|&(_, end)| end).max().unwrap_or(0);
+        let guest_start = guest.iter().map(|&(start, _)| start).min().unwrap_or(0);
+        if firmware_end != 0 && guest_start != 0 && firmware_end <= guest_start {
+            Verdict::Pass
+        } else {
+            Verdict::Fail(format!(
+                "the firmware's memory ends at {firmware_end:#x}, past the guest kernel's start at {guest_start:#x}"
+            ))
+        }
+    })
+}
+
+/// The address ranges of an ELF's PT_LOAD segments, in memory (bss too).
+fn load_ranges(elf: &[u8]) -> Result<Vec<(u64, u64)>, String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if elf.get(0..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return Err("not a 64-bit ELF".into());
+    }
+    let phoff = u64_at(32).ok_or("short ELF header")? as usize;
+    let phentsize = u16_at(54).ok_or("short ELF header")? as usize;
+    let phnum = u16_at(56).ok_or("short ELF header")? as usize;
+    let mut ranges = Vec::new();
+    for index in 0..phnum {
+        let at = phoff + index * phentsize;
+        if u32_at(at).ok_or("short program header")? == 1 {
+            let vaddr = u64_at(at + 16).ok_or("short program header")?;
+            let memsz = u64_at(at + 40).ok_or("short program header")?;
+            ranges.push((vaddr, vaddr + memsz));
+        }
+    }
+    Ok(ranges)
+}
+
 fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
@@ -821,7 +874,12 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
 }
 
 fn main() {
-    let mut cases = vec![image_is_a_pvh_exec(), image_is_lean(), image_uses_no_fs_or_gs()];
+    let mut cases = vec![
+        image_is_a_pvh_exec(),
+        image_is_lean(),
+        image_uses_no_fs_or_gs(),
+        image_clear_of_the_guest_kernel(),
+    ];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for machine in MACHINES {
             for smp in [1, 2, 4] {

@@ -6,12 +6,16 @@
 //! TSS's interrupt stack table), and an IDT whose every exception vector
 //! leads to the crash report in `crash.rs`.
 //!
-//! Every CPU has a set of its own, indexed by its number (0 is the boot
-//! CPU; `smp.rs` numbers the others): a TSS is busy while loaded, so no
-//! two CPUs can share one, and the switcher clears that busy bit in the
-//! GDT of the CPU it runs on. The IDTs all hold the same gates. The boot
-//! CPU's IST stacks are in the image; the others' come with their stacks
-//! (`smp.rs`).
+//! Every CPU has a GDT and TSS of its own, indexed by its number (0 is the
+//! boot CPU; `smp.rs` numbers the others): a TSS is busy while loaded, so
+//! no two CPUs can share one, and the switcher clears that busy bit in the
+//! GDT of the CPU it runs on. The host IDT is one for all: every CPU takes
+//! the same gates, the CPU only reads it, and a guest never sees it (its
+//! own IDT is in its switcher pages). One table rather than one per CPU
+//! also keeps the image's memory below 2 MiB, clear of the addresses the
+//! guest kernel runs at in linear mode, which gdb must tell apart. The
+//! boot CPU's IST stacks are in the image; the others' come with their
+//! stacks (`smp.rs`).
 
 use core::mem::size_of;
 
@@ -46,7 +50,7 @@ struct HostTables {
 
 static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 static TABLES: [Once<HostTables>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
-static IDT: [Once<Idt>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static IDT: Once<Idt> = Once::new();
 
 /// One 16-byte long-mode interrupt gate.
 #[derive(Clone, Copy, Default)]
@@ -176,7 +180,7 @@ fn load(number: usize, ist_tops: [u64; 3]) {
         load_tss(tables.tss);
     }
 
-    let idt = IDT[number].call_once(|| {
+    let idt = IDT.call_once(|| {
         let mut idt = Idt([Gate::default(); 256]);
         // SAFETY: exception_stubs is an immutable table defined in traps.s.
         let stubs = unsafe { &exception_stubs };

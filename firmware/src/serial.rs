@@ -148,6 +148,10 @@ impl log::Log for Logger {
 
 static LOGGER: Logger = Logger;
 
+/// Never inlined: it is the first thing `umbra_main` does, and gdb puts a
+/// breakpoint on a function after its prologue, so an inlined body here
+/// would make `break umbra_main` stop "in" a port write instead.
+#[inline(never)]
 pub fn init() {
     Serial::init();
     let _ = log::set_logger(&LOGGER);
