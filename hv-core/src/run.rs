@@ -189,7 +189,16 @@ pub fn run<M: Machine>(
     admission.admit(machine, &mut slots, &mut totals);
 
     let mut current: Option<usize> = None;
-    while let Some(next) = pick_next(machine, &mut slots, current) {
+    loop {
+        let picked = pick_next(machine, &mut slots, current);
+        // Choosing may have finished a halted guest (a halt nothing can
+        // end, the watchdog): its place goes to the next waiting guest at
+        // once, not when the others are done.
+        if retire_finished(machine, &mut slots, &mut current, several, &mut totals) {
+            admission.admit(machine, &mut slots, &mut totals);
+            continue;
+        }
+        let Some(next) = picked else { break };
         if current != Some(next) {
             switch_to(machine, regs, &mut slots, current, next);
             current = Some(next);
@@ -203,20 +212,11 @@ pub fn run<M: Machine>(
             SliceEnd::Halted => SlotState::Halted,
             SliceEnd::Finished(status) => SlotState::Finished(status),
         };
-        if let SlotState::Finished(status) = slots[next].state {
-            totals.ended(slots[next].number, status);
-            retire(machine, slots.remove(next), several, &mut totals);
-            current = None;
+        if retire_finished(machine, &mut slots, &mut current, several, &mut totals) {
             admission.admit(machine, &mut slots, &mut totals);
         }
     }
-    // A guest halted for ever is finished by pick_next; retire the rest.
-    for slot in slots {
-        if let SlotState::Finished(status) = slot.state {
-            totals.ended(slot.number, status);
-        }
-        retire(machine, slot, several, &mut totals);
-    }
+    debug_assert!(slots.is_empty(), "the run ended with guests still loaded");
     if several {
         let free_after = machine.free_frames();
         totals.print(machine, free_after);
@@ -290,6 +290,35 @@ impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, '_, I> {
     }
 }
 
+/// Retire every finished guest; true if there was one. `current` (whose
+/// registers are in the registers page) keeps naming the same guest, or
+/// none if it was the one retired.
+fn retire_finished<M: Machine>(
+    machine: &mut M,
+    slots: &mut Vec<Slot<M>, MAX_GUESTS>,
+    current: &mut Option<usize>,
+    several: bool,
+    totals: &mut Totals,
+) -> bool {
+    let mut any = false;
+    let mut index = 0;
+    while index < slots.len() {
+        let SlotState::Finished(status) = slots[index].state else {
+            index += 1;
+            continue;
+        };
+        totals.ended(slots[index].number, status);
+        retire(machine, slots.remove(index), several, totals);
+        *current = match *current {
+            Some(c) if c == index => None,
+            Some(c) if c > index => Some(c - 1),
+            other => other,
+        };
+        any = true;
+    }
+    any
+}
+
 /// A finished guest gives everything back at once: its shadow pages, its
 /// memory (scrubbed first, so no later guest ever sees it), and its
 /// statistics go out.
@@ -336,7 +365,8 @@ enum SliceEnd {
 }
 
 /// Round robin over the guests that can run; when every unfinished guest
-/// is halted, sleep until the first of them can go on.
+/// is halted, sleep until the first of them can go on. None when nobody
+/// is left to run, or when a halted guest has just been finished here.
 fn pick_next<M: Machine>(machine: &mut M, slots: &mut [Slot<M>], current: Option<usize>) -> Option<usize> {
     loop {
         let count = slots.len();
@@ -348,12 +378,14 @@ fn pick_next<M: Machine>(machine: &mut M, slots: &mut [Slot<M>], current: Option
         }
         let mut earliest: Option<u64> = None;
         let mut any_halted = false;
+        let mut any_ended = false;
         for slot in slots.iter_mut().filter(|s| s.state == SlotState::Halted) {
             any_halted = true;
             let now = machine.now_ns();
             if let Some(watchdog) = slot.watchdog {
                 if now > watchdog.deadline_ns {
                     slot.state = SlotState::Finished(watchdog.kill(machine, &slot.console));
+                    any_ended = true;
                     continue;
                 }
                 let wake = watchdog.deadline_ns.saturating_add(1);
@@ -366,10 +398,13 @@ fn pick_next<M: Machine>(machine: &mut M, slots: &mut [Slot<M>], current: Option
                 }
                 HaltState::Forever => {
                     slot.state = SlotState::Finished(slot.console.killed(machine, Kill::HaltForever));
+                    any_ended = true;
                 }
             }
         }
-        if !any_halted {
+        // The caller retires it and gives its place away before anyone
+        // runs or the CPU sleeps.
+        if !any_halted || any_ended {
             return None;
         }
         if slots.iter().any(|s| s.state == SlotState::Runnable) {

@@ -517,6 +517,44 @@ fn a_halt_nothing_can_end_kills_the_guest() {
     assert!(sim.sleeps.is_empty());
 }
 
+#[test]
+fn a_guest_finished_while_halted_gives_its_place_to_a_waiting_one() {
+    // One place: guest 1 halts for ever while guest 2 and 3 wait. They
+    // must still run, each in turn.
+    let mut sim = Sim::new()
+        .script(1, &[INIT, HALT])
+        .script(2, &[INIT, Tick, shutdown(0)])
+        .script(3, &[INIT, shutdown(0)]);
+    let one_place = RunConfig { at_once: 1, ..config(3) };
+    assert_eq!(run(&mut sim, one_place), status::GUEST_KILLED, "{}", sim.out);
+    assert_eq!(
+        lines_starting(&sim.out, "[g"),
+        [
+            "[g1] guest killed: HALT with virtual interrupts off or no clock armed: it would never wake",
+            "[g2] guest exited with status 0",
+            "[g3] guest exited with status 0",
+        ],
+        "{}",
+        sim.out
+    );
+    assert_printed(&sim, "guests: 3 ended: 2 exited 0, 1 killed, 0 other;");
+    assert_eq!(sim.memories_peak, 1);
+    // Two places: guest 2 halts for ever while guest 1 sleeps until its
+    // clock event. Guest 3 takes guest 2's place at once, and runs before
+    // guest 1 wakes.
+    let mut sim = Sim::new()
+        .script(1, &[INIT, clock_event(5_000_000), HALT, shutdown(0)])
+        .script(2, &[INIT, HALT])
+        .script(3, &[INIT, shutdown(0)]);
+    let two_places = RunConfig { at_once: 2, ..config(3) };
+    assert_eq!(run(&mut sim, two_places), status::GUEST_KILLED, "{}", sim.out);
+    let guest_1_last = sim.entries.iter().rposition(|e| e.guest == 1).unwrap();
+    let guest_3_first = sim.first_entry(3).expect("guest 3 runs");
+    assert!(guest_3_first < guest_1_last, "guest 3 waited for guest 1:\n{}", sim.out);
+    assert_eq!(sim.memories_peak, 2);
+    assert!(sim.scripts.values().all(VecDeque::is_empty), "{}", sim.out);
+}
+
 fn with_timeout(total: usize, timeout_s: u64) -> RunConfig<'static> {
     RunConfig { timeout_s, ..config(total) }
 }
