@@ -193,6 +193,43 @@ pub(crate) fn print_stats(
     );
 }
 
+/// Which CPUs a guest ran on, and how often it moved between them: the
+/// proof, in its statistics, that guests spread over the CPUs and
+/// migrate.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Placement {
+    /// Bit n: it ran on CPU n (CPUs past 63 are not told apart).
+    cpus: u64,
+    last: Option<u32>,
+    moves: u64,
+}
+
+impl Placement {
+    /// The guest starts a turn on `cpu`.
+    pub(crate) fn arrive(&mut self, cpu: u32) {
+        if self.last.is_some_and(|last| last != cpu) {
+            self.moves += 1;
+        }
+        self.last = Some(cpu);
+        self.cpus |= 1 << cpu.min(63);
+    }
+
+    pub(crate) fn print(&self, machine: &mut impl Machine) {
+        if !machine.logs(Level::Info) {
+            return;
+        }
+        let mut line = heapless::String::<512>::new();
+        let _ = write!(line, "stats: cpus: ran on");
+        let mut separator = " ";
+        for cpu in (0..64).filter(|cpu| self.cpus & (1 << cpu) != 0) {
+            let _ = write!(line, "{separator}{cpu}");
+            separator = ", ";
+        }
+        let _ = write!(line, "; moved {} times", self.moves);
+        machine.log(Level::Info, format_args!("{line}"));
+    }
+}
+
 /// What all the guests of a run add up to, printed at the end when there
 /// were several: a campaign of thousands of guests is read from this line.
 /// The free frames before and after show that every guest gave all its

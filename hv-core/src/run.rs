@@ -43,7 +43,7 @@ use switcher_asm::layout::GuestRegs;
 use crate::abi;
 use crate::elf::LoadTarget;
 use crate::load::load;
-use crate::report::{Cycles, GuestConsole, Totals, print_stats};
+use crate::report::{Cycles, GuestConsole, Placement, Totals, print_stats};
 use crate::status;
 use crate::traps::HaltState;
 use crate::vcpu::{self, GuestRam, Host, Kill, Next, Vcpu};
@@ -76,7 +76,7 @@ pub struct RunConfig<'a> {
     pub memory_size: u64,
     /// Where that size came from (`guest_mem=64M`, say), for the line
     /// that says a guest found no memory that large.
-    pub memory_origin: &'a dyn fmt::Display,
+    pub memory_origin: &'a (dyn fmt::Display + Sync),
     /// `guest_timeout=`, in seconds; 0 for no watchdog.
     pub timeout_s: u64,
 }
@@ -177,54 +177,285 @@ pub fn run<M: Machine>(
     guests: &[GuestImage],
     config: &RunConfig<'_>,
 ) -> u8 {
-    let several = config.total > 1;
-    let mut totals = Totals::new(machine.free_frames());
-    let mut admission = Admission {
-        waiting: (0..config.total).filter_map(|index| Some((index, *guests.get(index).or(guests.last())?))),
-        at_once: config.at_once.clamp(1, MAX_GUESTS),
-        several,
-        config,
-    };
-    let mut slots: Vec<Slot<M>, MAX_GUESTS> = Vec::new();
-    admission.admit(machine, &mut slots, &mut totals);
+    let run = Run::new(guests, config, 1, machine.free_frames());
+    serve(&run, machine, regs);
+    run.finish(machine)
+}
 
-    let mut current: Option<usize> = None;
+/// One run of guests, shared by every CPU that serves it ([`serve`]):
+/// the loaded guests not on a CPU right now, those still waiting for a
+/// place, and the totals, all under one lock. A CPU holds the lock only
+/// to pick a guest or give one back, never while a guest runs.
+pub struct Run<'g, M: Machine> {
+    queue: spin::Mutex<Queue<'g, M>>,
+}
+
+struct Queue<'g, M: Machine> {
+    /// Loaded guests that no CPU holds, in the order they take turns: a
+    /// CPU takes the first that can run and gives it back at the end.
+    ready: Vec<Slot<M>, MAX_GUESTS>,
+    /// Loaded guests that a CPU holds now.
+    on_cpus: usize,
+    /// The next guest to load (an index into the run's guests), and how
+    /// many there are in all.
+    next_guest: usize,
+    guests: &'g [GuestImage<'g>],
+    config: RunConfig<'g>,
+    at_once: usize,
+    several: bool,
+    /// How many CPUs serve the run: each guest's statistics say which of
+    /// them it ran on when there are several.
+    cpus: usize,
+    totals: Totals,
+}
+
+/// What a CPU does next. The guest moves straight onto the serving CPU's
+/// stack, so its size is no cost worth boxing.
+#[allow(clippy::large_enum_variant)]
+enum Turn<M: Machine> {
+    Run(Slot<M>),
+    Sleep(u64),
+    Done,
+}
+
+impl<'g, M: Machine> Run<'g, M> {
+    /// A run of `config.total` guests (guest i runs image i; those past
+    /// the end of the list run its last entry again), served by `cpus`
+    /// CPUs. `free_frames` is the host's free memory before it, for the
+    /// totals.
+    pub fn new(
+        guests: &'g [GuestImage<'g>],
+        config: &RunConfig<'g>,
+        cpus: usize,
+        free_frames: usize,
+    ) -> Self {
+        let total = if guests.is_empty() { 0 } else { config.total };
+        let queue = Queue {
+            ready: Vec::new(),
+            on_cpus: 0,
+            next_guest: 0,
+            guests,
+            config: RunConfig { total, ..*config },
+            at_once: config.at_once.clamp(1, MAX_GUESTS),
+            several: config.total > 1,
+            cpus: cpus.max(1),
+            totals: Totals::new(free_frames),
+        };
+        Run { queue: spin::Mutex::new(queue) }
+    }
+
+    /// After every CPU has left [`serve`]: the totals line (when there
+    /// were several guests) and the run's exit status.
+    pub fn finish(self, machine: &mut M) -> u8 {
+        let queue = self.queue.into_inner();
+        debug_assert!(queue.ready.is_empty() && queue.on_cpus == 0, "the run ended with guests loaded");
+        if queue.several {
+            let free_after = machine.free_frames();
+            queue.totals.print(machine, free_after);
+        }
+        queue.totals.status()
+    }
+
+    /// Pick this CPU's next guest: the first ready one that can run,
+    /// after loading waiting guests into free places and waking (or
+    /// finishing) halted ones.
+    fn next_turn(&self, machine: &mut M) -> Turn<M> {
+        let mut queue = self.queue.lock();
+        loop {
+            queue.admit(machine);
+            if let Some(index) = queue.ready.iter().position(|s| s.state == SlotState::Runnable) {
+                queue.on_cpus += 1;
+                return Turn::Run(queue.ready.remove(index));
+            }
+            let (earliest, ended) = queue.check_halted(machine);
+            if ended {
+                queue.retire_finished(machine);
+                continue;
+            }
+            if queue.ready.iter().any(|s| s.state == SlotState::Runnable) {
+                continue;
+            }
+            let now = machine.now_ns();
+            if let Some(deadline) = earliest {
+                return Turn::Sleep(deadline.saturating_sub(now).clamp(1, HOST_TICK_NS));
+            }
+            // Nothing here to run: the guests left are on other CPUs. Wait
+            // for one of them to come back, or to free a place for a
+            // waiting guest; otherwise this CPU is done.
+            let waiting = queue.next_guest < queue.config.total;
+            return if queue.on_cpus > 0 && (waiting || queue.several) {
+                Turn::Sleep(HOST_TICK_NS)
+            } else {
+                Turn::Done
+            };
+        }
+    }
+
+    /// The end of `slot`'s turn on this CPU. A guest that finished is
+    /// retired and its place given away. Otherwise it goes back to the
+    /// queue with its registers and x87 state, unless no other guest is
+    /// ready to run: then this CPU keeps it, and nothing is copied.
+    fn end_turn(&self, machine: &mut M, regs: &GuestRegs, mut slot: Slot<M>) -> Option<Slot<M>> {
+        let mut queue = self.queue.lock();
+        if let SlotState::Finished(status) = slot.state {
+            queue.on_cpus -= 1;
+            queue.totals.ended(slot.number, status);
+            let (several, cpus) = (queue.several, queue.cpus);
+            retire(machine, slot, several, cpus, &mut queue.totals);
+            queue.admit(machine);
+            return None;
+        }
+        let others_ready = queue.ready.iter().any(|s| s.state == SlotState::Runnable)
+            || (queue.next_guest < queue.config.total && queue.ready.len() + queue.on_cpus < queue.at_once);
+        if slot.state == SlotState::Runnable && !others_ready {
+            return Some(slot);
+        }
+        slot.regs = *regs;
+        machine.save_fpu(&mut slot.fpu);
+        queue.on_cpus -= 1;
+        // Room is certain: the slot held a place while it ran.
+        let _ = queue.ready.push(slot);
+        None
+    }
+}
+
+impl<M: Machine> Queue<'_, M> {
+    /// Load waiting guests, in order, while there are places. One that
+    /// cannot be loaded ends there, with its status, and frees its place
+    /// for the next.
+    fn admit(&mut self, machine: &mut M) {
+        while self.ready.len() + self.on_cpus < self.at_once && self.next_guest < self.config.total {
+            let index = self.next_guest;
+            self.next_guest += 1;
+            let Some(guest) = self.guests.get(index).or(self.guests.last()) else { return };
+            let number = index + 1;
+            let console = GuestConsole::new(number, self.several);
+            match load(machine, guest, &self.config, number, &console) {
+                Ok((vcpu, regs)) => {
+                    let timeout_s = self.config.timeout_s;
+                    let deadline_ns =
+                        machine.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
+                    let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
+                    let fpu = machine.fresh_fpu();
+                    let _ = self.ready.push(Slot {
+                        number,
+                        fpu,
+                        vcpu,
+                        regs,
+                        state: SlotState::Runnable,
+                        console,
+                        cycles: Cycles::default(),
+                        placement: Placement::default(),
+                        watchdog,
+                    });
+                }
+                Err(status) => self.totals.ended(number, status),
+            }
+        }
+    }
+
+    /// Look at every halted guest: wake those whose clock event is due,
+    /// finish those the watchdog has caught or nothing could ever wake.
+    /// Returns the earliest moment one of them needs looking at again, and
+    /// whether any finished.
+    fn check_halted(&mut self, machine: &mut M) -> (Option<u64>, bool) {
+        let mut earliest: Option<u64> = None;
+        let mut ended = false;
+        for slot in self.ready.iter_mut().filter(|s| s.state == SlotState::Halted) {
+            let now = machine.now_ns();
+            if let Some(watchdog) = slot.watchdog {
+                if now > watchdog.deadline_ns {
+                    slot.state = SlotState::Finished(watchdog.kill(machine, &slot.console));
+                    ended = true;
+                    continue;
+                }
+                let wake = watchdog.deadline_ns.saturating_add(1);
+                earliest = Some(earliest.map_or(wake, |e| e.min(wake)));
+            }
+            match slot.vcpu.halt_state(now) {
+                HaltState::Ready => slot.state = SlotState::Runnable,
+                HaltState::SleepUntil(deadline) => {
+                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
+                }
+                HaltState::Forever => {
+                    slot.state = SlotState::Finished(slot.console.killed(machine, Kill::HaltForever));
+                    ended = true;
+                }
+            }
+        }
+        (earliest, ended)
+    }
+
+    /// Retire every finished guest among the ready ones.
+    fn retire_finished(&mut self, machine: &mut M) {
+        let mut index = 0;
+        while index < self.ready.len() {
+            let SlotState::Finished(status) = self.ready[index].state else {
+                index += 1;
+                continue;
+            };
+            let slot = self.ready.remove(index);
+            self.totals.ended(slot.number, status);
+            retire(machine, slot, self.several, self.cpus, &mut self.totals);
+        }
+    }
+}
+
+/// One CPU's part in a run: take a guest, run it for a turn, give it
+/// back, until no guest is left for this CPU. Every CPU that serves the
+/// run calls this with its own machine and registers page; the first
+/// guest-visible state a CPU installs is always the guest's own, so a
+/// guest may run on a different CPU every turn.
+pub fn serve<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut GuestRegs) {
+    while serve_turn(run, machine, regs) != Served::Done {}
+}
+
+/// What one call of [`serve_turn`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// A guest had a turn on this CPU (one or more time slices, until it
+    /// went back to the queue or finished).
+    Turn,
+    /// Nothing to run here yet: the CPU slept.
+    Slept,
+    /// Nothing is left for this CPU.
+    Done,
+}
+
+/// One step of [`serve`]: one guest's turn on this CPU, or one sleep.
+pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut GuestRegs) -> Served {
+    let mut slot = match run.next_turn(machine) {
+        Turn::Run(slot) => slot,
+        Turn::Sleep(ns) => {
+            machine.sleep(ns);
+            return Served::Slept;
+        }
+        Turn::Done => return Served::Done,
+    };
+    let (cpu, _) = machine.switcher_mapping();
+    let several = run.queue.lock().several;
+    *regs = slot.regs;
+    machine.restore_fpu(&slot.fpu);
+    install_switcher_state(machine, &slot.vcpu);
+    slot.placement.arrive(cpu);
     loop {
-        let picked = pick_next(machine, &mut slots, current);
-        // Choosing may have finished a halted guest (a halt nothing can
-        // end, the watchdog): its place goes to the next waiting guest at
-        // once, not when the others are done.
-        if retire_finished(machine, &mut slots, &mut current, several, &mut totals) {
-            admission.admit(machine, &mut slots, &mut totals);
-            continue;
-        }
-        let Some(next) = picked else { break };
-        if current != Some(next) {
-            switch_to(machine, regs, &mut slots, current, next);
-            current = Some(next);
-        }
-        let slot = &mut slots[next];
         let turn_started = machine.tsc();
-        let end = run_slice(machine, regs, slot, several);
+        let end = run_slice(machine, regs, &mut slot, several);
         slot.cycles.total += machine.tsc() - turn_started;
         slot.state = match end {
             SliceEnd::Preempted => SlotState::Runnable,
             SliceEnd::Halted => SlotState::Halted,
             SliceEnd::Finished(status) => SlotState::Finished(status),
         };
-        if retire_finished(machine, &mut slots, &mut current, several, &mut totals) {
-            admission.admit(machine, &mut slots, &mut totals);
+        match run.end_turn(machine, regs, slot) {
+            Some(kept) => slot = kept,
+            None => return Served::Turn,
         }
     }
-    debug_assert!(slots.is_empty(), "the run ended with guests still loaded");
-    if several {
-        let free_after = machine.free_frames();
-        totals.print(machine, free_after);
-    }
-    totals.status()
 }
 
-/// Where a guest is in its life.
+/// Where a guest is in its life. (On a CPU, a guest is out of the queue
+/// altogether.)
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Runnable,
@@ -233,97 +464,29 @@ enum SlotState {
 }
 
 /// A loaded guest and everything that is only its: its vCPU (memory,
-/// shadow tables, IDT, clock), its registers while another guest runs,
-/// and its own counts.
+/// shadow tables, IDT, clock), its registers while it is off the CPU, and
+/// its own counts.
 struct Slot<M: Machine> {
     number: usize,
-    /// Its x87 registers while another guest runs.
+    /// Its x87 registers while it is off the CPU.
     fpu: M::Fpu,
     /// `guest_timeout=`, counted from when this guest started.
     watchdog: Option<Watchdog>,
     vcpu: MachineVcpu<M>,
-    /// Its registers while another guest runs (the running guest's are in
-    /// the registers page).
+    /// Its registers while it is off the CPU (on a CPU they are in that
+    /// CPU's registers page).
     regs: GuestRegs,
     state: SlotState,
     console: GuestConsole,
     cycles: Cycles,
-}
-
-/// The guests still waiting for a place, and what each one is given.
-struct Admission<'c, 'o, I> {
-    /// Guest index and image, in order.
-    waiting: I,
-    at_once: usize,
-    several: bool,
-    config: &'c RunConfig<'o>,
-}
-
-impl<'g, I: Iterator<Item = (usize, GuestImage<'g>)>> Admission<'_, '_, I> {
-    /// Load waiting guests, in order, while there are places. One that
-    /// cannot be loaded ends there, with its status, and frees its place
-    /// for the next.
-    fn admit<M: Machine>(
-        &mut self,
-        machine: &mut M,
-        slots: &mut Vec<Slot<M>, MAX_GUESTS>,
-        totals: &mut Totals,
-    ) {
-        while slots.len() < self.at_once {
-            let Some((index, guest)) = self.waiting.next() else { return };
-            let number = index + 1;
-            let console = GuestConsole::new(number, self.several);
-            match load(machine, &guest, self.config, number, &console) {
-                Ok((vcpu, regs)) => {
-                    let timeout_s = self.config.timeout_s;
-                    let deadline_ns =
-                        machine.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
-                    let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
-                    let state = SlotState::Runnable;
-                    let cycles = Cycles::default();
-                    let fpu = machine.fresh_fpu();
-                    let _ = slots.push(Slot { number, fpu, vcpu, regs, state, console, cycles, watchdog });
-                }
-                Err(status) => totals.ended(number, status),
-            }
-        }
-    }
-}
-
-/// Retire every finished guest; true if there was one. `current` (whose
-/// registers are in the registers page) keeps naming the same guest, or
-/// none if it was the one retired.
-fn retire_finished<M: Machine>(
-    machine: &mut M,
-    slots: &mut Vec<Slot<M>, MAX_GUESTS>,
-    current: &mut Option<usize>,
-    several: bool,
-    totals: &mut Totals,
-) -> bool {
-    let mut any = false;
-    let mut index = 0;
-    while index < slots.len() {
-        let SlotState::Finished(status) = slots[index].state else {
-            index += 1;
-            continue;
-        };
-        totals.ended(slots[index].number, status);
-        retire(machine, slots.remove(index), several, totals);
-        *current = match *current {
-            Some(c) if c == index => None,
-            Some(c) if c > index => Some(c - 1),
-            other => other,
-        };
-        any = true;
-    }
-    any
+    placement: Placement,
 }
 
 /// A finished guest gives everything back at once: its shadow pages, its
 /// memory (scrubbed first, so no later guest ever sees it), and its
 /// statistics go out.
-fn retire<M: Machine>(machine: &mut M, slot: Slot<M>, several: bool, totals: &mut Totals) {
-    let Slot { vcpu, cycles, number, .. } = slot;
+fn retire<M: Machine>(machine: &mut M, slot: Slot<M>, several: bool, cpus: usize, totals: &mut Totals) {
+    let Slot { vcpu, cycles, number, placement, .. } = slot;
     let counters = vcpu.counters();
     let (ram, pool, stats) = vcpu.into_parts();
     if pool.in_use() != 0 {
@@ -337,6 +500,9 @@ fn retire<M: Machine>(machine: &mut M, slot: Slot<M>, several: bool, totals: &mu
     totals.async_calls += stats.async_calls;
     totals.exits += stats.exits;
     print_stats(machine, &stats, &counters, &cycles, several.then_some(number));
+    if cpus > 1 {
+        placement.print(machine);
+    }
 }
 
 /// `guest_timeout=`: when a guest still running is killed.
@@ -362,80 +528,6 @@ enum SliceEnd {
     /// HALT, with other guests to run meanwhile.
     Halted,
     Finished(u8),
-}
-
-/// Round robin over the guests that can run; when every unfinished guest
-/// is halted, sleep until the first of them can go on. None when nobody
-/// is left to run, or when a halted guest has just been finished here.
-fn pick_next<M: Machine>(machine: &mut M, slots: &mut [Slot<M>], current: Option<usize>) -> Option<usize> {
-    loop {
-        let count = slots.len();
-        let start = current.map_or(0, |c| c + 1);
-        let runnable =
-            (0..count).map(|i| (start + i) % count).find(|&i| slots[i].state == SlotState::Runnable);
-        if runnable.is_some() {
-            return runnable;
-        }
-        let mut earliest: Option<u64> = None;
-        let mut any_halted = false;
-        let mut any_ended = false;
-        for slot in slots.iter_mut().filter(|s| s.state == SlotState::Halted) {
-            any_halted = true;
-            let now = machine.now_ns();
-            if let Some(watchdog) = slot.watchdog {
-                if now > watchdog.deadline_ns {
-                    slot.state = SlotState::Finished(watchdog.kill(machine, &slot.console));
-                    any_ended = true;
-                    continue;
-                }
-                let wake = watchdog.deadline_ns.saturating_add(1);
-                earliest = Some(earliest.map_or(wake, |e| e.min(wake)));
-            }
-            match slot.vcpu.halt_state(now) {
-                HaltState::Ready => slot.state = SlotState::Runnable,
-                HaltState::SleepUntil(deadline) => {
-                    earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
-                }
-                HaltState::Forever => {
-                    slot.state = SlotState::Finished(slot.console.killed(machine, Kill::HaltForever));
-                    any_ended = true;
-                }
-            }
-        }
-        // The caller retires it and gives its place away before anyone
-        // runs or the CPU sleeps.
-        if !any_halted || any_ended {
-            return None;
-        }
-        if slots.iter().any(|s| s.state == SlotState::Runnable) {
-            continue;
-        }
-        if let Some(deadline) = earliest {
-            let now = machine.now_ns();
-            machine.sleep(deadline.saturating_sub(now).min(HOST_TICK_NS));
-        }
-    }
-}
-
-/// Put `next`'s registers in the registers page, its x87 state in the
-/// CPU, and its direct gates and kernel stack in this CPU's switcher
-/// pages; `current`'s go back to its slot.
-fn switch_to<M: Machine>(
-    machine: &mut M,
-    regs: &mut GuestRegs,
-    slots: &mut [Slot<M>],
-    current: Option<usize>,
-    next: usize,
-) {
-    if let Some(current) = current {
-        slots[current].regs = *regs;
-    }
-    *regs = slots[next].regs;
-    if let Some(current) = current {
-        machine.save_fpu(&mut slots[current].fpu);
-    }
-    machine.restore_fpu(&slots[next].fpu);
-    install_switcher_state(machine, &slots[next].vcpu);
 }
 
 fn install_switcher_state<M: Machine>(machine: &mut M, vcpu: &MachineVcpu<M>) {

@@ -18,11 +18,11 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::{self, Write};
 use std::mem::offset_of;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::{POOL_BASE, Pool, Ram};
 use hv_core::abi::{self, BootInfo};
@@ -45,29 +45,29 @@ const TEXT: u64 = 0x30_0000;
 /// A guest's memory, shared with the simulated machine so that a guest
 /// can put text in it and the machine can read its boot information.
 #[derive(Clone)]
-struct SimRam(Rc<RefCell<Ram>>);
+struct SimRam(Arc<Mutex<Ram>>);
 
 impl GuestMemory for SimRam {
     fn limit(&self) -> u64 {
-        self.0.borrow().limit()
+        self.0.lock().unwrap().limit()
     }
     fn read_u64(&self, gpa: u64) -> Option<u64> {
-        self.0.borrow().read_u64(gpa)
+        self.0.lock().unwrap().read_u64(gpa)
     }
     fn write_u64(&mut self, gpa: u64, value: u64) -> bool {
-        self.0.borrow_mut().write_u64(gpa, value)
+        self.0.lock().unwrap().write_u64(gpa, value)
     }
     fn guest_to_host(&self, gpa: u64) -> u64 {
-        self.0.borrow().guest_to_host(gpa)
+        self.0.lock().unwrap().guest_to_host(gpa)
     }
 }
 
 impl vcpu::GuestRam for SimRam {
     fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        self.0.borrow().read_bytes(gpa, buf)
+        self.0.lock().unwrap().read_bytes(gpa, buf)
     }
     fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
-        self.0.borrow_mut().write_bytes(gpa, bytes)
+        self.0.lock().unwrap().write_bytes(gpa, bytes)
     }
 }
 
@@ -79,7 +79,7 @@ impl LoadTarget for SimRam {
         assert!(self.write_bytes(gpa, bytes));
     }
     fn zero(&mut self, gpa: u64, len: u64) {
-        self.0.borrow_mut().bytes[gpa as usize..(gpa + len) as usize].fill(0);
+        self.0.lock().unwrap().bytes[gpa as usize..(gpa + len) as usize].fill(0);
     }
 }
 
@@ -131,6 +131,8 @@ const LONGEST_RUN_NS: u64 = 100 * SECOND;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     guest: usize,
+    /// The CPU it entered on.
+    cpu: u32,
     at_ns: u64,
     timer_ns: u64,
 }
@@ -170,6 +172,8 @@ struct Sim {
     fpu_left_by: BTreeMap<usize, Fpu>,
     entries: Vec<Entry>,
     sleeps: Vec<u64>,
+    /// The CPU entering now ([`SimCpu`]); 0 on a machine with one.
+    cpu_now: u32,
 }
 
 impl Sim {
@@ -258,7 +262,7 @@ impl Machine for Sim {
         }
         self.memories_out += 1;
         self.memories_peak = self.memories_peak.max(self.memories_out);
-        let ram = SimRam(Rc::new(RefCell::new(Ram { bytes: vec![0; size as usize] })));
+        let ram = SimRam(Arc::new(Mutex::new(Ram { bytes: vec![0; size as usize] })));
         self.last_memory = Some(ram.clone());
         Some(ram)
     }
@@ -321,7 +325,7 @@ impl Machine for Sim {
             self.clock_ns,
             self.out
         );
-        self.entries.push(Entry { guest, at_ns: self.clock_ns, timer_ns });
+        self.entries.push(Entry { guest, cpu: self.cpu_now, at_ns: self.clock_ns, timer_ns });
 
         let script = self.scripts.get_mut(&guest).unwrap_or_else(|| panic!("guest {guest} has no script"));
         let step = match script.front() {
@@ -754,4 +758,214 @@ fn each_guest_statistics_block_counts_its_own_exits() {
     run(&mut sim, config(2));
     assert!(!sim.out.contains("stats"), "{}", sim.out);
     assert_printed(&sim, "guests: 2 ended: 2 exited 0");
+}
+
+/// One CPU of a simulated machine with several, each served by its own
+/// thread: its own number (and so its own switcher entries), x87 state
+/// and shadow root. The rest, the clock, memory, scripts and what is
+/// printed, is the machine's, shared. The scripts run here never halt, so
+/// a CPU only sleeps to wait for a guest another CPU holds: that sleep
+/// takes no simulated time.
+struct SimCpu<'s> {
+    sim: &'s Mutex<Sim>,
+    /// How many CPUs have entered a guest, and how many must have before
+    /// any guest gets past its first entry: a thread that starts late
+    /// would otherwise find every guest already run by the others.
+    started: &'s (AtomicU32, u32),
+    number: u32,
+    entered: bool,
+    fpu_in_cpu: Option<Fpu>,
+    root: u64,
+    idle_polls: usize,
+}
+
+impl<'s> SimCpu<'s> {
+    fn new(sim: &'s Mutex<Sim>, started: &'s (AtomicU32, u32), number: u32) -> SimCpu<'s> {
+        SimCpu { sim, started, number, entered: false, fpu_in_cpu: None, root: 0, idle_polls: 0 }
+    }
+
+    fn sim(&self) -> std::sync::MutexGuard<'s, Sim> {
+        self.sim.lock().unwrap()
+    }
+}
+
+impl Machine for SimCpu<'_> {
+    type Memory = SimRam;
+    type Pool = Pool;
+    type Fpu = Fpu;
+
+    fn now_ns(&self) -> u64 {
+        self.sim().now_ns()
+    }
+    fn tsc(&self) -> u64 {
+        self.sim().tsc()
+    }
+    fn tsc_khz(&self) -> u64 {
+        self.sim().tsc_khz()
+    }
+    fn write_guest_bytes(&mut self, bytes: &[u8]) {
+        self.sim().write_guest_bytes(bytes);
+    }
+    fn print(&mut self, text: fmt::Arguments) {
+        self.sim().print(text);
+    }
+    fn log(&mut self, level: Level, line: fmt::Arguments) {
+        self.sim().log(level, line);
+    }
+    fn logs(&self, level: Level) -> bool {
+        self.sim().logs(level)
+    }
+    fn take_memory(&mut self, size: u64) -> Option<SimRam> {
+        self.sim().take_memory(size)
+    }
+    fn release_memory(&mut self, memory: SimRam) {
+        self.sim().release_memory(memory);
+    }
+    fn shadow_pool(&mut self) -> Pool {
+        self.sim().shadow_pool()
+    }
+    fn free_frames(&self) -> usize {
+        self.sim().free_frames()
+    }
+    fn fresh_fpu(&mut self) -> Fpu {
+        self.sim().fresh_fpu()
+    }
+    fn save_fpu(&mut self, state: &mut Fpu) {
+        *state = self.fpu_in_cpu.expect("saving an FPU state nobody restored on this CPU");
+    }
+    fn restore_fpu(&mut self, state: &Fpu) {
+        self.fpu_in_cpu = Some(*state);
+    }
+    fn switcher_mapping(&self) -> (u32, SwitcherEntries) {
+        (self.number, cpu_switcher_entries(self.number))
+    }
+    fn set_guest_root(&mut self, root: u64) {
+        self.root = root;
+    }
+    fn set_guest_gates(&mut self, kernel_stack_top: u64, direct: impl Fn(u8) -> Option<u64>) {
+        self.sim().set_guest_gates(kernel_stack_top, direct);
+    }
+    fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
+        let (count, wait_for) = self.started;
+        if !self.entered {
+            self.entered = true;
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        let since = std::time::Instant::now();
+        while count.load(Ordering::SeqCst) < *wait_for {
+            assert!(since.elapsed().as_secs() < 60, "CPU {} waited a minute for the others", self.number);
+            std::thread::yield_now();
+        }
+        let mut sim = self.sim();
+        (sim.root, sim.fpu_in_cpu, sim.cpu_now) = (self.root, self.fpu_in_cpu, self.number);
+        let exit = sim.enter(regs, timer_ns);
+        self.fpu_in_cpu = sim.fpu_in_cpu;
+        exit
+    }
+    fn sleep(&mut self, _ns: u64) {
+        self.idle_polls += 1;
+        assert!(self.idle_polls < 1_000_000, "CPU {} waits for ever", self.number);
+        std::thread::yield_now();
+    }
+}
+
+/// CPU `number`'s switcher entries: a different page directory for each.
+fn cpu_switcher_entries(number: u32) -> SwitcherEntries {
+    SwitcherEntries([0x7000_0003 + u64::from(number) * 0x10_0000, 0])
+}
+
+/// Run `config.total` guests of [`image`] on `cpus` simulated CPUs at
+/// once, one thread each; returns the status. With `together`, no guest
+/// gets past its first entry before every CPU has entered one.
+fn run_on_cpus(sim: Sim, cpus: u32, config: RunConfig, together: bool) -> (u8, Sim) {
+    let started = (AtomicU32::new(0), if together { cpus } else { 0 });
+    let image = image();
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    let sim = Mutex::new(sim);
+    let free = sim.lock().unwrap().free_frames();
+    let run = run::Run::new(&guests, &config, cpus as usize, free);
+    std::thread::scope(|scope| {
+        for number in 0..cpus {
+            let (run, sim, started) = (&run, &sim, &started);
+            scope.spawn(move || {
+                let mut regs = GuestRegs::default();
+                run::serve(run, &mut SimCpu::new(sim, started, number), &mut regs);
+            });
+        }
+    });
+    let status = run.finish(&mut SimCpu::new(&sim, &started, 0));
+    let sim = sim.into_inner().unwrap();
+    assert_eq!(sim.memories_out, 0, "guest memory still out after the run:\n{}", sim.out);
+    (status, sim)
+}
+
+#[test]
+fn guests_spread_over_the_cpus_and_move_between_them() {
+    let mut steps = vec![INIT];
+    steps.extend([Tick; 40]);
+    steps.extend([Write("done\n"), shutdown(0)]);
+    let mut sim = Sim::new();
+    for guest in 1..=3 {
+        sim = sim.script(guest, &steps);
+    }
+    let (status, sim) = run_on_cpus(sim, 2, config(3), true);
+    assert_eq!(status, status::SUCCESS, "{}", sim.out);
+    assert!(sim.scripts.values().all(VecDeque::is_empty), "{}", sim.out);
+    assert_eq!(lines_starting(&sim.out, "[g").len(), 6, "{}", sim.out);
+    let cpus: BTreeSet<u32> = sim.entries.iter().map(|e| e.cpu).collect();
+    assert_eq!(cpus.len(), 2, "both CPUs ran guests:\n{}", sim.out);
+    // Each guest's statistics say where it ran.
+    assert_eq!(lines_starting(&sim.out, "stats: cpus: ran on").len(), 3, "{}", sim.out);
+    assert_printed(&sim, "guests: 3 ended: 3 exited 0, 0 killed, 0 other;");
+}
+
+#[test]
+fn a_guest_moves_to_another_cpu_between_turns_and_runs_on_correctly() {
+    // Two CPUs served in turns from one thread, so the order is known:
+    // CPU 0 runs guest 1, CPU 1 guest 2, CPU 0 guest 3, then CPU 1 takes
+    // guest 1 from where CPU 0 left it. The simulated machine checks, on
+    // every entry, that the registers and x87 state are the guest's own.
+    let mut steps = vec![INIT];
+    steps.extend([Tick; 6]);
+    steps.extend([Write("done\n"), shutdown(0)]);
+    let mut sim = Sim::new();
+    for guest in 1..=3 {
+        sim = sim.script(guest, &steps);
+    }
+    let image = image();
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    let config = config(3);
+    let sim = Mutex::new(sim);
+    let started = (AtomicU32::new(0), 0);
+    let run = run::Run::new(&guests, &config, 2, 100_000);
+    let mut cpus = [SimCpu::new(&sim, &started, 0), SimCpu::new(&sim, &started, 1)];
+    let mut pages = [GuestRegs::default(), GuestRegs::default()];
+    let mut done = [false; 2];
+    while !done.iter().all(|&d| d) {
+        for (index, (cpu, regs)) in cpus.iter_mut().zip(pages.iter_mut()).enumerate() {
+            done[index] = done[index] || run::serve_turn(&run, cpu, regs) == run::Served::Done;
+        }
+    }
+    assert_eq!(run.finish(&mut cpus[0]), status::SUCCESS);
+    let sim = sim.into_inner().unwrap();
+    let mut turns: Vec<(usize, u32)> = sim.entries.iter().map(|e| (e.guest, e.cpu)).collect();
+    turns.dedup();
+    assert_eq!(turns[..4], [(1, 0), (2, 1), (3, 0), (1, 1)], "{}", sim.out);
+    assert!(sim.scripts.values().all(VecDeque::is_empty), "{}", sim.out);
+    assert_eq!(lines_starting(&sim.out, "[g").len(), 6, "{}", sim.out);
+    let placements = lines_starting(&sim.out, "stats: cpus: ran on 0, 1; moved");
+    assert_eq!(placements.len(), 3, "every guest ran on both CPUs:\n{}", sim.out);
+}
+
+#[test]
+fn the_first_failing_guest_sets_the_status_on_several_cpus_too() {
+    let mut sim = Sim::new();
+    for guest in 1..=6 {
+        let status = if guest == 1 { 0 } else { 10 + guest as u64 };
+        sim = sim.script(guest, &[INIT, Tick, Tick, Tick, shutdown(status)]);
+    }
+    let (status, sim) = run_on_cpus(sim, 4, RunConfig { at_once: 3, ..config(6) }, false);
+    assert_eq!(status, 12, "{}", sim.out);
+    assert!(sim.memories_peak <= 3, "{}", sim.out);
+    assert_printed(&sim, "guests: 6 ended: 1 exited 0, 0 killed, 5 other;");
 }
