@@ -11,7 +11,7 @@
 //!   up to a cap;
 //! - [`FpuState`]: a guest's x87 registers, swapped with `fxsave` and
 //!   `fxrstor` when the guest on the CPU changes;
-//! - [`BootCpu`]: the rest: entering the guest through this CPU's
+//! - [`ThisCpu`]: the rest: entering the guest through this CPU's
 //!   switcher pages, the local APIC timer, the TSC clock, and the serial
 //!   console.
 //!
@@ -164,16 +164,17 @@ impl FramePool for ShadowPool {
     }
 }
 
-/// The boot CPU as hv-core's run loop sees it: its switcher pages, its
-/// timer and FPU, the clock, the console and the frame pool.
-pub struct BootCpu {
+/// The CPU this runs on, as hv-core's run loop sees it: its switcher
+/// pages, its timer and FPU, the clock all CPUs share, the console and the
+/// frame pool.
+pub struct ThisCpu {
     cpu: CpuPages,
     tsc_khz: u64,
     /// The TSC when the run started: the guests' clock counts from here.
     boot_tsc: u64,
 }
 
-impl Machine for BootCpu {
+impl Machine for ThisCpu {
     type Memory = GuestRam;
     type Pool = ShadowPool;
     type Fpu = FpuState;
@@ -282,18 +283,67 @@ impl Machine for BootCpu {
     }
 }
 
-/// Run the guests on the boot CPU (see `hv_core::run`); returns the exit
-/// status.
+/// The run every CPU serves, while there is one, and the clock they
+/// share: what an application processor woken for work
+/// ([`crate::smp::serve_on_aps`]) finds.
+struct SharedRun {
+    run: *const (),
+    tsc_khz: u64,
+    boot_tsc: u64,
+}
+
+static CURRENT_RUN: spin::Mutex<Option<SharedRun>> = spin::Mutex::new(None);
+
+// SAFETY: the pointer names a `Run`, which is Sync (checked below), and
+// is only read while the boot CPU keeps that run alive (see `run`).
+unsafe impl Send for SharedRun {}
+
+const _: () = {
+    const fn sync<T: Sync>() {}
+    sync::<run::Run<'static, ThisCpu>>();
+};
+
+/// Run the guests on every CPU that is online (see `hv_core::run`);
+/// returns the exit status. The boot CPU serves the run like the others,
+/// then waits for all of them to finish before it prints the totals.
 pub fn run(guests: &[GuestImage], config: &RunConfig, tsc_khz: u64) -> u8 {
-    let cpu = switcher::for_cpu(0);
-    let mut boot_cpu = BootCpu { cpu, tsc_khz, boot_tsc: rdtsc() };
+    let boot_tsc = rdtsc();
+    let mut this_cpu = ThisCpu { cpu: switcher::for_cpu(0), tsc_khz, boot_tsc };
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
+    let cpus = 1 + crate::smp::online_aps();
+    let shared = run::Run::new(guests, config, cpus, this_cpu.free_frames());
+    *CURRENT_RUN.lock() = Some(SharedRun { run: (&raw const shared).cast(), tsc_khz, boot_tsc });
+    crate::smp::serve_on_aps();
     // SAFETY: the boot CPU's registers page, identity-mapped, page-sized
-    // and ours alone: nothing else in the host reads or writes it while
-    // the guests run, and the switcher touches it only inside
-    // `switcher_asm::enter`, which BootCpu::enter hands this very page.
-    let regs = unsafe { &mut *cpu.regs() };
-    run::run(&mut boot_cpu, regs, guests, config)
+    // and this CPU's alone: no other CPU enters through it, nothing else
+    // in the host reads or writes it while the guests run, and the
+    // switcher touches it only inside `switcher_asm::enter`, which
+    // ThisCpu::enter hands this very page.
+    let regs = unsafe { &mut *this_cpu.cpu.regs() };
+    run::serve(&shared, &mut this_cpu, regs);
+    // Every CPU leaves `serve` before the run may go.
+    crate::smp::wait_for_aps();
+    *CURRENT_RUN.lock() = None;
+    shared.finish(&mut this_cpu)
+}
+
+/// CPU `number`'s part in the current run, if there is one: called on
+/// that CPU when it is woken for work.
+pub fn serve_on_this_ap(number: usize) {
+    let (run, tsc_khz, boot_tsc) = match CURRENT_RUN.lock().as_ref() {
+        Some(shared) => (shared.run, shared.tsc_khz, shared.boot_tsc),
+        None => return,
+    };
+    // SAFETY: `run` (above) published this pointer to its own `Run` and
+    // waits for every application processor to return from here before
+    // that run goes away; `Run` is Sync, so a shared reference on
+    // another CPU is sound.
+    let run = unsafe { &*run.cast::<run::Run<'static, ThisCpu>>() };
+    let mut this_cpu = ThisCpu { cpu: switcher::for_cpu(number), tsc_khz, boot_tsc };
+    // SAFETY: as for the boot CPU's: this CPU's own registers page,
+    // touched by nothing else while it serves the run.
+    let regs = unsafe { &mut *this_cpu.cpu.regs() };
+    run::serve(run, &mut this_cpu, regs);
 }
 
 fn rdtsc() -> u64 {

@@ -20,8 +20,9 @@
 //! (`switcher::attach`), and reports in. It then parks: interrupts off,
 //! except in the `sti; hlt` pair of `lapic::wait_for_interrupt`, looking
 //! at its mailbox each time it wakes. Work is handed over by writing the
-//! mailbox and sending a wake IPI; today the only work is `crash=ap`'s.
-//! Running guests there is the scheduler's business (issue 11, part 2).
+//! mailbox and sending a wake IPI: a run of guests to serve
+//! (`guest::run`, which hands every online CPU the same run), or
+//! `crash=ap`'s crash.
 //!
 //! A CPU that has not reported in 100 ms after its SIPIs is given up on,
 //! with one warning naming its APIC ID. Its slot stays as it was: if it
@@ -57,6 +58,12 @@ const GAVE_UP: u8 = 4;
 const NO_WORK: u32 = 0;
 /// Crash on purpose (`crash=ap`): the report must name this CPU.
 const WORK_CRASH: u32 = 1;
+/// Serve the current run of guests (`guest::serve_on_this_ap`).
+const WORK_RUN: u32 = 2;
+
+/// How many application processors were handed the current run and have
+/// not finished serving it.
+static APS_SERVING: AtomicU32 = AtomicU32::new(0);
 
 /// One CPU's start-up record. The first three fields are read by the
 /// start code in `ap_start.s`, which gets their offsets as const operands.
@@ -311,20 +318,66 @@ extern "C" fn ap_main(number: u32) -> ! {
         log::warn!("cpus: CPU {number} (APIC ID {apic_id}): {why}; going on without it");
         halt_for_good();
     }
-    park(slot)
+    park(number)
 }
 
 /// Wait for work, asleep: interrupts are off but for the `sti; hlt` pair,
 /// so the wake IPI that follows a mailbox write ends the `hlt`, and a
 /// write that lands between the check and the `hlt` still wakes it (the
 /// IPI waits in the APIC until `sti` lets it in).
-fn park(slot: &Slot) -> ! {
+fn park(number: usize) -> ! {
+    let slot = &SLOTS[number];
     loop {
         match slot.mailbox.swap(NO_WORK, Ordering::Acquire) {
             WORK_CRASH => crash_on_purpose(),
+            WORK_RUN => {
+                crate::guest::serve_on_this_ap(number);
+                APS_SERVING.fetch_sub(1, Ordering::AcqRel);
+            }
             _ => lapic::wait_for_interrupt(),
         }
     }
+}
+
+/// The numbers of the application processors that are online.
+fn online() -> impl Iterator<Item = usize> {
+    (1..MAX_CPUS).filter(|&n| SLOTS[n].state.load(Ordering::Acquire) == ONLINE)
+}
+
+/// How many application processors are online.
+pub fn online_aps() -> usize {
+    online().count()
+}
+
+/// Wake every online application processor to serve the current run of
+/// guests; [`wait_for_aps`] waits until they all have finished.
+pub fn serve_on_aps() {
+    for number in online() {
+        let slot = &SLOTS[number];
+        let apic_id = slot.apic_id.load(Ordering::Relaxed);
+        APS_SERVING.fetch_add(1, Ordering::AcqRel);
+        slot.mailbox.store(WORK_RUN, Ordering::Release);
+        if let Err(why) = lapic::send_ipi(apic_id, Ipi::Fixed(lapic::WAKE_VECTOR)) {
+            log::warn!(
+                "cpus: waking CPU {number} (APIC ID {apic_id}) to run guests: {why}; going on without it"
+            );
+            // Unless it woke and took the work anyway, it is not serving.
+            if slot.mailbox.compare_exchange(WORK_RUN, NO_WORK, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                APS_SERVING.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Wait until every application processor handed the run has left it.
+pub fn wait_for_aps() {
+    // Asleep between looks: under a VMM with fewer real cores than CPUs,
+    // a CPU spinning here would take time from those still running guests.
+    while APS_SERVING.load(Ordering::Acquire) != 0 {
+        lapic::arm_ns(1_000_000);
+        lapic::wait_for_interrupt();
+    }
+    lapic::disarm();
 }
 
 fn crash_on_purpose() {
