@@ -131,7 +131,7 @@ fn check_guest_exit_and_stats(outcome: &Outcome) -> Verdict {
 /// online` and the limit, if one held (QEMU numbers its APICs from 0).
 fn check_online(outcome: &Outcome, listed: u32, online: u32, limit: Option<u32>) -> Verdict {
     let ids: Vec<String> = (0..listed).map(|id| id.to_string()).collect();
-    let mut expected = format!("cpus: {listed} (APIC IDs {}), {online} online", ids.join(", "));
+    let mut expected = format!("cpus: {listed} (APIC IDs {}), {online} running guests", ids.join(", "));
     if let Some(limit) = limit {
         expected.push_str(&format!(" (cpus={limit})"));
     }

@@ -196,6 +196,10 @@ impl Machine for ThisCpu {
         crate::serial::write_bytes(bytes);
     }
 
+    fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
+        crate::serial::write_guest_line(number, bytes);
+    }
+
     fn print(&mut self, text: fmt::Arguments) {
         crate::serial::print(text);
     }

@@ -361,9 +361,12 @@ mod boot {
         let ids = Ids(&cpus.apic_ids);
         match limit {
             Some(limit) => {
-                println!("cpus: {} (APIC IDs {ids}), {online} online (cpus={limit})", cpus.apic_ids.len())
+                println!(
+                    "cpus: {} (APIC IDs {ids}), {online} running guests (cpus={limit})",
+                    cpus.apic_ids.len()
+                )
             }
-            None => println!("cpus: {} (APIC IDs {ids}), {online} online", cpus.apic_ids.len()),
+            None => println!("cpus: {} (APIC IDs {ids}), {online} running guests", cpus.apic_ids.len()),
         }
     }
 

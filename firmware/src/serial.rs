@@ -78,6 +78,18 @@ pub fn print(args: fmt::Arguments) {
 /// could rewrite the host's terminal; anything unprintable becomes '?'.
 pub fn write_bytes(bytes: &[u8]) {
     let _console = CONSOLE.lock();
+    put_guest_bytes(bytes);
+}
+
+/// `[gN] ` and a piece of guest N's output, under one hold of the lock,
+/// so no other CPU's output lands inside the line.
+pub fn write_guest_line(number: usize, bytes: &[u8]) {
+    let mut console = CONSOLE.lock();
+    let _ = write!(console, "[g{number}] ");
+    put_guest_bytes(bytes);
+}
+
+fn put_guest_bytes(bytes: &[u8]) {
     for &byte in bytes {
         match byte {
             b'\n' => {

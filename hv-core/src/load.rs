@@ -51,7 +51,7 @@ pub(crate) fn load<M: Machine>(
     guest: &GuestImage,
     config: &RunConfig,
     number: usize,
-    console: &GuestConsole,
+    console: &mut GuestConsole,
 ) -> Result<(MachineVcpu<M>, GuestRegs), u8> {
     let memory_size = config.memory_size;
     let Some(mut ram) = machine.take_memory(memory_size) else {

@@ -5,7 +5,8 @@
 //!
 //! - a guest's console: its bytes go out as they come, but when several
 //!   guests share the one serial line, each of their lines starts with
-//!   `[gN] `, so that interleaved output can still be told apart;
+//!   `[gN] ` and goes out whole, so that output from guests on different
+//!   CPUs can still be told apart;
 //! - a guest's closing line: `guest exited with status N` or
 //!   `guest killed: <reason>`, always a whole line of its own, even after
 //!   a guest that left half a line unfinished;
@@ -28,26 +29,34 @@ use crate::run::Machine;
 use crate::status;
 use crate::vcpu::{Kill, Stats};
 
+/// The longest piece of a line (newline included) a guest's console
+/// holds back; a longer line goes out in pieces, each with its prefix.
+const LINE_MAX: usize = 200;
+
 /// One guest's side of the console: whether its lines carry a `[gN] `
-/// prefix, and whether it is at the start of a line.
-#[derive(Clone, Copy)]
+/// prefix, and, when they do, the line it is writing. With several
+/// guests, possibly on several CPUs, a line goes out only when it is
+/// whole (or too long to hold), prefix and all in one piece, so no other
+/// guest's words land in the middle of it.
 pub(crate) struct GuestConsole {
     prefix: Option<usize>,
     at_line_start: bool,
+    line: heapless::Vec<u8, LINE_MAX>,
 }
 
 impl GuestConsole {
     /// Guest `number`'s console; its lines are prefixed when `several`
     /// guests run.
     pub(crate) fn new(number: usize, several: bool) -> GuestConsole {
-        GuestConsole { prefix: several.then_some(number), at_line_start: true }
+        GuestConsole { prefix: several.then_some(number), at_line_start: true, line: heapless::Vec::new() }
     }
 
     pub(crate) fn prefix(&self) -> Option<usize> {
         self.prefix
     }
 
-    /// The guest's own bytes, each line prefixed when several guests run.
+    /// The guest's own bytes: as they come when it runs alone; a whole
+    /// line at a time, prefixed, when several guests run.
     pub(crate) fn write(&mut self, machine: &mut impl Machine, bytes: &[u8]) {
         let Some(number) = self.prefix else {
             machine.write_guest_bytes(bytes);
@@ -56,22 +65,35 @@ impl GuestConsole {
             }
             return;
         };
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            if self.at_line_start {
-                machine.print(format_args!("[g{number}] "));
+        for &byte in bytes {
+            // A line too long to hold goes out in pieces, each a line of
+            // its own; the last place is kept for the newline that ends one.
+            if self.line.len() == LINE_MAX - 1 && byte != b'\n' {
+                let _ = self.line.push(b'\n');
+                machine.write_guest_line(number, &self.line);
+                self.line.clear();
             }
-            machine.write_guest_bytes(line);
-            self.at_line_start = line.ends_with(b"\n");
+            let _ = self.line.push(byte);
+            if byte == b'\n' {
+                machine.write_guest_line(number, &self.line);
+                self.line.clear();
+            }
         }
+        self.at_line_start = self.line.is_empty();
     }
 
     /// The host's closing line for this guest; returns `status`. It starts
     /// a line of its own even when the guest left half a line unfinished
     /// (a fuzzer's random bytes), so the reason is always one whole line.
-    pub(crate) fn finish(&self, machine: &mut impl Machine, status: u8, line: fmt::Arguments) -> u8 {
-        if !self.at_line_start {
+    pub(crate) fn finish(&mut self, machine: &mut impl Machine, status: u8, line: fmt::Arguments) -> u8 {
+        if let Some(number) = self.prefix.filter(|_| !self.line.is_empty()) {
+            let _ = self.line.push(b'\n');
+            machine.write_guest_line(number, &self.line);
+            self.line.clear();
+        } else if !self.at_line_start {
             machine.print(format_args!("\n"));
         }
+        self.at_line_start = true;
         match self.prefix {
             Some(number) => machine.print(format_args!("[g{number}] {line}\n")),
             None => machine.print(format_args!("{line}\n")),
@@ -79,7 +101,7 @@ impl GuestConsole {
         status
     }
 
-    pub(crate) fn killed(&self, machine: &mut impl Machine, reason: Kill) -> u8 {
+    pub(crate) fn killed(&mut self, machine: &mut impl Machine, reason: Kill) -> u8 {
         self.finish(machine, status::GUEST_KILLED, format_args!("guest killed: {reason}"))
     }
 }

@@ -116,6 +116,10 @@ pub trait Machine {
 
     /// A guest's console bytes, made harmless for the host's terminal.
     fn write_guest_bytes(&mut self, bytes: &[u8]);
+    /// `[gN] ` and then a piece of guest `number`'s console (a line, most
+    /// often), made harmless, in one go: no other CPU's output may land
+    /// inside it.
+    fn write_guest_line(&mut self, number: usize, bytes: &[u8]);
     /// The host's own text, always printed.
     fn print(&mut self, text: fmt::Arguments);
     /// One line at `level`, printed if `log=` lets it through.
@@ -329,8 +333,8 @@ impl<M: Machine> Queue<'_, M> {
             self.next_guest += 1;
             let Some(guest) = self.guests.get(index).or(self.guests.last()) else { return };
             let number = index + 1;
-            let console = GuestConsole::new(number, self.several);
-            match load(machine, guest, &self.config, number, &console) {
+            let mut console = GuestConsole::new(number, self.several);
+            match load(machine, guest, &self.config, number, &mut console) {
                 Ok((vcpu, regs)) => {
                     let timeout_s = self.config.timeout_s;
                     let deadline_ns =
@@ -365,7 +369,7 @@ impl<M: Machine> Queue<'_, M> {
             let now = machine.now_ns();
             if let Some(watchdog) = slot.watchdog {
                 if now > watchdog.deadline_ns {
-                    slot.state = SlotState::Finished(watchdog.kill(machine, &slot.console));
+                    slot.state = SlotState::Finished(watchdog.kill(machine, &mut slot.console));
                     ended = true;
                     continue;
                 }
@@ -513,7 +517,7 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn kill(&self, machine: &mut impl Machine, console: &GuestConsole) -> u8 {
+    fn kill(&self, machine: &mut impl Machine, console: &mut GuestConsole) -> u8 {
         let timeout_s = self.timeout_s;
         let reason =
             format_args!("guest killed: watchdog: still running after guest_timeout={timeout_s} seconds");

@@ -236,6 +236,9 @@ impl Machine for Sim {
     fn write_guest_bytes(&mut self, bytes: &[u8]) {
         self.out.push_str(&String::from_utf8_lossy(bytes));
     }
+    fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
+        self.out.push_str(&format!("[g{number}] {}", String::from_utf8_lossy(bytes)));
+    }
     fn print(&mut self, text: fmt::Arguments) {
         self.out.write_fmt(text).unwrap();
     }
@@ -715,14 +718,25 @@ fn a_malformed_image_kills_its_guest_only() {
 }
 
 #[test]
+fn a_line_longer_than_the_console_holds_goes_out_in_prefixed_pieces() {
+    let long = "x".repeat(450);
+    let text: &'static str = Box::leak(format!("{long}\n").into_boxed_str());
+    let mut sim = Sim::new().script(1, &[INIT, Write(text), shutdown(0)]).script(2, &[INIT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    let pieces = lines_starting(&sim.out, "[g1] x");
+    assert_eq!(pieces.len(), 3, "{}", sim.out);
+    assert_eq!(pieces.iter().map(|p| p.len() - "[g1] ".len()).sum::<usize>(), 450);
+}
+
+#[test]
 fn several_guests_lines_carry_their_numbers_and_a_closing_line_starts_its_own() {
     let mut sim = Sim::new()
         .script(1, &[INIT, Write("one\ntwo"), Tick, Write(" and a half"), shutdown(0)])
         .script(2, &[INIT, Write("hello\n"), Tick, shutdown(0)]);
     assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
-    // Each guest has its own idea of where its line stands: guest 1 goes
-    // on with its own half line after guest 2's whole one.
-    assert_printed(&sim, "[g1] one\n[g1] two[g2] hello\n and a half\n[g1] guest exited with status 0\n");
+    // Lines go out whole: guest 1's half line waits while guest 2's whole
+    // one goes out, and its end, once the host closes it.
+    assert_printed(&sim, "[g1] one\n[g2] hello\n[g1] two and a half\n[g1] guest exited with status 0\n");
     assert_printed(&sim, "\n[g2] guest exited with status 0\n");
     // Alone, a guest's half line is ended before the host's line.
     let mut sim = Sim::new().script(1, &[INIT, Write("half a line"), Call(0x999, [0; 5])]);
@@ -805,6 +819,9 @@ impl Machine for SimCpu<'_> {
     }
     fn write_guest_bytes(&mut self, bytes: &[u8]) {
         self.sim().write_guest_bytes(bytes);
+    }
+    fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
+        self.sim().write_guest_line(number, bytes);
     }
     fn print(&mut self, text: fmt::Arguments) {
         self.sim().print(text);
