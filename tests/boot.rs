@@ -518,6 +518,76 @@ fn several_guests(accel: Accel) -> Case {
     })
 }
 
+/// Guests on every CPU: `guests` copies of the preemption scenario (four
+/// spinners, each printing a checksum of its work) on `smp` CPUs. Every
+/// guest's statistics name the CPUs it ran on; together they name every
+/// CPU, some guest moved between CPUs, and still every spinner's checksum
+/// is the same in every guest: a guest that moves goes on correctly.
+fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
+    Case::new(format!("{}_microvm_smp{smp}_guests{guests}_on_every_cpu", accel.name()), move |name| {
+        let config = Boot::new("microvm", accel)
+            .smp(smp)
+            .mem("512M")
+            .append(format!("log=info guests={guests} guest_mem=8M -- test=scenario:preempt"));
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let running = format!("cpus: {smp} ");
+        let banner = outcome.line_starting(&running).unwrap_or("");
+        check!(
+            outcome,
+            banner.ends_with(&format!("{smp} running guests")),
+            "expected all {smp} CPUs running guests: {banner:?}"
+        );
+        for guest in 1..=guests {
+            let passed = format!("[g{guest}] guest: scenario preempt: all 4 programs ended as expected");
+            check!(outcome, outcome.has_line(&passed), "expected {passed:?}");
+        }
+        let placements: Vec<&str> = outcome
+            .lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("stats: cpus: ran on "))
+            .collect();
+        check!(outcome, placements.len() == guests, "expected {guests} 'stats: cpus:' lines: {placements:?}");
+        let mut cpus_used = std::collections::BTreeSet::new();
+        let mut moves = 0;
+        for placement in &placements {
+            let (cpus, moved) = placement.split_once("; moved ").unwrap_or(("", ""));
+            cpus_used.extend(cpus.split(", ").map(str::to_string));
+            moves += moved.trim_end_matches(" times").parse::<u64>().unwrap_or(0);
+        }
+        check!(outcome, cpus_used.len() == smp as usize, "guests ran on CPUs {cpus_used:?}, not all {smp}");
+        check!(outcome, moves > 0, "no guest moved between CPUs: {placements:?}");
+        // The same programs compute the same checksums, wherever they ran.
+        let mut checksums = std::collections::BTreeMap::new();
+        for line in outcome.lines() {
+            if let Some((_, rest)) = line.split_once("] guest: [spin")
+                && let Some((spinner, checksum)) = rest.split_once(": checksum ")
+            {
+                checksums.entry(spinner.to_string()).or_insert_with(Vec::new).push(checksum.to_string());
+            }
+        }
+        check!(outcome, checksums.len() == 4, "expected four spinners' checksums: {checksums:?}");
+        for (spinner, sums) in &checksums {
+            check!(
+                outcome,
+                sums.len() == guests && sums.iter().all(|s| s == &sums[0]),
+                "spinner {spinner}'s checksums differ between guests: {sums:?}"
+            );
+        }
+        let totals = format!("guests: {guests} ended: {guests} exited 0, 0 killed, 0 other;");
+        let line = outcome.line_starting(&totals).unwrap_or("");
+        let frames: Vec<&str> = line.rsplit_once("free frames ").map_or("", |(_, f)| f).split(' ').collect();
+        check!(
+            outcome,
+            frames.len() == 4 && frames[0] == frames[2],
+            "expected {totals:?} with equal free frames before and after: {line:?}"
+        );
+        check_exit(&outcome, 0, true)
+    })
+}
+
 /// Isolation: guest A fills its memory with a secret; B scans every page
 /// it can map while A runs; A is killed; C starts in A's frames, scrubbed,
 /// and scans too. Each scanner plants one control page of its own, so
@@ -965,6 +1035,8 @@ fn main() {
         cases.push(guest_proves(accel, "timer", "guest: 5 clock ticks, each after a HALT"));
         cases.push(watchdog(accel));
         cases.push(several_guests(accel));
+        cases.push(guests_on_every_cpu(accel, 2, 3));
+        cases.push(guests_on_every_cpu(accel, 4, 8));
         cases.push(isolation(accel));
         cases.push(fpu_isolation(accel));
         cases.push(kernel_scenario(accel, "showcase"));

@@ -24,7 +24,7 @@
 //! (`guest::run`, which hands every online CPU the same run), or
 //! `crash=ap`'s crash.
 //!
-//! A CPU that has not reported in 100 ms after its SIPIs is given up on,
+//! A CPU that has not reported in a second after its SIPIs is given up on,
 //! with one warning naming its APIC ID. Its slot stays as it was: if it
 //! arrives after all, it finds it was given up on and halts for good.
 
@@ -42,7 +42,7 @@ use crate::memory::{self, HostRoot};
 use crate::{cpu, switcher};
 
 /// How long a CPU has to report in after its second SIPI.
-const START_TIMEOUT_MS: u64 = 100;
+const START_TIMEOUT_MS: u64 = 1000;
 
 /// A slot's life. The boot CPU moves it from EMPTY to STARTING; the CPU
 /// itself from STARTING to ONLINE (or FAILED, having said why); the boot
