@@ -22,9 +22,7 @@
 //! `UMBRA_FUZZ_RUNS` sets the number of runs (default 20,000, a few
 //! seconds), `UMBRA_FUZZ_SEED` the first seed; a failure names its seed.
 
-use hv_core::rng::Rng;
-use std::time::{Duration, Instant};
-
+use umbra_abi::rng::{self, Rng};
 use umbra_firmware::PhysRange;
 use umbra_firmware::bootinfo::{
     self, BootInfo, MAX_CMDLINE, MAX_MEMMAP_ENTRIES, MAX_MODULE_CMDLINE, MAX_MODULES, ModuleMemory, Notices,
@@ -411,25 +409,5 @@ fn run_once(seed: u64) -> bool {
 
 #[test]
 fn random_start_infos_never_break_the_parser() {
-    let runs: u64 = std::env::var("UMBRA_FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let first: u64 = std::env::var("UMBRA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let started = Instant::now();
-    let (mut accepted, mut slowest) = (0u64, Duration::ZERO);
-    for seed in first..first + runs {
-        let start = Instant::now();
-        accepted += u64::from(run_once(seed));
-        let took = start.elapsed();
-        assert!(took < Duration::from_secs(5), "seed {seed}: took {took:?}: a loop that does not end?");
-        slowest = slowest.max(took);
-    }
-    eprintln!(
-        "start_info fuzz: {runs} inputs from seed {first}: {accepted} accepted, {} refused; slowest {slowest:?}; \
-         {:?} in all",
-        runs - accepted,
-        started.elapsed()
-    );
-    // Both outcomes must be common, or the generator is not exploring.
-    if runs >= 1000 {
-        assert!(accepted > runs / 20 && runs - accepted > runs / 20, "accepted {accepted} of {runs}");
-    }
+    rng::accepted_or_refused("start_info fuzz", "inputs", run_once);
 }

@@ -7,7 +7,9 @@
 //! pool, the machine) so it can be tested on the host; the firmware
 //! supplies the real hardware behind those traits.
 //!
-//! - [`abi`]: the hypercall ABI, shared word for word with the guest;
+//! - the hypercall ABI it implements is the `umbra-abi` crate, shared word
+//!   for word with the guest (re-exported here as [`abi`], [`status`] and
+//!   [`rng`] for the guest's old imports);
 //! - [`elf`]: loading a guest's ELF image into its memory;
 //! - [`vcpu`]: what each exit from the guest means: shadow fills,
 //!   hypercalls, kills;
@@ -21,12 +23,14 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-pub mod abi;
 pub mod elf;
 pub mod load;
 pub mod report;
-pub mod rng;
 pub mod run;
-pub mod status;
 pub mod traps;
 pub mod vcpu;
+
+// The guest still imports these through hv-core; hv-core itself, the
+// firmware and the tests import umbra_abi.
+pub use umbra_abi as abi;
+pub use umbra_abi::{rng, status};

@@ -22,10 +22,10 @@ use core::fmt::{self, Write};
 
 use log::Level;
 use paging::Counters;
+use umbra_abi as abi;
+use umbra_abi::status;
 
-use crate::abi;
 use crate::run::Machine;
-use crate::status;
 use crate::vcpu::{Kill, Stats};
 
 /// One guest's side of the console: whether its lines carry a `[gN] `

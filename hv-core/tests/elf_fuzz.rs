@@ -22,10 +22,8 @@
 //! `UMBRA_FUZZ_RUNS` sets the number of runs (default 20,000, a few
 //! seconds), `UMBRA_FUZZ_SEED` the first seed; a failure names its seed.
 
-use hv_core::rng::Rng;
-use std::time::{Duration, Instant};
-
 use hv_core::elf::{self, LoadTarget, LoadedImage};
+use umbra_abi::rng::{self, Rng};
 
 const EHDR: usize = 64;
 const PHDR: usize = 56;
@@ -155,7 +153,7 @@ fn valid_image(rng: &mut Rng, memory: u64) -> Vec<u8> {
             1 => [note_entry.to_le_bytes(), [0; 8]].concat(),
             _ => note_entry.to_le_bytes().to_vec(),
         };
-        notes.extend(note(hv_core::abi::PV_ENTRY_NOTE_NAME, hv_core::abi::PV_ENTRY_NOTE_TYPE, &payload));
+        notes.extend(note(umbra_abi::PV_ENTRY_NOTE_NAME, umbra_abi::PV_ENTRY_NOTE_TYPE, &payload));
         let (offset, filesz) = (data_at, notes.len() as u64);
         data_at += filesz;
         phdrs.push(Phdr { p_type: PT_NOTE, flags: 4, offset, paddr: 0, filesz, memsz: 0 });
@@ -408,24 +406,5 @@ fn run_once(seed: u64) -> bool {
 
 #[test]
 fn random_images_never_break_the_loader() {
-    let runs: u64 = std::env::var("UMBRA_FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let first: u64 = std::env::var("UMBRA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let started = Instant::now();
-    let (mut accepted, mut slowest) = (0u64, Duration::ZERO);
-    for seed in first..first + runs {
-        let start = Instant::now();
-        accepted += u64::from(run_once(seed));
-        let took = start.elapsed();
-        assert!(took < Duration::from_secs(5), "seed {seed}: took {took:?}: a loop that does not end?");
-        slowest = slowest.max(took);
-    }
-    eprintln!(
-        "elf fuzz: {runs} images from seed {first}: {accepted} accepted, {} refused; slowest {slowest:?}; {:?} in all",
-        runs - accepted,
-        started.elapsed()
-    );
-    // Both outcomes must be common, or the generator is not exploring.
-    if runs >= 1000 {
-        assert!(accepted > runs / 20 && runs - accepted > runs / 20, "accepted {accepted} of {runs}");
-    }
+    rng::accepted_or_refused("elf fuzz", "images", run_once);
 }
