@@ -131,11 +131,17 @@ pub const SHUTDOWN_MESSAGE_MAX: u64 = 256;
 /// ([`status::FIRST_RESERVED`]).
 pub const GUEST_STATUS_MAX: u64 = 99;
 
-/// Selectors the guest runs with (RPL included).
-pub const GUEST_KERNEL_CS: u16 = 0x19;
-pub const GUEST_KERNEL_SS: u16 = 0x21;
-pub const GUEST_USER_SS: u16 = 0x2b;
-pub const GUEST_USER_CS: u16 = 0x33;
+/// Selectors the guest runs with: a slot of the GDT Umbra gives it, and
+/// the ring (RPL) it runs at there.
+pub const GUEST_KERNEL_CS: u16 = selector(3, 1);
+pub const GUEST_KERNEL_SS: u16 = selector(4, 1);
+pub const GUEST_USER_SS: u16 = selector(5, 3);
+pub const GUEST_USER_CS: u16 = selector(6, 3);
+
+/// The selector of GDT slot `slot` at ring `rpl`.
+const fn selector(slot: u16, rpl: u16) -> u16 {
+    slot << 3 | rpl
+}
 
 /// LOAD_IDT_ENTRY's flags. Every handler runs at ring 1, in the guest
 /// kernel: there is no way to name any other target.

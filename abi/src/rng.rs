@@ -56,22 +56,37 @@ pub fn seeds(default_runs: u64) -> core::ops::Range<u64> {
 }
 
 /// Runs a fuzzer whose inputs are either accepted or refused:
-/// `run_once(seed)` for each of [`seeds`]`(20_000)` (a few seconds), true
-/// when it accepted the input. An input that takes seconds fails the test
-/// (a loop that does not end, most likely); so does a generator that makes
-/// either outcome rare, since it is then not exploring. `what` names the
-/// fuzzer and `inputs` what it makes, in the summary it prints.
+/// `run_once(seed)` for each of [`seeds`]`(20_000)` (a few seconds), `Ok`
+/// when it accepted the input, or the line that refused it. A refusal
+/// must be one non-empty line (`UMBRA_FUZZ_VERBOSE` prints each). An
+/// input that takes seconds fails the test (a loop that does not end, most
+/// likely); so does a generator that makes either outcome rare, since it
+/// is then not exploring. `what` names the fuzzer and `inputs` what it
+/// makes, in the summary it prints.
 #[cfg(feature = "fuzz")]
-pub fn accepted_or_refused(what: &str, inputs: &str, mut run_once: impl FnMut(u64) -> bool) {
+pub fn accepted_or_refused(
+    what: &str,
+    inputs: &str,
+    mut run_once: impl FnMut(u64) -> Result<(), std::string::String>,
+) {
     use std::time::{Duration, Instant};
 
     let seeds = seeds(20_000);
     let (first, runs) = (seeds.start, seeds.end - seeds.start);
     let started = Instant::now();
     let (mut accepted, mut slowest) = (0u64, Duration::ZERO);
+    let verbose = std::env::var("UMBRA_FUZZ_VERBOSE").is_ok();
     for seed in seeds {
         let start = Instant::now();
-        accepted += u64::from(run_once(seed));
+        match run_once(seed) {
+            Ok(()) => accepted += 1,
+            Err(line) => {
+                assert!(!line.is_empty() && !line.contains('\n'), "seed {seed}: {line:?}");
+                if verbose {
+                    std::eprintln!("seed {seed}: {line}");
+                }
+            }
+        }
         let took = start.elapsed();
         assert!(took < Duration::from_secs(5), "seed {seed}: took {took:?}: a loop that does not end?");
         slowest = slowest.max(took);

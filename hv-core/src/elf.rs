@@ -510,10 +510,16 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
     bytes.get(at..)?.first_chunk().copied().map(u64::from_le_bytes)
 }
 
+// The ELF-note builder the tests share with the loader's fuzzer.
+#[cfg(test)]
+#[path = "../tests/common/elf_note.rs"]
+mod elf_note;
+
 #[cfg(test)]
 mod tests {
     extern crate std;
 
+    use super::elf_note::note;
     use super::*;
     use std::string::ToString;
     use std::vec;
@@ -925,19 +931,6 @@ mod tests {
         put64(&mut image, E_ENTRY, 0x30ff);
         put32(&mut image, ph_at(2) + P_FLAGS, PF_R);
         assert!(matches!(error(&image), LoadError::EntryNotExecutable { segment: 2, .. }));
-    }
-
-    /// An ELF note: name, type and payload, padded as the format says.
-    fn note(name: &[u8], kind: u32, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&kind.to_le_bytes());
-        for part in [name, payload] {
-            bytes.extend_from_slice(part);
-            bytes.resize(bytes.len().next_multiple_of(4), 0);
-        }
-        bytes
     }
 
     fn with_notes(notes: &[u8]) -> Vec<u8> {

@@ -153,6 +153,21 @@ pub const GDT_TEMPLATE: [u64; TSS_SLOT] = [
     0x00af_fb00_0000_ffff, // 0x30: ring-3 code (selector 0x33)
 ];
 
+/// Whether the descriptor `selector` names in [`GDT_TEMPLATE`] is code
+/// (`code`) or data, at the ring the selector's RPL asks for.
+const fn descriptor_fits(selector: u16, code: bool) -> bool {
+    let descriptor = GDT_TEMPLATE[(selector >> 3) as usize];
+    let dpl = (descriptor >> 45) & 3;
+    let executable = descriptor & (1 << 43) != 0;
+    dpl == (selector & 3) as u64 && executable == code
+}
+
+// The ABI's selectors name the guest's descriptors here, each at its ring.
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_KERNEL_CS, true));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_KERNEL_SS, false));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_USER_CS, true));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_USER_SS, false));
+
 /// The per-CPU state page. The host fills it; the switcher reads it on
 /// both sides and writes only `host_rsp`, while still on the host's
 /// tables, where the page is writable.
