@@ -25,8 +25,8 @@ mod trap;
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::console::Printable;
 use crate::platform;
+use crate::platform::console::Printable;
 use proc::{KSTACK, MAX_PROCS, State, k};
 
 macro_rules! program {
@@ -143,7 +143,7 @@ fn parse_benchmark(spec: &[u8]) -> bool {
         let mut parts = word.splitn(2, |&b| b == b'=');
         let (Some(name), Some(digits)) = (parts.next(), parts.next()) else { return false };
         let which = WORKLOADS.iter().position(|w| w.as_bytes() == name);
-        let ops = crate::modes::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
+        let ops = crate::cmdline::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
         let (Some(which), Some(ops), true) = (which, ops, count < 8) else { return false };
         BENCH_RUNS[count].store((which as u64) << 56 | ops, Ordering::Relaxed);
         count += 1;

@@ -23,8 +23,12 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use hv_core::abi;
 
-use crate::hypercall::{self, hypercall};
-use crate::native;
+use self::hypercall::hypercall;
+
+#[macro_use]
+pub mod console;
+pub mod hypercall;
+mod native;
 
 /// Which machine the kernel runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]

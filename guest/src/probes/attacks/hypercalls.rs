@@ -16,8 +16,8 @@ use super::{
     UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_trap_gp, install_handlers, load_idt_entry,
     run_at_ring3, works,
 };
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, Frames, KERNEL_BASE};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
 /// A hypercall that Umbra must refuse by killing us.
 fn call(number: u64, args: [u64; 5]) {

@@ -29,7 +29,7 @@ use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::console::Printable;
+use crate::platform::console::Printable;
 use crate::platform::{self, Backend, Gate};
 
 /// The segment selectors of the native GDT. The user ones are the same

@@ -8,7 +8,7 @@
 //! without a handler shows the other side: no handler, and the guest dies.
 
 use super::{Attack, NON_CANONICAL, expect_delivered, faulting, install_handlers};
-use crate::tables::{self, Frames};
+use crate::probes::tables::{self, Frames};
 
 /// Defines an attack that runs one faulting instruction and expects
 /// `vector` at our handler.

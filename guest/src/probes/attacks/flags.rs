@@ -20,8 +20,8 @@ use super::{
     ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_trap_db, faulting,
     install_handlers, load_idt_entry, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, KERNEL_BASE, phys};
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, KERNEL_BASE, phys};
 
 const CF: u64 = 1 << 0;
 const PF: u64 = 1 << 2;

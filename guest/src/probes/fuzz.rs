@@ -36,9 +36,9 @@ use core::arch::global_asm;
 use hv_core::abi;
 use hv_core::rng::Rng;
 
-use crate::hypercall::{hypercall, shutdown};
-use crate::modes::decimal;
-use crate::tables::{
+use crate::cmdline::decimal;
+use crate::platform::hypercall::{hypercall, shutdown};
+use crate::probes::tables::{
     self, ACCESSED, AddressSpace, DIRTY, Frames, KERNEL_ALIAS_SIZE, KERNEL_BASE, PRESENT, PT, WRITABLE,
 };
 
@@ -253,7 +253,7 @@ struct Ring {
 
 impl Ring {
     fn queue(&mut self, number: u64, args: [u64; 5]) {
-        let page = crate::hypercall::shared_page();
+        let page = crate::platform::hypercall::shared_page();
         let index = self.next;
         self.next = (index + 1) % abi::ASYNC_SLOTS;
         // SAFETY: an in-bounds slot of our own shared page; volatile
@@ -422,7 +422,7 @@ fn random_call(rng: &mut Rng, memory_size: u64) {
 
 /// Garbage where Umbra reads: pending bits, the clock, the async ring.
 fn scribble_shared_page(rng: &mut Rng, memory_size: u64) {
-    let page = crate::hypercall::shared_page_address();
+    let page = crate::platform::hypercall::shared_page_address();
     let word = 8 + rng.below(4096 / 8 - 1) * 8;
     let value = if rng.below(3) == 0 { 1 } else { edgy(rng, memory_size) };
     // SAFETY: our own shared page, which Umbra reads as untrusted.

@@ -10,8 +10,8 @@ use super::{
     ATTACK_STEPS, Attack, NON_CANONICAL, UNMAPPED, alias, attack_trap_db, faulting, install_handlers,
     load_idt_entry, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, KERNEL_BASE};
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
 /// `cli` with the stack pointer at `rsp`, our #GP handler installed.
 fn cli_with_stack(memory_size: u64, frames: Frames, rsp: u64) {

@@ -26,9 +26,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use hv_core::abi;
 
-use crate::console::Printable;
-use crate::hypercall::{hypercall, shutdown};
-use crate::tables::{AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use crate::platform::console::Printable;
+use crate::platform::hypercall::{hypercall, shutdown};
+use crate::probes::tables::{AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
 
 mod faults;
 mod flags;
@@ -264,7 +264,7 @@ macro_rules! faulting {
             $instr,
             "2:",
             $after,
-            resume = sym $crate::attacks::ATTACK_RESUME,
+            resume = sym $crate::probes::attacks::ATTACK_RESUME,
             resume_at = out(reg) _,
             $($($operands)*)?
         )
@@ -275,7 +275,7 @@ macro_rules! faulting {
             "mov qword ptr [rip + {resume}], {resume_at}",
             $instr,
             "2:",
-            resume = sym $crate::attacks::ATTACK_RESUME,
+            resume = sym $crate::probes::attacks::ATTACK_RESUME,
             resume_at = out(reg) _,
             $($($operands)*)?
         )

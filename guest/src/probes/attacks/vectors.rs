@@ -19,8 +19,8 @@ use super::{
     attack_trap_of, expect_delivered, faulting, install_handlers, load_idt_entry, run_at_ring3, survived,
     works,
 };
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, Frames};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{self, Frames};
 
 const TIMER: u64 = 0xef;
 

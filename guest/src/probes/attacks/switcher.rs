@@ -10,8 +10,8 @@ use super::{
     Attack, IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
     faulting, install_handlers, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, PAGE_SIZE};
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, PAGE_SIZE};
 
 fn poke(va: u64) {
     // SAFETY: Umbra must kill us at this write.

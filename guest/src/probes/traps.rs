@@ -21,8 +21,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use hv_core::abi;
 
-use crate::hypercall::{self, hypercall, shutdown};
-use crate::tables::{self, Frames, KERNEL_BASE};
+use crate::platform::hypercall::{self, hypercall, shutdown};
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
 #[unsafe(no_mangle)]
 static TRAP_DE_COUNT: AtomicU64 = AtomicU64::new(0);

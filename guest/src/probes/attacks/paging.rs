@@ -7,8 +7,8 @@
 //! from them; every entry it follows is checked as it is read.
 
 use super::{Attack, SWITCHER_BASE, SWITCHER_PD511, SWITCHER_UNMAPPED, works};
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, ACCESSED, DIRTY, Frames, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{self, ACCESSED, DIRTY, Frames, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
 
 const HUGE: u64 = 1 << 7;
 const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
