@@ -36,6 +36,7 @@ use core::arch::global_asm;
 use hv_core::abi;
 use hv_core::rng::Rng;
 
+use super::{STATE_PAGE, SWITCHER_BASE};
 use crate::cmdline::decimal;
 use crate::platform::hypercall::{hypercall, shutdown};
 use crate::probes::tables::{
@@ -51,8 +52,8 @@ fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
         memory_size - 1,
         memory_size - 8,
         memory_size - 4096,
-        SWITCHER,
-        SWITCHER + 0x3000,
+        SWITCHER_BASE,
+        STATE_PAGE,
         KERNEL_BASE,
         KERNEL_BASE - 1,
         0x0000_8000_0000_0000,
@@ -66,7 +67,6 @@ fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
     }
 }
 
-const SWITCHER: u64 = 0xFFFF_FFFF_FFC0_0000;
 /// The page-table writes stay in two scratch windows, one page table each,
 /// so the fuzzer never unmaps its own code or stack.
 const KERNEL_SCRATCH: u64 = 0xFFFF_A000_0000_0000;
@@ -281,7 +281,7 @@ fn calm_address(rng: &mut Rng, memory_size: u64) -> u64 {
         1 => USER_SCRATCH + rng.below(512 * 4096),
         2 => rng.below(memory_size),
         3 => KERNEL_BASE + rng.below(memory_size.min(KERNEL_ALIAS_SIZE)),
-        4 => [0, 0x0000_7fff_ffff_f000, KERNEL_BASE, SWITCHER - 4096][rng.below(4) as usize],
+        4 => [0, 0x0000_7fff_ffff_f000, KERNEL_BASE, SWITCHER_BASE - 4096][rng.below(4) as usize],
         _ => rng.below(0x0000_8000_0000_0000),
     }
 }

@@ -50,10 +50,18 @@ use crate::platform::console::Printable;
 use crate::platform::hypercall::{self, hypercall, shutdown};
 use tables::{ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE};
 
-/// The switcher region: the top 4 MiB, Umbra's in every address space.
+/// The switcher region: the top 4 MiB, Umbra's in every address space,
+/// and its pages as the guest sees them.
 const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
+const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
 /// The switcher's state page, which Umbra maps read-only for us.
-const SWITCHER_STATE: u64 = SWITCHER_BASE + 0x3000;
+const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
+const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
+/// Inside the switcher's slot, past its pages: mapped for nobody.
+const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
+/// PD[511] of the region: reserved, never mapped.
+const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
 
 /// A pointer outside any guest's memory.
 const OUTSIDE_GUEST: u64 = 0x0000_7000_0000_0000;
@@ -142,7 +150,7 @@ fn no_init() -> ! {
 /// this one.
 fn first_init_at_switcher() -> ! {
     // SAFETY: Umbra must refuse this, and kill us.
-    unsafe { hypercall(abi::INIT, SWITCHER_STATE, 0, 0, 0, 0) };
+    unsafe { hypercall(abi::INIT, STATE_PAGE, 0, 0, 0, 0) };
     survived()
 }
 
@@ -159,7 +167,7 @@ fn map_switcher(memory_size: u64, frames: Frames) {
 /// allowed, then write it, which is not.
 fn touch_switcher(memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    let state = SWITCHER_STATE as *mut u64;
+    let state = STATE_PAGE as *mut u64;
     // SAFETY: Umbra maps this page read-only for us; if it does not, the
     // read kills us, which is also an answer.
     let value = unsafe { state.read_volatile() };

@@ -16,6 +16,11 @@
 //!
 //! Handlers must be kernel-half addresses: they run through the kernel
 //! alias of our image, and RIP-relative data references follow them there.
+//! [`alias`] gives that address and [`load_idt_entry`] installs it, for
+//! these modes and for the attack suite's own handlers (`attacks/`). They
+//! call Umbra directly, as every probe does, rather than through the
+//! process kernel's `platform::set_trap_handler`: several probes hand
+//! Umbra gates it must refuse, which the platform layer could not express.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,12 +78,14 @@ unsafe extern "C" {
     fn guest_noirq_iret();
 }
 
-/// The kernel-half alias of a function of our image.
-fn alias(function: unsafe extern "C" fn()) -> u64 {
+/// The kernel-half alias of a function of our image: handlers must be
+/// kernel addresses.
+pub(super) fn alias(function: unsafe extern "C" fn()) -> u64 {
     KERNEL_BASE + function as usize as u64
 }
 
-fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
+/// LOAD_IDT_ENTRY, for entries Umbra should accept.
+pub(super) fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
     // SAFETY: a handler of ours, in the kernel half.
     unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
 }

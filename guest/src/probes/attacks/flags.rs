@@ -17,8 +17,8 @@ use core::sync::atomic::Ordering;
 use hv_core::abi;
 
 use super::{
-    ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_trap_db, faulting,
-    install_handlers, load_idt_entry, works,
+    ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_table, attack_trap_db,
+    faulting, install_handlers, load_idt_entry, works,
 };
 use crate::platform::hypercall;
 use crate::probes::tables::{self, Frames, KERNEL_BASE, phys};
@@ -500,15 +500,7 @@ fn flags_round_trip(name: &'static str, memory_size: u64, frames: Frames) {
     )
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "std-console", run: std_console },
-    Attack { name: "std-page-fault", run: std_page_fault },
-    Attack { name: "std-trap", run: std_trap },
-    Attack { name: "std-watchdog", run: std_watchdog },
-    Attack { name: "std-shutdown", run: std_shutdown },
-    Attack { name: "ac-hypercall", run: ac_hypercall },
-    Attack { name: "nt-hypercall", run: nt_hypercall },
-    Attack { name: "tf-hypercall", run: tf_hypercall },
-    Attack { name: "rf-hypercall", run: rf_hypercall },
-    Attack { name: "flags-round-trip", run: flags_round_trip },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    std_console, std_page_fault, std_trap, std_watchdog, std_shutdown,
+    ac_hypercall, nt_hypercall, tf_hypercall, rf_hypercall, flags_round_trip,
+};

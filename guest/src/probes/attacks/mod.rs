@@ -26,9 +26,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use hv_core::abi;
 
+use super::tables::{self, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use super::traps::{alias, load_idt_entry};
+use super::{
+    IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_BASE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
+    survived,
+};
 use crate::platform::console::Printable;
 use crate::platform::hypercall::{hypercall, shutdown};
-use crate::probes::tables::{AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
 
 mod faults;
 mod flags;
@@ -42,6 +47,40 @@ mod vectors;
 struct Attack {
     name: &'static str,
     run: fn(&'static str, u64, Frames),
+}
+
+/// The table of a group's attacks, from their functions: each attack is
+/// named after its function, with dashes for underscores (`read_cr0` runs
+/// as `test=attack:read-cr0`), so a name is written once and cannot drift
+/// from the code it runs.
+macro_rules! attack_table {
+    ($($run:ident),* $(,)?) => {
+        &[$(super::Attack {
+            name: {
+                // Worked out while compiling, and a constant, so the name
+                // lies in the image like any string literal.
+                const NAME: [u8; stringify!($run).len()] = super::dashes(stringify!($run));
+                match core::str::from_utf8(&NAME) {
+                    Ok(name) => name,
+                    Err(_) => panic!("an identifier is ASCII"),
+                }
+            },
+            run: $run,
+        }),*]
+    };
+}
+use attack_table;
+
+/// `identifier` with its underscores made dashes: an attack's name.
+const fn dashes<const N: usize>(identifier: &str) -> [u8; N] {
+    let bytes = identifier.as_bytes();
+    let mut name = [0; N];
+    let mut i = 0;
+    while i < N {
+        name[i] = if bytes[i] == b'_' { b'-' } else { bytes[i] };
+        i += 1;
+    }
+    name
 }
 
 /// Every attack, by group. `tests/attacks.rs` holds the same names.
@@ -65,12 +104,6 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
     say!("attack {}", attack.name);
     (attack.run)(attack.name, memory_size, frames);
     survived()
-}
-
-/// The attack came back: Umbra let something through.
-pub fn survived() -> ! {
-    say!("survived");
-    shutdown(98, "survived")
 }
 
 /// The attack did what a guest may do, and it worked.
@@ -184,18 +217,6 @@ unsafe extern "C" {
     fn attack_noirq_iret();
 }
 
-/// The kernel-half alias of a function of our image: handlers must be
-/// kernel addresses.
-fn alias(function: unsafe extern "C" fn()) -> u64 {
-    KERNEL_BASE + function as usize as u64
-}
-
-/// LOAD_IDT_ENTRY, for entries Umbra should accept.
-fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
-    // SAFETY: a handler of ours, in the kernel half.
-    unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
-}
-
 /// Installs the recording handler for every exception an attack may
 /// expect, as trap gates (the virtual interrupt flag is left alone).
 fn install_handlers() {
@@ -253,28 +274,29 @@ fn expect_delivered(name: &str, vector: u64) -> ! {
     works(name, format_args!("{} delivered to our handler (error {error:#x})", vector_name(vector)))
 }
 
+/// Puts the stack pointer at `rsp`, our handlers installed, then runs
+/// `cli`, whose #GP Umbra must deliver by writing a frame below `rsp`.
+fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
+    tables::build_and_switch(memory_size, frames);
+    install_handlers();
+    // SAFETY: Umbra must kill us before the handler runs; should it not,
+    // the handler resumes after `cli` and the old stack is restored.
+    unsafe {
+        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
+    };
+}
+
 /// Runs an instruction that must fault, with the handlers resuming right
 /// after it. `after` runs once we are back (to undo what the instruction
 /// pushed, say); the operands are named or explicit registers.
 macro_rules! faulting {
-    ($instr:literal; then $after:literal $(, $($operands:tt)*)?) => {
+    ($instr:literal $(; then $after:literal)? $(, $($operands:tt)*)?) => {
         core::arch::asm!(
             "lea {resume_at}, [rip + 2f]",
             "mov qword ptr [rip + {resume}], {resume_at}",
             $instr,
             "2:",
-            $after,
-            resume = sym $crate::probes::attacks::ATTACK_RESUME,
-            resume_at = out(reg) _,
-            $($($operands)*)?
-        )
-    };
-    ($instr:literal $(, $($operands:tt)*)?) => {
-        core::arch::asm!(
-            "lea {resume_at}, [rip + 2f]",
-            "mov qword ptr [rip + {resume}], {resume_at}",
-            $instr,
-            "2:",
+            $($after,)?
             resume = sym $crate::probes::attacks::ATTACK_RESUME,
             resume_at = out(reg) _,
             $($($operands)*)?
@@ -283,16 +305,6 @@ macro_rules! faulting {
 }
 use faulting;
 
-/// The switcher region and its pages, as the guest sees them.
-const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
-const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
-const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
-const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
-const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
-/// Inside the switcher's slot, past its pages: mapped for nobody.
-const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
-/// PD[511] of the region: reserved, never mapped.
-const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
 /// Canonical, user half, mapped by nothing we build.
 const UNMAPPED: u64 = 0x0000_5000_0000_0000;
 /// The first non-canonical address above the user half.

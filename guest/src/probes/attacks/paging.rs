@@ -6,7 +6,7 @@
 //! Umbra reads our tables, never trusts them, and builds its own shadow
 //! from them; every entry it follows is checked as it is read.
 
-use super::{Attack, SWITCHER_BASE, SWITCHER_PD511, SWITCHER_UNMAPPED, works};
+use super::{Attack, SWITCHER_BASE, SWITCHER_PD511, SWITCHER_UNMAPPED, attack_table, works};
 use crate::platform::hypercall::{self, hypercall};
 use crate::probes::tables::{self, ACCESSED, DIRTY, Frames, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
 
@@ -268,23 +268,10 @@ fn shadow_pool(name: &'static str, memory_size: u64, frames: Frames) {
     works(name, format_args!("switched through {SPACES} address spaces and back"))
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "map-switcher-pte", run: map_switcher_pte },
-    Attack { name: "map-switcher-demand", run: map_switcher_demand },
-    Attack { name: "map-switcher-2m", run: map_switcher_2m },
-    Attack { name: "map-switcher-2m-announced", run: map_switcher_2m_announced },
-    Attack { name: "map-switcher-1g", run: map_switcher_1g },
-    Attack { name: "pte-beyond-memory", run: pte_beyond_memory },
-    Attack { name: "pde-beyond-memory", run: pde_beyond_memory },
-    Attack { name: "pml4e-beyond-memory", run: pml4e_beyond_memory },
-    Attack { name: "pte-reserved", run: pte_reserved },
-    Attack { name: "pte-reserved-announced", run: pte_reserved_announced },
-    Attack { name: "pde-reserved", run: pde_reserved },
-    Attack { name: "pml4e-huge", run: pml4e_huge },
-    Attack { name: "large-2m-crosses-end", run: large_2m_crosses_end },
-    Attack { name: "large-1g-crosses-end", run: large_1g_crosses_end },
-    Attack { name: "cr3-beyond-memory", run: cr3_beyond_memory },
-    Attack { name: "cr3-unaligned", run: cr3_unaligned },
-    Attack { name: "recursive-tables", run: recursive_tables },
-    Attack { name: "shadow-pool", run: shadow_pool },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    map_switcher_pte, map_switcher_demand, map_switcher_2m, map_switcher_2m_announced, map_switcher_1g,
+    pte_beyond_memory, pde_beyond_memory, pml4e_beyond_memory,
+    pte_reserved, pte_reserved_announced, pde_reserved, pml4e_huge,
+    large_2m_crosses_end, large_1g_crosses_end, cr3_beyond_memory, cr3_unaligned,
+    recursive_tables, shadow_pool,
+};
