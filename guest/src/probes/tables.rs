@@ -36,25 +36,19 @@
 
 use crate::platform::hypercall;
 
-pub const PAGE_SIZE: u64 = 4096;
-/// Where the kernel alias of guest memory starts; also our kernel half.
-pub const KERNEL_BASE: u64 = 0xFFFF_8000_0000_0000;
+// The architecture's entry bits, and the kernel half, which the process
+// kernel declares too, by the kernel's names.
+pub use crate::kernel::mem::{ADDRESS, KERNEL_BASE, PAGE as PAGE_SIZE, PRESENT, WRITABLE};
+
+/// Entry bits the kernel does not export. The probes set accessed and
+/// dirty to tell Umbra a page is about to be used.
+pub const ACCESSED: u64 = 1 << 5;
+pub const DIRTY: u64 = 1 << 6;
+pub const HUGE: u64 = 1 << 7;
+
 const LARGE_PAGE: u64 = 2 << 20;
 /// How much of guest memory the kernel alias maps.
 pub const KERNEL_ALIAS_SIZE: u64 = 16 << 20;
-
-pub const PRESENT: u64 = 1 << 0;
-pub const WRITABLE: u64 = 1 << 1;
-pub const ACCESSED: u64 = 1 << 5;
-pub const DIRTY: u64 = 1 << 6;
-const HUGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-
-/// Table levels, by how far they are from the page: a page table maps
-/// 4 KiB pages, a page directory 2 MiB ones.
-pub const PT: u32 = 0;
-const PD: u32 = 1;
-const PML4: u32 = 3;
 
 /// A pointer to guest-physical `pa`, good in linear mode and under our
 /// identity map alike.
@@ -94,6 +88,13 @@ impl Frames {
         self.next
     }
 }
+
+/// Table levels, by how far they are from the page: a page table maps
+/// 4 KiB pages, a page directory 2 MiB ones.
+pub const PT: u32 = 0;
+pub const PD: u32 = 1;
+pub const PDPT: u32 = 2;
+pub const PML4: u32 = 3;
 
 /// Our tables, and the frames to grow them.
 pub struct AddressSpace {

@@ -274,6 +274,19 @@ fn expect_delivered(name: &str, vector: u64) -> ! {
     works(name, format_args!("{} delivered to our handler (error {error:#x})", vector_name(vector)))
 }
 
+/// Reads `va`, which Umbra must kill us for; if that comes back, the
+/// attack survived.
+fn peek(va: u64) {
+    // SAFETY: Umbra must kill us at this read.
+    unsafe { (va as *const u64).read_volatile() };
+}
+
+/// Writes `va`, which Umbra must kill us for.
+fn poke(va: u64) {
+    // SAFETY: Umbra must kill us at this write.
+    unsafe { (va as *mut u64).write_volatile(0x5afe) };
+}
+
 /// Puts the stack pointer at `rsp`, our handlers installed, then runs
 /// `cli`, whose #GP Umbra must deliver by writing a frame below `rsp`.
 fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {

@@ -8,20 +8,10 @@
 
 use super::{
     Attack, IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
-    attack_table, trap_with_stack_at, works,
+    attack_table, peek, poke, trap_with_stack_at, works,
 };
 use crate::platform::hypercall;
 use crate::probes::tables::{self, Frames, PAGE_SIZE};
-
-fn poke(va: u64) {
-    // SAFETY: Umbra must kill us at this write.
-    unsafe { (va as *mut u64).write_volatile(0x5afe) };
-}
-
-fn peek(va: u64) {
-    // SAFETY: Umbra must kill us at this read.
-    unsafe { (va as *const u64).read_volatile() };
-}
 
 fn write_state_page(_: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
