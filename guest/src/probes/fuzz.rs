@@ -36,6 +36,7 @@ use core::arch::global_asm;
 use hv_core::abi;
 use hv_core::rng::Rng;
 
+use super::traps::handler_statics;
 use super::{STATE_PAGE, SWITCHER_BASE};
 use crate::cmdline::decimal;
 use crate::platform::hypercall::{hypercall, shutdown};
@@ -72,8 +73,9 @@ fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
 const KERNEL_SCRATCH: u64 = 0xFFFF_A000_0000_0000;
 const USER_SCRATCH: u64 = 0x0000_1000_0000_0000;
 
-#[unsafe(no_mangle)]
-static FUZZ_TRAPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+handler_statics! {
+    FUZZ_TRAPS = 0;
+}
 
 global_asm!(
     r#"

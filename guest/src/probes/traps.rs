@@ -22,25 +22,35 @@
 //! process kernel's `platform::set_trap_handler`: several probes hand
 //! Umbra gates it must refuse, which the platform layer could not express.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use hv_core::abi;
 
 use crate::platform::hypercall::{self, hypercall, shutdown};
 use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
-#[unsafe(no_mangle)]
-static TRAP_DE_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_GP_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_GP_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static TRAP_PF_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_PF_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static CLOCK_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Declares what the probes' trap handlers, written in assembly, count
+/// and note by name: `NAME = initial value;`, each an `AtomicU64`
+/// exported under its own name.
+macro_rules! handler_statics {
+    ($($(#[$attr:meta])* $name:ident = $init:expr;)*) => {
+        $(
+            $(#[$attr])*
+            #[unsafe(no_mangle)]
+            static $name: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new($init);
+        )*
+    };
+}
+pub(super) use handler_statics;
+
+handler_statics! {
+    TRAP_DE_COUNT = 0;
+    TRAP_GP_COUNT = 0;
+    TRAP_GP_ERROR = u64::MAX;
+    TRAP_PF_COUNT = 0;
+    TRAP_PF_ERROR = u64::MAX;
+    CLOCK_TICKS = 0;
+}
 
 core::arch::global_asm!(
     r#"

@@ -22,12 +22,12 @@
 //! handler needs to know how long the faulting instruction was, and a
 //! fault whose RIP is itself bad (a non-canonical jump) still comes back.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use hv_core::abi;
 
 use super::tables::{self, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
-use super::traps::{alias, load_idt_entry};
+use super::traps::{alias, handler_statics, load_idt_entry};
 use super::{
     IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_BASE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
     survived,
@@ -112,30 +112,23 @@ fn works(name: &str, what: core::fmt::Arguments) -> ! {
     shutdown(0, "attack handled")
 }
 
-/// What the last trap told our handler. Written by the handlers below,
-/// through the kernel alias; read here.
-#[unsafe(no_mangle)]
-static ATTACK_TRAPS: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static ATTACK_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static ATTACK_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static ATTACK_CS: AtomicU64 = AtomicU64::new(0);
-/// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
-#[unsafe(no_mangle)]
-static ATTACK_RFLAGS: AtomicU64 = AtomicU64::new(0);
-/// Where a handler resumes (0: where the frame says).
-#[unsafe(no_mangle)]
-static ATTACK_RESUME: AtomicU64 = AtomicU64::new(0);
-/// The kernel stack pointer to go back to after a trap from user mode.
-#[unsafe(no_mangle)]
-static ATTACK_KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
-/// Single-step traps and clock ticks, counted apart.
-#[unsafe(no_mangle)]
-static ATTACK_STEPS: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static ATTACK_TICKS: AtomicU64 = AtomicU64::new(0);
+handler_statics! {
+    /// What the last trap told our handler. Written by the handlers
+    /// below, through the kernel alias; read here.
+    ATTACK_TRAPS = 0;
+    ATTACK_VECTOR = u64::MAX;
+    ATTACK_ERROR = u64::MAX;
+    ATTACK_CS = 0;
+    /// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
+    ATTACK_RFLAGS = 0;
+    /// Where a handler resumes (0: where the frame says).
+    ATTACK_RESUME = 0;
+    /// The kernel stack pointer to go back to after a trap from user mode.
+    ATTACK_KERNEL_RSP = 0;
+    /// Single-step traps and clock ticks, counted apart.
+    ATTACK_STEPS = 0;
+    ATTACK_TICKS = 0;
+}
 
 // One handler per exception an attack expects. Each records the vector,
 // the error code (u64::MAX when the CPU pushes none), the CS it came from
