@@ -71,10 +71,15 @@ const KILLED_UD: u64 = 128 + 6;
 const KILLED_GP: u64 = 128 + 13;
 const KILLED_PF: u64 = 128 + 14;
 
+/// A scenario the timer need not preempt (most of them).
+const fn scenario(name: &'static str, programs: &'static [Start]) -> Scenario {
+    Scenario { name, programs, needs_preemption: false }
+}
+
 static SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "showcase",
-        programs: &[
+    scenario(
+        "showcase",
+        &[
             start("hello", HELLO, 0, 0),
             start("tree", FORKTREE, 2, 7),
             start("divzero", CRASH, 0, KILLED_DE),
@@ -82,36 +87,28 @@ static SCENARIOS: &[Scenario] = &[
             start("spin1", SPINNER, 1, 0),
             start("spin2", SPINNER, 2, 0),
         ],
-        needs_preemption: false,
-    },
+    ),
+    scenario(
+        "hello",
+        &[start("hello1", HELLO, 0, 0), start("hello2", HELLO, 7, 7), start("hello3", HELLO, 42, 42)],
+    ),
+    scenario("demand-zero", &[start("memtest", MEMTEST, 0, 0)]),
+    scenario("cow", &[start("memtest", MEMTEST, 1, 0), start("tree", FORKTREE, 3, 15)]),
     Scenario {
-        name: "hello",
-        programs: &[
-            start("hello1", HELLO, 0, 0),
-            start("hello2", HELLO, 7, 7),
-            start("hello3", HELLO, 42, 42),
-        ],
-        needs_preemption: false,
-    },
-    Scenario { name: "demand-zero", programs: &[start("memtest", MEMTEST, 0, 0)], needs_preemption: false },
-    Scenario {
-        name: "cow",
-        programs: &[start("memtest", MEMTEST, 1, 0), start("tree", FORKTREE, 3, 15)],
-        needs_preemption: false,
-    },
-    Scenario {
-        name: "preempt",
-        programs: &[
-            start("spin1", SPINNER, 1, 0),
-            start("spin2", SPINNER, 2, 0),
-            start("spin3", SPINNER, 3, 0),
-            start("spin4", SPINNER, 4, 0),
-        ],
         needs_preemption: true,
+        ..scenario(
+            "preempt",
+            &[
+                start("spin1", SPINNER, 1, 0),
+                start("spin2", SPINNER, 2, 0),
+                start("spin3", SPINNER, 3, 0),
+                start("spin4", SPINNER, 4, 0),
+            ],
+        )
     },
-    Scenario {
-        name: "kill",
-        programs: &[
+    scenario(
+        "kill",
+        &[
             start("divzero", CRASH, 0, KILLED_DE),
             start("badptr", CRASH, 1, KILLED_PF),
             start("textwrite", CRASH, 2, KILLED_PF),
@@ -120,10 +117,9 @@ static SCENARIOS: &[Scenario] = &[
             start("hello", HELLO, 0, 0),
             start("spin1", SPINNER, 1, 0),
         ],
-        needs_preemption: false,
-    },
-    Scenario { name: "sbrk", programs: &[start("memtest", MEMTEST, 2, 0)], needs_preemption: false },
-    Scenario { name: "churn", programs: &[start("memtest", MEMTEST, 3, 0)], needs_preemption: false },
+    ),
+    scenario("sbrk", &[start("memtest", MEMTEST, 2, 0)]),
+    scenario("churn", &[start("memtest", MEMTEST, 3, 0)]),
 ];
 
 /// The scenario kernel main runs (an index into `SCENARIOS`), or
