@@ -3,15 +3,26 @@
 //! One ELF image, two entries:
 //! - **under Umbra** it starts at `guest_entry` (below), named by our own
 //!   ELF note, at ring 1, where every privileged instruction faults: it
-//!   asks Umbra for everything through hypercalls (`hypercall.rs`);
+//!   asks Umbra for everything through hypercalls
+//!   (`platform/hypercall.rs`);
 //! - **natively**, booted by QEMU as a PVH kernel, it starts at
-//!   `native_entry32` (`native.rs`), named by the PVH note, at ring 0,
-//!   and drives the machine itself.
+//!   `native_entry32` (`platform/native.rs`), named by the PVH note, at
+//!   ring 0, and drives the machine itself.
 //!
 //! Either way it ends up in the process kernel (`kernel/`: address spaces,
 //! user programs at ring 3, fork, copy-on-write, a preemptive scheduler)
-//! on top of the platform layer (`platform.rs`), which is the only code
-//! that knows which entry was taken. docs/guest.md describes it.
+//! on top of the platform layer (`platform/`), which is the only code that
+//! knows which entry was taken. docs/guest.md describes it.
+//!
+//! The folders keep apart what the kernel is and what tests Umbra:
+//!
+//! | where | what |
+//! | --- | --- |
+//! | `kernel/` | the process kernel |
+//! | `platform/` | the platform layer: its two backends, and the console |
+//! | `probes/` | Umbra's test subjects: test modes, attacks, the fuzzer (the `probes` feature) |
+//! | `cmdline.rs` | the command-line words all three read |
+//! | `../user/` | the user programs, built by `build.rs` |
 //!
 //! The paravirtual path of one run:
 //!
@@ -19,15 +30,13 @@
 //!    of the `BootInfo` Umbra left at the top of guest memory.
 //! 2. [`guest_main`] checks the `BootInfo`, copies the command line (its
 //!    memory will be reused), registers the shared page with INIT and says
-//!    hello.
-//! 3. Without a `test=` word, or with `test=showcase` or
-//!    `test=scenario:NAME`, the process kernel runs: the showcase by
-//!    default. Any other `test=` word picks one of the small tests in
-//!    `modes.rs`, most of which break a rule on purpose to see Umbra kill
-//!    the guest, and which natively have no meaning. `test=pages` is the
-//!    first program this guest ever ran: `touch.rs` builds page tables
-//!    (`tables.rs`) and touches a few hundred pages every way the ABI
-//!    allows.
+//!    hello. (Two probes must come before INIT; they run first.)
+//! 3. Without a `test=` word, or with `test=showcase`, `test=scenario:NAME`
+//!    or `test=bench:...`, the process kernel runs: the showcase by
+//!    default. Any other `test=` word picks a probe (`probes/`), most of
+//!    which break a rule on purpose to see Umbra kill the guest, and which
+//!    natively have no meaning. A guest built without the `probes` feature
+//!    refuses such a word in one line and stops with status 97.
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.

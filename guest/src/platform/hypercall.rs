@@ -1,5 +1,8 @@
 //! # Hypercalls: the one way out of ring 1
 //!
+//! The paravirtual backend of the platform layer (`mod.rs` calls it when
+//! the guest runs under Umbra), and the probes' direct line to Umbra.
+//!
 //! At ring 1 the guest may not touch page tables, interrupts or devices:
 //! every such instruction faults, and Umbra kills a guest that tries. So
 //! it asks. The call number goes in `rax`, up to five arguments in `rdi,
