@@ -36,7 +36,7 @@ use core::arch::global_asm;
 use hv_core::abi;
 use hv_core::rng::Rng;
 
-use super::traps::handler_statics;
+use super::traps::{alias, handler_statics, load_idt_entry};
 use super::{STATE_PAGE, SWITCHER_BASE};
 use crate::cmdline::decimal;
 use crate::platform::hypercall::{hypercall, shutdown};
@@ -110,10 +110,6 @@ unsafe extern "C" {
     fn fuzz_trap_pf();
 }
 
-fn alias(function: unsafe extern "C" fn()) -> u64 {
-    KERNEL_BASE + function as usize as u64
-}
-
 /// Does CPUID name KVM as the hypervisor we (and Umbra) run on?
 fn under_kvm() -> bool {
     let leaf = core::arch::x86_64::__cpuid(0x4000_0000);
@@ -159,8 +155,7 @@ pub fn run(spec: &[u8], memory_size: u64, frames: Frames) -> ! {
     }
     let mut space = tables::build_and_switch(memory_size, frames);
     for (vector, handler) in HANDLERS {
-        // SAFETY: our own handlers, in the kernel half.
-        unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, alias(handler), abi::IDT_PRESENT, 0, 0) };
+        load_idt_entry(vector, alias(handler), abi::IDT_PRESENT);
     }
     // On a nested KVM like this project's test machines, `int3` at ring 1
     // dies in the outer hypervisor's instruction emulator and takes the
@@ -246,9 +241,10 @@ fn random_trap(rng: &mut Rng, int3: bool) {
     }
 }
 
-/// Our own writer of the async ring, apart from hypercall.rs's: hostile
-/// scribbles may have left slots that Umbra never drains, and a calm
-/// request must not wait for them; it skips a busy slot instead.
+/// Our own writer of the async ring, apart from the platform's
+/// (`platform/hypercall.rs`): hostile scribbles may have left slots that
+/// Umbra never drains, and a calm request must not wait for them; it
+/// skips a busy slot instead.
 struct Ring {
     next: usize,
 }

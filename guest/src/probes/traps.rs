@@ -17,10 +17,16 @@
 //! Handlers must be kernel-half addresses: they run through the kernel
 //! alias of our image, and RIP-relative data references follow them there.
 //! [`alias`] gives that address and [`load_idt_entry`] installs it, for
-//! these modes and for the attack suite's own handlers (`attacks/`). They
-//! call Umbra directly, as every probe does, rather than through the
-//! process kernel's `platform::set_trap_handler`: several probes hand
-//! Umbra gates it must refuse, which the platform layer could not express.
+//! these modes, the fuzzer's handlers and the attack suite's
+//! (`attacks/`); [`handler_statics!`] declares what the handlers record.
+//!
+//! All of this is the probes' own, apart from the process kernel's traps
+//! (`kernel/trap.rs`) on purpose: a probe's handler records exactly what
+//! reached it, or steps over one known instruction, and comes back, where
+//! the kernel's kill a process or run a system call. And the probes call
+//! Umbra directly, as they do for everything, rather than through the
+//! platform layer's `set_trap_handler`, whose gates are only the ones a
+//! well-behaved kernel asks for.
 
 use core::sync::atomic::Ordering;
 
@@ -94,7 +100,7 @@ pub(super) fn alias(function: unsafe extern "C" fn()) -> u64 {
     KERNEL_BASE + function as usize as u64
 }
 
-/// LOAD_IDT_ENTRY, for entries Umbra should accept.
+/// LOAD_IDT_ENTRY of a handler of ours.
 pub(super) fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
     // SAFETY: a handler of ours, in the kernel half.
     unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
@@ -154,7 +160,7 @@ pub fn timer(memory_size: u64, frames: Frames) -> ! {
 /// `test=bad-idt`: a handler in the switcher region. Umbra must refuse.
 pub fn bad_idt(memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    load_idt_entry(13, 0xFFFF_FFFF_FFC0_0000, abi::IDT_PRESENT);
+    load_idt_entry(13, super::SWITCHER_BASE, abi::IDT_PRESENT);
 }
 
 /// `test=halt-forever`: HALT with virtual interrupts off and no clock:

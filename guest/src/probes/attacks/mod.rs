@@ -26,7 +26,9 @@ use core::sync::atomic::Ordering;
 
 use hv_core::abi;
 
-use super::tables::{self, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use super::tables::{
+    self, ADDRESS, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys,
+};
 use super::traps::{alias, handler_statics, load_idt_entry};
 use super::{
     IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_BASE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
@@ -280,18 +282,6 @@ fn poke(va: u64) {
     unsafe { (va as *mut u64).write_volatile(0x5afe) };
 }
 
-/// Puts the stack pointer at `rsp`, our handlers installed, then runs
-/// `cli`, whose #GP Umbra must deliver by writing a frame below `rsp`.
-fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
-    tables::build_and_switch(memory_size, frames);
-    install_handlers();
-    // SAFETY: Umbra must kill us before the handler runs; should it not,
-    // the handler resumes after `cli` and the old stack is restored.
-    unsafe {
-        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
-    };
-}
-
 /// Runs an instruction that must fault, with the handlers resuming right
 /// after it. `after` runs once we are back (to undo what the instruction
 /// pushed, say); the operands are named or explicit registers.
@@ -310,6 +300,18 @@ macro_rules! faulting {
     };
 }
 use faulting;
+
+/// Puts the stack pointer at `rsp`, our handlers installed, then runs
+/// `cli`, whose #GP Umbra must deliver by writing a frame below `rsp`.
+fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
+    tables::build_and_switch(memory_size, frames);
+    install_handlers();
+    // SAFETY: Umbra must kill us before the handler runs; should it not,
+    // the handler resumes after `cli` and the old stack is restored.
+    unsafe {
+        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
+    };
+}
 
 /// Canonical, user half, mapped by nothing we build.
 const UNMAPPED: u64 = 0x0000_5000_0000_0000;
@@ -335,7 +337,7 @@ fn map_user(space: &mut AddressSpace, va: u64) -> u64 {
         unsafe {
             let value = entry.read_volatile() | USER_BIT;
             entry.write_volatile(value);
-            table = value & 0x000F_FFFF_FFFF_F000;
+            table = value & ADDRESS;
         }
     }
     frame
