@@ -1,7 +1,7 @@
 //! # The attack suite
 //!
 //! Each attack is one small guest scenario (`test=attack:NAME`, in
-//! `guest/src/attacks/`) that tries to break Umbra's isolation, and one
+//! `guest/src/probes/attacks/`) that tries to break Umbra's isolation, and one
 //! row of the catalogue below: its name, its group, what it tries, and
 //! the outcome Umbra must produce. There are three kinds of outcome:
 //!

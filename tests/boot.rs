@@ -370,6 +370,44 @@ fn guest_as_module(accel: Accel) -> Case {
     })
 }
 
+/// The guest built without its probes (`--no-default-features`), in a
+/// target directory of its own, so the default guest that `guest_elf`
+/// builds is left alone; `scripts/test.sh` builds the same one first.
+fn guest_without_probes_elf() -> Result<std::path::PathBuf, String> {
+    let root = boot_tests::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "guest", "--no-default-features"])
+        .args(["--target", "x86_64-unknown-none", "--target-dir", "target/guest-no-probes"])
+        .status()
+        .map_err(|e| format!("could not run cargo to build the guest without probes: {e}"))?;
+    if !status.success() {
+        return Err("building the guest without probes failed (see above)".into());
+    }
+    Ok(root.join("target/guest-no-probes/x86_64-unknown-none/release/guest"))
+}
+
+/// That guest, as module 0, given a probe's `test=` word: one line says it
+/// needs the probes, and it shuts down with status 97.
+fn guest_without_probes() -> Case {
+    Case::new("tcg_microvm_guest_without_probes", |name| {
+        let elf = match guest_without_probes_elf() {
+            Ok(elf) => elf,
+            Err(e) => return Verdict::Fail(e),
+        };
+        let config = Boot::new("microvm", Accel::Tcg).initrd(elf).append("-- test=attack:cli");
+        let outcome = match boot(name, &config) {
+            Ok(outcome) => outcome,
+            Err(verdict) => return verdict,
+        };
+        let line = "guest: test=attack:cli needs a guest built with the probes feature";
+        check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+        // 97 is the guest's own status: a killed guest would be 100.
+        check_exit(&outcome, 97, true)
+    })
+}
+
 /// A guest's SHUTDOWN status becomes the firmware's.
 fn guest_status(accel: Accel, status: u64, expected: u8, line: &'static str) -> Case {
     let config = Boot::new("microvm", accel).append(format!("-- test=exit:{status}"));
@@ -830,6 +868,7 @@ fn main() {
     }
     cases.push(deliberate_crash(Accel::Kvm, "ap", "#UD"));
     cases.push(no_acpi());
+    cases.push(guest_without_probes());
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(junk_module_is_a_malformed_guest(accel));
         cases.push(guest_as_module(accel));

@@ -1,4 +1,30 @@
-//! # Test modes: breaking the rules on purpose
+//! # The probes: the guest as Umbra's test subject
+//!
+//! Everything in this folder exists to test Umbra, not to be a kernel. A
+//! `test=` word on the guest's command line that is not the process
+//! kernel's (`showcase`, `scenario:NAME`, `bench:...`) picks one probe.
+//! Probes run only under Umbra, at ring 1, and call it directly
+//! (`platform/hypercall.rs`) rather than through the platform layer: each
+//! one is a particular sequence of hypercalls, and most break a rule on
+//! purpose. The boot tests, the attack suite (`tests/attacks.rs`) and the
+//! fuzz campaigns boot them and judge what they print.
+//!
+//! - this file: the small test modes (below) and the dispatch;
+//! - `attacks/`: the attack suite, `test=attack:NAME`;
+//! - `fuzz.rs`: the hypercall fuzzer, `test=fuzz:SEED:COUNT[:H]`;
+//! - `isolation.rs`: `secret`, `scan`, `fpu-secret`, `fpu-scan`, guests
+//!   looking for each other's data;
+//! - `touch.rs`: `test=pages`, the page-table walk this guest began as;
+//! - `traps.rs`: `reflect`, `timer` and three trap misdeeds, and the trap
+//!   helpers every probe shares;
+//! - `tables.rs`: the probes' own page tables and frame allocator.
+//!
+//! All of it is behind the `probes` cargo feature, on by default: the
+//! guest Umbra embeds has them. A guest built with `--no-default-features`
+//! is the process kernel alone, and answers a probe's `test=` word with one
+//! line saying it needs the probes (`main.rs`).
+//!
+//! ## Test modes: breaking the rules on purpose
 //!
 //! A guest that never misbehaves proves only half of Umbra: the other half
 //! is that a guest which does is stopped, cleanly, with a reason. A word
@@ -8,30 +34,52 @@
 //! "guest: survived" and stops with status 98, which no test expects.
 //! Some modes prove a path works instead: `null-hypercalls:N` (a
 //! measurement), `reflect` and `timer` (see traps.rs), and `pages`, the
-//! page-table walk in touch.rs. (The process kernel's `showcase` and
-//! `scenario:NAME` are not test modes: main.rs starts them itself.)
+//! page-table walk in touch.rs.
+
+mod attacks;
+mod fuzz;
+mod isolation;
+mod tables;
+mod touch;
+mod traps;
 
 use hv_core::abi;
 
-use crate::console::Printable;
-use crate::hypercall::{self, hypercall, shutdown};
-use crate::tables::{self, ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE};
+use crate::cmdline::decimal;
+use crate::platform::console::Printable;
+use crate::platform::hypercall::{self, hypercall, shutdown};
+use tables::{ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE};
 
-/// The switcher region: the top 4 MiB, Umbra's in every address space.
+/// The switcher region: the top 4 MiB, Umbra's in every address space,
+/// and its pages as the guest sees them.
 const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
+const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
 /// The switcher's state page, which Umbra maps read-only for us.
-const SWITCHER_STATE: u64 = SWITCHER_BASE + 0x3000;
+const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
+const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
+/// Inside the switcher's slot, past its pages: mapped for nobody.
+const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
+/// PD[511] of the region: reserved, never mapped.
+const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
 
 /// A pointer outside any guest's memory.
 const OUTSIDE_GUEST: u64 = 0x0000_7000_0000_0000;
 
-/// The value after `test=`, if the command line has such a word.
-pub fn test_word(cmdline: &[u8]) -> Option<&[u8]> {
-    cmdline.split(u8::is_ascii_whitespace).find_map(|word| word.strip_prefix(b"test="))
+/// Runs the probes that must come before INIT, if `test` names one of
+/// them (the first call must be theirs); otherwise returns.
+pub fn before_init(test: Option<&[u8]>) {
+    match test {
+        Some(b"no-init") => no_init(),
+        Some(b"first-init-at-switcher") => first_init_at_switcher(),
+        _ => {}
+    }
 }
 
-/// Runs test `name`, after INIT.
-pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
+/// Runs probe `name`, after INIT, in the free memory `[free_start,
+/// free_end)` of `memory_size` bytes of guest memory.
+pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
+    let frames = Frames::new(free_start, free_end);
     say!("test {}", Printable(name));
     if let Some(digits) = name.strip_prefix(b"exit:") {
         match decimal(digits) {
@@ -47,23 +95,23 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
         }
     }
     if let Some(spec) = name.strip_prefix(b"fuzz:") {
-        crate::fuzz::run(spec, memory_size, frames);
+        fuzz::run(spec, memory_size, frames);
     }
     if let Some(attack) = name.strip_prefix(b"attack:") {
-        crate::attacks::run(attack, memory_size, frames);
+        attacks::run(attack, memory_size, frames);
     }
     match name {
-        b"secret" => crate::isolation::secret(memory_size, frames),
-        b"scan" => crate::isolation::scan(memory_size, frames),
-        b"fpu-secret" => crate::isolation::fpu_secret(),
-        b"fpu-scan" => crate::isolation::fpu_scan(),
-        b"pages" => crate::touch::run(tables::build_and_switch(memory_size, frames)),
+        b"secret" => isolation::secret(memory_size, frames),
+        b"scan" => isolation::scan(memory_size, frames),
+        b"fpu-secret" => isolation::fpu_secret(),
+        b"fpu-scan" => isolation::fpu_scan(),
+        b"pages" => touch::run(tables::build_and_switch(memory_size, frames)),
         b"map-switcher" => map_switcher(memory_size, frames),
-        b"reflect" => crate::traps::reflect(memory_size, frames),
-        b"timer" => crate::traps::timer(memory_size, frames),
-        b"bad-idt" => crate::traps::bad_idt(memory_size, frames),
-        b"halt-forever" => crate::traps::halt_forever(),
-        b"fault-on-bad-stack" => crate::traps::fault_on_bad_stack(memory_size, frames),
+        b"reflect" => traps::reflect(memory_size, frames),
+        b"timer" => traps::timer(memory_size, frames),
+        b"bad-idt" => traps::bad_idt(memory_size, frames),
+        b"halt-forever" => traps::halt_forever(),
+        b"fault-on-bad-stack" => traps::fault_on_bad_stack(memory_size, frames),
         b"touch-switcher" => touch_switcher(memory_size, frames),
         b"bad-console" => {
             // SAFETY: Umbra must refuse this, and kill us.
@@ -90,7 +138,7 @@ fn null_hypercalls(count: u64) -> ! {
 }
 
 /// `test=no-init`: the first call is CONSOLE_WRITE, not INIT.
-pub fn no_init() -> ! {
+fn no_init() -> ! {
     say!("test no-init");
     survived()
 }
@@ -100,9 +148,9 @@ pub fn no_init() -> ! {
 /// `init-at-switcher` comes after a proper INIT, so it meets "INIT called
 /// twice" first.) Nothing may be printed before: the first call must be
 /// this one.
-pub fn first_init_at_switcher() -> ! {
+fn first_init_at_switcher() -> ! {
     // SAFETY: Umbra must refuse this, and kill us.
-    unsafe { hypercall(abi::INIT, SWITCHER_STATE, 0, 0, 0, 0) };
+    unsafe { hypercall(abi::INIT, STATE_PAGE, 0, 0, 0, 0) };
     survived()
 }
 
@@ -119,7 +167,7 @@ fn map_switcher(memory_size: u64, frames: Frames) {
 /// allowed, then write it, which is not.
 fn touch_switcher(memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    let state = SWITCHER_STATE as *mut u64;
+    let state = STATE_PAGE as *mut u64;
     // SAFETY: Umbra maps this page read-only for us; if it does not, the
     // read kills us, which is also an answer.
     let value = unsafe { state.read_volatile() };
@@ -128,6 +176,7 @@ fn touch_switcher(memory_size: u64, frames: Frames) {
     unsafe { state.write_volatile(!value) };
 }
 
+/// The misdeed came back: Umbra let something through.
 fn survived() -> ! {
     say!("survived");
     shutdown(98, "survived")
@@ -136,15 +185,4 @@ fn survived() -> ! {
 fn unknown() -> ! {
     say!("unknown test");
     shutdown(97, "unknown test")
-}
-
-/// A decimal number, digits only.
-pub fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        let digit = (d as char).to_digit(10)?;
-        n.checked_mul(10)?.checked_add(digit as u64)
-    })
 }

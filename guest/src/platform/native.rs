@@ -8,10 +8,11 @@
 //! the 8259 PIC and the 8254 PIT for its one-shot timer, calibrates the
 //! TSC against the PIT, and talks to COM1 itself.
 //!
-//! Everything above `platform.rs` is the same code either way: the process
-//! kernel in `kernel/` cannot tell which backend it runs on. That is what
-//! lets the differential suite compare a native run with a nested one line
-//! by line, and the benchmark divide one time by the other.
+//! Everything above the platform layer (`platform/mod.rs`) is the same
+//! code either way: the process kernel in `kernel/` cannot tell which
+//! backend it runs on. That is what lets the differential suite compare a
+//! native run with a nested one line by line, and the benchmark divide
+//! one time by the other.
 //!
 //! Choices made for the smallness of this file:
 //! - The timer is PIT channel 0 in mode 0 (interrupt on terminal count),
@@ -29,7 +30,7 @@ use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::console::Printable;
+use crate::platform::console::Printable;
 use crate::platform::{self, Backend, Gate};
 
 /// The segment selectors of the native GDT. The user ones are the same
@@ -380,7 +381,7 @@ fn calibrate_tsc() {
     TSC_KHZ.store(((rdtsc() - start) / MS).max(1), Ordering::Relaxed);
 }
 
-// The platform operations, called through `platform.rs`.
+// The platform operations, called through `platform/mod.rs`.
 
 pub fn tsc_khz() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed)

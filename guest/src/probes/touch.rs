@@ -20,8 +20,8 @@
 
 use hv_core::abi;
 
-use crate::hypercall::{self, shutdown};
-use crate::tables::{
+use crate::platform::hypercall::{self, shutdown};
+use crate::probes::tables::{
     ACCESSED, AddressSpace, DIRTY, KERNEL_ALIAS_SIZE, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE,
 };
 
