@@ -397,14 +397,12 @@ fn guest_without_probes() -> Case {
             Err(e) => return Verdict::Fail(e),
         };
         let config = Boot::new("microvm", Accel::Tcg).initrd(elf).append("-- test=attack:cli");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let line = "guest: test=attack:cli needs a guest built with the probes feature";
-        check!(outcome, outcome.has_line(line), "expected the line {line:?}");
-        // 97 is the guest's own status: a killed guest would be 100.
-        check_exit(&outcome, 97, true)
+        config.judged(name, |outcome| {
+            let line = "guest: test=attack:cli needs a guest built with the probes feature";
+            check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+            // 97 is the guest's own status: a killed guest would be 100.
+            check_exit(outcome, 97, Exit::DebugExit)
+        })
     })
 }
 
