@@ -8,7 +8,7 @@
 //!
 //! It sits behind the `rng` feature, off by default: a guest that does not
 //! fuzz never compiles it. With `fuzz` (which needs std, so only host
-//! tests turn it on) comes [`seeds`] and [`accepted_or_refused`], the loop
+//! tests turn it on) come `seeds` and `accepted_or_refused`, the loop
 //! every host fuzzer runs around its one input: which seeds, a time limit
 //! per input, a summary, and a check that the generator explores.
 
