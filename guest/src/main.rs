@@ -59,7 +59,7 @@ mod kernel;
 mod probes;
 
 // The paravirtual entry point, and the note that names it for Umbra's
-// loader (`hv_core::abi::PV_ENTRY_NOTE_*`). Umbra starts us here in 64-bit
+// loader (`umbra_abi::PV_ENTRY_NOTE_*`). Umbra starts us here in 64-bit
 // mode with `rdi` and `rsp` both holding the address of the `BootInfo`;
 // the stack grows down from it. A loader should zero .bss, but clearing
 // it ourselves costs a few instructions and spares us from trusting that.
@@ -102,7 +102,7 @@ guest_entry:
 mod boot {
     use core::panic::PanicInfo;
 
-    use hv_core::abi::{self, BootInfo};
+    use umbra_abi::{self as abi, BootInfo};
 
     use crate::cmdline::test_word;
     use crate::kernel;

@@ -7,9 +7,8 @@
 //! pool, the machine) so it can be tested on the host; the firmware
 //! supplies the real hardware behind those traits.
 //!
-//! - the hypercall ABI it implements is the `umbra-abi` crate, shared word
-//!   for word with the guest (re-exported here as [`abi`], [`status`] and
-//!   [`rng`] for the guest's old imports);
+//! - the hypercall ABI it implements is the `umbra-abi` crate, which the
+//!   guest uses too, so the two cannot drift apart;
 //! - [`elf`]: loading a guest's ELF image into its memory;
 //! - [`vcpu`]: what each exit from the guest means: shadow fills,
 //!   hypercalls, kills;
@@ -19,7 +18,7 @@
 //!   watchdog, behind the [`run::Machine`] trait the firmware implements;
 //! - [`load`]: a guest's memory, its ELF image and its boot information;
 //! - [`report`]: what the host prints about its guests, and the run's
-//!   status ([`status`]).
+//!   status (`umbra_abi::status`).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -29,8 +28,3 @@ pub mod report;
 pub mod run;
 pub mod traps;
 pub mod vcpu;
-
-// The guest still imports these through hv-core; hv-core itself, the
-// firmware and the tests import umbra_abi.
-pub use umbra_abi as abi;
-pub use umbra_abi::{rng, status};

@@ -21,7 +21,7 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicUsize, Ordering, compiler_fence};
 
-use hv_core::abi::{self, ASYNC_SLOTS, SharedPage};
+use umbra_abi::{self as abi, ASYNC_SLOTS, SharedPage};
 
 /// Makes hypercall `number` with five arguments and returns `rax`.
 ///

@@ -25,7 +25,7 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use self::hypercall::hypercall;
 

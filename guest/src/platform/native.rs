@@ -38,7 +38,7 @@ use crate::platform::{self, Backend, Gate};
 /// kernel builds the same user frames on either backend.
 const KERNEL_CS: u16 = 0x08;
 const TSS_SELECTOR: u16 = 0x38;
-const _: () = assert!(hv_core::abi::GUEST_USER_SS == 0x2b && hv_core::abi::GUEST_USER_CS == 0x33);
+const _: () = assert!(umbra_abi::GUEST_USER_SS == 0x2b && umbra_abi::GUEST_USER_CS == 0x33);
 
 // The PVH note QEMU looks for, the 32-bit entry and the jump to long mode.
 global_asm!(
@@ -496,7 +496,11 @@ pub fn shutdown(status: u64, message: &str) -> ! {
     say!("native shutdown: status {status} ({message})");
     interrupts(false);
     // Statuses Umbra would not pass through become its "out of range".
-    let status = if status <= hv_core::abi::GUEST_STATUS_MAX { status as u8 } else { 103 };
+    let status = if status <= umbra_abi::GUEST_STATUS_MAX {
+        status as u8
+    } else {
+        umbra_abi::status::GUEST_STATUS_OUT_OF_RANGE
+    };
     outb(DEBUG_EXIT, status);
     // SAFETY: SLP_EN with sleep type 0, which QEMU's boards take as S5.
     unsafe { asm!("out dx, ax", in("dx") PM1A_CONTROL, in("ax") 0x2000u16, options(nomem, nostack)) };

@@ -33,8 +33,8 @@
 
 use core::arch::global_asm;
 
-use hv_core::abi;
-use hv_core::rng::Rng;
+use umbra_abi as abi;
+use umbra_abi::rng::Rng;
 
 use super::traps::{alias, handler_statics, load_idt_entry};
 use super::{STATE_PAGE, SWITCHER_BASE};

@@ -18,7 +18,7 @@
 //! `(KEY + i) * ODD`), in registers, so the scanner never holds a copy of
 //! the secret in its own memory that it would then find.
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use crate::platform::hypercall::{self, hypercall, shutdown};
 use crate::probes::tables::{self, ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE, phys};

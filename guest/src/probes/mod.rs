@@ -43,7 +43,7 @@ mod tables;
 mod touch;
 mod traps;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use crate::cmdline::decimal;
 use crate::platform::console::Printable;
@@ -51,17 +51,18 @@ use crate::platform::hypercall::{self, hypercall, shutdown};
 use tables::{ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE};
 
 /// The switcher region: the top 4 MiB, Umbra's in every address space,
-/// and its pages as the guest sees them.
-const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
-const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
-const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
+/// and its pages as the guest sees them (the ABI says where they are).
+use umbra_abi::SWITCHER_BASE;
+/// The switcher's second code page.
+const SWITCHER_CODE_1: u64 = umbra_abi::SWITCHER_CODE + 0x1000;
+const REGISTERS_PAGE: u64 = umbra_abi::SWITCHER_REGS_PAGE;
 /// The switcher's state page, which Umbra maps read-only for us.
-const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
-const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
+const STATE_PAGE: u64 = umbra_abi::SWITCHER_STATE_PAGE;
+const IDT_PAGE: u64 = umbra_abi::SWITCHER_IDT_PAGE;
 /// Inside the switcher's slot, past its pages: mapped for nobody.
-const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
+const SWITCHER_UNMAPPED: u64 = umbra_abi::SWITCHER_MAPPED_END;
 /// PD[511] of the region: reserved, never mapped.
-const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
+const SWITCHER_PD511: u64 = umbra_abi::SWITCHER_RESERVED;
 
 /// A pointer outside any guest's memory.
 const OUTSIDE_GUEST: u64 = 0x0000_7000_0000_0000;

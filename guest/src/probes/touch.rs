@@ -18,7 +18,7 @@
 //!
 //! Every access is volatile, so each one really reaches memory.
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use crate::platform::hypercall::{self, shutdown};
 use crate::probes::tables::{

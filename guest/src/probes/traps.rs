@@ -30,7 +30,7 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use crate::platform::hypercall::{self, hypercall, shutdown};
 use crate::probes::tables::{self, Frames, KERNEL_BASE};

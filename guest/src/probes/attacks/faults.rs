@@ -4,7 +4,7 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::{
     ATTACK_STEPS, Attack, NON_CANONICAL, UNMAPPED, alias, attack_table, attack_trap_db, load_idt_entry,

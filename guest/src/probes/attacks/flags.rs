@@ -14,7 +14,7 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::{
     ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_table, attack_trap_db,

@@ -9,10 +9,10 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi::{self, ASYNC_SLOTS};
+use umbra_abi::{self as abi, ASYNC_SLOTS};
 
 use super::{
-    ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, NON_CANONICAL, STATE_PAGE, SWITCHER_BASE,
+    ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, NON_CANONICAL, STATE_PAGE, SWITCHER_CODE_1,
     UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_table, attack_trap_gp, install_handlers,
     load_idt_entry, run_at_ring3, works,
 };
@@ -68,7 +68,7 @@ fn console_switcher(_: &'static str, memory_size: u64, frames: Frames) {
 
 fn idt_switcher(_: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    call(abi::LOAD_IDT_ENTRY, [13, SWITCHER_BASE + 0x1000, abi::IDT_PRESENT, 0, 0]);
+    call(abi::LOAD_IDT_ENTRY, [13, SWITCHER_CODE_1, abi::IDT_PRESENT, 0, 0]);
 }
 
 fn idt_noncanonical(_: &'static str, memory_size: u64, frames: Frames) {

@@ -24,7 +24,7 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::tables::{
     self, ADDRESS, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys,

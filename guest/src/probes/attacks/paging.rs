@@ -56,7 +56,7 @@ fn map_switcher_2m(_: &'static str, memory_size: u64, frames: Frames) {
 fn map_switcher_2m_announced(_: &'static str, memory_size: u64, frames: Frames) {
     let (space, _) = with_entry(memory_size, frames, (SWITCHER_PD511, PD), |_| PRESENT | WRITABLE | HUGE);
     // SAFETY: an announcement Umbra must refuse.
-    unsafe { hypercall(hv_core::abi::SET_PMD, space.root, SWITCHER_PD511, 0, 0, 0) };
+    unsafe { hypercall(umbra_abi::SET_PMD, space.root, SWITCHER_PD511, 0, 0, 0) };
 }
 
 /// A 1 GiB page over the whole last gigabyte, switcher and all, then a
