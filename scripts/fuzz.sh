@@ -24,7 +24,7 @@
 # `test=fuzz:BASE+{n}:C:H`, BASE = S-1+k*G: Umbra writes each guest's
 # number for {n}, so guest n of boot k has seed BASE+n and prints it. The
 # guest makes up to C requests (hypercalls biased to edge values,
-# page-table writes, traps, shared-page garbage; see guest/src/fuzz.rs)
+# page-table writes, traps, shared-page garbage; see guest/src/probes/fuzz.rs)
 # and most often ends killed with a reason. A boot passes when Umbra's
 # totals line accounts for every guest, each one exited 0 or was killed,
 # the free frames after equal those before (no memory leaked), and Umbra

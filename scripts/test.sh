@@ -28,6 +28,10 @@ step "lints (host crates)"
 cargo clippy --all-targets -- -D warnings
 step "lints (firmware and guest, $UMBRA_TARGET)"
 cargo clippy --release --target "$UMBRA_TARGET" -p umbra-firmware -p guest -- -D warnings
+step "the guest without its probes ($UMBRA_TARGET, --no-default-features)"
+no_probes=(--release --target "$UMBRA_TARGET" -p guest --no-default-features --target-dir target/guest-no-probes)
+cargo clippy "${no_probes[@]}" -- -D warnings
+cargo build "${no_probes[@]}"
 
 step "build the image"
 build_image

@@ -1,7 +1,7 @@
 //! # The attack suite
 //!
 //! Each attack is one small guest scenario (`test=attack:NAME`, in
-//! `guest/src/attacks/`) that tries to break Umbra's isolation, and one
+//! `guest/src/probes/attacks/`) that tries to break Umbra's isolation, and one
 //! row of the catalogue below: its name, its group, what it tries, and
 //! the outcome Umbra must produce. There are three kinds of outcome:
 //!
@@ -21,20 +21,18 @@
 //! `cargo test -p boot-tests --test attacks -- --list-attacks` prints the
 //! catalogue; `-- --attack=NAME` runs only the attacks named; plain words
 //! after `--` keep the cases whose names contain them, as in the other
-//! boot tests. docs/security.md holds the same table, by hand.
+//! boot tests. docs/security.md holds the same catalogue as a table,
+//! which `-- --list-attacks --markdown` prints; one case,
+//! `attack_catalogue_matches_docs`, runs on the host alone and fails while
+//! the page's table differs from it.
 
 use std::time::Duration;
 
-use boot_tests::{Accel, Boot, Case, Verdict, check, kvm_opens, run_cases};
-
-const GUEST_KILLED: u8 = 100;
+use boot_tests::{Accel, Boot, Case, Exit, Verdict, check, check_exit, run_cases, workspace_root};
+use umbra_abi::status::{GUEST_KILLED, SUCCESS};
 
 /// Seconds before a KVM boot counts as hung, as in the boot tests.
 const KVM_HANG_GUARD_S: u64 = 300;
-
-fn qemu_exit_code(status: u8) -> i32 {
-    (i32::from(status) << 1) | 1
-}
 
 /// What an attack must end in.
 #[derive(Clone, Copy)]
@@ -722,29 +720,23 @@ const KVM_SKIPS: &[(&str, &str)] = &[
 ];
 
 fn case(attack: &'static Attack, accel: Accel) -> Case {
-    Case::new(format!("{}_{}", accel.name(), attack.name), move |name| {
-        if accel == Accel::Kvm {
-            if !kvm_opens() {
-                return Verdict::Skip("/dev/kvm does not open on this machine".into());
-            }
-            if let Some((_, why)) = KVM_SKIPS.iter().find(|(skip, _)| *skip == attack.name) {
-                return Verdict::Skip((*why).into());
-            }
-        }
-        let mut config =
-            Boot::new("microvm", accel).append(format!("{} -- test=attack:{}", attack.firmware, attack.name));
-        // Only a hang guard: under this nested KVM a boot's first touch of
-        // every guest page is slow, and a loaded machine slower still, so
-        // KVM boots get the boot tests' 300 s before they count as hung.
-        let hang_guard = match accel {
-            Accel::Kvm => attack.timeout.max(KVM_HANG_GUARD_S),
-            Accel::Tcg => attack.timeout,
-        };
-        config.timeout = Duration::from_secs(hang_guard);
-        let outcome = match config.run(name) {
-            Ok(outcome) => outcome,
-            Err(error) => return Verdict::Fail(error),
-        };
+    let name = format!("{}_{}", accel.name(), attack.name);
+    if accel == Accel::Kvm
+        && let Some((_, why)) = KVM_SKIPS.iter().find(|(skip, _)| *skip == attack.name)
+    {
+        return Case::skip(name, why);
+    }
+    let mut config =
+        Boot::new("microvm", accel).append(format!("{} -- test=attack:{}", attack.firmware, attack.name));
+    // Only a hang guard: under this nested KVM a boot's first touch of
+    // every guest page is slow, and a loaded machine slower still, so
+    // KVM boots get the boot tests' 300 s before they count as hung.
+    let hang_guard = match accel {
+        Accel::Kvm => attack.timeout.max(KVM_HANG_GUARD_S),
+        Accel::Tcg => attack.timeout,
+    };
+    config.timeout = Duration::from_secs(hang_guard);
+    Case::boot(name, config, move |outcome| {
         check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
         check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
         check!(outcome, !outcome.serial.contains("guest: survived"), "the attack got through");
@@ -772,26 +764,14 @@ fn case(attack: &'static Attack, accel: Accel) -> Case {
                     outcome.has_line("guest exited with status 0"),
                     "the guest should exit with status 0"
                 );
-                0
+                SUCCESS
             }
         };
         if let Some((prefix, test, wanted)) = attack.also {
             let line = outcome.line_starting(prefix).unwrap_or("");
             check!(outcome, test(line), "expected a line '{prefix}...' showing {wanted}, got {line:?}");
         }
-        check!(
-            outcome,
-            outcome.reported_status() == Some(status),
-            "last line should be 'umbra: exit status {status}'"
-        );
-        check!(
-            outcome,
-            outcome.exit_code == Some(qemu_exit_code(status)),
-            "VMM exit code {:?}, expected {}",
-            outcome.exit_code,
-            qemu_exit_code(status)
-        );
-        Verdict::Pass
+        check_exit(outcome, status, Exit::DebugExit)
     })
 }
 
@@ -808,15 +788,18 @@ fn list() {
     println!("{} attacks", CATALOGUE.len());
 }
 
-/// The catalogue as the Markdown table in docs/security.md.
-fn markdown() {
+/// The catalogue as the Markdown table in docs/security.md, one line a
+/// row.
+fn markdown() -> Vec<String> {
     let cell = |name: &str, expect: Expect| match expect {
         Expect::Killed(reason) => ("killed", format!("`{reason}`")),
         Expect::Handled(line) => ("handled", format!("`guest: attack {name}: {line}`")),
         Expect::Survives(line) => ("works", format!("`guest: attack {name}: {line}`")),
     };
-    println!("| attack | group | what it tries | outcome | reason or handler line |");
-    println!("| --- | --- | --- | --- | --- |");
+    let mut table = vec![
+        "| attack | group | what it tries | outcome | reason or handler line |".to_string(),
+        "| --- | --- | --- | --- | --- |".to_string(),
+    ];
     for attack in CATALOGUE {
         let (tcg_outcome, mut text) = cell(attack.name, attack.expect);
         let mut outcome = tcg_outcome.to_string();
@@ -832,14 +815,43 @@ fn markdown() {
             "" => format!("`{}`", attack.name),
             words => format!("`{}` (`{words}`)", attack.name),
         };
-        println!("| {name} | {} | {} | {outcome} | {text} |", attack.category, attack.does);
+        table.push(format!("| {name} | {} | {} | {outcome} | {text} |", attack.category, attack.does));
+    }
+    table
+}
+
+/// docs/security.md's table of attacks is the catalogue's, line for line:
+/// the first line that differs fails the case, with both versions.
+fn catalogue_matches_docs() -> Verdict {
+    let path = workspace_root().join("docs/security.md");
+    let page = match std::fs::read_to_string(&path) {
+        Ok(page) => page,
+        Err(e) => return Verdict::Fail(format!("cannot read {}: {e}", path.display())),
+    };
+    let generated = markdown();
+    // The page's table: the header line and every table line after it.
+    let Some(start) = page.lines().position(|line| line == generated[0]) else {
+        return Verdict::Fail(format!("docs/security.md has no table headed {:?}", generated[0]));
+    };
+    let documented: Vec<&str> = page.lines().skip(start).take_while(|line| line.starts_with('|')).collect();
+    let rows = documented.len().max(generated.len());
+    match (0..rows).find(|&row| documented.get(row).copied() != generated.get(row).map(String::as_str)) {
+        None => Verdict::Pass,
+        Some(row) => Verdict::Fail(format!(
+            "docs/security.md's attack table differs from the catalogue at line {} of the page:\n      \
+             page:      {}\n      catalogue: {}\n      \
+             (`cargo test -p boot-tests --test attacks -- --list-attacks --markdown` prints the catalogue's)",
+            start + row + 1,
+            documented.get(row).copied().unwrap_or("(the table has ended)"),
+            generated.get(row).map_or("(the catalogue has ended)", String::as_str),
+        )),
     }
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list-attacks") {
         if std::env::args().any(|a| a == "--markdown") {
-            markdown()
+            markdown().iter().for_each(|line| println!("{line}"));
         } else {
             list()
         }
@@ -853,7 +865,7 @@ fn main() {
         eprintln!("no attack named {unknown:?}; --list-attacks prints them");
         std::process::exit(2);
     }
-    let mut cases = Vec::new();
+    let mut cases = vec![Case::host("attack_catalogue_matches_docs", catalogue_matches_docs)];
     for accel in [Accel::Tcg, Accel::Kvm] {
         for attack in CATALOGUE.iter().filter(|a| wanted.is_empty() || wanted.iter().any(|w| w == a.name)) {
             cases.push(case(attack, accel));

@@ -25,45 +25,13 @@
 //! Run them with `cargo test -p boot-tests`; add words after `--` to run
 //! only the cases whose names contain them.
 
-use boot_tests::{Accel, Boot, Case, Outcome, Verdict, check, guest_elf, kvm_opens, on_path, run_cases};
+use boot_tests::{
+    Accel, Boot, Case, Exit, Outcome, Verdict, check, check_exit, guest_elf, kvm_opens, on_path, run_cases,
+};
+use umbra_abi::status::{CRASH, FIRMWARE_ERROR, GUEST_KILLED, GUEST_STATUS_OUT_OF_RANGE};
 
 const MACHINES: [&str; 3] = ["pc", "q35", "microvm"];
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const GUEST_KILLED: u8 = 100;
-const GUEST_STATUS_OUT_OF_RANGE: u8 = 103;
-const FIRMWARE_ERROR: u8 = 101;
-const CRASH: u8 = 102;
-
-fn qemu_exit_code(status: u8) -> i32 {
-    (i32::from(status) << 1) | 1
-}
-
-/// Boot, or say why this case cannot run here.
-fn boot(name: &str, boot: &Boot) -> Result<Outcome, Verdict> {
-    if boot.accel == Accel::Kvm && !kvm_opens() {
-        return Err(Verdict::Skip("/dev/kvm does not open on this machine".into()));
-    }
-    boot.run(name).map_err(Verdict::Fail)
-}
-
-/// The exit contract: last line `umbra: exit status N`, and QEMU's
-/// exit code `(N << 1) | 1` (or 0 after an ACPI power-off).
-fn check_exit(outcome: &Outcome, status: u8, debug_exit: bool) -> Verdict {
-    check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
-    check!(
-        outcome,
-        outcome.reported_status() == Some(status),
-        "last line should be 'umbra: exit status {status}'"
-    );
-    let expected = if debug_exit { qemu_exit_code(status) } else { 0 };
-    check!(
-        outcome,
-        outcome.exit_code == Some(expected),
-        "VMM exit code {:?}, expected {expected}",
-        outcome.exit_code
-    );
-    Verdict::Pass
-}
 
 /// The banner every good boot prints.
 fn check_banner(outcome: &Outcome, cpus: usize, mem_mib: u64) -> Verdict {
@@ -149,19 +117,15 @@ fn both(first: Verdict, second: impl FnOnce() -> Verdict) -> Verdict {
 /// A clean boot with `smp` CPUs: all of them come online, the others
 /// park, and the boot CPU runs the guest to its end.
 fn standard_boot(machine: &'static str, accel: Accel, smp: u32) -> Case {
-    Case::new(format!("{}_{machine}_smp{smp}", accel.name()), move |name| {
-        // The firmware is under test here, so the guest is the quick one.
-        let config = Boot::new(machine, accel).smp(smp).append("log=info -- test=pages");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        both(check_banner(&outcome, smp as usize, 256), || {
-            if let Verdict::Fail(why) = check_online(&outcome, smp, smp, None) {
+    // The firmware is under test here, so the guest is the quick one.
+    let config = Boot::new(machine, accel).smp(smp).append("log=info -- test=pages");
+    Case::boot(format!("{}_{machine}_smp{smp}", accel.name()), config, move |outcome| {
+        both(check_banner(outcome, smp as usize, 256), || {
+            if let Verdict::Fail(why) = check_online(outcome, smp, smp, None) {
                 return Verdict::Fail(why);
             }
-            both(check_exit(&outcome, 0, true), || {
-                if let Verdict::Fail(why) = check_pages_guest_ran(&outcome) {
+            both(check_exit(outcome, 0, Exit::DebugExit), || {
+                if let Verdict::Fail(why) = check_pages_guest_ran(outcome) {
                     return Verdict::Fail(why);
                 }
                 check!(
@@ -179,41 +143,29 @@ fn standard_boot(machine: &'static str, accel: Accel, smp: u32) -> Case {
 /// Four CPUs on single-threaded TCG, where the others run only when the
 /// boot CPU's slice ends: they still come up in time.
 fn single_threaded_tcg() -> Case {
-    Case::new("tcg_single_thread_microvm_smp4", |name| {
-        let config =
-            Boot::new("microvm", Accel::Tcg).accel_options("thread=single").smp(4).append("-- test=exit:0");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config =
+        Boot::new("microvm", Accel::Tcg).accel_options("thread=single").smp(4).append("-- test=exit:0");
+    Case::boot("tcg_single_thread_microvm_smp4", config, |outcome| {
         check!(outcome, !outcome.serial.contains("warn:"), "a clean boot should print no warnings");
-        both(check_online(&outcome, 4, 4, None), || check_exit(&outcome, 0, true))
+        both(check_online(outcome, 4, 4, None), || check_exit(outcome, 0, Exit::DebugExit))
     })
 }
 
 /// `cpus=1` on a machine of four: only the boot CPU starts, the banner
 /// says why, and nothing warns.
 fn cpus_limit(accel: Accel) -> Case {
-    Case::new(format!("{}_microvm_smp4_cpus1", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel).smp(4).append("cpus=1 -- test=exit:0");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).smp(4).append("cpus=1 -- test=exit:0");
+    Case::boot(format!("{}_microvm_smp4_cpus1", accel.name()), config, move |outcome| {
         check!(outcome, !outcome.serial.contains("warn:"), "a limit is not a problem: no warnings");
-        both(check_online(&outcome, 4, 1, Some(1)), || check_exit(&outcome, 0, true))
+        both(check_online(outcome, 4, 1, Some(1)), || check_exit(outcome, 0, Exit::DebugExit))
     })
 }
 
 /// A boot on microvm (TCG) that must warn once and still exit 0.
 fn warns_and_goes_on(case: &'static str, cmdline: Vec<u8>, warning_prefix: &'static str) -> Case {
-    Case::new(case, move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(cmdline.clone())) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let warnings: Vec<&str> =
-            outcome.lines().into_iter().filter(|l| l.starts_with("warn: cmdline")).collect();
+    let config = Boot::new("microvm", Accel::Tcg).append(cmdline);
+    Case::boot(case, config, move |outcome| {
+        let warnings = outcome.lines_starting("warn: cmdline");
         check!(outcome, warnings.len() == 1, "expected exactly one cmdline warning, got {warnings:?}");
         check!(
             outcome,
@@ -221,7 +173,7 @@ fn warns_and_goes_on(case: &'static str, cmdline: Vec<u8>, warning_prefix: &'sta
             "warning should start '{warning_prefix}': {:?}",
             warnings[0]
         );
-        both(check_banner(&outcome, 2, 256), || check_exit(&outcome, 0, true))
+        both(check_banner(outcome, 2, 256), || check_exit(outcome, 0, Exit::DebugExit))
     })
 }
 
@@ -239,13 +191,9 @@ fn junk(len: usize) -> Vec<u8> {
 }
 
 fn too_little_ram(machine: &'static str) -> Case {
-    Case::new(format!("tcg_{machine}_too_little_ram"), move |name| {
-        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).mem("24M")) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let errors: Vec<&str> =
-            outcome.lines().into_iter().filter(|l| l.starts_with("umbra: error:")).collect();
+    let config = Boot::new(machine, Accel::Tcg).mem("24M");
+    Case::boot(format!("tcg_{machine}_too_little_ram"), config, move |outcome| {
+        let errors = outcome.lines_starting("umbra: error:");
         check!(outcome, errors.len() == 1, "expected one error line, got {errors:?}");
         check!(
             outcome,
@@ -253,45 +201,42 @@ fn too_little_ram(machine: &'static str) -> Case {
             "error should say too little memory: {:?}",
             errors[0]
         );
-        check_exit(&outcome, FIRMWARE_ERROR, true)
+        check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
     })
 }
 
 /// A small machine without `guest_mem=`: the guest gets what the machine
 /// can spare, the line says so, and the showcase runs to status 0.
 fn small_machine(accel: Accel, mem: &'static str, mib: u64) -> Case {
-    Case::new(format!("{}_microvm_{}_default_showcase", accel.name(), mem.to_lowercase()), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", accel).mem(mem)) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let line = outcome.line_starting("guest memory: ").unwrap_or("");
-        let size = line.strip_prefix("guest memory: ").and_then(|l| l.split(' ').next()).unwrap_or("?");
-        check!(
-            outcome,
-            line.ends_with(" MiB, what this machine can spare (less than the default 64 MiB)"),
-            "the guest memory line should say it is what the machine can spare: {line:?}"
-        );
-        check!(
-            outcome,
-            outcome.line_starting(&format!("guest: memory: {size} MiB (")).is_some(),
-            "the guest should have the {size} MiB the line names"
-        );
-        both(check_banner(&outcome, 2, mib), || {
-            both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
-        })
-    })
+    let config = Boot::new("microvm", accel).mem(mem);
+    Case::boot(
+        format!("{}_microvm_{}_default_showcase", accel.name(), mem.to_lowercase()),
+        config,
+        move |outcome| {
+            let line = outcome.line_starting("guest memory: ").unwrap_or("");
+            let size = line.strip_prefix("guest memory: ").and_then(|l| l.split(' ').next()).unwrap_or("?");
+            check!(
+                outcome,
+                line.ends_with(" MiB, what this machine can spare (less than the default 64 MiB)"),
+                "the guest memory line should say it is what the machine can spare: {line:?}"
+            );
+            check!(
+                outcome,
+                outcome.line_starting(&format!("guest: memory: {size} MiB (")).is_some(),
+                "the guest should have the {size} MiB the line names"
+            );
+            both(check_banner(outcome, 2, mib), || {
+                both(check_default_guest_ran(outcome), || check_exit(outcome, 0, Exit::DebugExit))
+            })
+        },
+    )
 }
 
 /// Several guests without `guest_mem=` share the memory; under the
 /// floor, fewer run at once, said in one line, and all still run.
 fn guests_share(mem: &'static str, guests: usize, line: (&'static str, &'static str)) -> Case {
-    Case::new(format!("tcg_microvm_{}_{guests}_guests_share", mem.to_lowercase()), move |name| {
-        let config = Boot::new("microvm", Accel::Tcg).mem(mem).append(format!("guests={guests}"));
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", Accel::Tcg).mem(mem).append(format!("guests={guests}"));
+    Case::boot(format!("tcg_microvm_{}_{guests}_guests_share", mem.to_lowercase()), config, move |outcome| {
         let lines: Vec<&str> = outcome.lines().into_iter().filter(|l| l.contains("guest memory: ")).collect();
         check!(outcome, lines.len() == 1, "expected one guest memory line, got {lines:?}");
         // How much each gets depends on Umbra's own footprint; the words
@@ -305,52 +250,42 @@ fn guests_share(mem: &'static str, guests: usize, line: (&'static str, &'static 
         );
         let ended = format!("guests: {guests} ended: {guests} exited 0, 0 killed, 0 other; ");
         check!(outcome, outcome.line_starting(&ended).is_some(), "expected every guest to exit 0: {ended:?}");
-        check_exit(&outcome, 0, true)
+        check_exit(outcome, 0, Exit::DebugExit)
     })
 }
 
 /// The smallest guest memory still runs the default guest's showcase.
 fn smallest_guest() -> Case {
-    Case::new("tcg_microvm_guest_mem_4m_showcase", |name| {
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append("guest_mem=4M")) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", Accel::Tcg).append("guest_mem=4M");
+    Case::boot("tcg_microvm_guest_mem_4m_showcase", config, |outcome| {
         check!(
             outcome,
             outcome.has_line("guest memory: 4 MiB (guest_mem=4M)"),
             "expected 'guest memory: 4 MiB (guest_mem=4M)'"
         );
-        both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
+        both(check_default_guest_ran(outcome), || check_exit(outcome, 0, Exit::DebugExit))
     })
 }
 
 /// `guest_mem=` too large for the machine: one clear error naming it.
 fn guest_mem_too_large() -> Case {
-    Case::new("tcg_microvm_64m_guest_mem_too_large", |name| {
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).mem("64M").append("guest_mem=64M")) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let errors: Vec<&str> =
-            outcome.lines().into_iter().filter(|l| l.starts_with("umbra: error:")).collect();
+    let config = Boot::new("microvm", Accel::Tcg).mem("64M").append("guest_mem=64M");
+    Case::boot("tcg_microvm_64m_guest_mem_too_large", config, |outcome| {
+        let errors = outcome.lines_starting("umbra: error:");
         check!(
             outcome,
             errors == ["umbra: error: no 64 MiB of contiguous memory for guest 1 (guest_mem=64M)"],
             "expected the one error naming guest_mem=64M, got {errors:?}"
         );
-        check_exit(&outcome, FIRMWARE_ERROR, true)
+        check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
     })
 }
 
 /// `crash=KIND`: the report names what happened and where. `ap` crashes
 /// the first application processor, whose report must name it.
 fn deliberate_crash(accel: Accel, kind: &'static str, expect: &'static str) -> Case {
-    Case::new(format!("{}_microvm_crash_{kind}", accel.name()), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("crash={kind}"))) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append(format!("crash={kind}"));
+    Case::boot(format!("{}_microvm_crash_{kind}", accel.name()), config, move |outcome| {
         let report = outcome.line_starting("umbra: crash: ").unwrap_or("");
         check!(outcome, report.contains(expect), "crash report should name '{expect}': {report:?}");
         let cpu = if kind == "ap" { "CPU 1 (APIC ID 1)" } else { "CPU 0 (APIC ID 0)" };
@@ -366,19 +301,16 @@ fn deliberate_crash(accel: Accel, kind: &'static str, expect: &'static str) -> C
             check!(outcome, outcome.line_starting("  rip 0x").is_some(), "crash report should show rip");
             check!(outcome, outcome.line_starting("  cr2 0x").is_some(), "crash report should show cr2");
         }
-        check_exit(&outcome, CRASH, true)
+        check_exit(outcome, CRASH, Exit::DebugExit)
     })
 }
 
 fn acpi_power_off(machine: &'static str) -> Case {
-    Case::new(format!("tcg_{machine}_acpi_power_off"), move |name| {
-        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).without_debug_exit()) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new(machine, Accel::Tcg).without_debug_exit();
+    Case::boot(format!("tcg_{machine}_acpi_power_off"), config, move |outcome| {
         // The boot CPU powers off while the other one is parked.
-        both(check_banner(&outcome, 2, 256), || {
-            both(check_online(&outcome, 2, 2, None), || check_exit(&outcome, 0, false))
+        both(check_banner(outcome, 2, 256), || {
+            both(check_online(outcome, 2, 2, None), || check_exit(outcome, 0, Exit::PowerOff))
         })
     })
 }
@@ -386,14 +318,11 @@ fn acpi_power_off(machine: &'static str) -> Case {
 /// No ACPI at all: the RSDP scan finds nothing, one warning, and the
 /// boot goes on with the boot CPU (exit through isa-debug-exit).
 fn no_acpi() -> Case {
-    Case::new("tcg_microvm_no_acpi", |name| {
-        let outcome = match boot(name, &Boot::new("microvm,acpi=off", Accel::Tcg)) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm,acpi=off", Accel::Tcg);
+    Case::boot("tcg_microvm_no_acpi", config, |outcome| {
         let warning = outcome.line_starting("warn: acpi: no valid RSDP found").is_some();
         check!(outcome, warning, "expected 'warn: acpi: no valid RSDP found ...'");
-        both(check_banner(&outcome, 1, 256), || check_exit(&outcome, 0, true))
+        both(check_banner(outcome, 1, 256), || check_exit(outcome, 0, Exit::DebugExit))
     })
 }
 
@@ -405,23 +334,21 @@ fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
         if let Err(e) = std::fs::write(&module, vec![0x5a; 12345]) {
             return Verdict::Fail(format!("cannot write a module file: {e}"));
         }
-        let result = boot(name, &Boot::new("pc", accel).initrd(module.clone()));
+        let verdict = Boot::new("pc", accel).initrd(module.clone()).judged(name, |outcome| {
+            check!(
+                outcome,
+                outcome.line_starting("module 0: 12345 bytes at 0x").is_some(),
+                "expected 'module 0: 12345 bytes at ...'"
+            );
+            check!(
+                outcome,
+                outcome.has_line("guest killed: malformed guest ELF: not an ELF file (bad magic)"),
+                "expected the guest to be refused as a malformed ELF"
+            );
+            check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
+        });
         let _ = std::fs::remove_file(&module);
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        check!(
-            outcome,
-            outcome.line_starting("module 0: 12345 bytes at 0x").is_some(),
-            "expected 'module 0: 12345 bytes at ...'"
-        );
-        check!(
-            outcome,
-            outcome.has_line("guest killed: malformed guest ELF: not an ELF file (bad magic)"),
-            "expected the guest to be refused as a malformed ELF"
-        );
-        check_exit(&outcome, GUEST_KILLED, true)
+        verdict
     })
 }
 
@@ -432,77 +359,95 @@ fn guest_as_module(accel: Accel) -> Case {
             Ok(elf) => elf,
             Err(e) => return Verdict::Fail(e),
         };
-        let outcome = match boot(name, &Boot::new("microvm", accel).initrd(elf)) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
+        Boot::new("microvm", accel).initrd(elf).judged(name, |outcome| {
+            check!(
+                outcome,
+                outcome.line_starting("guest: module 0 (").is_some(),
+                "the guest should come from module 0"
+            );
+            both(check_default_guest_ran(outcome), || check_exit(outcome, 0, Exit::DebugExit))
+        })
+    })
+}
+
+/// The guest built without its probes (`--no-default-features`), in a
+/// target directory of its own, so the default guest that `guest_elf`
+/// builds is left alone; `scripts/test.sh` builds the same one first.
+fn guest_without_probes_elf() -> Result<std::path::PathBuf, String> {
+    let root = boot_tests::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "guest", "--no-default-features"])
+        .args(["--target", "x86_64-unknown-none", "--target-dir", "target/guest-no-probes"])
+        .status()
+        .map_err(|e| format!("could not run cargo to build the guest without probes: {e}"))?;
+    if !status.success() {
+        return Err("building the guest without probes failed (see above)".into());
+    }
+    Ok(root.join("target/guest-no-probes/x86_64-unknown-none/release/guest"))
+}
+
+/// That guest, as module 0, given a probe's `test=` word: one line says it
+/// needs the probes, and it shuts down with status 97.
+fn guest_without_probes() -> Case {
+    Case::new("tcg_microvm_guest_without_probes", |name| {
+        let elf = match guest_without_probes_elf() {
+            Ok(elf) => elf,
+            Err(e) => return Verdict::Fail(e),
         };
-        check!(
-            outcome,
-            outcome.line_starting("guest: module 0 (").is_some(),
-            "the guest should come from module 0"
-        );
-        both(check_default_guest_ran(&outcome), || check_exit(&outcome, 0, true))
+        let config = Boot::new("microvm", Accel::Tcg).initrd(elf).append("-- test=attack:cli");
+        config.judged(name, |outcome| {
+            let line = "guest: test=attack:cli needs a guest built with the probes feature";
+            check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+            // 97 is the guest's own status: a killed guest would be 100.
+            check_exit(outcome, 97, Exit::DebugExit)
+        })
     })
 }
 
 /// A guest's SHUTDOWN status becomes the firmware's.
 fn guest_status(accel: Accel, status: u64, expected: u8, line: &'static str) -> Case {
-    Case::new(format!("{}_microvm_guest_exit_{status}", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel).append(format!("-- test=exit:{status}"));
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append(format!("-- test=exit:{status}"));
+    Case::boot(format!("{}_microvm_guest_exit_{status}", accel.name()), config, move |outcome| {
         check!(outcome, outcome.line_starting(line).is_some(), "expected a line starting '{line}'");
-        check_exit(&outcome, expected, true)
+        check_exit(outcome, expected, Exit::DebugExit)
     })
 }
 
 /// A path the guest proves works: its last word before exit 0 is `line`.
 fn guest_proves(accel: Accel, test: &'static str, line: &'static str) -> Case {
-    Case::new(format!("{}_microvm_guest_{test}", accel.name()), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={test}"))) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append(format!("-- test={test}"));
+    Case::boot(format!("{}_microvm_guest_{test}", accel.name()), config, move |outcome| {
         check!(outcome, outcome.has_line(line), "expected the line {line:?}");
         check!(
             outcome,
             outcome.has_line("guest exited with status 0"),
             "the guest should exit with status 0"
         );
-        check_exit(&outcome, 0, true)
+        check_exit(outcome, 0, Exit::DebugExit)
     })
 }
 
 /// `guest_timeout=`: a guest that will not stop is stopped.
 fn watchdog(accel: Accel) -> Case {
-    Case::new(format!("{}_microvm_watchdog", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel).append("guest_timeout=1 -- test=null-hypercalls:1000000000");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append("guest_timeout=1 -- test=null-hypercalls:1000000000");
+    Case::boot(format!("{}_microvm_watchdog", accel.name()), config, move |outcome| {
         check!(
             outcome,
             outcome.has_line("guest killed: watchdog: still running after guest_timeout=1 seconds"),
             "the watchdog should kill the guest"
         );
-        check_exit(&outcome, GUEST_KILLED, true)
+        check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
     })
 }
 
 /// Several guests, time-sliced: one is killed, the others go on to the
 /// end; the firmware reports the first failure.
 fn several_guests(accel: Accel) -> Case {
-    Case::new(format!("{}_microvm_three_guests_one_killed", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel)
-            .mem("512M")
-            .append("guests=3 -- test=unknown-hypercall -- test=timer");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config =
+        Boot::new("microvm", accel).mem("512M").append("guests=3 -- test=unknown-hypercall -- test=timer");
+    Case::boot(format!("{}_microvm_three_guests_one_killed", accel.name()), config, move |outcome| {
         check!(
             outcome,
             outcome.has_line("[g1] guest killed: unknown hypercall 0xdead"),
@@ -514,7 +459,7 @@ fn several_guests(accel: Accel) -> Case {
             let exited = format!("{guest} guest exited with status 0");
             check!(outcome, outcome.has_line(&exited), "expected {exited:?}");
         }
-        check_exit(&outcome, GUEST_KILLED, true)
+        check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
     })
 }
 
@@ -524,15 +469,12 @@ fn several_guests(accel: Accel) -> Case {
 /// CPU, some guest moved between CPUs, and still every spinner's checksum
 /// is the same in every guest: a guest that moves goes on correctly.
 fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
-    Case::new(format!("{}_microvm_smp{smp}_guests{guests}_on_every_cpu", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel)
-            .smp(smp)
-            .mem("512M")
-            .append(format!("log=info guests={guests} guest_mem=8M -- test=scenario:preempt"));
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel)
+        .smp(smp)
+        .mem("512M")
+        .append(format!("log=info guests={guests} guest_mem=8M -- test=scenario:preempt"));
+    let name = format!("{}_microvm_smp{smp}_guests{guests}_on_every_cpu", accel.name());
+    Case::boot(name, config, move |outcome| {
         let running = format!("cpus: {smp} ");
         let banner = outcome.line_starting(&running).unwrap_or("");
         check!(
@@ -544,11 +486,8 @@ fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
             let passed = format!("[g{guest}] guest: scenario preempt: all 4 programs ended as expected");
             check!(outcome, outcome.has_line(&passed), "expected {passed:?}");
         }
-        let placements: Vec<&str> = outcome
-            .lines()
-            .into_iter()
-            .filter_map(|l| l.strip_prefix("stats: cpus: ran on "))
-            .collect();
+        let placements: Vec<&str> =
+            outcome.lines().into_iter().filter_map(|l| l.strip_prefix("stats: cpus: ran on ")).collect();
         check!(outcome, placements.len() == guests, "expected {guests} 'stats: cpus:' lines: {placements:?}");
         let mut cpus_used = std::collections::BTreeSet::new();
         let mut moves = 0;
@@ -584,7 +523,7 @@ fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
             frames.len() == 4 && frames[0] == frames[2],
             "expected {totals:?} with equal free frames before and after: {line:?}"
         );
-        check_exit(&outcome, 0, true)
+        check_exit(outcome, 0, Exit::DebugExit)
     })
 }
 
@@ -594,16 +533,12 @@ fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
 /// finding exactly 1 proves the scan could see the secret; neither may
 /// find more. Then both try to map past their memory and are killed.
 fn isolation(accel: Accel) -> Case {
-    Case::new(format!("{}_microvm_isolation", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel)
-            .mem("512M")
-            // 16 MiB each: enough pages to prove the point, few enough that
-            // the scans stay quick under a nested KVM.
-            .append("log=debug guests=3 guests_at_once=2 guest_mem=16M -- test=secret -- test=scan");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel)
+        .mem("512M")
+        // 16 MiB each: enough pages to prove the point, few enough that
+        // the scans stay quick under a nested KVM.
+        .append("log=debug guests=3 guests_at_once=2 guest_mem=16M -- test=secret -- test=scan");
+    Case::boot(format!("{}_microvm_isolation", accel.name()), config, move |outcome| {
         let written = outcome.line_starting("[g1] guest: secret written to ").unwrap_or("");
         check!(outcome, written.ends_with(" pages"), "guest A should write its secret: {written:?}");
         for scanner in ["[g2]", "[g3]"] {
@@ -631,7 +566,7 @@ fn isolation(accel: Accel) -> Case {
             outcome.has_line("[g1] guest killed: unknown hypercall 0x5ec2e7"),
             "A should be killed"
         );
-        check_exit(&outcome, GUEST_KILLED, true)
+        check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
     })
 }
 
@@ -639,36 +574,29 @@ fn isolation(accel: Accel) -> Case {
 /// ST0 cannot hand it to the next one. Without the swap, the scanner reads
 /// pi (and exits 96).
 fn fpu_isolation(accel: Accel) -> Case {
-    Case::new(format!("{}_microvm_fpu_isolation", accel.name()), move |name| {
-        if accel == Accel::Kvm {
-            return Verdict::Skip(
-                "x87 instructions at ring 1 stop this nested KVM's VM in its outer emulator \
-                 (\"KVM internal error\"), before Umbra sees an exit"
-                    .into(),
-            );
-        }
-        let config =
-            Boot::new("microvm", accel).append("guests=2 guest_mem=16M -- test=fpu-secret -- test=fpu-scan");
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let name = format!("{}_microvm_fpu_isolation", accel.name());
+    if accel == Accel::Kvm {
+        return Case::skip(
+            name,
+            "x87 instructions at ring 1 stop this nested KVM's VM in its outer emulator \
+             (\"KVM internal error\"), before Umbra sees an exit",
+        );
+    }
+    let config =
+        Boot::new("microvm", accel).append("guests=2 guest_mem=16M -- test=fpu-secret -- test=fpu-scan");
+    Case::boot(name, config, |outcome| {
         check!(outcome, outcome.has_line("[g1] guest: fpu secret: pi in st0"), "guest 1 should hold pi");
         let scan = outcome.line_starting("[g2] guest: fpu scan: st0 holds ").unwrap_or("");
         check!(outcome, scan.ends_with("not another guest's value"), "guest 2 must not see pi: {scan:?}");
-        check_exit(&outcome, 0, true)
+        check_exit(outcome, 0, Exit::DebugExit)
     })
 }
 
 /// A short run of the guest's hypercall fuzzer: whatever it asks, it is
 /// killed with a reason or finishes; the host never crashes or hangs.
 fn fuzz_seed(accel: Accel, seed: u64) -> Case {
-    Case::new(format!("{}_microvm_fuzz_seed_{seed}", accel.name()), move |name| {
-        let config = Boot::new("microvm", accel).append(format!("guest_timeout=20 -- test=fuzz:{seed}:3000"));
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append(format!("guest_timeout=20 -- test=fuzz:{seed}:3000"));
+    Case::boot(format!("{}_microvm_fuzz_seed_{seed}", accel.name()), config, move |outcome| {
         check!(
             outcome,
             outcome.has_line(&format!("guest: fuzz seed {seed} count 3000")),
@@ -689,35 +617,33 @@ fn fuzz_seed(accel: Accel, seed: u64) -> Case {
 /// The guest kernel's processes: a showcase or a scenario runs its user
 /// programs to the end, and the kernel checks each one's outcome.
 fn kernel_scenario(accel: Accel, mode: &'static str) -> Case {
-    Case::new(format!("{}_microvm_kernel_{}", accel.name(), mode.replace(':', "_")), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={mode}"))) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let scenario = mode.strip_prefix("scenario:").unwrap_or(mode);
-        let summary = outcome.line_starting(&format!("guest: scenario {scenario}: all ")).unwrap_or("");
-        check!(
-            outcome,
-            summary.ends_with("programs ended as expected"),
-            "expected the scenario summary: {summary:?}"
-        );
-        check!(outcome, !outcome.serial.contains("FAILED"), "a program reported FAILED");
-        check!(
-            outcome,
-            outcome.has_line("guest exited with status 0"),
-            "the guest should exit with status 0"
-        );
-        check_exit(&outcome, 0, true)
-    })
+    let config = Boot::new("microvm", accel).append(format!("-- test={mode}"));
+    Case::boot(
+        format!("{}_microvm_kernel_{}", accel.name(), mode.replace(':', "_")),
+        config,
+        move |outcome| {
+            let scenario = mode.strip_prefix("scenario:").unwrap_or(mode);
+            let summary = outcome.line_starting(&format!("guest: scenario {scenario}: all ")).unwrap_or("");
+            check!(
+                outcome,
+                summary.ends_with("programs ended as expected"),
+                "expected the scenario summary: {summary:?}"
+            );
+            check!(outcome, !outcome.serial.contains("FAILED"), "a program reported FAILED");
+            check!(
+                outcome,
+                outcome.has_line("guest exited with status 0"),
+                "the guest should exit with status 0"
+            );
+            check_exit(outcome, 0, Exit::DebugExit)
+        },
+    )
 }
 
 /// A guest that breaks a rule is killed with a reason naming it.
 fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case {
-    Case::new(format!("{}_microvm_kill_{test}", accel.name()), move |name| {
-        let outcome = match boot(name, &Boot::new("microvm", accel).append(format!("-- test={test}"))) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new("microvm", accel).append(format!("-- test={test}"));
+    Case::boot(format!("{}_microvm_kill_{test}", accel.name()), config, move |outcome| {
         let killed = outcome.line_starting("guest killed: ").unwrap_or("");
         check!(outcome, killed.contains(reason), "expected 'guest killed: ...{reason}...', got {killed:?}");
         check!(
@@ -726,7 +652,7 @@ fn guest_killed(accel: Accel, test: &'static str, reason: &'static str) -> Case 
             "the guest went on after breaking the rule"
         );
         check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
-        check_exit(&outcome, GUEST_KILLED, true)
+        check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
     })
 }
 
@@ -755,7 +681,7 @@ fn cloud_hypervisor(cpus: u32) -> Case {
             Err(e) => return Verdict::Fail(e),
         };
         both(check_banner(&outcome, cpus as usize, 256), || {
-            both(check_online(&outcome, cpus, cpus, None), || check_exit(&outcome, 0, false))
+            both(check_online(&outcome, cpus, cpus, None), || check_exit(&outcome, 0, Exit::PowerOff))
         })
     })
 }
@@ -1004,6 +930,7 @@ fn main() {
     }
     cases.push(deliberate_crash(Accel::Kvm, "ap", "#UD"));
     cases.push(no_acpi());
+    cases.push(guest_without_probes());
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(junk_module_is_a_malformed_guest(accel));
         cases.push(guest_as_module(accel));

@@ -34,7 +34,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use boot_tests::{Accel, Case, Verdict, kvm_opens, on_path, run_cases, run_with_timeout, workspace_root};
+use boot_tests::{
+    Accel, Case, Exit, Outcome, Verdict, check_exit, kvm_opens, on_path, run_cases, run_with_timeout,
+    workspace_root,
+};
+use umbra_abi::status::SUCCESS;
 
 /// One gdb session: where it stops, what it does there, and what its
 /// transcript must show, in order.
@@ -53,12 +57,32 @@ struct Session {
 /// One thing the transcript must show, after the previous one.
 struct Step {
     what: &'static str,
-    seen: fn(&str) -> bool,
+    seen: Seen,
 }
 
-fn ring1(line: &str) -> bool {
-    let mut words = line.split_whitespace();
-    words.next() == Some("cs") && words.next() == Some("0x19")
+/// The line a step looks for.
+enum Seen {
+    /// One that starts with the first text and contains the second.
+    Line(&'static str, &'static str),
+    /// `info registers cs` showing 0x19: the guest kernel's code, ring 1.
+    Ring1,
+}
+
+impl Seen {
+    fn in_line(&self, line: &str) -> bool {
+        match *self {
+            Seen::Line(starts, contains) => line.starts_with(starts) && line.contains(contains),
+            Seen::Ring1 => {
+                let mut words = line.split_whitespace();
+                words.next() == Some("cs") && words.next() == Some("0x19")
+            }
+        }
+    }
+}
+
+/// A step whose line starts with `starts` and contains `contains`.
+const fn step(what: &'static str, starts: &'static str, contains: &'static str) -> Step {
+    Step { what, seen: Seen::Line(starts, contains) }
 }
 
 /// The firmware, then the guest kernel's first steps in linear mode, at
@@ -68,28 +92,13 @@ const LINEAR_MODE: Session = Session {
     breaks: &["--break", "umbra_main", "--guest-break", "guest_main"],
     commands: "bt\ncontinue\nbt\ninfo registers cs\ndelete\ncontinue\n",
     steps: &[
-        Step {
-            what: "a stop at umbra_main",
-            seen: |l| l.contains("hit Breakpoint 1, umbra::boot::umbra_main ("),
-        },
-        Step {
-            what: "umbra_main at the top of the backtrace",
-            seen: |l| l.starts_with("#0  umbra::boot::umbra_main"),
-        },
+        step("a stop at umbra_main", "", "hit Breakpoint 1, umbra::boot::umbra_main ("),
+        step("umbra_main at the top of the backtrace", "#0  umbra::boot::umbra_main", ""),
         // The low location: the kernel starts in linear mode.
-        Step {
-            what: "a stop in the guest at guest_main's low address",
-            seen: |l| l.contains("hit Breakpoint 2.1, "),
-        },
-        Step {
-            what: "guest_main in the backtrace",
-            seen: |l| l.starts_with('#') && l.contains("guest::boot::guest_main ("),
-        },
-        Step {
-            what: "guest_entry under it",
-            seen: |l| l.starts_with('#') && l.contains(" in guest_entry ()"),
-        },
-        Step { what: "cs 0x19 (ring 1) in guest_main", seen: ring1 },
+        step("a stop in the guest at guest_main's low address", "", "hit Breakpoint 2.1, "),
+        step("guest_main in the backtrace", "#", "guest::boot::guest_main ("),
+        step("guest_entry under it", "#", " in guest_entry ()"),
+        Step { what: "cs 0x19 (ring 1) in guest_main", seen: Seen::Ring1 },
     ],
     kvm_cannot: Some(
         "this nested KVM hands a hardware breakpoint hit at the guest kernel's linear-mode \
@@ -107,27 +116,20 @@ const HIGHER_HALF: Session = Session {
     breaks: &["--guest-break", "guest::kernel::trap::syscall"],
     commands: "bt\ninfo registers cs\nfinish\ndelete\ncontinue\n",
     steps: &[
-        Step {
-            what: "a stop at the system-call handler's high address",
-            seen: |l| l.contains("hit Breakpoint 1.2, guest::kernel::trap::syscall ("),
-        },
-        Step {
-            what: "the handler at the top of the backtrace",
-            seen: |l| l.starts_with("#0  guest::kernel::trap::syscall ("),
-        },
-        Step {
-            what: "kernel_trap under it",
-            seen: |l| l.starts_with("#1  0xffff8") && l.contains(" in guest::kernel::trap::kernel_trap ("),
-        },
-        Step {
-            what: "the trap stub under that",
-            seen: |l| l.starts_with("#2  0xffff8") && l.contains(" in kernel_trap_common ()"),
-        },
-        Step { what: "cs 0x19 (ring 1) in the handler", seen: ring1 },
-        Step {
-            what: "finish: back in kernel_trap, in the higher half",
-            seen: |l| l.starts_with("0xffff8") && l.contains(" in guest::kernel::trap::kernel_trap ("),
-        },
+        step(
+            "a stop at the system-call handler's high address",
+            "",
+            "hit Breakpoint 1.2, guest::kernel::trap::syscall (",
+        ),
+        step("the handler at the top of the backtrace", "#0  guest::kernel::trap::syscall (", ""),
+        step("kernel_trap under it", "#1  0xffff8", " in guest::kernel::trap::kernel_trap ("),
+        step("the trap stub under that", "#2  0xffff8", " in kernel_trap_common ()"),
+        Step { what: "cs 0x19 (ring 1) in the handler", seen: Seen::Ring1 },
+        step(
+            "finish: back in kernel_trap, in the higher half",
+            "0xffff8",
+            " in guest::kernel::trap::kernel_trap (",
+        ),
     ],
     kvm_cannot: None,
 };
@@ -206,7 +208,7 @@ fn gdb_session(accel: Accel, session: &'static Session) -> Case {
         let mut lines = outcome.lines().into_iter();
         let mut after = "the start";
         for step in session.steps {
-            if !lines.any(step.seen) {
+            if !lines.any(|line| step.seen.in_line(line)) {
                 return fail(
                     format_args!("gdb did not show {} (after {after})", step.what),
                     transcript,
@@ -233,23 +235,23 @@ fn gdb_session(accel: Accel, session: &'static Session) -> Case {
                 );
             }
         }
-        let serial_text = std::fs::read_to_string(console).unwrap_or_default();
-        let serial_lines: Vec<&str> = serial_text.lines().map(|l| l.trim_end_matches('\r')).collect();
-        if !serial_lines.contains(&"guest: scenario showcase: all 6 programs ended as expected") {
+        // The boot itself, as debug.sh saw it end: its console, and its
+        // exit code, which is Umbra's status.
+        let boot = Outcome {
+            serial: std::fs::read_to_string(console).unwrap_or_default(),
+            stderr: outcome.stderr.clone(),
+            exit_code: outcome.exit_code,
+            log: console.to_path_buf(),
+        };
+        if !boot.has_line("guest: scenario showcase: all 6 programs ended as expected") {
             return fail("the showcase did not run to its end after the debugging", transcript, console);
         }
-        let last = serial_lines.iter().rev().find(|l| !l.is_empty()).copied().unwrap_or("");
-        if last != "umbra: exit status 0" || outcome.exit_code != Some(0) {
-            return fail(
-                format_args!(
-                    "Umbra should exit with status 0: debug.sh exited {:?}, last serial line {last:?}",
-                    outcome.exit_code
-                ),
-                transcript,
-                console,
-            );
+        match check_exit(&boot, SUCCESS, Exit::Status) {
+            Verdict::Fail(why) => {
+                Verdict::Fail(format!("{why}\n      gdb's transcript kept in {}", transcript.display()))
+            }
+            verdict => verdict,
         }
-        Verdict::Pass
     })
 }
 

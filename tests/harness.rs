@@ -5,7 +5,9 @@
 //! the serial console and the VMM's exit code. This module is the
 //! machinery: build the image once, start the VMM with a timeout, keep
 //! the serial output of every boot in `target/boot-tests/`, and run the
-//! cases a few at a time, reporting each one (and each skip) by name.
+//! cases a few at a time, reporting each one (and each skip) by name. And
+//! the one check every boot ends with, the exit contract ([`check_exit`]),
+//! against the ABI's own statuses.
 //!
 //! Nothing here measures speed: timeouts only catch hangs.
 
@@ -16,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use umbra_abi::status::qemu_exit_code;
 
 /// The workspace root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
@@ -180,6 +184,18 @@ impl Boot {
         let image = image()?;
         run_with_timeout(self.command(&image), self.timeout, log_name)
     }
+
+    /// Boot, and let `judge` say what the boot's output is worth. A KVM
+    /// boot is skipped, by name, where `/dev/kvm` does not open.
+    pub fn judged(&self, log_name: &str, judge: impl FnOnce(&Outcome) -> Verdict) -> Verdict {
+        if self.accel == Accel::Kvm && !kvm_opens() {
+            return Verdict::Skip("/dev/kvm does not open on this machine".into());
+        }
+        match self.run(log_name) {
+            Ok(outcome) => judge(&outcome),
+            Err(error) => Verdict::Fail(error),
+        }
+    }
 }
 
 /// What one boot produced.
@@ -203,6 +219,11 @@ impl Outcome {
 
     pub fn line_starting(&self, prefix: &str) -> Option<&str> {
         self.lines().into_iter().find(|l| l.starts_with(prefix))
+    }
+
+    /// Every line that starts with `prefix`, in order.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<&str> {
+        self.lines().into_iter().filter(|l| l.starts_with(prefix)).collect()
     }
 
     pub fn last_line(&self) -> &str {
@@ -284,14 +305,72 @@ macro_rules! check {
     };
 }
 
+/// How the process a test ran learns Umbra's status, and so what it must
+/// exit with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// QEMU's isa-debug-exit: QEMU exits with `(N << 1) | 1`.
+    DebugExit,
+    /// An ACPI power-off, which carries no status: the VMM exits with 0.
+    PowerOff,
+    /// A script that passes Umbra's status on as its own
+    /// (`scripts/debug.sh`): it exits with N.
+    Status,
+}
+
+/// The exit contract: the last line is `umbra: exit status N`, and the
+/// process exits as `exit` says it must for N.
+pub fn check_exit(outcome: &Outcome, status: u8, exit: Exit) -> Verdict {
+    check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
+    check!(
+        outcome,
+        outcome.reported_status() == Some(status),
+        "last line should be 'umbra: exit status {status}'"
+    );
+    let expected = match exit {
+        Exit::DebugExit => qemu_exit_code(status),
+        Exit::PowerOff => 0,
+        Exit::Status => i32::from(status),
+    };
+    check!(
+        outcome,
+        outcome.exit_code == Some(expected),
+        "VMM exit code {:?}, expected {expected}",
+        outcome.exit_code
+    );
+    Verdict::Pass
+}
+
 pub struct Case {
     pub name: String,
     pub run: Box<dyn Fn(&str) -> Verdict + Send + Sync>,
+    /// Whether it boots the image (which is then built before any case
+    /// runs); a case that only reads files on the host does not.
+    pub boots: bool,
 }
 
 impl Case {
     pub fn new(name: impl Into<String>, run: impl Fn(&str) -> Verdict + Send + Sync + 'static) -> Case {
-        Case { name: name.into(), run: Box::new(run) }
+        Case { name: name.into(), run: Box::new(run), boots: true }
+    }
+
+    /// A case that boots `config` and hands what it printed to `judge`.
+    pub fn boot(
+        name: impl Into<String>,
+        config: Boot,
+        judge: impl Fn(&Outcome) -> Verdict + Send + Sync + 'static,
+    ) -> Case {
+        Case::new(name, move |name| config.judged(name, &judge))
+    }
+
+    /// A case that cannot run here, for `why`: listed, and skipped by name.
+    pub fn skip(name: impl Into<String>, why: &'static str) -> Case {
+        Case { boots: false, ..Case::new(name, move |_| Verdict::Skip(why.into())) }
+    }
+
+    /// A case that runs on the host alone, without booting anything.
+    pub fn host(name: impl Into<String>, run: impl Fn() -> Verdict + Send + Sync + 'static) -> Case {
+        Case { boots: false, ..Case::new(name, move |_| run()) }
     }
 }
 
@@ -311,7 +390,9 @@ pub fn run_cases(cases: Vec<Case>, workers: usize) -> ! {
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
     println!("\nrunning {} boot tests", selected.len());
-    if let Err(error) = image() {
+    if selected.iter().any(|case| case.boots)
+        && let Err(error) = image()
+    {
         println!("cannot run boot tests: {error}");
         std::process::exit(1);
     }

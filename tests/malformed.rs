@@ -32,14 +32,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use boot_tests::{Accel, Boot, Case, Outcome, Verdict, check, run_cases};
+use boot_tests::{Accel, Boot, Case, Exit, Outcome, Verdict, check, check_exit, run_cases};
+use umbra_abi::status::{FIRMWARE_ERROR, SUCCESS};
 
-const FIRMWARE_ERROR: u8 = 101;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-fn qemu_exit_code(status: u8) -> i32 {
-    (i32::from(status) << 1) | 1
-}
 
 // ---------------------------------------------------------------------
 // Crafted start_info files
@@ -199,17 +195,17 @@ fn summary(entries: usize, cmdline: &str) -> String {
     format!("{entries} memory map entries, 0 modules, 1 MiB RAM, cmdline \"{cmdline}\"")
 }
 
-fn boot_crafted(name: &str, bytes: &[u8]) -> Result<Outcome, Verdict> {
-    let file = TempFile::new(name, bytes)?;
-    let config = Boot::new("microvm", Accel::Tcg).append("start_info_test").initrd(file.0.clone());
-    config.run(name).map_err(Verdict::Fail)
+/// Boot the test loader on `bytes` as module 0, and judge what it said.
+fn boot_crafted(name: &str, bytes: &[u8], judge: impl FnOnce(&Outcome) -> Verdict) -> Verdict {
+    let file = match TempFile::new(name, bytes) {
+        Ok(file) => file,
+        Err(verdict) => return verdict,
+    };
+    Boot::new("microvm", Accel::Tcg).append("start_info_test").initrd(file.0.clone()).judged(name, judge)
 }
 
 fn crafted(name: &'static str, file: Crafted, expect: Expect) -> Case {
-    Case::new(name, move |name| match boot_crafted(name, &file.bytes()) {
-        Ok(outcome) => check_verdict(&outcome, &expect),
-        Err(verdict) => verdict,
-    })
+    Case::new(name, move |name| boot_crafted(name, &file.bytes(), |outcome| check_verdict(outcome, &expect)))
 }
 
 /// The test loader's contract: a normal boot up to the banner, then
@@ -223,7 +219,7 @@ fn check_verdict(outcome: &Outcome, expect: &Expect) -> Verdict {
         Expect::Accepted { warnings, summary } => (
             format!("crafted start_info: accepted: {summary}"),
             warnings.iter().map(|w| format!("warn: crafted start_info: {w}")).collect(),
-            0,
+            SUCCESS,
         ),
     };
     check!(outcome, outcome.exit_code.is_some(), "timed out: QEMU was killed");
@@ -252,26 +248,7 @@ fn check_verdict(outcome: &Outcome, expect: &Expect) -> Verdict {
         last_two == Some(verdict.as_str()),
         "the verdict should be the line before the exit status"
     );
-    check_exit(outcome, status)
-}
-
-/// The exit contract: last line `umbra: exit status N`, and QEMU's exit
-/// code `(N << 1) | 1` through isa-debug-exit.
-fn check_exit(outcome: &Outcome, status: u8) -> Verdict {
-    check!(outcome, outcome.exit_code.is_some(), "timed out: QEMU was killed");
-    check!(
-        outcome,
-        outcome.reported_status() == Some(status),
-        "last line should be 'umbra: exit status {status}'"
-    );
-    let expected = qemu_exit_code(status);
-    check!(
-        outcome,
-        outcome.exit_code == Some(expected),
-        "QEMU exit code {:?}, expected {expected}",
-        outcome.exit_code
-    );
-    Verdict::Pass
+    check_exit(outcome, status, Exit::DebugExit)
 }
 
 fn crafted_cases() -> Vec<Case> {
@@ -475,10 +452,6 @@ fn crafted_cases() -> Vec<Case> {
 // Real boots: what QEMU itself passes
 // ---------------------------------------------------------------------
 
-fn boot(name: &str, config: &Boot) -> Result<Outcome, Verdict> {
-    config.run(name).map_err(Verdict::Fail)
-}
-
 /// The default guest ran to its end, and the run exited 0.
 fn check_guest_ran(outcome: &Outcome) -> Verdict {
     check!(
@@ -490,28 +463,20 @@ fn check_guest_ran(outcome: &Outcome) -> Verdict {
     check!(outcome, outcome.line_starting("umbra: crash").is_none(), "Umbra crashed");
     check!(outcome, outcome.has_line("guest: hello from ring 1"), "the default guest should run");
     check!(outcome, outcome.has_line("guest exited with status 0"), "the guest should exit with status 0");
-    check_exit(outcome, 0)
-}
-
-fn warnings(outcome: &Outcome) -> Vec<&str> {
-    outcome.lines().into_iter().filter(|l| l.starts_with("warn:")).collect()
+    check_exit(outcome, SUCCESS, Exit::DebugExit)
 }
 
 /// Bytes that are not UTF-8, for the host and for the guest: both see
 /// them escaped, and the one warning is for the words Umbra does not know.
 fn vmm_cmdline_not_utf8() -> Case {
-    Case::new("vmm_cmdline_not_utf8_microvm", |name| {
-        let cmdline = b"log=info caf\xe9 \xff\xfe -- na\xefve".to_vec();
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(cmdline)) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let cmdline = b"log=info caf\xe9 \xff\xfe -- na\xefve".to_vec();
+    Case::boot("vmm_cmdline_not_utf8_microvm", Boot::new("microvm", Accel::Tcg).append(cmdline), |outcome| {
         check!(
             outcome,
             outcome.has_line(r#"cmdline: "log=info caf\xe9 \xff\xfe -- na\xefve""#),
             "the cmdline line should show the bytes escaped"
         );
-        let found = warnings(&outcome);
+        let found = outcome.lines_starting("warn:");
         check!(
             outcome,
             found == [r"warn: cmdline: ignored 2 unknown words (first: 'caf\xe9')"],
@@ -523,26 +488,23 @@ fn vmm_cmdline_not_utf8() -> Case {
             guest.ends_with(r#"cmdline "na\xefve""#),
             "the guest's words should be passed escaped: {guest:?}"
         );
-        check_guest_ran(&outcome)
+        check_guest_ran(outcome)
     })
 }
 
 /// 64 KiB of command line. qboot (microvm) passes it whole; Umbra ignores
 /// it with one warning and boots.
 fn vmm_cmdline_64k_microvm() -> Case {
-    Case::new("vmm_cmdline_64k_microvm", |name| {
-        let outcome = match boot(name, &Boot::new("microvm", Accel::Tcg).append(vec![b'x'; 64 * 1024])) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        let found = warnings(&outcome);
+    let config = Boot::new("microvm", Accel::Tcg).append(vec![b'x'; 64 * 1024]);
+    Case::boot("vmm_cmdline_64k_microvm", config, |outcome| {
+        let found = outcome.lines_starting("warn:");
         check!(
             outcome,
             found == ["warn: cmdline is longer than 8191 bytes or unterminated; ignored"],
             "expected exactly one warning, got {found:?}"
         );
         check!(outcome, outcome.has_line("cmdline: \"\""), "the ignored cmdline should be shown empty");
-        check_guest_ran(&outcome)
+        check_guest_ran(outcome)
     })
 }
 
@@ -552,13 +514,10 @@ fn vmm_cmdline_64k_microvm() -> Case {
 /// 16 KiB lands in between: Umbra finds a start_info made of 'x' and says
 /// so in one line.
 fn vmm_cmdline_16k(machine: &'static str) -> Case {
-    Case::new(format!("vmm_cmdline_16k_{machine}"), move |name| {
-        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).append(vec![b'x'; 16 * 1024])) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let config = Boot::new(machine, Accel::Tcg).append(vec![b'x'; 16 * 1024]);
+    Case::boot(format!("vmm_cmdline_16k_{machine}"), config, |outcome| {
         let lines = outcome.lines();
-        let errors: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("umbra: error:")).collect();
+        let errors = outcome.lines_starting("umbra: error:");
         check!(
             outcome,
             errors == ["umbra: error: start_info magic is 0x78787878, expected 0x336ec578: not a PVH boot"],
@@ -567,7 +526,7 @@ fn vmm_cmdline_16k(machine: &'static str) -> Case {
         let expected =
             [format!("umbra {VERSION}"), errors[0].to_string(), "umbra: exit status 101".to_string()];
         check!(outcome, lines == expected, "expected the version, the error and the exit status only");
-        check_exit(&outcome, FIRMWARE_ERROR)
+        check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
     })
 }
 
@@ -578,13 +537,9 @@ fn vmm_cmdline_16k(machine: &'static str) -> Case {
 /// asserts that Umbra never ran. If a QEMU fixes this, the case fails
 /// and `docs/security.md` needs a new line.
 fn vmm_cmdline_64k_q35() -> Case {
-    Case::new("vmm_cmdline_64k_q35", |name| {
-        let mut config = Boot::new("q35", Accel::Tcg).append(vec![b'x'; 64 * 1024]);
-        config.timeout = Duration::from_secs(30);
-        let outcome = match boot(name, &config) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
+    let mut config = Boot::new("q35", Accel::Tcg).append(vec![b'x'; 64 * 1024]);
+    config.timeout = Duration::from_secs(30);
+    Case::boot("vmm_cmdline_64k_q35", config, |outcome| {
         check!(
             outcome,
             outcome.exit_code.is_none(),
@@ -599,9 +554,7 @@ fn vmm_cmdline_64k_q35() -> Case {
 /// The same happens on pc, at the harness's full timeout; not worth a
 /// worker's two minutes to prove twice.
 fn vmm_cmdline_64k_pc() -> Case {
-    Case::new("vmm_cmdline_64k_pc", |_| {
-        Verdict::Skip("pc: SeaBIOS hangs on a 64 KiB cmdline before Umbra's entry".into())
-    })
+    Case::skip("vmm_cmdline_64k_pc", "pc: SeaBIOS hangs on a 64 KiB cmdline before Umbra's entry")
 }
 
 /// `-initrd` of an empty file: QEMU starts, and its loaders (qboot on
@@ -613,38 +566,34 @@ fn vmm_initrd_empty(machine: &'static str) -> Case {
             Ok(file) => file,
             Err(verdict) => return verdict,
         };
-        let outcome = match boot(name, &Boot::new(machine, Accel::Tcg).initrd(file.0.clone())) {
-            Ok(outcome) => outcome,
-            Err(verdict) => return verdict,
-        };
-        check!(outcome, outcome.line_starting("module 0:").is_none(), "QEMU should pass no module");
-        check!(
-            outcome,
-            outcome.line_starting("guest: the default guest (").is_some(),
-            "expected the default guest"
-        );
-        let found = warnings(&outcome);
-        check!(outcome, found.is_empty(), "expected no warnings, got {found:?}");
-        check_guest_ran(&outcome)
+        Boot::new(machine, Accel::Tcg).initrd(file.0.clone()).judged(name, |outcome| {
+            check!(outcome, outcome.line_starting("module 0:").is_none(), "QEMU should pass no module");
+            check!(
+                outcome,
+                outcome.line_starting("guest: the default guest (").is_some(),
+                "expected the default guest"
+            );
+            let found = outcome.lines_starting("warn:");
+            check!(outcome, found.is_empty(), "expected no warnings, got {found:?}");
+            check_guest_ran(outcome)
+        })
     })
 }
 
 /// The same empty file for the test loader: there is no module 0 to
 /// hold a crafted start_info, and it says so.
 fn crafted_initrd_empty() -> Case {
-    Case::new("crafted_initrd_empty", |name| match boot_crafted(name, &[]) {
-        Ok(outcome) => {
-            let errors: Vec<&str> =
-                outcome.lines().into_iter().filter(|l| l.starts_with("umbra: error:")).collect();
+    Case::new("crafted_initrd_empty", |name| {
+        boot_crafted(name, &[], |outcome| {
+            let errors = outcome.lines_starting("umbra: error:");
             check!(
                 outcome,
                 errors == ["umbra: error: start_info_test: no module 0 holds a crafted start_info"],
                 "expected the no-module error, got {errors:?}"
             );
             check!(outcome, outcome.line_starting("umbra: crash").is_none(), "Umbra crashed");
-            check_exit(&outcome, FIRMWARE_ERROR)
-        }
-        Err(verdict) => verdict,
+            check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
+        })
     })
 }
 

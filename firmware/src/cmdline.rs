@@ -215,6 +215,23 @@ impl fmt::Display for CmdlineNotice {
 
 pub type CmdlineNotices = Vec<CmdlineNotice, 4>;
 
+/// What each `key=` takes and what is used when its value is refused, as
+/// the notice words them.
+const TAKES: [(&str, &str, &str); 7] = [
+    ("log", "error|warn|info|debug|trace", "info"),
+    ("guest_mem", "a size from 4M to 64G, like 64M", "64M or what the machine can spare"),
+    ("guests", "1 to 1000000", "1"),
+    ("guests_at_once", "1 to 8", "all together"),
+    ("cpus", "1 to 64", "every CPU the MADT lists"),
+    ("guest_timeout", "whole seconds, 1 to 86400", "no timeout"),
+    ("crash", "ud|pf|panic|stack|ap", "no crash"),
+];
+
+/// A count from 1 to `max`.
+fn count(value: &[u8], max: usize) -> Option<usize> {
+    parse_decimal(value).filter(|n| (1..=max as u64).contains(n)).map(|n| n as usize)
+}
+
 /// Parse the command line. Any byte sequence is accepted.
 pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
     let mut config = Config::default();
@@ -225,95 +242,39 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
             Some(eq) => (&word[..eq], &word[eq + 1..]),
             None => (word, &b""[..]),
         };
-        match key {
-            b"log" => match LogLevel::from_word(value) {
-                Some(level) => config.log_level = level,
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "log",
-                        value: Excerpt::of(value),
-                        expected: "error|warn|info|debug|trace",
-                        default: "info",
-                    });
-                }
-            },
-            b"guest_mem" => match parse_size(value).filter(|b| (MIN_GUEST_MEM..=MAX_GUEST_MEM).contains(b)) {
-                Some(bytes) => (config.guest_mem, config.guest_mem_given) = (bytes, true),
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "guest_mem",
-                        value: Excerpt::of(value),
-                        expected: "a size from 4M to 64G, like 64M",
-                        default: "64M or what the machine can spare",
-                    });
-                }
-            },
-            b"start_info_test" if value.is_empty() => config.start_info_test = true,
-            b"guests" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS_IN_ALL as u64).contains(n)) {
-                Some(count) => config.guests = count as usize,
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "guests",
-                        value: Excerpt::of(value),
-                        expected: "1 to 1000000",
-                        default: "1",
-                    });
-                }
-            },
-            b"guests_at_once" => match parse_decimal(value).filter(|n| (1..=MAX_GUESTS as u64).contains(n)) {
-                Some(count) => config.guests_at_once = Some(count as usize),
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "guests_at_once",
-                        value: Excerpt::of(value),
-                        expected: "1 to 8",
-                        default: "all together",
-                    });
-                }
-            },
-            b"cpus" => match parse_decimal(value).filter(|n| (1..=MAX_CPUS as u64).contains(n)) {
-                Some(count) => config.cpus = Some(count as usize),
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "cpus",
-                        value: Excerpt::of(value),
-                        expected: "1 to 64",
-                        default: "every CPU the MADT lists",
-                    });
-                }
-            },
+        // Each known key's value, checked and stored; `None` where it was
+        // refused, and the default stays.
+        let stored = match key {
+            b"log" => LogLevel::from_word(value).map(|level| config.log_level = level),
+            b"guest_mem" => parse_size(value)
+                .filter(|bytes| (MIN_GUEST_MEM..=MAX_GUEST_MEM).contains(bytes))
+                .map(|bytes| (config.guest_mem, config.guest_mem_given) = (bytes, true)),
+            b"start_info_test" if value.is_empty() => {
+                config.start_info_test = true;
+                Some(())
+            }
+            b"guests" => count(value, MAX_GUESTS_IN_ALL).map(|count| config.guests = count),
+            b"guests_at_once" => count(value, MAX_GUESTS).map(|count| config.guests_at_once = Some(count)),
+            b"cpus" => count(value, MAX_CPUS).map(|count| config.cpus = Some(count)),
             // 0 is refused rather than read as "never": a watchdog asked
             // for and silently not set would be worse than a warning.
-            b"guest_timeout" => {
-                match parse_decimal(value).filter(|s| (1..=MAX_GUEST_TIMEOUT_S).contains(s)) {
-                    Some(seconds) => config.guest_timeout_s = seconds,
-                    None => {
-                        let _ = notices.push(CmdlineNotice::BadValue {
-                            key: "guest_timeout",
-                            value: Excerpt::of(value),
-                            expected: "whole seconds, 1 to 86400",
-                            default: "no timeout",
-                        });
-                    }
-                }
-            }
-            b"crash" => match CrashKind::from_word(value) {
-                Some(kind) => config.crash = Some(kind),
-                None => {
-                    let _ = notices.push(CmdlineNotice::BadValue {
-                        key: "crash",
-                        value: Excerpt::of(value),
-                        expected: "ud|pf|panic|stack|ap",
-                        default: "no crash",
-                    });
-                }
-            },
+            b"guest_timeout" => parse_decimal(value)
+                .filter(|seconds| (1..=MAX_GUEST_TIMEOUT_S).contains(seconds))
+                .map(|seconds| config.guest_timeout_s = seconds),
+            b"crash" => CrashKind::from_word(value).map(|kind| config.crash = Some(kind)),
             _ => {
                 if unknown_count == 0 {
                     first_unknown = Excerpt::of(word);
                 }
                 unknown_count += 1;
+                continue;
             }
+        };
+        if stored.is_none()
+            && let Some(&(key, expected, default)) = TAKES.iter().find(|(known, ..)| known.as_bytes() == key)
+        {
+            let _ =
+                notices.push(CmdlineNotice::BadValue { key, value: Excerpt::of(value), expected, default });
         }
     }
     if unknown_count > 0 {
@@ -454,6 +415,18 @@ mod tests {
             assert!(
                 line.starts_with("cmdline: unknown value") && line.contains("for cpus= (expected 1 to 64)")
             );
+        }
+    }
+
+    /// Every key that takes a value says what it takes when refused one,
+    /// and keeps its default.
+    #[test]
+    fn every_refused_value_is_one_notice_naming_its_key() {
+        for (key, expected, default) in TAKES {
+            let (config, notices) = parse_all(format!("{key}=~").as_bytes());
+            assert_eq!(config, Config::default(), "{key}");
+            let wanted = CmdlineNotice::BadValue { key, value: Excerpt::of(b"~"), expected, default };
+            assert_eq!(notices[..], [wanted], "{key}");
         }
     }
 

@@ -108,7 +108,7 @@ const PIC_MASTER_BASE: u8 = 0xf0;
 const PIC_SLAVE_BASE: u8 = 0xf8;
 const PIC_MASTER_SPURIOUS: u8 = PIC_MASTER_BASE + 7;
 const _: () =
-    assert!(hv_core::abi::is_host_vector(PIC_MASTER_BASE) && hv_core::abi::is_host_vector(PIC_SLAVE_BASE));
+    assert!(umbra_abi::is_host_vector(PIC_MASTER_BASE) && umbra_abi::is_host_vector(PIC_SLAVE_BASE));
 
 /// Move the legacy 8259 PICs off the exception vectors, then mask them.
 ///

@@ -16,43 +16,17 @@ use core::fmt::Write;
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use umbra_firmware::status;
+use switcher_asm::layout::GuestRegs;
+use umbra_abi::status;
 use x86_64::registers::control::Cr2;
 
 use crate::serial::print_crashing;
 
 /// What traps.s leaves on the stack: the registers it pushed, the vector
-/// and error code, then the CPU's own interrupt frame.
-#[repr(C)]
-pub struct ExceptionFrame {
-    r15: u64,
-    r14: u64,
-    r13: u64,
-    r12: u64,
-    r11: u64,
-    r10: u64,
-    r9: u64,
-    r8: u64,
-    rbp: u64,
-    rdi: u64,
-    rsi: u64,
-    rdx: u64,
-    rcx: u64,
-    rbx: u64,
-    rax: u64,
-    vector: u64,
-    error_code: u64,
-    rip: u64,
-    cs: u64,
-    rflags: u64,
-    rsp: u64,
-    ss: u64,
-}
-
-// traps.s pushes 15 registers, then reads nothing else; the CPU frame
-// must start right after the vector and error code.
-const _: () = assert!(core::mem::offset_of!(ExceptionFrame, vector) == 15 * 8);
-const _: () = assert!(core::mem::offset_of!(ExceptionFrame, rip) == 17 * 8);
+/// and error code, then the CPU's own interrupt frame. The switcher's
+/// assembler macros build it, as they build a guest's frame at an exit, so
+/// it is the switcher's `GuestRegs`.
+type ExceptionFrame = GuestRegs;
 
 const EXCEPTION_NAMES: [&str; 32] = [
     "#DE divide error",

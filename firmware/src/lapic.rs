@@ -30,9 +30,9 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// One CPU waking another that sleeps in `hlt`, to look at its mailbox.
 pub const WAKE_VECTOR: u8 = 0xee;
 const _: () = assert!(
-    hv_core::abi::is_host_vector(TIMER_VECTOR)
-        && hv_core::abi::is_host_vector(SPURIOUS_VECTOR)
-        && hv_core::abi::is_host_vector(WAKE_VECTOR)
+    umbra_abi::is_host_vector(TIMER_VECTOR)
+        && umbra_abi::is_host_vector(SPURIOUS_VECTOR)
+        && umbra_abi::is_host_vector(WAKE_VECTOR)
 );
 
 const APIC_BASE_MSR: u32 = 0x1b;

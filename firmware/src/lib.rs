@@ -15,9 +15,10 @@
 //!   which CPUs exist, and how to switch the machine off;
 //! - [`frames`] turns the memory map into free page frames, keeping out
 //!   everything that is already spoken for;
-//! - [`guestmem`] decides how much of them each guest gets;
-//! - [`status`] names the exit statuses every test relies on (hv-core's,
-//!   whose run loop decides most of them).
+//! - [`guestmem`] decides how much of them each guest gets.
+//!
+//! The exit statuses the firmware ends with are the ABI's
+//! (`umbra_abi::status`).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -27,8 +28,6 @@ pub mod cmdline;
 pub mod frames;
 pub mod guestmem;
 pub mod madt;
-
-pub use hv_core::status;
 
 /// The version printed in the banner: `umbra <version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -56,16 +56,23 @@ mod switcher;
 #[cfg(target_os = "none")]
 mod image {
     core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
-    core::arch::global_asm!(include_str!("traps.s"), options(att_syntax));
+    core::arch::global_asm!(
+        switcher_asm::trap_frame_macros!(),
+        include_str!("traps.s"),
+        switcher_asm::trap_frame_macros_end!(),
+        ERROR_CODE_VECTORS = const switcher_asm::layout::ERROR_CODE_VECTORS,
+        options(att_syntax)
+    );
 }
 
 #[cfg(target_os = "none")]
 mod boot {
     use core::fmt;
 
+    use umbra_abi::status;
+    use umbra_firmware::VERSION;
     use umbra_firmware::bootinfo::{self, Notices};
     use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
-    use umbra_firmware::{VERSION, status};
 
     use crate::{acpi, cpu, guest, lapic, memory, power, serial, smp, switcher};
 

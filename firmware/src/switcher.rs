@@ -191,7 +191,7 @@ impl CpuPages {
             let gate = match direct(vector) {
                 Some(handler) => layout::Gate {
                     type_attributes: DIRECT_TRAP_GATE,
-                    ..layout::Gate::interrupt(handler, hv_core::abi::GUEST_KERNEL_CS, 0)
+                    ..layout::Gate::interrupt(handler, umbra_abi::GUEST_KERNEL_CS, 0)
                 },
                 None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 0),
             };

@@ -2,28 +2,24 @@
  * Exception entry for the host.
  *
  * Every one of the 32 architectural exception vectors gets a stub that
- * makes the stack uniform: a zero where the CPU pushes no error code,
- * then the vector number. The common path saves every general register
- * on top, so the stack holds a complete `ExceptionFrame` (see crash.rs,
- * whose field order is this push order reversed), and hands its address
- * to Rust. The host never resumes from an exception in its own code:
- * the Rust side prints a crash report and exits.
+ * makes the stack uniform: a zero where the CPU pushes no error code
+ * (ERROR_CODE_VECTORS, in braces, says where it does), then the vector
+ * number. The common path saves every general register on top, so the
+ * stack holds a complete frame, and hands its address to Rust. The
+ * frame is the switcher's: the switcher's own macros build it
+ * (push_error_code_and_vector, push_general_registers, from
+ * switcher-asm's trap_frame_macros!, which main.rs puts before this
+ * file), so crash.rs reads it as a `GuestRegs`. The host never resumes
+ * from an exception in its own code: the Rust side prints a crash report
+ * and exits.
  */
     .pushsection .text.traps, "ax"
     .code64
 
-    .irp vector, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    .irp vector, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .balign 16
 exception_stub_\vector:
-    push $0
-    push $\vector
-    jmp exception_common
-    .endr
-
-    .irp vector, 8,10,11,12,13,14,17,21,29,30
-    .balign 16
-exception_stub_\vector:
-    push $\vector
+    push_error_code_and_vector \vector
     jmp exception_common
     .endr
 
@@ -45,21 +41,7 @@ host_spurious_interrupt:
     iretq
 
 exception_common:
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    push_general_registers
     mov %rsp, %rdi
     cld
     call crash_from_exception

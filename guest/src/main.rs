@@ -3,15 +3,26 @@
 //! One ELF image, two entries:
 //! - **under Umbra** it starts at `guest_entry` (below), named by our own
 //!   ELF note, at ring 1, where every privileged instruction faults: it
-//!   asks Umbra for everything through hypercalls (`hypercall.rs`);
+//!   asks Umbra for everything through hypercalls
+//!   (`platform/hypercall.rs`);
 //! - **natively**, booted by QEMU as a PVH kernel, it starts at
-//!   `native_entry32` (`native.rs`), named by the PVH note, at ring 0,
-//!   and drives the machine itself.
+//!   `native_entry32` (`platform/native.rs`), named by the PVH note, at
+//!   ring 0, and drives the machine itself.
 //!
 //! Either way it ends up in the process kernel (`kernel/`: address spaces,
 //! user programs at ring 3, fork, copy-on-write, a preemptive scheduler)
-//! on top of the platform layer (`platform.rs`), which is the only code
-//! that knows which entry was taken. docs/guest.md describes it.
+//! on top of the platform layer (`platform/`), which is the only code that
+//! knows which entry was taken. docs/guest.md describes it.
+//!
+//! The folders keep apart what the kernel is and what tests Umbra:
+//!
+//! | where | what |
+//! | --- | --- |
+//! | `kernel/` | the process kernel |
+//! | `platform/` | the platform layer: its two backends, and the console |
+//! | `probes/` | Umbra's test subjects: test modes, attacks, the fuzzer (the `probes` feature) |
+//! | `cmdline.rs` | the command-line words all three read |
+//! | `../user/` | the user programs, built by `build.rs` |
 //!
 //! The paravirtual path of one run:
 //!
@@ -19,15 +30,13 @@
 //!    of the `BootInfo` Umbra left at the top of guest memory.
 //! 2. [`guest_main`] checks the `BootInfo`, copies the command line (its
 //!    memory will be reused), registers the shared page with INIT and says
-//!    hello.
-//! 3. Without a `test=` word, or with `test=showcase` or
-//!    `test=scenario:NAME`, the process kernel runs: the showcase by
-//!    default. Any other `test=` word picks one of the small tests in
-//!    `modes.rs`, most of which break a rule on purpose to see Umbra kill
-//!    the guest, and which natively have no meaning. `test=pages` is the
-//!    first program this guest ever ran: `touch.rs` builds page tables
-//!    (`tables.rs`) and touches a few hundred pages every way the ABI
-//!    allows.
+//!    hello. (Two probes must come before INIT; they run first.)
+//! 3. Without a `test=` word, or with `test=showcase`, `test=scenario:NAME`
+//!    or `test=bench:...`, the process kernel runs: the showcase by
+//!    default. Any other `test=` word picks a probe (`probes/`), most of
+//!    which break a rule on purpose to see Umbra kill the guest, and which
+//!    natively have no meaning. A guest built without the `probes` feature
+//!    refuses such a word in one line and stops with status 97.
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -41,32 +50,16 @@ fn main() {
 
 #[cfg(target_os = "none")]
 #[macro_use]
-mod console;
-#[cfg(target_os = "none")]
-mod attacks;
-#[cfg(target_os = "none")]
-mod fuzz;
-#[cfg(target_os = "none")]
-mod hypercall;
-#[cfg(target_os = "none")]
-mod isolation;
-#[cfg(target_os = "none")]
-mod kernel;
-#[cfg(target_os = "none")]
-mod modes;
-#[cfg(target_os = "none")]
-mod native;
-#[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
-mod tables;
+mod cmdline;
 #[cfg(target_os = "none")]
-mod touch;
-#[cfg(target_os = "none")]
-mod traps;
+mod kernel;
+#[cfg(all(target_os = "none", feature = "probes"))]
+mod probes;
 
 // The paravirtual entry point, and the note that names it for Umbra's
-// loader (`hv_core::abi::PV_ENTRY_NOTE_*`). Umbra starts us here in 64-bit
+// loader (`umbra_abi::PV_ENTRY_NOTE_*`). Umbra starts us here in 64-bit
 // mode with `rdi` and `rsp` both holding the address of the `BootInfo`;
 // the stack grows down from it. A loader should zero .bss, but clearing
 // it ourselves costs a few instructions and spares us from trusting that.
@@ -109,19 +102,33 @@ guest_entry:
 mod boot {
     use core::panic::PanicInfo;
 
-    use hv_core::abi::{self, BootInfo};
+    use umbra_abi::{self as abi, BootInfo};
 
-    use crate::console::Printable;
-    use crate::hypercall::{self, shutdown};
+    use crate::cmdline::test_word;
+    use crate::kernel;
+    use crate::platform::console::Printable;
+    use crate::platform::hypercall::{self, shutdown};
     use crate::platform::{self, Backend};
-    use crate::tables::Frames;
-    use crate::{kernel, modes};
 
     /// How much of the command line we keep; the rest is ignored.
     const CMDLINE_MAX: usize = 512;
 
     /// Exit status for a broken start or a panic.
     const STATUS_BROKEN: u64 = 99;
+
+    /// Exit status for a `test=` word this guest cannot run here, as for
+    /// an unknown one.
+    const STATUS_CANNOT_RUN: u64 = 97;
+
+    const PAGE_SIZE: u64 = 4096;
+
+    /// Room left for the stack below the `BootInfo`.
+    const STACK_RESERVE: u64 = 256 * 1024;
+
+    unsafe extern "C" {
+        /// From link.ld: the first page after the image.
+        static __image_end: u8;
+    }
 
     /// The command line, copied out of the page Umbra put it in.
     struct Cmdline {
@@ -169,6 +176,14 @@ mod boot {
         valid.then_some(info)
     }
 
+    /// The free memory under Umbra, as `[start, end)`: from the end of the
+    /// image up to `STACK_RESERVE` below the `BootInfo` at `boot`, where
+    /// the stack starts. (Natively, `native_main` finds its own.)
+    fn free_memory(boot: u64) -> (u64, u64) {
+        let image_end = &raw const __image_end as u64;
+        (image_end.next_multiple_of(PAGE_SIZE), (boot & !(PAGE_SIZE - 1)).saturating_sub(STACK_RESERVE))
+    }
+
     /// Stops a guest that cannot go on. SHUTDOWN is only legal after INIT,
     /// so INIT first: the point is to say what went wrong.
     fn broken(why: &str) -> ! {
@@ -178,8 +193,8 @@ mod boot {
     }
 
     /// The process kernel's scenario for a `test=` word: the showcase when
-    /// there is none; the benchmark is one too. None for the test modes,
-    /// which are Umbra's alone.
+    /// there is none; the benchmark is one too. None for the probes, which
+    /// are Umbra's alone.
     fn kernel_scenario(test: Option<&[u8]>) -> Option<&[u8]> {
         match test {
             None | Some(b"showcase") => Some(b"showcase"),
@@ -191,15 +206,31 @@ mod boot {
     /// The native entry's way into the process kernel, with the free
     /// memory `[free_start, free_end)` of `memory_size` bytes.
     pub fn run_kernel(cmdline: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
-        let test = modes::test_word(cmdline);
+        let test = test_word(cmdline);
         match kernel_scenario(test) {
             Some(scenario) => kernel::run(scenario, memory_size, free_start, free_end),
             None => {
                 let test = Printable(test.unwrap_or_default());
                 say!("test {test} makes hypercalls: it runs only under Umbra");
-                platform::shutdown(97, "test needs Umbra")
+                platform::shutdown(STATUS_CANNOT_RUN, "test needs Umbra")
             }
         }
+    }
+
+    /// Any other `test=` word is a probe's (`probes/`), after INIT.
+    #[cfg(feature = "probes")]
+    fn run_probe(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
+        crate::probes::run(name, memory_size, free_start, free_end)
+    }
+
+    /// Built without the probes, this guest cannot run a probe's `test=`
+    /// word: one line says so, and the guest stops with the status of a
+    /// test it cannot run rather than run something else. The SHUTDOWN
+    /// message is left empty: the line says it all.
+    #[cfg(not(feature = "probes"))]
+    fn run_probe(name: &[u8], _: u64, _: u64, _: u64) -> ! {
+        say!("test={} needs a guest built with the probes feature", Printable(name));
+        shutdown(STATUS_CANNOT_RUN, "")
     }
 
     /// Called by `guest_entry` with the address of the `BootInfo`.
@@ -208,12 +239,10 @@ mod boot {
         platform::choose(Backend::Paravirtual);
         let Some(info) = read_boot_info(boot) else { broken("bad boot info") };
         let cmdline = Cmdline::copy(&info);
-        let test = modes::test_word(cmdline.bytes());
-        match test {
-            Some(b"no-init") => modes::no_init(),
-            Some(b"first-init-at-switcher") => modes::first_init_at_switcher(),
-            _ => {}
-        }
+        let test = test_word(cmdline.bytes());
+        // The probes that must come before INIT, if it is one of them.
+        #[cfg(feature = "probes")]
+        crate::probes::before_init(test);
 
         hypercall::init();
         if hypercall::shared_abi_version() != abi::ABI_VERSION {
@@ -224,13 +253,10 @@ mod boot {
         say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
         say!("cmdline: \"{}\"", Printable(cmdline.bytes()));
 
-        let frames = Frames::between_image_and_stack(boot as u64);
+        let (start, end) = free_memory(boot as u64);
         match (kernel_scenario(test), test) {
-            (Some(scenario), _) => {
-                let (start, end) = frames.range();
-                kernel::run(scenario, info.memory_size, start, end)
-            }
-            (None, Some(name)) => modes::run(name, info.memory_size, frames),
+            (Some(scenario), _) => kernel::run(scenario, info.memory_size, start, end),
+            (None, Some(name)) => run_probe(name, info.memory_size, start, end),
             (None, None) => unreachable!("no test word means the showcase"),
         }
     }

@@ -29,7 +29,7 @@
 //!
 //! One image may carry two entries: the kernel in `guest/` boots natively
 //! through a PVH note (32-bit code, for a VMM) and under Umbra through a
-//! note of ours, [`crate::abi::PV_ENTRY_NOTE_NAME`], whose 8-byte payload
+//! note of ours, [`umbra_abi::PV_ENTRY_NOTE_NAME`], whose 8-byte payload
 //! is the 64-bit paravirtual entry. When that note is there it wins over
 //! `e_entry`; either way the entry is checked the same way. Notes are
 //! hints for many loaders and we load none of them, so a note segment we
@@ -341,7 +341,7 @@ fn pv_entry_note(image: &[u8], table: &[u8]) -> Result<Option<u64>, LoadError> {
         }
         let mut notes = file_bytes(image, header.offset, header.filesz).unwrap_or(&[]);
         while let Some(note) = Note::parse(notes) {
-            if note.name == crate::abi::PV_ENTRY_NOTE_NAME && note.kind == crate::abi::PV_ENTRY_NOTE_TYPE {
+            if note.name == umbra_abi::PV_ENTRY_NOTE_NAME && note.kind == umbra_abi::PV_ENTRY_NOTE_TYPE {
                 let size = note.payload.len() as u32;
                 let entry = le_u64(note.payload, 0).filter(|_| size == 8);
                 return entry.map(Some).ok_or(LoadError::BadEntryNote { segment: index, size });
@@ -510,15 +510,21 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
     bytes.get(at..)?.first_chunk().copied().map(u64::from_le_bytes)
 }
 
+// The ELF-note builder the tests share with the loader's fuzzer.
+#[cfg(test)]
+#[path = "../tests/common/elf_note.rs"]
+mod elf_note;
+
 #[cfg(test)]
 mod tests {
     extern crate std;
 
+    use super::elf_note::note;
     use super::*;
-    use crate::rng::Rng;
     use std::string::ToString;
     use std::vec;
     use std::vec::Vec;
+    use umbra_abi::rng::Rng;
 
     const MEMORY: u64 = 0x10000;
     const PT_NOTE: u32 = 4;
@@ -927,19 +933,6 @@ mod tests {
         assert!(matches!(error(&image), LoadError::EntryNotExecutable { segment: 2, .. }));
     }
 
-    /// An ELF note: name, type and payload, padded as the format says.
-    fn note(name: &[u8], kind: u32, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&kind.to_le_bytes());
-        for part in [name, payload] {
-            bytes.extend_from_slice(part);
-            bytes.resize(bytes.len().next_multiple_of(4), 0);
-        }
-        bytes
-    }
-
     fn with_notes(notes: &[u8]) -> Vec<u8> {
         Builder::new(0x1000)
             .load(PF_R | PF_X, 0x1000, TEXT, TEXT.len() as u64)
@@ -950,21 +943,21 @@ mod tests {
     #[test]
     fn umbra_note_names_the_entry() {
         let xen = note(b"Xen\0", 18, &0x1000u32.to_le_bytes());
-        let umbra = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
+        let umbra = note(umbra_abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
         // Found after another loader's note, and preferred to e_entry.
         let loaded = try_load(&with_notes(&[xen.clone(), umbra.clone()].concat())).unwrap();
         assert_eq!(loaded.entry, 0x1003);
         // Without it, e_entry; a note of another type or name is not ours.
         assert_eq!(try_load(&with_notes(&xen)).unwrap().entry, 0x1000);
-        let other = note(crate::abi::PV_ENTRY_NOTE_NAME, 2, &0x1003u64.to_le_bytes());
+        let other = note(umbra_abi::PV_ENTRY_NOTE_NAME, 2, &0x1003u64.to_le_bytes());
         assert_eq!(try_load(&with_notes(&other)).unwrap().entry, 0x1000);
         // A truncated note chain is skipped, not trusted.
         assert_eq!(try_load(&with_notes(&umbra[..umbra.len() - 1])).unwrap().entry, 0x1000);
         // The note's entry is checked like e_entry.
-        let outside = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x9000u64.to_le_bytes());
+        let outside = note(umbra_abi::PV_ENTRY_NOTE_NAME, 1, &0x9000u64.to_le_bytes());
         assert_eq!(error(&with_notes(&outside)), LoadError::EntryOutsideSegments { entry: 0x9000 });
         // A payload that is not one address is refused.
-        let short = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u32.to_le_bytes());
+        let short = note(umbra_abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u32.to_le_bytes());
         assert_eq!(error(&with_notes(&short)), LoadError::BadEntryNote { segment: 1, size: 4 });
     }
 
@@ -1044,7 +1037,7 @@ mod tests {
 
     #[test]
     fn strip_keeps_a_note_at_the_end() {
-        let umbra = note(crate::abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
+        let umbra = note(umbra_abi::PV_ENTRY_NOTE_NAME, 1, &0x1003u64.to_le_bytes());
         let mut image = with_notes(&umbra);
         let loadable = image.len();
         image.extend_from_slice(&[0xdb; 100]);

@@ -7,7 +7,8 @@
 //! pool, the machine) so it can be tested on the host; the firmware
 //! supplies the real hardware behind those traits.
 //!
-//! - [`abi`]: the hypercall ABI, shared word for word with the guest;
+//! - the hypercall ABI it implements is the `umbra-abi` crate, which the
+//!   guest uses too, so the two cannot drift apart;
 //! - [`elf`]: loading a guest's ELF image into its memory;
 //! - [`vcpu`]: what each exit from the guest means: shadow fills,
 //!   hypercalls, kills;
@@ -17,16 +18,13 @@
 //!   watchdog, behind the [`run::Machine`] trait the firmware implements;
 //! - [`load`]: a guest's memory, its ELF image and its boot information;
 //! - [`report`]: what the host prints about its guests, and the run's
-//!   status ([`status`]).
+//!   status (`umbra_abi::status`).
 #![no_std]
 #![forbid(unsafe_code)]
 
-pub mod abi;
 pub mod elf;
 pub mod load;
 pub mod report;
-pub mod rng;
 pub mod run;
-pub mod status;
 pub mod traps;
 pub mod vcpu;

@@ -26,12 +26,11 @@ use core::mem::{offset_of, size_of};
 
 use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, PAGE_SIZE};
+use umbra_abi::{self as abi, BootInfo, status};
 
-use crate::abi::{self, BootInfo};
 use crate::elf;
 use crate::report::{GuestConsole, Numbered};
 use crate::run::{GuestImage, Machine, MachineVcpu, RunConfig};
-use crate::status;
 use crate::vcpu::{self, GuestRam, Vcpu};
 
 /// In a guest's command line, this becomes the guest's number (1, 2, ...),

@@ -23,10 +23,10 @@ use core::fmt::{self, Write};
 
 use log::Level;
 use paging::Counters;
+use umbra_abi as abi;
+use umbra_abi::status;
 
-use crate::abi;
 use crate::run::Machine;
-use crate::status;
 use crate::vcpu::{Kill, Stats};
 
 /// The longest piece of a line (newline included) a guest's console

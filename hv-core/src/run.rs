@@ -39,12 +39,12 @@ use heapless::Vec;
 use log::Level;
 use paging::{FramePool, SwitcherEntries};
 use switcher_asm::layout::GuestRegs;
+use umbra_abi as abi;
+use umbra_abi::status;
 
-use crate::abi;
 use crate::elf::LoadTarget;
 use crate::load::load;
 use crate::report::{Cycles, GuestConsole, Placement, Totals, print_stats};
-use crate::status;
 use crate::traps::HaltState;
 use crate::vcpu::{self, GuestRam, Host, Kill, Next, Vcpu};
 

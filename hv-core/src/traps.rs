@@ -29,8 +29,8 @@ use core::mem::offset_of;
 
 use paging::{Access, TranslateError};
 use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
+use umbra_abi::{self as abi, SharedPage};
 
-use crate::abi::{self, SharedPage};
 use crate::vcpu::{GuestRam, Kill, Vcpu};
 use paging::FramePool;
 

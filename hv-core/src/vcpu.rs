@@ -8,7 +8,7 @@
 //!   or, when the guest's own tables forbid the access, reflect it to the
 //!   guest's handler (see [`crate::traps`]);
 //! - an invalid-opcode trap from ring 1 at a `ud2` is a hypercall (see
-//!   [`crate::abi`]); any other invalid opcode is the guest's own fault;
+//!   [`umbra_abi`]); any other invalid opcode is the guest's own fault;
 //! - the guest's other exceptions go to its own handlers; an `int n` the
 //!   CPU refused to run directly is delivered by hand;
 //! - an interrupt that arrived while the guest ran is the host's;
@@ -26,8 +26,8 @@ use paging::{
     TranslateError,
 };
 use switcher_asm::layout::{self, GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
+use umbra_abi::{self as abi, AsyncCall, SharedPage};
 
-use crate::abi::{self, AsyncCall, SharedPage};
 use crate::traps::GuestGate;
 
 /// Guest memory as the hypervisor reaches it, with byte copies on top of

@@ -18,11 +18,11 @@
 mod common;
 
 use common::{Console, MEMORY, Pool, Ram};
-use hv_core::abi::{self, SharedPage};
-use hv_core::rng::Rng;
 use hv_core::vcpu::{self, Next, Vcpu};
 use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
+use umbra_abi::rng::{self, Rng};
+use umbra_abi::{self as abi, SharedPage};
 
 /// A value biased to the edges that break things.
 fn edgy(rng: &mut Rng) -> u64 {
@@ -163,10 +163,10 @@ fn run_once(seed: u64, steps: usize) -> (usize, bool) {
 
 #[test]
 fn random_exits_never_break_the_host() {
-    let runs: u64 = std::env::var("UMBRA_FUZZ_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let first: u64 = std::env::var("UMBRA_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seeds = rng::seeds(300);
+    let (first, runs) = (seeds.start, seeds.end - seeds.start);
     let (mut exits, mut kills) = (0, 0);
-    for seed in first..first + runs {
+    for seed in seeds {
         let (steps, killed) = run_once(seed, 200);
         exits += steps;
         kills += usize::from(killed);

@@ -25,14 +25,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{POOL_BASE, Pool, Ram};
-use hv_core::abi::{self, BootInfo};
 use hv_core::elf::LoadTarget;
 use hv_core::run::{self, Exit, GuestImage, HOST_TICK_NS, Machine, RunConfig};
-use hv_core::status;
 use hv_core::vcpu::{self, GuestRam};
 use log::Level;
 use paging::{GuestMemory, SwitcherEntries};
 use switcher_asm::layout::GuestRegs;
+use umbra_abi::{self as abi, BootInfo, status};
 
 /// Each guest's memory, and where things are in it: the image's code at
 /// the entry, a page of `ud2`, so every hypercall's instruction is really

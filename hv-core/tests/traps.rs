@@ -7,11 +7,11 @@
 mod common;
 
 use common::{Console, MEMORY, Pool, Ram};
-use hv_core::abi::{self, SharedPage};
 use hv_core::traps::HaltState;
 use hv_core::vcpu::{self, Kill, Next, Vcpu};
 use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::GuestRegs;
+use umbra_abi::{self as abi, SharedPage};
 
 const KERNEL: u64 = 0xFFFF_8000_0000_0000;
 /// The kernel half maps gpa 0x100000.. at KERNEL.., 512 pages.

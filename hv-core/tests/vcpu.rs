@@ -6,10 +6,10 @@
 mod common;
 
 use common::{Console, MEMORY, Pool, Ram};
-use hv_core::abi::{self, SharedPage};
 use hv_core::vcpu::{self, Kill, Next, Vcpu};
 use paging::{GuestMemory, KillReason, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, STATE_PAGE, SWITCHER_BASE};
+use umbra_abi::{self as abi, SharedPage};
 
 const SHARED: u64 = 0x10_0000;
 const ENTRY: u64 = 0x20_0000;

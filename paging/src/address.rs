@@ -22,14 +22,21 @@ pub const KERNEL_HALF_START: u64 = 0xFFFF_8000_0000_0000;
 
 /// The switcher region: the top 4 MiB of every address space, reached
 /// through `PML4[511] -> PDPT[511] -> PD[510..=511]`. It belongs to the host;
-/// the guest may never map, update, fault on or pin anything in it.
-pub const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+/// the guest may never map, update, fault on or pin anything in it. Where
+/// it starts is the ABI's to say.
+pub use umbra_abi::SWITCHER_BASE;
 
 /// The switcher region's start in flat form.
 pub(crate) const SWITCHER_FLAT: u64 = SWITCHER_BASE & (FLAT_END - 1);
 
 /// The two page-directory slots that hold the switcher's page tables.
 pub(crate) const SWITCHER_PD_SLOTS: [usize; 2] = [510, 511];
+
+// The region is exactly those two slots' reach, under the last PML4 and
+// PDPT entries, to the top of the address space.
+const _: () = assert!(Level::Pml4.index(SWITCHER_BASE) == 511 && Level::Pdpt.index(SWITCHER_BASE) == 511);
+const _: () = assert!(Level::Pd.index(SWITCHER_BASE) == SWITCHER_PD_SLOTS[0] && SWITCHER_PD_SLOTS[1] == 511);
+const _: () = assert!(SWITCHER_BASE.is_multiple_of(1 << 21));
 
 /// True when bits 48..63 of `va` all equal bit 47.
 pub const fn is_canonical(va: u64) -> bool {

@@ -21,23 +21,36 @@
 //! The assembly in `switcher.s` receives every address and offset below as
 //! a `const` operand, so Rust and the assembly cannot disagree; the
 //! assertions here check the few facts the hardware imposes.
+//!
+//! The addresses a guest may know (the region's base and its pages) are
+//! the ABI's, `umbra_abi::SWITCHER_*`, named here the layout's way; the
+//! assertions below hold them to the layout (code pages first, then the
+//! registers, state and IDT pages, one each).
 
 use core::mem::{offset_of, size_of};
 
 pub const PAGE_SIZE: u64 = 4096;
 /// The top 4 MB.
-pub const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+pub use umbra_abi::SWITCHER_BASE;
 /// Pages of switcher code, mapped first.
 pub const CODE_PAGES: u64 = 2;
 /// Bytes per exit stub; the stubs start the code.
 pub const STUB_SIZE: u64 = 16;
 /// Where `switcher_enter` starts, from the start of the code.
 pub const ENTRY_OFFSET: u64 = PAGE_SIZE;
-pub const REGS_PAGE: u64 = SWITCHER_BASE + CODE_PAGES * PAGE_SIZE;
-pub const STATE_PAGE: u64 = REGS_PAGE + PAGE_SIZE;
-pub const IDT_PAGE: u64 = STATE_PAGE + PAGE_SIZE;
+pub use umbra_abi::{
+    SWITCHER_IDT_PAGE as IDT_PAGE, SWITCHER_REGS_PAGE as REGS_PAGE, SWITCHER_STATE_PAGE as STATE_PAGE,
+};
 /// Pages the region maps, code included.
 pub const MAPPED_PAGES: u64 = CODE_PAGES + 3;
+
+const _: () = assert!(umbra_abi::SWITCHER_CODE == SWITCHER_BASE);
+const _: () = assert!(REGS_PAGE == SWITCHER_BASE + CODE_PAGES * PAGE_SIZE);
+const _: () = assert!(STATE_PAGE == REGS_PAGE + PAGE_SIZE);
+const _: () = assert!(IDT_PAGE == STATE_PAGE + PAGE_SIZE);
+const _: () = assert!(umbra_abi::SWITCHER_MAPPED_END == SWITCHER_BASE + MAPPED_PAGES * PAGE_SIZE);
+// Only the first 2 MiB slot (PD[510]) is used; the second is reserved.
+const _: () = assert!(umbra_abi::SWITCHER_RESERVED == SWITCHER_BASE + (2 << 20));
 
 /// Where the switcher's own code is entered from the host.
 pub const ENTRY_VA: u64 = SWITCHER_BASE + ENTRY_OFFSET;
@@ -139,6 +152,21 @@ pub const GDT_TEMPLATE: [u64; TSS_SLOT] = [
     0x00cf_f300_0000_ffff, // 0x28: ring-3 data (selector 0x2b)
     0x00af_fb00_0000_ffff, // 0x30: ring-3 code (selector 0x33)
 ];
+
+/// Whether the descriptor `selector` names in [`GDT_TEMPLATE`] is code
+/// (`code`) or data, at the ring the selector's RPL asks for.
+const fn descriptor_fits(selector: u16, code: bool) -> bool {
+    let descriptor = GDT_TEMPLATE[(selector >> 3) as usize];
+    let dpl = (descriptor >> 45) & 3;
+    let executable = descriptor & (1 << 43) != 0;
+    dpl == (selector & 3) as u64 && executable == code
+}
+
+// The ABI's selectors name the guest's descriptors here, each at its ring.
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_KERNEL_CS, true));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_KERNEL_SS, false));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_USER_CS, true));
+const _: () = assert!(descriptor_fits(umbra_abi::GUEST_USER_SS, false));
 
 /// The per-CPU state page. The host fills it; the switcher reads it on
 /// both sides and writes only `host_rsp`, while still on the host's

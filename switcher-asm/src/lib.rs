@@ -10,18 +10,101 @@
 //! This crate holds the only code that actually crosses: [`enter`]. The
 //! rest of Umbra prepares the pages (through the firmware) and interprets
 //! what comes back (in hv-core).
+//!
+//! The firmware's own exception entry builds the very frame the exit path
+//! does ([`layout::GuestRegs`]), so the two share the assembler macros
+//! that build it: [`trap_frame_macros!`].
 #![no_std]
 
 pub mod layout;
 
 pub use layout::SWITCHER_BASE;
 
+/// Assembler macros for an entry that turns whatever a trap pushed into a
+/// [`layout::GuestRegs`], in place: `push_error_code_and_vector VECTOR`
+/// (a zero where the CPU pushed no error code, which
+/// [`layout::ERROR_CODE_VECTORS`] says, then the vector),
+/// `push_general_registers`, and `pop_general_registers` for the way back.
+/// `switcher.s` and the firmware's `traps.s` both start with them, so one
+/// push order serves both frames; each `global_asm!` that uses them must
+/// pass `ERROR_CODE_VECTORS` as a `const` operand, and end with
+/// [`trap_frame_macros_end!`] so that no other assembly meets them (fat
+/// LTO would put every crate's assembly into one file).
+#[macro_export]
+macro_rules! trap_frame_macros {
+    () => {
+        r#"
+    .macro push_error_code_and_vector vector
+    .set pushes_error_code, 0
+    .if \vector < 32
+    .set pushes_error_code, ({ERROR_CODE_VECTORS} >> \vector) & 1
+    .endif
+    .if pushes_error_code == 0
+    push $0
+    .endif
+    push $\vector
+    .endm
+
+    .macro push_general_registers
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    .endm
+
+    .macro pop_general_registers
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    .endm
+"#
+    };
+}
+
+/// The end of the assembly that began with [`trap_frame_macros!`]: its
+/// macros are forgotten.
+#[macro_export]
+macro_rules! trap_frame_macros_end {
+    () => {
+        r#"
+    .purgem push_error_code_and_vector
+    .purgem push_general_registers
+    .purgem pop_general_registers
+"#
+    };
+}
+
 #[cfg(target_os = "none")]
 mod image {
     use crate::layout::*;
 
     core::arch::global_asm!(
+        crate::trap_frame_macros!(),
         include_str!("switcher.s"),
+        crate::trap_frame_macros_end!(),
         STUB_SIZE = const STUB_SIZE,
         ENTRY_OFFSET = const ENTRY_OFFSET,
         CODE_BYTES = const CODE_PAGES * PAGE_SIZE,

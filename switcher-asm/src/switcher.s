@@ -5,7 +5,10 @@
  * address space, so it keeps running while CR3 changes under it. Every
  * address it uses is a constant from layout.rs (the names in braces), and it
  * never names a host symbol: the host's state reaches it through the
- * per-CPU state page.
+ * per-CPU state page. The macros that build the guest's frame
+ * (push_error_code_and_vector, push_general_registers and
+ * pop_general_registers) come first, from lib.rs's trap_frame_macros!: the
+ * firmware's own exception entry builds its frames with them too.
  *
  * Page 0 holds 256 exit stubs, one per vector, 16 bytes apart: the guest
  * IDT points each vector at its stub. Page 1 holds the two paths:
@@ -45,14 +48,7 @@ switcher_start:
     .org switcher_start + vector * {STUB_SIZE}
     /* The CPU pushes an error code only for the exceptions whose bits
      * are set in ERROR_CODE_VECTORS (layout.rs), all below 32. */
-    .set pushes_error_code, 0
-    .if vector < 32
-    .set pushes_error_code, ({ERROR_CODE_VECTORS} >> vector) & 1
-    .endif
-    .if pushes_error_code == 0
-    push $0
-    .endif
-    push $vector
+    push_error_code_and_vector vector
     jmp exit_common
     .set vector, vector + 1
     .endr
@@ -74,21 +70,7 @@ switcher_enter:
     mov {STATE_GUEST_CR3}, %rax
     mov %rax, %cr3
     mov ${GUEST_REGS_VA}, %rsp
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+    pop_general_registers
     add $16, %rsp               /* vector and error code */
     iretq
 
@@ -96,21 +78,7 @@ exit_common:
     /* First of all, the host's flags: DF and AC clear, IOPL 0, IF off. */
     pushq ${HOST_RFLAGS}
     popfq
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    push_general_registers
     mov {STATE_HOST_CR3}, %rax
     mov %rax, %cr3
     lgdt {STATE_HOST_GDT}

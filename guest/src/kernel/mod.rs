@@ -19,14 +19,16 @@
 //! on every run, however the timer interleaves them.
 
 mod elf;
-mod mem;
+// Public for its page-table entry bits and `KERNEL_BASE`, which the
+// probes' own tables (`probes/tables.rs`) share.
+pub mod mem;
 mod proc;
 mod trap;
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::console::Printable;
 use crate::platform;
+use crate::platform::console::Printable;
 use proc::{KSTACK, MAX_PROCS, State, k};
 
 macro_rules! program {
@@ -69,10 +71,15 @@ const KILLED_UD: u64 = 128 + 6;
 const KILLED_GP: u64 = 128 + 13;
 const KILLED_PF: u64 = 128 + 14;
 
+/// A scenario the timer need not preempt (most of them).
+const fn scenario(name: &'static str, programs: &'static [Start]) -> Scenario {
+    Scenario { name, programs, needs_preemption: false }
+}
+
 static SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "showcase",
-        programs: &[
+    scenario(
+        "showcase",
+        &[
             start("hello", HELLO, 0, 0),
             start("tree", FORKTREE, 2, 7),
             start("divzero", CRASH, 0, KILLED_DE),
@@ -80,36 +87,28 @@ static SCENARIOS: &[Scenario] = &[
             start("spin1", SPINNER, 1, 0),
             start("spin2", SPINNER, 2, 0),
         ],
-        needs_preemption: false,
-    },
+    ),
+    scenario(
+        "hello",
+        &[start("hello1", HELLO, 0, 0), start("hello2", HELLO, 7, 7), start("hello3", HELLO, 42, 42)],
+    ),
+    scenario("demand-zero", &[start("memtest", MEMTEST, 0, 0)]),
+    scenario("cow", &[start("memtest", MEMTEST, 1, 0), start("tree", FORKTREE, 3, 15)]),
     Scenario {
-        name: "hello",
-        programs: &[
-            start("hello1", HELLO, 0, 0),
-            start("hello2", HELLO, 7, 7),
-            start("hello3", HELLO, 42, 42),
-        ],
-        needs_preemption: false,
-    },
-    Scenario { name: "demand-zero", programs: &[start("memtest", MEMTEST, 0, 0)], needs_preemption: false },
-    Scenario {
-        name: "cow",
-        programs: &[start("memtest", MEMTEST, 1, 0), start("tree", FORKTREE, 3, 15)],
-        needs_preemption: false,
-    },
-    Scenario {
-        name: "preempt",
-        programs: &[
-            start("spin1", SPINNER, 1, 0),
-            start("spin2", SPINNER, 2, 0),
-            start("spin3", SPINNER, 3, 0),
-            start("spin4", SPINNER, 4, 0),
-        ],
         needs_preemption: true,
+        ..scenario(
+            "preempt",
+            &[
+                start("spin1", SPINNER, 1, 0),
+                start("spin2", SPINNER, 2, 0),
+                start("spin3", SPINNER, 3, 0),
+                start("spin4", SPINNER, 4, 0),
+            ],
+        )
     },
-    Scenario {
-        name: "kill",
-        programs: &[
+    scenario(
+        "kill",
+        &[
             start("divzero", CRASH, 0, KILLED_DE),
             start("badptr", CRASH, 1, KILLED_PF),
             start("textwrite", CRASH, 2, KILLED_PF),
@@ -118,10 +117,9 @@ static SCENARIOS: &[Scenario] = &[
             start("hello", HELLO, 0, 0),
             start("spin1", SPINNER, 1, 0),
         ],
-        needs_preemption: false,
-    },
-    Scenario { name: "sbrk", programs: &[start("memtest", MEMTEST, 2, 0)], needs_preemption: false },
-    Scenario { name: "churn", programs: &[start("memtest", MEMTEST, 3, 0)], needs_preemption: false },
+    ),
+    scenario("sbrk", &[start("memtest", MEMTEST, 2, 0)]),
+    scenario("churn", &[start("memtest", MEMTEST, 3, 0)]),
 ];
 
 /// The scenario kernel main runs (an index into `SCENARIOS`), or
@@ -143,7 +141,7 @@ fn parse_benchmark(spec: &[u8]) -> bool {
         let mut parts = word.splitn(2, |&b| b == b'=');
         let (Some(name), Some(digits)) = (parts.next(), parts.next()) else { return false };
         let which = WORKLOADS.iter().position(|w| w.as_bytes() == name);
-        let ops = crate::modes::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
+        let ops = crate::cmdline::decimal(digits).filter(|&n| n > 0 && n < 1 << 56);
         let (Some(which), Some(ops), true) = (which, ops, count < 8) else { return false };
         BENCH_RUNS[count].store((which as u64) << 56 | ops, Ordering::Relaxed);
         count += 1;

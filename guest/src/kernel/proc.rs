@@ -22,7 +22,7 @@
 
 use core::cell::UnsafeCell;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::mem::{self, Frames, PAGE, USER_STACK_TOP};
 use super::trap::{self, TrapFrame};

@@ -261,7 +261,7 @@ fn is_syscall_instruction(rip: u64) -> bool {
 /// Ends the current process for a fault, saying why.
 fn kill(what: &str, rip: u64, address: Option<u64>, status: u64) -> ! {
     let name = k().cur().name;
-    let name = crate::console::Printable(name.bytes());
+    let name = crate::platform::console::Printable(name.bytes());
     match address {
         Some(address) => say!("[{name}] killed: {what} at {rip:#x}, address {address:#x}"),
         None => say!("[{name}] killed: {what} at {rip:#x}"),
@@ -318,7 +318,7 @@ fn syscall(frame: &mut TrapFrame) {
         SYS_EXIT => {
             if !k().quiet {
                 let name = k().cur().name;
-                say!("[{}] exited with status {a0}", crate::console::Printable(name.bytes()));
+                say!("[{}] exited with status {a0}", crate::platform::console::Printable(name.bytes()));
             }
             proc::exit(a0)
         }

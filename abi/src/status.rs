@@ -6,20 +6,21 @@
 //! the outcome. Statuses below [`FIRST_RESERVED`] belong to the guest: it
 //! passes its own status through `SHUTDOWN`. The rest are Umbra's own.
 //!
-//! They live in hv-core because its run loop decides most of them (a
-//! kill, a guest that could not be set up, the first failure among many);
-//! the firmware re-exports them as `umbra_firmware::status` for its own
-//! (a crash, a malformed boot).
+//! They belong to the ABI because a guest passes its own through and must
+//! know where its range ends, and because every test that boots Umbra
+//! reads them. hv-core's run loop decides most of the rest (a kill, a
+//! guest that could not be set up, the first failure among many), the
+//! firmware the others (a crash, a malformed boot).
 
 /// Everything went as planned.
 pub const SUCCESS: u8 = 0;
 
 /// The first status the firmware keeps for itself; a guest's status at or
 /// above this is reported as [`GUEST_STATUS_OUT_OF_RANGE`].
-pub const FIRST_RESERVED: u8 = 100;
+pub const FIRST_RESERVED: u8 = crate::GUEST_STATUS_MAX as u8 + 1;
 
 /// The guest broke a rule and was killed; the reason was printed first.
-pub const GUEST_KILLED: u8 = 100;
+pub const GUEST_KILLED: u8 = FIRST_RESERVED;
 
 /// The firmware could not go on: malformed boot input, too little memory,
 /// no usable ACPI where it was required. One line said why.

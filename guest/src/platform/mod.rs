@@ -4,27 +4,35 @@
 //! through these functions, like Linux's pv_ops: set a page-table entry,
 //! switch the root, flush, turn interrupts on and off, halt, arm the
 //! one-shot timer, print, install a trap handler, name the kernel stack,
-//! shut down, read the clock. Above this file nothing knows whether it
+//! shut down, read the clock. Above this folder nothing knows whether it
 //! runs natively or under Umbra.
 //!
 //! There are two backends, and the entry the image came in through picks
 //! one, once, before anything else runs:
-//! - **paravirtual** (`guest_entry`, ring 1 under Umbra): each operation
-//!   is a hypercall, or a write to the shared page (the virtual interrupt
-//!   flag, the interrupt-return address);
+//! - **paravirtual** (`guest_entry`, ring 1 under Umbra, `hypercall.rs`):
+//!   each operation is a hypercall, or a write to the shared page (the
+//!   virtual interrupt flag, the interrupt-return address);
 //! - **native** (`native_entry32`, ring 0 on a bare machine, `native.rs`):
 //!   real `mov cr3`, `invlpg`, `cli`/`sti`, `hlt`, the PIT, COM1, an IDT
 //!   and a TSS of its own.
 //!
 //! A branch on one byte per call is all the indirection costs; Linux
 //! patches its call sites instead, which a kernel this size does not need.
+//!
+//! `console.rs` builds the guest's lines (`say!`) on top of this layer.
+//! The probes (`probes/`) use `hypercall.rs` directly: they run only under
+//! Umbra, and mean exact sequences of calls.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use hv_core::abi;
+use umbra_abi as abi;
 
-use crate::hypercall::{self, hypercall};
-use crate::native;
+use self::hypercall::hypercall;
+
+#[macro_use]
+pub mod console;
+pub mod hypercall;
+mod native;
 
 /// Which machine the kernel runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,11 @@
 //! the 8259 PIC and the 8254 PIT for its one-shot timer, calibrates the
 //! TSC against the PIT, and talks to COM1 itself.
 //!
-//! Everything above `platform.rs` is the same code either way: the process
-//! kernel in `kernel/` cannot tell which backend it runs on. That is what
-//! lets the differential suite compare a native run with a nested one line
-//! by line, and the benchmark divide one time by the other.
+//! Everything above the platform layer (`platform/mod.rs`) is the same
+//! code either way: the process kernel in `kernel/` cannot tell which
+//! backend it runs on. That is what lets the differential suite compare a
+//! native run with a nested one line by line, and the benchmark divide
+//! one time by the other.
 //!
 //! Choices made for the smallness of this file:
 //! - The timer is PIT channel 0 in mode 0 (interrupt on terminal count),
@@ -29,7 +30,7 @@ use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::console::Printable;
+use crate::platform::console::Printable;
 use crate::platform::{self, Backend, Gate};
 
 /// The segment selectors of the native GDT. The user ones are the same
@@ -37,7 +38,7 @@ use crate::platform::{self, Backend, Gate};
 /// kernel builds the same user frames on either backend.
 const KERNEL_CS: u16 = 0x08;
 const TSS_SELECTOR: u16 = 0x38;
-const _: () = assert!(hv_core::abi::GUEST_USER_SS == 0x2b && hv_core::abi::GUEST_USER_CS == 0x33);
+const _: () = assert!(umbra_abi::GUEST_USER_SS == 0x2b && umbra_abi::GUEST_USER_CS == 0x33);
 
 // The PVH note QEMU looks for, the 32-bit entry and the jump to long mode.
 global_asm!(
@@ -380,7 +381,7 @@ fn calibrate_tsc() {
     TSC_KHZ.store(((rdtsc() - start) / MS).max(1), Ordering::Relaxed);
 }
 
-// The platform operations, called through `platform.rs`.
+// The platform operations, called through `platform/mod.rs`.
 
 pub fn tsc_khz() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed)
@@ -495,7 +496,11 @@ pub fn shutdown(status: u64, message: &str) -> ! {
     say!("native shutdown: status {status} ({message})");
     interrupts(false);
     // Statuses Umbra would not pass through become its "out of range".
-    let status = if status <= hv_core::abi::GUEST_STATUS_MAX { status as u8 } else { 103 };
+    let status = if status <= umbra_abi::GUEST_STATUS_MAX {
+        status as u8
+    } else {
+        umbra_abi::status::GUEST_STATUS_OUT_OF_RANGE
+    };
     outb(DEBUG_EXIT, status);
     // SAFETY: SLP_EN with sleep type 0, which QEMU's boards take as S5.
     unsafe { asm!("out dx, ax", in("dx") PM1A_CONTROL, in("ax") 0x2000u16, options(nomem, nostack)) };

@@ -22,13 +22,20 @@
 //! handler needs to know how long the faulting instruction was, and a
 //! fault whose RIP is itself bad (a non-canonical jump) still comes back.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
-use crate::console::Printable;
-use crate::hypercall::{hypercall, shutdown};
-use crate::tables::{AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use super::tables::{
+    self, ADDRESS, AddressSpace, Frames, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE, phys,
+};
+use super::traps::{alias, handler_statics, load_idt_entry};
+use super::{
+    IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_BASE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
+    survived,
+};
+use crate::platform::console::Printable;
+use crate::platform::hypercall::{hypercall, shutdown};
 
 mod faults;
 mod flags;
@@ -42,6 +49,40 @@ mod vectors;
 struct Attack {
     name: &'static str,
     run: fn(&'static str, u64, Frames),
+}
+
+/// The table of a group's attacks, from their functions: each attack is
+/// named after its function, with dashes for underscores (`read_cr0` runs
+/// as `test=attack:read-cr0`), so a name is written once and cannot drift
+/// from the code it runs.
+macro_rules! attack_table {
+    ($($run:ident),* $(,)?) => {
+        &[$(super::Attack {
+            name: {
+                // Worked out while compiling, and a constant, so the name
+                // lies in the image like any string literal.
+                const NAME: [u8; stringify!($run).len()] = super::dashes(stringify!($run));
+                match core::str::from_utf8(&NAME) {
+                    Ok(name) => name,
+                    Err(_) => panic!("an identifier is ASCII"),
+                }
+            },
+            run: $run,
+        }),*]
+    };
+}
+use attack_table;
+
+/// `identifier` with its underscores made dashes: an attack's name.
+const fn dashes<const N: usize>(identifier: &str) -> [u8; N] {
+    let bytes = identifier.as_bytes();
+    let mut name = [0; N];
+    let mut i = 0;
+    while i < N {
+        name[i] = if bytes[i] == b'_' { b'-' } else { bytes[i] };
+        i += 1;
+    }
+    name
 }
 
 /// Every attack, by group. `tests/attacks.rs` holds the same names.
@@ -67,42 +108,29 @@ pub fn run(name: &[u8], memory_size: u64, frames: Frames) -> ! {
     survived()
 }
 
-/// The attack came back: Umbra let something through.
-pub fn survived() -> ! {
-    say!("survived");
-    shutdown(98, "survived")
-}
-
 /// The attack did what a guest may do, and it worked.
 fn works(name: &str, what: core::fmt::Arguments) -> ! {
     say!("attack {name}: {what}");
     shutdown(0, "attack handled")
 }
 
-/// What the last trap told our handler. Written by the handlers below,
-/// through the kernel alias; read here.
-#[unsafe(no_mangle)]
-static ATTACK_TRAPS: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static ATTACK_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static ATTACK_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static ATTACK_CS: AtomicU64 = AtomicU64::new(0);
-/// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
-#[unsafe(no_mangle)]
-static ATTACK_RFLAGS: AtomicU64 = AtomicU64::new(0);
-/// Where a handler resumes (0: where the frame says).
-#[unsafe(no_mangle)]
-static ATTACK_RESUME: AtomicU64 = AtomicU64::new(0);
-/// The kernel stack pointer to go back to after a trap from user mode.
-#[unsafe(no_mangle)]
-static ATTACK_KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
-/// Single-step traps and clock ticks, counted apart.
-#[unsafe(no_mangle)]
-static ATTACK_STEPS: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static ATTACK_TICKS: AtomicU64 = AtomicU64::new(0);
+handler_statics! {
+    /// What the last trap told our handler. Written by the handlers
+    /// below, through the kernel alias; read here.
+    ATTACK_TRAPS = 0;
+    ATTACK_VECTOR = u64::MAX;
+    ATTACK_ERROR = u64::MAX;
+    ATTACK_CS = 0;
+    /// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
+    ATTACK_RFLAGS = 0;
+    /// Where a handler resumes (0: where the frame says).
+    ATTACK_RESUME = 0;
+    /// The kernel stack pointer to go back to after a trap from user mode.
+    ATTACK_KERNEL_RSP = 0;
+    /// Single-step traps and clock ticks, counted apart.
+    ATTACK_STEPS = 0;
+    ATTACK_TICKS = 0;
+}
 
 // One handler per exception an attack expects. Each records the vector,
 // the error code (u64::MAX when the CPU pushes none), the CS it came from
@@ -184,18 +212,6 @@ unsafe extern "C" {
     fn attack_noirq_iret();
 }
 
-/// The kernel-half alias of a function of our image: handlers must be
-/// kernel addresses.
-fn alias(function: unsafe extern "C" fn()) -> u64 {
-    KERNEL_BASE + function as usize as u64
-}
-
-/// LOAD_IDT_ENTRY, for entries Umbra should accept.
-fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
-    // SAFETY: a handler of ours, in the kernel half.
-    unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
-}
-
 /// Installs the recording handler for every exception an attack may
 /// expect, as trap gates (the virtual interrupt flag is left alone).
 fn install_handlers() {
@@ -253,29 +269,31 @@ fn expect_delivered(name: &str, vector: u64) -> ! {
     works(name, format_args!("{} delivered to our handler (error {error:#x})", vector_name(vector)))
 }
 
+/// Reads `va`, which Umbra must kill us for; if that comes back, the
+/// attack survived.
+fn peek(va: u64) {
+    // SAFETY: Umbra must kill us at this read.
+    unsafe { (va as *const u64).read_volatile() };
+}
+
+/// Writes `va`, which Umbra must kill us for.
+fn poke(va: u64) {
+    // SAFETY: Umbra must kill us at this write.
+    unsafe { (va as *mut u64).write_volatile(0x5afe) };
+}
+
 /// Runs an instruction that must fault, with the handlers resuming right
 /// after it. `after` runs once we are back (to undo what the instruction
 /// pushed, say); the operands are named or explicit registers.
 macro_rules! faulting {
-    ($instr:literal; then $after:literal $(, $($operands:tt)*)?) => {
+    ($instr:literal $(; then $after:literal)? $(, $($operands:tt)*)?) => {
         core::arch::asm!(
             "lea {resume_at}, [rip + 2f]",
             "mov qword ptr [rip + {resume}], {resume_at}",
             $instr,
             "2:",
-            $after,
-            resume = sym $crate::attacks::ATTACK_RESUME,
-            resume_at = out(reg) _,
-            $($($operands)*)?
-        )
-    };
-    ($instr:literal $(, $($operands:tt)*)?) => {
-        core::arch::asm!(
-            "lea {resume_at}, [rip + 2f]",
-            "mov qword ptr [rip + {resume}], {resume_at}",
-            $instr,
-            "2:",
-            resume = sym $crate::attacks::ATTACK_RESUME,
+            $($after,)?
+            resume = sym $crate::probes::attacks::ATTACK_RESUME,
             resume_at = out(reg) _,
             $($($operands)*)?
         )
@@ -283,16 +301,18 @@ macro_rules! faulting {
 }
 use faulting;
 
-/// The switcher region and its pages, as the guest sees them.
-const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
-const SWITCHER_CODE_1: u64 = SWITCHER_BASE + 0x1000;
-const REGISTERS_PAGE: u64 = SWITCHER_BASE + 0x2000;
-const STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
-const IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
-/// Inside the switcher's slot, past its pages: mapped for nobody.
-const SWITCHER_UNMAPPED: u64 = SWITCHER_BASE + 0x5000;
-/// PD[511] of the region: reserved, never mapped.
-const SWITCHER_PD511: u64 = 0xFFFF_FFFF_FFE0_0000;
+/// Puts the stack pointer at `rsp`, our handlers installed, then runs
+/// `cli`, whose #GP Umbra must deliver by writing a frame below `rsp`.
+fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
+    tables::build_and_switch(memory_size, frames);
+    install_handlers();
+    // SAFETY: Umbra must kill us before the handler runs; should it not,
+    // the handler resumes after `cli` and the old stack is restored.
+    unsafe {
+        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
+    };
+}
+
 /// Canonical, user half, mapped by nothing we build.
 const UNMAPPED: u64 = 0x0000_5000_0000_0000;
 /// The first non-canonical address above the user half.
@@ -317,7 +337,7 @@ fn map_user(space: &mut AddressSpace, va: u64) -> u64 {
         unsafe {
             let value = entry.read_volatile() | USER_BIT;
             entry.write_volatile(value);
-            table = value & 0x000F_FFFF_FFFF_F000;
+            table = value & ADDRESS;
         }
     }
     frame

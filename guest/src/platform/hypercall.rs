@@ -1,5 +1,8 @@
 //! # Hypercalls: the one way out of ring 1
 //!
+//! The paravirtual backend of the platform layer (`mod.rs` calls it when
+//! the guest runs under Umbra), and the probes' direct line to Umbra.
+//!
 //! At ring 1 the guest may not touch page tables, interrupts or devices:
 //! every such instruction faults, and Umbra kills a guest that tries. So
 //! it asks. The call number goes in `rax`, up to five arguments in `rdi,
@@ -18,7 +21,7 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicUsize, Ordering, compiler_fence};
 
-use hv_core::abi::{self, ASYNC_SLOTS, SharedPage};
+use umbra_abi::{self as abi, ASYNC_SLOTS, SharedPage};
 
 /// Makes hypercall `number` with five arguments and returns `rax`.
 ///
@@ -55,7 +58,8 @@ struct Shared(UnsafeCell<SharedPage>);
 unsafe impl Sync for Shared {}
 
 // SAFETY: SharedPage is plain integers, for which all zeroes is valid.
-// Exported: the interrupt handler in traps.rs sets `irq_enabled` itself.
+// Exported: trap handlers written in assembly (the kernel's and the
+// probes') set `irq_enabled` themselves.
 #[unsafe(export_name = "GUEST_SHARED_PAGE")]
 static SHARED: Shared = Shared(UnsafeCell::new(unsafe { MaybeUninit::<SharedPage>::zeroed().assume_init() }));
 
@@ -172,14 +176,6 @@ pub fn queue_async(number: u64, args: [u64; 5]) {
     NEXT_SLOT.store((index + 1) % ASYNC_SLOTS, Ordering::Relaxed);
 }
 
-/// How many async slots still wait for Umbra.
-pub fn async_pending() -> usize {
-    (0..ASYNC_SLOTS)
-        // SAFETY: in-bounds slots of our own static.
-        .filter(|&i| slot_ready(unsafe { &raw mut (*shared()).async_ring[i] }))
-        .count()
-}
-
 fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
     // SAFETY: callers pass slots of our own shared page.
     unsafe { (&raw const (*slot).ready).read_volatile() != 0 }
@@ -197,13 +193,26 @@ pub fn exits() -> u64 {
     unsafe { (&raw const (*shared()).exits).read_volatile() }
 }
 
-/// The shared page itself, for the attack suite (`attacks.rs`), which
-/// writes fields and async slots the helpers above never would.
+// The rest is for the probes (`probes/`) alone, and goes with them.
+
+/// How many async slots still wait for Umbra, for `test=pages`.
+#[cfg(feature = "probes")]
+pub fn async_pending() -> usize {
+    (0..ASYNC_SLOTS)
+        // SAFETY: in-bounds slots of our own static.
+        .filter(|&i| slot_ready(unsafe { &raw mut (*shared()).async_ring[i] }))
+        .count()
+}
+
+/// The shared page itself, for the attack suite (`probes/attacks/`),
+/// which writes fields and async slots the helpers above never would.
+#[cfg(feature = "probes")]
 pub fn shared_page() -> *mut SharedPage {
     shared()
 }
 
 /// Where the shared page is, for the fuzzer's scribbles.
+#[cfg(feature = "probes")]
 pub fn shared_page_address() -> u64 {
     shared() as u64
 }

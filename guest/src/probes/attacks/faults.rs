@@ -4,34 +4,23 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::{
-    ATTACK_STEPS, Attack, NON_CANONICAL, UNMAPPED, alias, attack_trap_db, faulting, install_handlers,
-    load_idt_entry, works,
+    ATTACK_STEPS, Attack, NON_CANONICAL, UNMAPPED, alias, attack_table, attack_trap_db, load_idt_entry,
+    trap_with_stack_at, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, KERNEL_BASE};
-
-/// `cli` with the stack pointer at `rsp`, our #GP handler installed.
-fn cli_with_stack(memory_size: u64, frames: Frames, rsp: u64) {
-    tables::build_and_switch(memory_size, frames);
-    install_handlers();
-    // SAFETY: Umbra must kill us; should it not, the handler resumes after
-    // `cli` and the old stack is restored.
-    unsafe {
-        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
-    };
-}
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
 /// The stack is unmapped when the #GP is delivered: a double fault.
 fn double_fault(_: &'static str, memory_size: u64, frames: Frames) {
-    cli_with_stack(memory_size, frames, UNMAPPED);
+    trap_with_stack_at(memory_size, frames, UNMAPPED);
 }
 
 /// The stack pointer is not even canonical.
 fn double_fault_noncanonical(_: &'static str, memory_size: u64, frames: Frames) {
-    cli_with_stack(memory_size, frames, NON_CANONICAL + 0x1000);
+    trap_with_stack_at(memory_size, frames, NON_CANONICAL + 0x1000);
 }
 
 /// The #GP handler is a kernel-half address our tables do not map: the
@@ -112,13 +101,8 @@ fn spin_interrupts_off(_: &'static str, _: u64, _: Frames) {
     }
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "double-fault", run: double_fault },
-    Attack { name: "double-fault-noncanonical", run: double_fault_noncanonical },
-    Attack { name: "handler-unmapped", run: handler_unmapped },
-    Attack { name: "trap-flag-storm", run: trap_flag_storm },
-    Attack { name: "trap-flag-no-handler", run: trap_flag_no_handler },
-    Attack { name: "divide-no-handler", run: divide_no_handler },
-    Attack { name: "page-fault-no-handler", run: page_fault_no_handler },
-    Attack { name: "spin-interrupts-off", run: spin_interrupts_off },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    double_fault, double_fault_noncanonical, handler_unmapped,
+    trap_flag_storm, trap_flag_no_handler, divide_no_handler, page_fault_no_handler,
+    spin_interrupts_off,
+};

@@ -7,8 +7,8 @@
 //! instruction once and checks our #GP (or #UD) handler got it. `cli`
 //! without a handler shows the other side: no handler, and the guest dies.
 
-use super::{Attack, NON_CANONICAL, expect_delivered, faulting, install_handlers};
-use crate::tables::{self, Frames};
+use super::{Attack, NON_CANONICAL, attack_table, expect_delivered, faulting, install_handlers};
+use crate::probes::tables::{self, Frames};
 
 /// Defines an attack that runs one faulting instruction and expects
 /// `vector` at our handler.
@@ -126,36 +126,9 @@ fn cli_no_handler(_: &'static str, memory_size: u64, frames: Frames) {
     unsafe { core::arch::asm!("cli") };
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "hlt", run: hlt },
-    Attack { name: "cli", run: cli },
-    Attack { name: "sti", run: sti },
-    Attack { name: "lgdt", run: lgdt },
-    Attack { name: "lidt", run: lidt },
-    Attack { name: "ltr", run: ltr },
-    Attack { name: "read-cr0", run: read_cr0 },
-    Attack { name: "write-cr0", run: write_cr0 },
-    Attack { name: "read-cr3", run: read_cr3 },
-    Attack { name: "write-cr3", run: write_cr3 },
-    Attack { name: "read-cr4", run: read_cr4 },
-    Attack { name: "write-cr4", run: write_cr4 },
-    Attack { name: "rdmsr", run: rdmsr },
-    Attack { name: "wrmsr", run: wrmsr },
-    Attack { name: "port-in", run: port_in },
-    Attack { name: "port-out", run: port_out },
-    Attack { name: "invlpg", run: invlpg },
-    Attack { name: "wbinvd", run: wbinvd },
-    Attack { name: "swapgs", run: swapgs },
-    Attack { name: "sysretq", run: sysretq },
-    Attack { name: "iretq-ring0", run: iretq_ring0 },
-    Attack { name: "ljmp-ring0", run: ljmp_ring0 },
-    Attack { name: "lret-ring0", run: lret_ring0 },
-    Attack { name: "mov-ss-ring0", run: mov_ss_ring0 },
-    Attack { name: "mov-ds-ring0", run: mov_ds_ring0 },
-    Attack { name: "noncanonical-rip", run: noncanonical_rip },
-    Attack { name: "popf-iopl", run: popf_iopl },
-    Attack { name: "xrstor", run: xrstor },
-    Attack { name: "fxrstor-misaligned", run: fxrstor_misaligned },
-    Attack { name: "fxrstor-bad-image", run: fxrstor_bad_image },
-    Attack { name: "cli-no-handler", run: cli_no_handler },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    hlt, cli, sti, lgdt, lidt, ltr, read_cr0, write_cr0, read_cr3, write_cr3, read_cr4, write_cr4,
+    rdmsr, wrmsr, port_in, port_out, invlpg, wbinvd, swapgs, sysretq,
+    iretq_ring0, ljmp_ring0, lret_ring0, mov_ss_ring0, mov_ds_ring0, noncanonical_rip, popf_iopl,
+    xrstor, fxrstor_misaligned, fxrstor_bad_image, cli_no_handler,
+};

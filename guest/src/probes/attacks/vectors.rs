@@ -12,15 +12,15 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::{
     ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_irq, attack_noirq_iret,
-    attack_trap_of, expect_delivered, faulting, install_handlers, load_idt_entry, run_at_ring3, survived,
-    works,
+    attack_table, attack_trap_of, expect_delivered, faulting, install_handlers, load_idt_entry, run_at_ring3,
+    survived, works,
 };
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, Frames};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{self, Frames};
 
 const TIMER: u64 = 0xef;
 
@@ -124,12 +124,7 @@ fn int_1f(name: &'static str, memory_size: u64, frames: Frames) {
     expect_delivered(name, 13)
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "host-vector-timer", run: host_vector_timer },
-    Attack { name: "host-vector-spurious", run: host_vector_spurious },
-    Attack { name: "host-vector-first", run: host_vector_first },
-    Attack { name: "host-vector-pic", run: host_vector_pic },
-    Attack { name: "host-vector-plain", run: host_vector_plain },
-    Attack { name: "into-user", run: into_user },
-    Attack { name: "int-1f", run: int_1f },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    host_vector_timer, host_vector_spurious, host_vector_first, host_vector_pic, host_vector_plain,
+    into_user, int_1f,
+};

@@ -14,49 +14,34 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
 use super::{
-    ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_trap_db, faulting,
-    install_handlers, load_idt_entry, works,
+    ATTACK_RFLAGS, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, alias, attack_table, attack_trap_db,
+    faulting, install_handlers, load_idt_entry, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, KERNEL_BASE, phys};
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, KERNEL_BASE, phys};
 
-const CF: u64 = 1 << 0;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const TF: u64 = 1 << 8;
-const DF: u64 = 1 << 10;
-const OF: u64 = 1 << 11;
-const IOPL: u64 = 3 << 12;
-const NT: u64 = 1 << 14;
-const RF: u64 = 1 << 16;
-const AC: u64 = 1 << 18;
-const ID: u64 = 1 << 21;
+/// Names the RFLAGS bits the attacks use, each once: a constant each,
+/// and `FLAG_NAMES` to print them by.
+macro_rules! flags {
+    ($($name:ident = $bits:expr),* $(,)?) => {
+        $(const $name: u64 = $bits;)*
+        const FLAG_NAMES: &[(u64, &str)] = &[$(($name, stringify!($name))),*];
+    };
+}
+
+flags! {
+    CF = 1 << 0, PF = 1 << 2, AF = 1 << 4, ZF = 1 << 6, SF = 1 << 7, TF = 1 << 8, DF = 1 << 10,
+    OF = 1 << 11, IOPL = 3 << 12, NT = 1 << 14, RF = 1 << 16, AC = 1 << 18, ID = 1 << 21,
+}
 
 /// Every flag `popfq` at ring 1 sets and Umbra must give back, TF aside.
 const GUEST_FLAGS: u64 = CF | PF | AF | ZF | SF | DF | OF | AC | ID;
 /// The flags a round trip compares: ours, and the ones that must stay
 /// clear.
 const COMPARED: u64 = GUEST_FLAGS | TF | IOPL | NT;
-
-const FLAG_NAMES: [(u64, &str); 12] = [
-    (CF, "CF"),
-    (PF, "PF"),
-    (AF, "AF"),
-    (ZF, "ZF"),
-    (SF, "SF"),
-    (TF, "TF"),
-    (DF, "DF"),
-    (OF, "OF"),
-    (IOPL, "IOPL"),
-    (NT, "NT"),
-    (AC, "AC"),
-    (ID, "ID"),
-];
 
 /// The names of the flags in `bits`, for a failure line.
 struct Names(u64);
@@ -74,6 +59,31 @@ impl core::fmt::Display for Names {
     }
 }
 
+/// Runs the instructions `body` with the flags `set` added to RFLAGS by
+/// `popfq` (for DF, the same as `std`), and gives the flags `pushfq` sees
+/// right after them. The block then goes back to the flags it began with,
+/// DF clear as Rust requires wherever an `asm!` block ends. The operands
+/// `body` names follow it.
+macro_rules! with_flags {
+    ($set:expr, $body:literal $(, $($operands:tt)*)?) => {{
+        let after: u64;
+        core::arch::asm!(
+            "pushfq",
+            "pushfq",
+            "or qword ptr [rsp], {flags_set}",
+            "popfq",
+            $body,
+            "pushfq",
+            "pop {flags_after}",
+            "popfq",
+            flags_set = in(reg) $set,
+            flags_after = out(reg) after,
+            $($($operands)*)?
+        );
+        after
+    }};
+}
+
 /// A word of a fresh frame, written through the identity map, and the
 /// address of the same word in the kernel alias, which nothing has
 /// touched yet: reading it is a page fault Umbra fills.
@@ -86,22 +96,17 @@ fn untouched_alias(memory_size: u64, frames: Frames) -> (u64, u64) {
     (WORD, KERNEL_BASE + frame)
 }
 
-/// `std`, then CONSOLE_WRITE: the host copies our text with our DF, if
+/// DF set, then CONSOLE_WRITE: the host copies our text with our DF, if
 /// the exit path leaves it.
 fn std_console(name: &'static str, _: u64, _: Frames) {
     static TEXT: &[u8] =
         b"guest: std-console text: 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
-    let (written, flags): (u64, u64);
-    // SAFETY: CONSOLE_WRITE only reads TEXT; DF is clear again before the
-    // block ends.
-    unsafe {
-        core::arch::asm!(
-            "std",
+    let written: u64;
+    // SAFETY: CONSOLE_WRITE only reads TEXT.
+    let flags = unsafe {
+        with_flags!(
+            DF,
             "ud2",
-            "pushfq",
-            "pop {flags}",
-            "cld",
-            flags = out(reg) flags,
             inout("rax") abi::CONSOLE_WRITE => written,
             in("rdi") TEXT.as_ptr(),
             in("rsi") TEXT.len(),
@@ -114,26 +119,12 @@ fn std_console(name: &'static str, _: u64, _: Frames) {
     works(name, format_args!("DF still set after CONSOLE_WRITE, which wrote all {} bytes", TEXT.len()))
 }
 
-/// `std`, then a read Umbra must demand-fill (and not take for a fault of
-/// ours).
+/// DF set, then a read Umbra must demand-fill (and not take for a fault
+/// of ours).
 fn std_page_fault(name: &'static str, memory_size: u64, frames: Frames) {
     let (word, at) = untouched_alias(memory_size, frames);
     let before = hypercall::exits();
-    let (read, flags): (u64, u64);
-    // SAFETY: a read of our own frame through our own kernel alias; DF is
-    // clear again before the block ends.
-    unsafe {
-        core::arch::asm!(
-            "std",
-            "mov {read}, qword ptr [{at}]",
-            "pushfq",
-            "pop {flags}",
-            "cld",
-            at = in(reg) at,
-            read = out(reg) read,
-            flags = out(reg) flags,
-        )
-    };
+    let (read, flags) = read_with_flags(DF, at);
     if hypercall::exits() == before {
         say!("attack {name}: the read at {at:#x} did not exit: nothing was tested");
         hypercall::shutdown(96, "attack: no page fault");
@@ -204,28 +195,12 @@ fn std_shutdown(name: &'static str, _: u64, _: Frames) {
 /// returns the flags `pushfq` saw just before the call and just after it.
 /// The block ends with the flags it began with.
 fn across_hypercall(set: u64) -> (u64, u64) {
-    let (before, after): (u64, u64);
+    let before: u64;
     // SAFETY: a hypercall without arguments; the flags we set change
-    // nothing at ring 1 but the string direction, which nothing between
-    // the two `popfq`s uses, and the trap flag, whose traps go to our #DB
-    // handler. The last `popfq` restores the flags the block began with.
-    unsafe {
-        core::arch::asm!(
-            "pushfq",
-            "pushfq",
-            "or qword ptr [rsp], {set}",
-            "popfq",
-            "pushfq",
-            "pop {before}",
-            "ud2",
-            "pushfq",
-            "pop {after}",
-            "popfq",
-            set = in(reg) set,
-            before = out(reg) before,
-            after = out(reg) after,
-            inout("rax") abi::FLUSH_ASYNC => _,
-        )
+    // nothing at ring 1 but the string direction, which nothing here uses,
+    // and the trap flag, whose traps go to our #DB handler.
+    let after = unsafe {
+        with_flags!(set, "pushfq\npop {before}\nud2", before = out(reg) before, inout("rax") abi::FLUSH_ASYNC => _)
     };
     (before, after)
 }
@@ -268,21 +243,10 @@ fn tf_hypercall(name: &'static str, memory_size: u64, frames: Frames) {
     load_idt_entry(1, alias(attack_trap_db), abi::IDT_PRESENT | abi::IDT_TRAP_GATE);
     let (before, after): (u64, u64);
     // SAFETY: single-stepping our own code; the #DB handler only counts.
-    // The trap flag is clear again before the block ends.
     unsafe {
-        core::arch::asm!(
-            "pushfq",
-            "or qword ptr [rsp], {tf}",
-            "popfq",
-            "nop",
-            "mov {before}, qword ptr [rip + {steps}]",
-            "ud2",
-            "nop",
-            "mov {after}, qword ptr [rip + {steps}]",
-            "pushfq",
-            "and qword ptr [rsp], ~0x100",
-            "popfq",
-            tf = const TF,
+        with_flags!(
+            TF,
+            "nop\nmov {before}, qword ptr [rip + {steps}]\nud2\nnop\nmov {after}, qword ptr [rip + {steps}]",
             steps = sym ATTACK_STEPS,
             before = out(reg) before,
             after = out(reg) after,
@@ -298,51 +262,39 @@ fn tf_hypercall(name: &'static str, memory_size: u64, frames: Frames) {
 
 /// An `iretq` to the very next instruction with RF set in the frame it
 /// pops, so RF is still set while that instruction runs: the hypercall,
-/// if `hypercall`, and then `cli`, whose #GP frame shows the RF we had.
-/// Returns the frame's RFLAGS.
+/// if `with_hypercall`, and then `cli`, whose #GP frame shows the RF we
+/// had; else `cli` at once. Returns the frame's RFLAGS.
 fn rf_then_cli(with_hypercall: bool) -> u64 {
     ATTACK_TRAPS.store(0, Ordering::Relaxed);
     // SAFETY: an `iretq` to ourselves at ring 1, on our own stack, with the
-    // flags we have plus RF; then, after FLUSH_ASYNC or not, `cli`, which
-    // faults, and our handler resumes right after it.
+    // flags we have plus RF, to FLUSH_ASYNC or straight to `cli`, which
+    // faults, and our handler resumes right after it. The frame's RIP is
+    // picked before the `iretq`: nothing may run between it and the
+    // instruction that must see RF.
     unsafe {
-        if with_hypercall {
-            faulting!(
-                "mov {t}, rsp
-                 push {ss}
-                 push {t}
-                 pushfq
-                 or qword ptr [rsp], {rf}
-                 push {cs}
-                 lea {t}, [rip + 3f]
-                 push {t}
-                 iretq
-                 3: ud2
-                 cli",
-                t = out(reg) _,
-                ss = const abi::GUEST_KERNEL_SS as u64,
-                cs = const abi::GUEST_KERNEL_CS as u64,
-                rf = const RF,
-                inout("rax") abi::FLUSH_ASYNC => _,
-            )
-        } else {
-            faulting!(
-                "mov {t}, rsp
-                 push {ss}
-                 push {t}
-                 pushfq
-                 or qword ptr [rsp], {rf}
-                 push {cs}
-                 lea {t}, [rip + 3f]
-                 push {t}
-                 iretq
-                 3: cli",
-                t = out(reg) _,
-                ss = const abi::GUEST_KERNEL_SS as u64,
-                cs = const abi::GUEST_KERNEL_CS as u64,
-                rf = const RF,
-            )
-        }
+        faulting!(
+            "mov {t}, rsp
+             push {ss}
+             push {t}
+             pushfq
+             or qword ptr [rsp], {rf}
+             push {cs}
+             lea {t}, [rip + 3f]
+             lea {direct}, [rip + 4f]
+             test {hypercall}, {hypercall}
+             cmovz {t}, {direct}
+             push {t}
+             iretq
+             3: ud2
+             4: cli",
+            t = out(reg) _,
+            direct = out(reg) _,
+            hypercall = in(reg) u64::from(with_hypercall),
+            ss = const abi::GUEST_KERNEL_SS as u64,
+            cs = const abi::GUEST_KERNEL_CS as u64,
+            rf = const RF,
+            inout("rax") abi::FLUSH_ASYNC => _,
+        )
     };
     if ATTACK_TRAPS.load(Ordering::Relaxed) != 1 {
         hypercall::shutdown(96, "attack: no #GP");
@@ -387,58 +339,31 @@ fn across_host_interrupt() -> u64 {
         // SAFETY: a field of our own shared page.
         unsafe { &raw const (*page).exits }
     };
-    let after: u64;
-    // SAFETY: reads of our own shared page; the last `popfq` restores the
-    // flags the block began with.
+    // SAFETY: reads of our own shared page. rcx = exits - before, as
+    // ~before + 1 + exits: `not` and `lea` leave the flags alone.
     unsafe {
-        core::arch::asm!(
-            "pushfq",
-            "pushfq",
-            "or qword ptr [rsp], {set}",
-            "popfq",
-            // rcx = exits - before, as ~before + 1 + exits: `not` and `lea`
-            // leave the flags alone.
-            "mov {before}, qword ptr [{exits}]",
-            "not {before}",
-            "2:",
-            "mov rcx, qword ptr [{exits}]",
-            "lea rcx, [rcx + {before} + 1]",
-            "jrcxz 2b",
-            "pushfq",
-            "pop {after}",
-            "popfq",
-            set = const GUEST_FLAGS,
+        with_flags!(
+            GUEST_FLAGS,
+            "mov {before}, qword ptr [{exits}]
+             not {before}
+             2: mov rcx, qword ptr [{exits}]
+             lea rcx, [rcx + {before} + 1]
+             jrcxz 2b",
             exits = in(reg) exits,
             before = out(reg) _,
-            after = out(reg) after,
             out("rcx") _,
         )
-    };
-    after
+    }
 }
 
-/// Sets every flag in GUEST_FLAGS, reads `at` (a page Umbra fills), and
-/// returns the flags after.
-fn across_page_fault(at: u64) -> u64 {
-    let after: u64;
-    // SAFETY: a read of our own memory; the last `popfq` restores the
-    // flags the block began with.
-    unsafe {
-        core::arch::asm!(
-            "pushfq",
-            "pushfq",
-            "or qword ptr [rsp], {set}",
-            "popfq",
-            "mov {after}, qword ptr [{at}]",
-            "pushfq",
-            "pop {after}",
-            "popfq",
-            set = const GUEST_FLAGS,
-            at = in(reg) at,
-            after = out(reg) after,
-        )
-    };
-    after
+/// Sets the flags `set`, reads `at` (a page Umbra fills), and returns
+/// what it read and the flags after.
+fn read_with_flags(set: u64, at: u64) -> (u64, u64) {
+    let read: u64;
+    // SAFETY: a read of our own memory.
+    let flags =
+        unsafe { with_flags!(set, "mov {read}, qword ptr [{at}]", at = in(reg) at, read = out(reg) read) };
+    (read, flags)
 }
 
 /// Sets every flag in GUEST_FLAGS and runs `cli`, whose #GP our handler
@@ -481,7 +406,7 @@ fn flags_round_trip(name: &'static str, memory_size: u64, frames: Frames) {
     check("popfq (no exit)", before);
     check("a hypercall", after);
     let exits = hypercall::exits();
-    let after = across_page_fault(at);
+    let (_, after) = read_with_flags(GUEST_FLAGS, at);
     if hypercall::exits() == exits {
         say!("attack {name}: the read at {at:#x} did not exit: nothing was tested");
         hypercall::shutdown(96, "attack: no page fault");
@@ -500,15 +425,7 @@ fn flags_round_trip(name: &'static str, memory_size: u64, frames: Frames) {
     )
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "std-console", run: std_console },
-    Attack { name: "std-page-fault", run: std_page_fault },
-    Attack { name: "std-trap", run: std_trap },
-    Attack { name: "std-watchdog", run: std_watchdog },
-    Attack { name: "std-shutdown", run: std_shutdown },
-    Attack { name: "ac-hypercall", run: ac_hypercall },
-    Attack { name: "nt-hypercall", run: nt_hypercall },
-    Attack { name: "tf-hypercall", run: tf_hypercall },
-    Attack { name: "rf-hypercall", run: rf_hypercall },
-    Attack { name: "flags-round-trip", run: flags_round_trip },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    std_console, std_page_fault, std_trap, std_watchdog, std_shutdown,
+    ac_hypercall, nt_hypercall, tf_hypercall, rf_hypercall, flags_round_trip,
+};

@@ -8,20 +8,10 @@
 
 use super::{
     Attack, IDT_PAGE, REGISTERS_PAGE, STATE_PAGE, SWITCHER_CODE_1, SWITCHER_PD511, SWITCHER_UNMAPPED,
-    faulting, install_handlers, works,
+    attack_table, peek, poke, trap_with_stack_at, works,
 };
-use crate::hypercall;
-use crate::tables::{self, Frames, PAGE_SIZE};
-
-fn poke(va: u64) {
-    // SAFETY: Umbra must kill us at this write.
-    unsafe { (va as *mut u64).write_volatile(0x5afe) };
-}
-
-fn peek(va: u64) {
-    // SAFETY: Umbra must kill us at this read.
-    unsafe { (va as *const u64).read_volatile() };
-}
+use crate::platform::hypercall;
+use crate::probes::tables::{self, Frames, PAGE_SIZE};
 
 fn write_state_page(_: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
@@ -48,18 +38,6 @@ fn read_past_our_pages(_: &'static str, memory_size: u64, frames: Frames) {
 fn read_pd511(_: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
     peek(SWITCHER_PD511);
-}
-
-/// Puts the stack pointer at `rsp`, then runs `cli`, whose #GP Umbra
-/// must deliver by writing a frame below `rsp`.
-fn trap_with_stack_at(memory_size: u64, frames: Frames, rsp: u64) {
-    tables::build_and_switch(memory_size, frames);
-    install_handlers();
-    // SAFETY: Umbra must kill us before the handler runs; should it not,
-    // the handler resumes after `cli` and the old stack is restored.
-    unsafe {
-        faulting!("mov {saved}, rsp\nmov rsp, {rsp}\ncli"; then "mov rsp, {saved}", saved = out(reg) _, rsp = in(reg) rsp)
-    };
 }
 
 fn stack_on_registers_page(_: &'static str, memory_size: u64, frames: Frames) {
@@ -104,14 +82,7 @@ fn scribble_registers_page(name: &'static str, memory_size: u64, frames: Frames)
     works(name, format_args!("registers page scribbled; back at ring 1 (cs 0x19, ss 0x21)"))
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "write-state-page", run: write_state_page },
-    Attack { name: "write-idt-page", run: write_idt_page },
-    Attack { name: "write-switcher-code", run: write_switcher_code },
-    Attack { name: "read-past-our-pages", run: read_past_our_pages },
-    Attack { name: "read-pd511", run: read_pd511 },
-    Attack { name: "stack-on-registers-page", run: stack_on_registers_page },
-    Attack { name: "stack-on-switcher-code", run: stack_on_switcher_code },
-    Attack { name: "push-on-state-page", run: push_on_state_page },
-    Attack { name: "scribble-registers-page", run: scribble_registers_page },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    write_state_page, write_idt_page, write_switcher_code, read_past_our_pages, read_pd511,
+    stack_on_registers_page, stack_on_switcher_code, push_on_state_page, scribble_registers_page,
+};

@@ -1,8 +1,23 @@
-//! # The hypercall ABI: what a guest and Umbra agree on
+//! # umbra-abi: what a guest and Umbra agree on
 //!
-//! This module is shared, word for word, by the host (hv-core) and the
-//! guest kernel (`guest/`), so the two cannot drift apart. `docs/abi.md`
-//! explains each call; this file is the truth.
+//! A guest kernel and Umbra meet at a few fixed points: the hypercalls and
+//! their limits, the page they share, the block the guest finds at its
+//! start, the selectors it runs with, the vectors it may and may not
+//! claim, the addresses of the switcher it can see but never own, and the
+//! exit statuses that end every run. This crate holds those and nothing
+//! else, so a guest author needs only it, and the host (hv-core, the
+//! firmware) compiles the very same words: the two cannot drift apart.
+//! `docs/abi.md` explains each piece; this crate is the truth.
+//!
+//! It is the leaf of the workspace: it depends on nothing, and every other
+//! crate may depend on it (`docs/design.md` has the map).
+//!
+//! - the crate root: the calls, the shared page, the boot information, the
+//!   ELF note that names a guest's entry, selectors and vectors, the
+//!   switcher region;
+//! - [`status`]: the exit statuses, `umbra: exit status N`;
+//! - `rng` (feature `rng`): the seeded generator the fuzzers and probes
+//!   draw from; with feature `fuzz`, the host fuzzers' driver too.
 //!
 //! ## Making a call
 //! The guest kernel, at ring 1, puts the call number in `rax` and up to
@@ -19,6 +34,15 @@
 //! `rsp` both holding the guest-physical address of a [`BootInfo`] at the
 //! top page of its memory; the stack grows down from there. Its first
 //! call must be [`INIT`], naming its [`SharedPage`].
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "fuzz")]
+extern crate std;
+
+#[cfg(feature = "rng")]
+pub mod rng;
+pub mod status;
 
 /// Bumped on any incompatible change.
 pub const ABI_VERSION: u32 = 1;
@@ -103,14 +127,21 @@ pub const RESULT_UNSUPPORTED: u64 = u64::MAX;
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
 /// The most SHUTDOWN's message may hold.
 pub const SHUTDOWN_MESSAGE_MAX: u64 = 256;
-/// Statuses a guest may exit with; 100 and up are Umbra's own.
+/// Statuses a guest may exit with; 100 and up are Umbra's own
+/// ([`status::FIRST_RESERVED`]).
 pub const GUEST_STATUS_MAX: u64 = 99;
 
-/// Selectors the guest runs with (RPL included).
-pub const GUEST_KERNEL_CS: u16 = 0x19;
-pub const GUEST_KERNEL_SS: u16 = 0x21;
-pub const GUEST_USER_SS: u16 = 0x2b;
-pub const GUEST_USER_CS: u16 = 0x33;
+/// Selectors the guest runs with: a slot of the GDT Umbra gives it, and
+/// the ring (RPL) it runs at there.
+pub const GUEST_KERNEL_CS: u16 = selector(3, 1);
+pub const GUEST_KERNEL_SS: u16 = selector(4, 1);
+pub const GUEST_USER_SS: u16 = selector(5, 3);
+pub const GUEST_USER_CS: u16 = selector(6, 3);
+
+/// The selector of GDT slot `slot` at ring `rpl`.
+const fn selector(slot: u16, rpl: u16) -> u16 {
+    slot << 3 | rpl
+}
 
 /// LOAD_IDT_ENTRY's flags. Every handler runs at ring 1, in the guest
 /// kernel: there is no way to name any other target.
@@ -221,3 +252,34 @@ pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"UMBRABOO");
 
 const _: () = assert!(core::mem::size_of::<SharedPage>() <= 4096);
 const _: () = assert!(core::mem::size_of::<AsyncCall>() == 56);
+
+/// The switcher region: the top 4 MiB of every address space, the guest's
+/// included, from here to the end. It belongs to Umbra: its code moves the
+/// CPU between host and guest, and its pages hold this CPU's saved
+/// registers and state. A guest may not map, announce, fault on, hand
+/// Umbra a pointer into, or install a handler in any of it; each kills.
+/// It may know where the pages are: it reads them, and its attack
+/// probes aim at them.
+pub const SWITCHER_BASE: u64 = 0xFFFF_FFFF_FFC0_0000;
+/// The switcher's code, two pages from [`SWITCHER_BASE`]: the 256 exit
+/// stubs, then the paths in and out. Mapped read-only and executable.
+pub const SWITCHER_CODE: u64 = SWITCHER_BASE;
+/// This CPU's registers page: the guest's registers are saved at its very
+/// end at every exit. The guest may write it; Umbra reads nothing there
+/// it has not just written itself.
+pub const SWITCHER_REGS_PAGE: u64 = SWITCHER_BASE + 0x2000;
+/// This CPU's state page: the host's saved state, the guest GDT and TSS.
+/// Read-only for the guest; a write kills it.
+pub const SWITCHER_STATE_PAGE: u64 = SWITCHER_BASE + 0x3000;
+/// This CPU's IDT page: the 256 gates the guest runs under, each leading
+/// to an exit stub. Read-only for the guest.
+pub const SWITCHER_IDT_PAGE: u64 = SWITCHER_BASE + 0x4000;
+/// The end of what is mapped: the rest of the region is mapped for nobody.
+pub const SWITCHER_MAPPED_END: u64 = SWITCHER_BASE + 0x5000;
+/// The region's second 2 MiB (the last page-directory slot): reserved,
+/// never mapped.
+pub const SWITCHER_RESERVED: u64 = SWITCHER_BASE + 0x20_0000;
+
+// The region is the top 4 MiB: two 2 MiB page-directory slots, the last.
+const _: () = assert!(SWITCHER_BASE.wrapping_add(4 << 20) == 0);
+const _: () = assert!(SWITCHER_MAPPED_END <= SWITCHER_RESERVED);

@@ -6,120 +6,112 @@
 //! Umbra reads our tables, never trusts them, and builds its own shadow
 //! from them; every entry it follows is checked as it is read.
 
-use super::{Attack, SWITCHER_BASE, SWITCHER_PD511, SWITCHER_UNMAPPED, works};
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, ACCESSED, DIRTY, Frames, PAGE_SIZE, PRESENT, PT, WRITABLE, phys};
+use super::{Attack, SWITCHER_BASE, SWITCHER_PD511, SWITCHER_UNMAPPED, attack_table, peek, poke, works};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{
+    self, ACCESSED, ADDRESS, AddressSpace, DIRTY, Frames, HUGE, PAGE_SIZE, PD, PDPT, PML4, PRESENT, PT,
+    WRITABLE, phys,
+};
 
-const HUGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-const PD: u32 = 1;
-const PDPT: u32 = 2;
-const PML4: u32 = 3;
 /// A PML4 slot nothing else uses, for fresh tables (user half).
 const FRESH: u64 = 0x0000_2000_0000_0000;
 
-/// Reads `va`; if that comes back, the attack survived.
-fn touch(va: u64) {
-    // SAFETY: Umbra must kill us at this read.
-    unsafe { (va as *const u64).read_volatile() };
-}
-
-/// Writes `va`.
-fn poke(va: u64) {
-    // SAFETY: Umbra must kill us at this write.
-    unsafe { (va as *mut u64).write_volatile(0x5afe) };
-}
-
-/// A frame of ours over the switcher, announced with SET_PTE.
-fn map_switcher_pte(_: &'static str, memory_size: u64, frames: Frames) {
+/// Builds our tables and writes `entry` into the entry for `va` at
+/// `level`, without telling Umbra. The entry is worked out once the
+/// tables exist, so it may take a frame of theirs. Returns the tables and
+/// the entry.
+fn with_entry(
+    memory_size: u64,
+    frames: Frames,
+    (va, level): (u64, u32),
+    entry: impl FnOnce(&mut AddressSpace) -> u64,
+) -> (AddressSpace, u64) {
     let mut space = tables::build_and_switch(memory_size, frames);
-    let pte = space.frames.alloc() | PRESENT | WRITABLE | ACCESSED | DIRTY;
-    space.set(SWITCHER_BASE, PT, pte);
-    hypercall::set_pte(space.root, SWITCHER_BASE, pte);
+    let entry = entry(&mut space);
+    space.set(va, level, entry);
+    (space, entry)
+}
+
+/// A frame of ours over the switcher, announced with SET_PTE: the same as
+/// `test=map-switcher`.
+fn map_switcher_pte(_: &'static str, memory_size: u64, frames: Frames) {
+    super::super::map_switcher(memory_size, frames);
 }
 
 /// The same, not announced: we just touch it, and the fault is Umbra's.
 fn map_switcher_demand(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    let pte = space.frames.alloc() | PRESENT | WRITABLE;
-    space.set(SWITCHER_UNMAPPED, PT, pte);
+    with_entry(memory_size, frames, (SWITCHER_UNMAPPED, PT), |space| {
+        space.frames.alloc() | PRESENT | WRITABLE
+    });
     poke(SWITCHER_UNMAPPED);
 }
 
 /// A 2 MiB page of ours over PD[511] of the switcher region, touched.
 fn map_switcher_2m(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(SWITCHER_PD511, PD, PRESENT | WRITABLE | HUGE);
-    touch(SWITCHER_PD511 + 0x1000);
+    with_entry(memory_size, frames, (SWITCHER_PD511, PD), |_| PRESENT | WRITABLE | HUGE);
+    peek(SWITCHER_PD511 + 0x1000);
 }
 
 /// The same large page, announced with SET_PMD instead.
 fn map_switcher_2m_announced(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(SWITCHER_PD511, PD, PRESENT | WRITABLE | HUGE);
+    let (space, _) = with_entry(memory_size, frames, (SWITCHER_PD511, PD), |_| PRESENT | WRITABLE | HUGE);
     // SAFETY: an announcement Umbra must refuse.
-    unsafe { hypercall(hv_core::abi::SET_PMD, space.root, SWITCHER_PD511, 0, 0, 0) };
+    unsafe { hypercall(umbra_abi::SET_PMD, space.root, SWITCHER_PD511, 0, 0, 0) };
 }
 
 /// A 1 GiB page over the whole last gigabyte, switcher and all, then a
 /// read of the switcher's unmapped part through it.
 fn map_switcher_1g(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(SWITCHER_BASE, PDPT, PRESENT | WRITABLE | HUGE);
-    touch(SWITCHER_UNMAPPED);
+    with_entry(memory_size, frames, (SWITCHER_BASE, PDPT), |_| PRESENT | WRITABLE | HUGE);
+    peek(SWITCHER_UNMAPPED);
 }
 
 /// A 4 KiB page just past the end of guest memory.
 fn pte_beyond_memory(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PT, memory_size | PRESENT | WRITABLE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PT), |_| memory_size | PRESENT | WRITABLE);
+    peek(FRESH);
 }
 
 /// A page directory entry naming a page table past the end of memory.
 fn pde_beyond_memory(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PD, (memory_size + (1 << 20)) | PRESENT | WRITABLE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PD), |_| (memory_size + (1 << 20)) | PRESENT | WRITABLE);
+    peek(FRESH);
 }
 
 /// A PML4 entry naming a PDPT far beyond memory (at 1 TiB).
 fn pml4e_beyond_memory(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PML4, (1 << 40) | PRESENT | WRITABLE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PML4), |_| (1 << 40) | PRESENT | WRITABLE);
+    peek(FRESH);
 }
 
 /// A PTE with bit 51 set: above the guest's physical-address width.
 fn pte_reserved(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    let frame = space.frames.alloc();
-    space.set(FRESH, PT, frame | (1 << 51) | PRESENT | WRITABLE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PT), reserved_pte);
+    peek(FRESH);
 }
 
 /// The same PTE, announced with SET_PTE rather than touched.
 fn pte_reserved_announced(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    let pte = space.frames.alloc() | (1 << 51) | PRESENT | WRITABLE;
-    space.set(FRESH, PT, pte);
+    let (space, pte) = with_entry(memory_size, frames, (FRESH, PT), reserved_pte);
     hypercall::set_pte(space.root, FRESH, pte);
+}
+
+/// A fresh frame of ours, with bit 51 set.
+fn reserved_pte(space: &mut AddressSpace) -> u64 {
+    space.frames.alloc() | (1 << 51) | PRESENT | WRITABLE
 }
 
 /// A 2 MiB page whose address has bit 13 set: reserved, as a large page
 /// must be 2 MiB-aligned.
 fn pde_reserved(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PD, (1 << 13) | PRESENT | WRITABLE | HUGE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PD), |_| (1 << 13) | PRESENT | WRITABLE | HUGE);
+    peek(FRESH);
 }
 
 /// The page-size bit in a PML4 entry, which has none.
 fn pml4e_huge(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    let pdpt = space.frames.alloc();
-    space.set(FRESH, PML4, pdpt | PRESENT | WRITABLE | HUGE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PML4), |space| space.frames.alloc() | PRESENT | WRITABLE | HUGE);
+    peek(FRESH);
 }
 
 /// A 2 MiB page whose start is inside guest memory and whose end is not.
@@ -130,16 +122,14 @@ fn large_2m_crosses_end(name: &'static str, memory_size: u64, frames: Frames) {
         say!("attack {name}: needs guest memory that is not a multiple of 2 MiB (guest_mem=65M)");
         hypercall::shutdown(97, "attack: wrong memory size");
     }
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PD, start | PRESENT | WRITABLE | HUGE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PD), |_| start | PRESENT | WRITABLE | HUGE);
+    peek(FRESH);
 }
 
 /// A 1 GiB page from address 0, over a guest of less than 1 GiB.
 fn large_1g_crosses_end(_: &'static str, memory_size: u64, frames: Frames) {
-    let mut space = tables::build_and_switch(memory_size, frames);
-    space.set(FRESH, PDPT, PRESENT | WRITABLE | HUGE);
-    touch(FRESH);
+    with_entry(memory_size, frames, (FRESH, PDPT), |_| PRESENT | WRITABLE | HUGE);
+    peek(FRESH);
 }
 
 fn cr3_beyond_memory(_: &'static str, memory_size: u64, frames: Frames) {
@@ -268,23 +258,10 @@ fn shadow_pool(name: &'static str, memory_size: u64, frames: Frames) {
     works(name, format_args!("switched through {SPACES} address spaces and back"))
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "map-switcher-pte", run: map_switcher_pte },
-    Attack { name: "map-switcher-demand", run: map_switcher_demand },
-    Attack { name: "map-switcher-2m", run: map_switcher_2m },
-    Attack { name: "map-switcher-2m-announced", run: map_switcher_2m_announced },
-    Attack { name: "map-switcher-1g", run: map_switcher_1g },
-    Attack { name: "pte-beyond-memory", run: pte_beyond_memory },
-    Attack { name: "pde-beyond-memory", run: pde_beyond_memory },
-    Attack { name: "pml4e-beyond-memory", run: pml4e_beyond_memory },
-    Attack { name: "pte-reserved", run: pte_reserved },
-    Attack { name: "pte-reserved-announced", run: pte_reserved_announced },
-    Attack { name: "pde-reserved", run: pde_reserved },
-    Attack { name: "pml4e-huge", run: pml4e_huge },
-    Attack { name: "large-2m-crosses-end", run: large_2m_crosses_end },
-    Attack { name: "large-1g-crosses-end", run: large_1g_crosses_end },
-    Attack { name: "cr3-beyond-memory", run: cr3_beyond_memory },
-    Attack { name: "cr3-unaligned", run: cr3_unaligned },
-    Attack { name: "recursive-tables", run: recursive_tables },
-    Attack { name: "shadow-pool", run: shadow_pool },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    map_switcher_pte, map_switcher_demand, map_switcher_2m, map_switcher_2m_announced, map_switcher_1g,
+    pte_beyond_memory, pde_beyond_memory, pml4e_beyond_memory,
+    pte_reserved, pte_reserved_announced, pde_reserved, pml4e_huge,
+    large_2m_crosses_end, large_1g_crosses_end, cr3_beyond_memory, cr3_unaligned,
+    recursive_tables, shadow_pool,
+};

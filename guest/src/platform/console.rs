@@ -15,7 +15,7 @@ use crate::platform;
 /// Prints one line on Umbra's console, prefixed "guest: ".
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::console::say(format_args!($($arg)*))
+        $crate::platform::console::say(format_args!($($arg)*))
     };
 }
 

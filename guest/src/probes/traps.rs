@@ -16,26 +16,47 @@
 //!
 //! Handlers must be kernel-half addresses: they run through the kernel
 //! alias of our image, and RIP-relative data references follow them there.
+//! [`alias`] gives that address and [`load_idt_entry`] installs it, for
+//! these modes, the fuzzer's handlers and the attack suite's
+//! (`attacks/`); [`handler_statics!`] declares what the handlers record.
+//!
+//! All of this is the probes' own, apart from the process kernel's traps
+//! (`kernel/trap.rs`) on purpose: a probe's handler records exactly what
+//! reached it, or steps over one known instruction, and comes back, where
+//! the kernel's kill a process or run a system call. And the probes call
+//! Umbra directly, as they do for everything, rather than through the
+//! platform layer's `set_trap_handler`, whose gates are only the ones a
+//! well-behaved kernel asks for.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use hv_core::abi;
+use umbra_abi as abi;
 
-use crate::hypercall::{self, hypercall, shutdown};
-use crate::tables::{self, Frames, KERNEL_BASE};
+use crate::platform::hypercall::{self, hypercall, shutdown};
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
-#[unsafe(no_mangle)]
-static TRAP_DE_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_GP_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_GP_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static TRAP_PF_COUNT: AtomicU64 = AtomicU64::new(0);
-#[unsafe(no_mangle)]
-static TRAP_PF_ERROR: AtomicU64 = AtomicU64::new(u64::MAX);
-#[unsafe(no_mangle)]
-static CLOCK_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Declares what the probes' trap handlers, written in assembly, count
+/// and note by name: `NAME = initial value;`, each an `AtomicU64`
+/// exported under its own name.
+macro_rules! handler_statics {
+    ($($(#[$attr:meta])* $name:ident = $init:expr;)*) => {
+        $(
+            $(#[$attr])*
+            #[unsafe(no_mangle)]
+            static $name: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new($init);
+        )*
+    };
+}
+pub(super) use handler_statics;
+
+handler_statics! {
+    TRAP_DE_COUNT = 0;
+    TRAP_GP_COUNT = 0;
+    TRAP_GP_ERROR = u64::MAX;
+    TRAP_PF_COUNT = 0;
+    TRAP_PF_ERROR = u64::MAX;
+    CLOCK_TICKS = 0;
+}
 
 core::arch::global_asm!(
     r#"
@@ -73,12 +94,14 @@ unsafe extern "C" {
     fn guest_noirq_iret();
 }
 
-/// The kernel-half alias of a function of our image.
-fn alias(function: unsafe extern "C" fn()) -> u64 {
+/// The kernel-half alias of a function of our image: handlers must be
+/// kernel addresses.
+pub(super) fn alias(function: unsafe extern "C" fn()) -> u64 {
     KERNEL_BASE + function as usize as u64
 }
 
-fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
+/// LOAD_IDT_ENTRY of a handler of ours.
+pub(super) fn load_idt_entry(vector: u64, handler: u64, flags: u64) {
     // SAFETY: a handler of ours, in the kernel half.
     unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, handler, flags, 0, 0) };
 }
@@ -137,7 +160,7 @@ pub fn timer(memory_size: u64, frames: Frames) -> ! {
 /// `test=bad-idt`: a handler in the switcher region. Umbra must refuse.
 pub fn bad_idt(memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    load_idt_entry(13, 0xFFFF_FFFF_FFC0_0000, abi::IDT_PRESENT);
+    load_idt_entry(13, super::SWITCHER_BASE, abi::IDT_PRESENT);
 }
 
 /// `test=halt-forever`: HALT with virtual interrupts off and no clock:

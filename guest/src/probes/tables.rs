@@ -1,11 +1,21 @@
-//! # Page tables: the guest's own address space
+//! # Page tables: the probes' own address space
 //!
 //! The guest starts in linear mode, where Umbra pretends it has a 1:1 map
-//! of its memory. A real kernel wants more: its own tables, and itself in
-//! the upper half of the address space. So we build four-level x86_64
+//! of its memory. Most probes want more: their own tables, and the guest
+//! in the upper half of the address space. So we build four-level x86_64
 //! tables the ordinary way and hand them over with NEW_PGTABLE. Umbra
 //! never uses them directly; it reads them to build its shadow tables, one
 //! page per fault.
+//!
+//! These are the probes' own, not the process kernel's (`kernel/mem.rs`),
+//! on purpose. The kernel's tables go through the platform layer, map all
+//! memory in 2 MiB pages at its higher half, and come from a frame
+//! allocator with reference counts for copy-on-write. The probes call
+//! Umbra directly, run on from the low addresses they were linked at, and
+//! depend on exactly this shape: a 4 KiB kernel alias whose pages are
+//! demand-filled one by one, PML4 slots left free for their own tables,
+//! entries written and announced in the order each probe chooses. Sharing
+//! the kernel's would change what the attacks and the fuzzer test.
 //!
 //! The tables map guest memory twice:
 //! - an identity map with 2 MiB pages, so this code, its stack and its
@@ -24,34 +34,21 @@
 //! The entries are written with accessed and dirty clear, as an OS writes
 //! them for hardware: Umbra sets them when it walks, as a CPU would.
 
-use crate::hypercall;
+use crate::platform::hypercall;
 
-pub const PAGE_SIZE: u64 = 4096;
-/// Where the kernel alias of guest memory starts; also our kernel half.
-pub const KERNEL_BASE: u64 = 0xFFFF_8000_0000_0000;
-/// Room left for the stack below the `BootInfo`.
-const STACK_RESERVE: u64 = 256 * 1024;
+// The architecture's entry bits, and the kernel half, which the process
+// kernel declares too, by the kernel's names.
+pub use crate::kernel::mem::{ADDRESS, KERNEL_BASE, PAGE as PAGE_SIZE, PRESENT, WRITABLE};
+
+/// Entry bits the kernel does not export. The probes set accessed and
+/// dirty to tell Umbra a page is about to be used.
+pub const ACCESSED: u64 = 1 << 5;
+pub const DIRTY: u64 = 1 << 6;
+pub const HUGE: u64 = 1 << 7;
+
 const LARGE_PAGE: u64 = 2 << 20;
 /// How much of guest memory the kernel alias maps.
 pub const KERNEL_ALIAS_SIZE: u64 = 16 << 20;
-
-pub const PRESENT: u64 = 1 << 0;
-pub const WRITABLE: u64 = 1 << 1;
-pub const ACCESSED: u64 = 1 << 5;
-pub const DIRTY: u64 = 1 << 6;
-const HUGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-
-/// Table levels, by how far they are from the page: a page table maps
-/// 4 KiB pages, a page directory 2 MiB ones.
-pub const PT: u32 = 0;
-const PD: u32 = 1;
-const PML4: u32 = 3;
-
-unsafe extern "C" {
-    /// From link.ld: the first page after the image.
-    static __image_end: u8;
-}
 
 /// A pointer to guest-physical `pa`, good in linear mode and under our
 /// identity map alike.
@@ -66,14 +63,9 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// The frames from the end of the image up to `STACK_RESERVE` below
-    /// the `BootInfo` at `boot`, where the stack starts.
-    pub fn between_image_and_stack(boot: u64) -> Frames {
-        let image_end = &raw const __image_end as u64;
-        Frames {
-            next: image_end.next_multiple_of(PAGE_SIZE),
-            end: (boot & !(PAGE_SIZE - 1)).saturating_sub(STACK_RESERVE),
-        }
+    /// The frames in the free memory `[start, end)`, page-aligned.
+    pub fn new(start: u64, end: u64) -> Frames {
+        Frames { next: start, end }
     }
 
     /// One zeroed frame.
@@ -96,6 +88,13 @@ impl Frames {
         self.next
     }
 }
+
+/// Table levels, by how far they are from the page: a page table maps
+/// 4 KiB pages, a page directory 2 MiB ones.
+pub const PT: u32 = 0;
+pub const PD: u32 = 1;
+pub const PDPT: u32 = 2;
+pub const PML4: u32 = 3;
 
 /// Our tables, and the frames to grow them.
 pub struct AddressSpace {

@@ -33,12 +33,14 @@
 
 use core::arch::global_asm;
 
-use hv_core::abi;
-use hv_core::rng::Rng;
+use umbra_abi as abi;
+use umbra_abi::rng::Rng;
 
-use crate::hypercall::{hypercall, shutdown};
-use crate::modes::decimal;
-use crate::tables::{
+use super::traps::{alias, handler_statics, load_idt_entry};
+use super::{STATE_PAGE, SWITCHER_BASE};
+use crate::cmdline::decimal;
+use crate::platform::hypercall::{hypercall, shutdown};
+use crate::probes::tables::{
     self, ACCESSED, AddressSpace, DIRTY, Frames, KERNEL_ALIAS_SIZE, KERNEL_BASE, PRESENT, PT, WRITABLE,
 };
 
@@ -51,8 +53,8 @@ fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
         memory_size - 1,
         memory_size - 8,
         memory_size - 4096,
-        SWITCHER,
-        SWITCHER + 0x3000,
+        SWITCHER_BASE,
+        STATE_PAGE,
         KERNEL_BASE,
         KERNEL_BASE - 1,
         0x0000_8000_0000_0000,
@@ -66,14 +68,14 @@ fn edgy(rng: &mut Rng, memory_size: u64) -> u64 {
     }
 }
 
-const SWITCHER: u64 = 0xFFFF_FFFF_FFC0_0000;
 /// The page-table writes stay in two scratch windows, one page table each,
 /// so the fuzzer never unmaps its own code or stack.
 const KERNEL_SCRATCH: u64 = 0xFFFF_A000_0000_0000;
 const USER_SCRATCH: u64 = 0x0000_1000_0000_0000;
 
-#[unsafe(no_mangle)]
-static FUZZ_TRAPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+handler_statics! {
+    FUZZ_TRAPS = 0;
+}
 
 global_asm!(
     r#"
@@ -106,10 +108,6 @@ unsafe extern "C" {
     fn fuzz_trap_gp();
     fn fuzz_trap_de();
     fn fuzz_trap_pf();
-}
-
-fn alias(function: unsafe extern "C" fn()) -> u64 {
-    KERNEL_BASE + function as usize as u64
 }
 
 /// Does CPUID name KVM as the hypervisor we (and Umbra) run on?
@@ -157,8 +155,7 @@ pub fn run(spec: &[u8], memory_size: u64, frames: Frames) -> ! {
     }
     let mut space = tables::build_and_switch(memory_size, frames);
     for (vector, handler) in HANDLERS {
-        // SAFETY: our own handlers, in the kernel half.
-        unsafe { hypercall(abi::LOAD_IDT_ENTRY, vector, alias(handler), abi::IDT_PRESENT, 0, 0) };
+        load_idt_entry(vector, alias(handler), abi::IDT_PRESENT);
     }
     // On a nested KVM like this project's test machines, `int3` at ring 1
     // dies in the outer hypervisor's instruction emulator and takes the
@@ -244,16 +241,17 @@ fn random_trap(rng: &mut Rng, int3: bool) {
     }
 }
 
-/// Our own writer of the async ring, apart from hypercall.rs's: hostile
-/// scribbles may have left slots that Umbra never drains, and a calm
-/// request must not wait for them; it skips a busy slot instead.
+/// Our own writer of the async ring, apart from the platform's
+/// (`platform/hypercall.rs`): hostile scribbles may have left slots that
+/// Umbra never drains, and a calm request must not wait for them; it
+/// skips a busy slot instead.
 struct Ring {
     next: usize,
 }
 
 impl Ring {
     fn queue(&mut self, number: u64, args: [u64; 5]) {
-        let page = crate::hypercall::shared_page();
+        let page = crate::platform::hypercall::shared_page();
         let index = self.next;
         self.next = (index + 1) % abi::ASYNC_SLOTS;
         // SAFETY: an in-bounds slot of our own shared page; volatile
@@ -281,7 +279,7 @@ fn calm_address(rng: &mut Rng, memory_size: u64) -> u64 {
         1 => USER_SCRATCH + rng.below(512 * 4096),
         2 => rng.below(memory_size),
         3 => KERNEL_BASE + rng.below(memory_size.min(KERNEL_ALIAS_SIZE)),
-        4 => [0, 0x0000_7fff_ffff_f000, KERNEL_BASE, SWITCHER - 4096][rng.below(4) as usize],
+        4 => [0, 0x0000_7fff_ffff_f000, KERNEL_BASE, SWITCHER_BASE - 4096][rng.below(4) as usize],
         _ => rng.below(0x0000_8000_0000_0000),
     }
 }
@@ -422,7 +420,7 @@ fn random_call(rng: &mut Rng, memory_size: u64) {
 
 /// Garbage where Umbra reads: pending bits, the clock, the async ring.
 fn scribble_shared_page(rng: &mut Rng, memory_size: u64) {
-    let page = crate::hypercall::shared_page_address();
+    let page = crate::platform::hypercall::shared_page_address();
     let word = 8 + rng.below(4096 / 8 - 1) * 8;
     let value = if rng.below(3) == 0 { 1 } else { edgy(rng, memory_size) };
     // SAFETY: our own shared page, which Umbra reads as untrusted.

@@ -18,10 +18,10 @@
 //! `(KEY + i) * ODD`), in registers, so the scanner never holds a copy of
 //! the secret in its own memory that it would then find.
 
-use hv_core::abi;
+use umbra_abi as abi;
 
-use crate::hypercall::{self, hypercall, shutdown};
-use crate::tables::{self, ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE, phys};
+use crate::platform::hypercall::{self, hypercall, shutdown};
+use crate::probes::tables::{self, ACCESSED, DIRTY, Frames, PRESENT, PT, WRITABLE, phys};
 
 const KEY: u64 = 0x5ec2_e70f_0000_0000;
 const ODD: u64 = 0x9e37_79b9_7f4a_7c15;

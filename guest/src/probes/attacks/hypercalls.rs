@@ -9,15 +9,15 @@
 
 use core::sync::atomic::Ordering;
 
-use hv_core::abi::{self, ASYNC_SLOTS};
+use umbra_abi::{self as abi, ASYNC_SLOTS};
 
 use super::{
-    ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, NON_CANONICAL, STATE_PAGE, SWITCHER_BASE,
-    UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_trap_gp, install_handlers, load_idt_entry,
-    run_at_ring3, works,
+    ATTACK_CS, ATTACK_TICKS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, NON_CANONICAL, STATE_PAGE, SWITCHER_CODE_1,
+    UNMAPPED, alias, attack_irq, attack_noirq_iret, attack_table, attack_trap_gp, install_handlers,
+    load_idt_entry, run_at_ring3, works,
 };
-use crate::hypercall::{self, hypercall};
-use crate::tables::{self, Frames, KERNEL_BASE};
+use crate::platform::hypercall::{self, hypercall};
+use crate::probes::tables::{self, Frames, KERNEL_BASE};
 
 /// A hypercall that Umbra must refuse by killing us.
 fn call(number: u64, args: [u64; 5]) {
@@ -26,11 +26,11 @@ fn call(number: u64, args: [u64; 5]) {
     unsafe { hypercall(number, args[0], args[1], args[2], args[3], args[4]) };
 }
 
-fn unknown_max(_: &'static str, _: u64, _: Frames) {
+fn hypercall_max(_: &'static str, _: u64, _: Frames) {
     call(u64::MAX, [0; 5]);
 }
 
-fn unknown_first_free(_: &'static str, _: u64, _: Frames) {
+fn hypercall_first_free(_: &'static str, _: u64, _: Frames) {
     call(abi::CALL_COUNT, [0; 5]);
 }
 
@@ -68,7 +68,7 @@ fn console_switcher(_: &'static str, memory_size: u64, frames: Frames) {
 
 fn idt_switcher(_: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
-    call(abi::LOAD_IDT_ENTRY, [13, SWITCHER_BASE + 0x1000, abi::IDT_PRESENT, 0, 0]);
+    call(abi::LOAD_IDT_ENTRY, [13, SWITCHER_CODE_1, abi::IDT_PRESENT, 0, 0]);
 }
 
 fn idt_noncanonical(_: &'static str, memory_size: u64, frames: Frames) {
@@ -291,32 +291,11 @@ fn user_hypercall_no_stack(_: &'static str, memory_size: u64, frames: Frames) {
     user_ud2(memory_size, frames, false);
 }
 
-pub const ATTACKS: &[Attack] = &[
-    Attack { name: "hypercall-max", run: unknown_max },
-    Attack { name: "hypercall-first-free", run: unknown_first_free },
-    Attack { name: "init-twice", run: init_twice },
-    Attack { name: "init-at-switcher", run: init_at_switcher },
-    Attack { name: "console-huge", run: console_huge },
-    Attack { name: "console-wrapping", run: console_wrapping },
-    Attack { name: "console-unmapped", run: console_unmapped },
-    Attack { name: "console-switcher", run: console_switcher },
-    Attack { name: "idt-switcher", run: idt_switcher },
-    Attack { name: "idt-noncanonical", run: idt_noncanonical },
-    Attack { name: "idt-user-half", run: idt_user_half },
-    Attack { name: "idt-bad-type", run: idt_bad_type },
-    Attack { name: "idt-user-gp", run: idt_user_gp },
-    Attack { name: "idt-vector-256", run: idt_vector_256 },
-    Attack { name: "stack-unmapped", run: stack_unmapped },
-    Attack { name: "stack-switcher", run: stack_switcher },
-    Attack { name: "stack-noncanonical", run: stack_noncanonical },
-    Attack { name: "stack-too-big", run: stack_too_big },
-    Attack { name: "async-bad-number", run: async_bad_number },
-    Attack { name: "async-shutdown", run: async_shutdown },
-    Attack { name: "async-bad-pointer", run: async_bad_pointer },
-    Attack { name: "async-bad-ready", run: async_bad_ready },
-    Attack { name: "async-full-ring", run: async_full_ring },
-    Attack { name: "clock-extremes", run: clock_extremes },
-    Attack { name: "bogus-pending", run: bogus_pending },
-    Attack { name: "user-hypercall", run: user_hypercall },
-    Attack { name: "user-hypercall-no-stack", run: user_hypercall_no_stack },
-];
+pub const ATTACKS: &[Attack] = attack_table! {
+    hypercall_max, hypercall_first_free, init_twice, init_at_switcher,
+    console_huge, console_wrapping, console_unmapped, console_switcher,
+    idt_switcher, idt_noncanonical, idt_user_half, idt_bad_type, idt_user_gp, idt_vector_256,
+    stack_unmapped, stack_switcher, stack_noncanonical, stack_too_big,
+    async_bad_number, async_shutdown, async_bad_pointer, async_bad_ready, async_full_ring,
+    clock_extremes, bogus_pending, user_hypercall, user_hypercall_no_stack,
+};

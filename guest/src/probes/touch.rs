@@ -18,10 +18,10 @@
 //!
 //! Every access is volatile, so each one really reaches memory.
 
-use hv_core::abi;
+use umbra_abi as abi;
 
-use crate::hypercall::{self, shutdown};
-use crate::tables::{
+use crate::platform::hypercall::{self, shutdown};
+use crate::probes::tables::{
     ACCESSED, AddressSpace, DIRTY, KERNEL_ALIAS_SIZE, KERNEL_BASE, PAGE_SIZE, PRESENT, PT, WRITABLE,
 };
 
