@@ -105,10 +105,11 @@ static BOOT_CR4: AtomicU64 = AtomicU64::new(0);
 /// (double fault, NMI, machine check, in that order), then a guard page
 /// and the main stack, whose top is the block's end. The guard pages are
 /// unmapped, so an overflow faults instead of running into its neighbour.
-/// 128 KiB is plenty for a parked CPU and its crash report; the scheduler
-/// (part 2) sizes it for its run loop.
+/// The main stack holds the run loop: a guest's slot (about 10 KiB) moves
+/// through a few frames of it, and the exit handling below it; 256 KiB
+/// leaves room to spare (the run loop's deepest frame is about 60 KiB).
 const IST_PAGES: usize = cpu::IST_STACK_SIZE / PAGE_SIZE as usize;
-const MAIN_STACK_PAGES: usize = 32;
+const MAIN_STACK_PAGES: usize = 64;
 const IST_STRIDE: usize = 1 + IST_PAGES;
 const STACK_BLOCK_PAGES: usize = 3 * IST_STRIDE + 1 + MAIN_STACK_PAGES;
 

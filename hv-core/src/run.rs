@@ -187,22 +187,13 @@ pub fn run<M: Machine>(
 }
 
 /// One run of guests, shared by every CPU that serves it ([`serve`]):
-/// the loaded guests not on a CPU right now, those still waiting for a
-/// place, and the totals, all under one lock. A CPU holds the lock only
-/// to pick a guest or give one back, never while a guest runs.
+/// what it runs, and, under one lock, the loaded guests not on a CPU
+/// right now, how many places are taken, and the totals. A CPU holds the
+/// lock only to pick a guest, give one back or count: never while a guest
+/// runs, and never while memory is scrubbed or an image loaded, which
+/// take long enough, on a nested VMM with fewer real cores than CPUs,
+/// for the other CPUs' spinning to starve the one that holds the lock.
 pub struct Run<'g, M: Machine> {
-    queue: spin::Mutex<Queue<'g, M>>,
-}
-
-struct Queue<'g, M: Machine> {
-    /// Loaded guests that no CPU holds, in the order they take turns: a
-    /// CPU takes the first that can run and gives it back at the end.
-    ready: Vec<Slot<M>, MAX_GUESTS>,
-    /// Loaded guests that a CPU holds now.
-    on_cpus: usize,
-    /// The next guest to load (an index into the run's guests), and how
-    /// many there are in all.
-    next_guest: usize,
     guests: &'g [GuestImage<'g>],
     config: RunConfig<'g>,
     at_once: usize,
@@ -210,18 +201,37 @@ struct Queue<'g, M: Machine> {
     /// How many CPUs serve the run: each guest's statistics say which of
     /// them it ran on when there are several.
     cpus: usize,
+    queue: spin::Mutex<Queue<M>>,
+    /// Held while a guest's statistics are printed, so that two CPUs'
+    /// blocks of lines do not mix.
+    report: spin::Mutex<()>,
+}
+
+struct Queue<M: Machine> {
+    /// Loaded guests that no CPU holds, in the order they take turns: a
+    /// CPU takes the first that can run and gives it back at the end.
+    ready: Vec<Slot<M>, MAX_GUESTS>,
+    /// Places taken by guests outside `ready`: on a CPU, being loaded, or
+    /// being retired (a place is free only once the guest's memory is).
+    elsewhere: usize,
+    /// The next guest to load, as an index into the run's guests.
+    next_guest: usize,
     totals: Totals,
 }
 
-/// What a CPU does next. The guest moves straight onto the serving CPU's
-/// stack, so its size is no cost worth boxing.
+/// What a CPU does next.
 #[allow(clippy::large_enum_variant)]
 enum Turn<M: Machine> {
+    /// Run this guest: it moves straight onto the serving CPU's stack,
+    /// so its size is no cost worth boxing.
     Run(Slot<M>),
+    /// Load guest `index` into a place reserved for it.
+    Load(usize),
+    /// Retire this guest, finished while halted.
+    Retire(Slot<M>),
     Sleep(u64),
     Done,
 }
-
 impl<'g, M: Machine> Run<'g, M> {
     /// A run of `config.total` guests (guest i runs image i; those past
     /// the end of the list run its last entry again), served by `cpus`
@@ -234,64 +244,107 @@ impl<'g, M: Machine> Run<'g, M> {
         free_frames: usize,
     ) -> Self {
         let total = if guests.is_empty() { 0 } else { config.total };
-        let queue = Queue {
-            ready: Vec::new(),
-            on_cpus: 0,
-            next_guest: 0,
+        let queue =
+            Queue { ready: Vec::new(), elsewhere: 0, next_guest: 0, totals: Totals::new(free_frames) };
+        Run {
             guests,
             config: RunConfig { total, ..*config },
             at_once: config.at_once.clamp(1, MAX_GUESTS),
             several: config.total > 1,
             cpus: cpus.max(1),
-            totals: Totals::new(free_frames),
-        };
-        Run { queue: spin::Mutex::new(queue) }
+            queue: spin::Mutex::new(queue),
+            report: spin::Mutex::new(()),
+        }
     }
 
     /// After every CPU has left [`serve`]: the totals line (when there
     /// were several guests) and the run's exit status.
     pub fn finish(self, machine: &mut M) -> u8 {
         let queue = self.queue.into_inner();
-        debug_assert!(queue.ready.is_empty() && queue.on_cpus == 0, "the run ended with guests loaded");
-        if queue.several {
+        debug_assert!(queue.ready.is_empty() && queue.elsewhere == 0, "the run ended with guests loaded");
+        if self.several {
             let free_after = machine.free_frames();
             queue.totals.print(machine, free_after);
         }
         queue.totals.status()
     }
 
-    /// Pick this CPU's next guest: the first ready one that can run,
-    /// after loading waiting guests into free places and waking (or
-    /// finishing) halted ones.
+    /// Decide this CPU's next step: load a waiting guest into a free
+    /// place, run the first ready guest that can run, retire halted guests
+    /// that can never go on, or sleep.
     fn next_turn(&self, machine: &mut M) -> Turn<M> {
         let mut queue = self.queue.lock();
-        loop {
-            queue.admit(machine);
-            if let Some(index) = queue.ready.iter().position(|s| s.state == SlotState::Runnable) {
-                queue.on_cpus += 1;
-                return Turn::Run(queue.ready.remove(index));
-            }
-            let (earliest, ended) = queue.check_halted(machine);
-            if ended {
-                queue.retire_finished(machine);
-                continue;
-            }
-            if queue.ready.iter().any(|s| s.state == SlotState::Runnable) {
-                continue;
-            }
+        if queue.ready.len() + queue.elsewhere < self.at_once && queue.next_guest < self.config.total {
+            let index = queue.next_guest;
+            queue.next_guest += 1;
+            queue.elsewhere += 1;
+            return Turn::Load(index);
+        }
+        if let Some(index) = queue.ready.iter().position(|s| s.state == SlotState::Runnable) {
+            queue.elsewhere += 1;
+            return Turn::Run(queue.ready.remove(index));
+        }
+        let earliest = queue.check_halted(machine);
+        if let Some(index) = queue.ready.iter().position(|s| matches!(s.state, SlotState::Finished(_))) {
+            queue.elsewhere += 1;
+            return Turn::Retire(queue.ready.remove(index));
+        }
+        if let Some(index) = queue.ready.iter().position(|s| s.state == SlotState::Runnable) {
+            queue.elsewhere += 1;
+            return Turn::Run(queue.ready.remove(index));
+        }
+        if let Some(deadline) = earliest {
             let now = machine.now_ns();
-            if let Some(deadline) = earliest {
-                return Turn::Sleep(deadline.saturating_sub(now).clamp(1, HOST_TICK_NS));
+            return Turn::Sleep(deadline.saturating_sub(now).clamp(1, HOST_TICK_NS));
+        }
+        // Nothing here to run: the guests left are with other CPUs. Wait
+        // for one of them to come back or free a place; when there is
+        // none, this CPU is done.
+        if queue.elsewhere > 0 && (self.several || queue.next_guest < self.config.total) {
+            Turn::Sleep(HOST_TICK_NS)
+        } else {
+            Turn::Done
+        }
+    }
+
+    /// Load guest `index` into the place [`Run::next_turn`] reserved.
+    fn load_guest(&self, machine: &mut M, index: usize) {
+        let number = index + 1;
+        let mut console = GuestConsole::new(number, self.several);
+        let loaded = self
+            .guests
+            .get(index)
+            .or(self.guests.last())
+            .map(|guest| load(machine, guest, &self.config, number, &mut console));
+        let slot = match loaded {
+            Some(Ok((vcpu, regs))) => {
+                let timeout_s = self.config.timeout_s;
+                let deadline_ns = machine.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
+                let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
+                let fpu = machine.fresh_fpu();
+                Ok(Slot {
+                    number,
+                    fpu,
+                    vcpu,
+                    regs,
+                    state: SlotState::Runnable,
+                    console,
+                    cycles: Cycles::default(),
+                    placement: Placement::default(),
+                    watchdog,
+                })
             }
-            // Nothing here to run: the guests left are on other CPUs. Wait
-            // for one of them to come back, or to free a place for a
-            // waiting guest; otherwise this CPU is done.
-            let waiting = queue.next_guest < queue.config.total;
-            return if queue.on_cpus > 0 && (waiting || queue.several) {
-                Turn::Sleep(HOST_TICK_NS)
-            } else {
-                Turn::Done
-            };
+            Some(Err(status)) => Err(status),
+            None => Err(status::FIRMWARE_ERROR),
+        };
+        let mut queue = self.queue.lock();
+        queue.elsewhere -= 1;
+        match slot {
+            // Room is certain: the place was reserved.
+            Ok(slot) => {
+                let _ = queue.ready.push(slot);
+            }
+            Err(status) => queue.totals.ended(number, status),
         }
     }
 
@@ -300,77 +353,66 @@ impl<'g, M: Machine> Run<'g, M> {
     /// queue with its registers and x87 state, unless no other guest is
     /// ready to run: then this CPU keeps it, and nothing is copied.
     fn end_turn(&self, machine: &mut M, regs: &GuestRegs, mut slot: Slot<M>) -> Option<Slot<M>> {
-        let mut queue = self.queue.lock();
-        if let SlotState::Finished(status) = slot.state {
-            queue.on_cpus -= 1;
-            queue.totals.ended(slot.number, status);
-            let (several, cpus) = (queue.several, queue.cpus);
-            retire(machine, slot, several, cpus, &mut queue.totals);
-            queue.admit(machine);
+        if let SlotState::Finished(_) = slot.state {
+            self.retire(machine, slot);
             return None;
         }
+        let mut queue = self.queue.lock();
         let others_ready = queue.ready.iter().any(|s| s.state == SlotState::Runnable)
-            || (queue.next_guest < queue.config.total && queue.ready.len() + queue.on_cpus < queue.at_once);
+            || (queue.next_guest < self.config.total && queue.ready.len() + queue.elsewhere < self.at_once);
         if slot.state == SlotState::Runnable && !others_ready {
             return Some(slot);
         }
         slot.regs = *regs;
         machine.save_fpu(&mut slot.fpu);
-        queue.on_cpus -= 1;
+        queue.elsewhere -= 1;
         // Room is certain: the slot held a place while it ran.
         let _ = queue.ready.push(slot);
         None
     }
-}
 
-impl<M: Machine> Queue<'_, M> {
-    /// Load waiting guests, in order, while there are places. One that
-    /// cannot be loaded ends there, with its status, and frees its place
-    /// for the next.
-    fn admit(&mut self, machine: &mut M) {
-        while self.ready.len() + self.on_cpus < self.at_once && self.next_guest < self.config.total {
-            let index = self.next_guest;
-            self.next_guest += 1;
-            let Some(guest) = self.guests.get(index).or(self.guests.last()) else { return };
-            let number = index + 1;
-            let mut console = GuestConsole::new(number, self.several);
-            match load(machine, guest, &self.config, number, &mut console) {
-                Ok((vcpu, regs)) => {
-                    let timeout_s = self.config.timeout_s;
-                    let deadline_ns =
-                        machine.now_ns().saturating_add(timeout_s.saturating_mul(1_000_000_000));
-                    let watchdog = (timeout_s != 0).then_some(Watchdog { deadline_ns, timeout_s });
-                    let fpu = machine.fresh_fpu();
-                    let _ = self.ready.push(Slot {
-                        number,
-                        fpu,
-                        vcpu,
-                        regs,
-                        state: SlotState::Runnable,
-                        console,
-                        cycles: Cycles::default(),
-                        placement: Placement::default(),
-                        watchdog,
-                    });
-                }
-                Err(status) => self.totals.ended(number, status),
+    /// A finished guest gives everything back: its shadow pages, its
+    /// memory (scrubbed first, so no later guest ever sees it), and its
+    /// statistics go out. Only then is its place free.
+    fn retire(&self, machine: &mut M, slot: Slot<M>) {
+        let SlotState::Finished(status) = slot.state else { return };
+        let Slot { vcpu, cycles, number, placement, .. } = slot;
+        let counters = vcpu.counters();
+        let (ram, pool, stats) = vcpu.into_parts();
+        if pool.in_use() != 0 {
+            machine.log(
+                Level::Warn,
+                format_args!("shadow pool: {} frames still in use after the guest's release", pool.in_use()),
+            );
+        }
+        machine.release_memory(ram);
+        {
+            let _report = self.report.lock();
+            print_stats(machine, &stats, &counters, &cycles, self.several.then_some(number));
+            if self.cpus > 1 {
+                placement.print(machine);
             }
         }
+        let mut queue = self.queue.lock();
+        queue.totals.hypercalls += stats.hypercalls.iter().sum::<u64>();
+        queue.totals.async_calls += stats.async_calls;
+        queue.totals.exits += stats.exits;
+        queue.totals.ended(number, status);
+        queue.elsewhere -= 1;
     }
+}
 
+impl<M: Machine> Queue<M> {
     /// Look at every halted guest: wake those whose clock event is due,
     /// finish those the watchdog has caught or nothing could ever wake.
-    /// Returns the earliest moment one of them needs looking at again, and
-    /// whether any finished.
-    fn check_halted(&mut self, machine: &mut M) -> (Option<u64>, bool) {
+    /// Returns the earliest moment one of them needs looking at again.
+    fn check_halted(&mut self, machine: &mut M) -> Option<u64> {
         let mut earliest: Option<u64> = None;
-        let mut ended = false;
         for slot in self.ready.iter_mut().filter(|s| s.state == SlotState::Halted) {
             let now = machine.now_ns();
             if let Some(watchdog) = slot.watchdog {
                 if now > watchdog.deadline_ns {
                     slot.state = SlotState::Finished(watchdog.kill(machine, &mut slot.console));
-                    ended = true;
                     continue;
                 }
                 let wake = watchdog.deadline_ns.saturating_add(1);
@@ -383,25 +425,10 @@ impl<M: Machine> Queue<'_, M> {
                 }
                 HaltState::Forever => {
                     slot.state = SlotState::Finished(slot.console.killed(machine, Kill::HaltForever));
-                    ended = true;
                 }
             }
         }
-        (earliest, ended)
-    }
-
-    /// Retire every finished guest among the ready ones.
-    fn retire_finished(&mut self, machine: &mut M) {
-        let mut index = 0;
-        while index < self.ready.len() {
-            let SlotState::Finished(status) = self.ready[index].state else {
-                index += 1;
-                continue;
-            };
-            let slot = self.ready.remove(index);
-            self.totals.ended(slot.number, status);
-            retire(machine, slot, self.several, self.cpus, &mut self.totals);
-        }
+        earliest
     }
 }
 
@@ -417,8 +444,9 @@ pub fn serve<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut GuestRegs
 /// What one call of [`serve_turn`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Served {
-    /// A guest had a turn on this CPU (one or more time slices, until it
-    /// went back to the queue or finished).
+    /// This CPU worked for the run: a guest had a turn on it (one or more
+    /// time slices, until it went back to the queue or finished), or it
+    /// loaded a guest, or retired some.
     Turn,
     /// Nothing to run here yet: the CPU slept.
     Slept,
@@ -430,6 +458,14 @@ pub enum Served {
 pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut GuestRegs) -> Served {
     let mut slot = match run.next_turn(machine) {
         Turn::Run(slot) => slot,
+        Turn::Load(index) => {
+            run.load_guest(machine, index);
+            return Served::Turn;
+        }
+        Turn::Retire(slot) => {
+            run.retire(machine, slot);
+            return Served::Turn;
+        }
         Turn::Sleep(ns) => {
             machine.sleep(ns);
             return Served::Slept;
@@ -437,7 +473,7 @@ pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut Gues
         Turn::Done => return Served::Done,
     };
     let (cpu, _) = machine.switcher_mapping();
-    let several = run.queue.lock().several;
+    let several = run.several;
     *regs = slot.regs;
     machine.restore_fpu(&slot.fpu);
     install_switcher_state(machine, &slot.vcpu);
@@ -484,29 +520,6 @@ struct Slot<M: Machine> {
     console: GuestConsole,
     cycles: Cycles,
     placement: Placement,
-}
-
-/// A finished guest gives everything back at once: its shadow pages, its
-/// memory (scrubbed first, so no later guest ever sees it), and its
-/// statistics go out.
-fn retire<M: Machine>(machine: &mut M, slot: Slot<M>, several: bool, cpus: usize, totals: &mut Totals) {
-    let Slot { vcpu, cycles, number, placement, .. } = slot;
-    let counters = vcpu.counters();
-    let (ram, pool, stats) = vcpu.into_parts();
-    if pool.in_use() != 0 {
-        machine.log(
-            Level::Warn,
-            format_args!("shadow pool: {} frames still in use after the guest's release", pool.in_use()),
-        );
-    }
-    machine.release_memory(ram);
-    totals.hypercalls += stats.hypercalls.iter().sum::<u64>();
-    totals.async_calls += stats.async_calls;
-    totals.exits += stats.exits;
-    print_stats(machine, &stats, &counters, &cycles, several.then_some(number));
-    if cpus > 1 {
-        placement.print(machine);
-    }
 }
 
 /// `guest_timeout=`: when a guest still running is killed.
