@@ -2,7 +2,7 @@
 # Umbra's overhead against native, measured side by side in one run.
 #
 #   scripts/bench.sh [--modes "tcg icount kvm"] [--machine microvm|pc|q35]
-#                    [--tcg-counts SPEC] [--kvm-counts SPEC]
+#                    [--tcg-counts SPEC] [--kvm-counts SPEC] [--no-scaling]
 #
 # The guest kernel boots twice per mode, from the same ELF: natively (QEMU
 # runs it as a PVH kernel at ring 0) and nested (Umbra runs it at ring 1),
@@ -15,23 +15,36 @@
 # a nanosecond of guest time is one instruction, so its figures are
 # instruction counts and reproducible anywhere) and kvm (when /dev/kvm
 # opens). A table per mode gives, per operation, native and nested cost,
-# their ratio and Umbra's exits. These are measurements, not tests: no
-# run fails for being slow. Serial logs go to target/bench/.
+# their ratio and Umbra's exits.
+#
+# Then, per mode but icount (which runs one CPU at a time), the scaling
+# table: N identical guests, compute-bound or mixed, run by Umbra on one
+# CPU (`cpus=1`) and then on N, in the same VM of N CPUs, for N = 2 and 4.
+# Throughput is all the guests' operations over the longest guest's
+# time; the speed-up is N CPUs' throughput over one CPU's. It can only
+# reach N where the host gives QEMU N real cores.
+#
+# These are measurements, not tests: no run fails for being slow. Serial
+# logs go to target/bench/.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-modes="tcg icount kvm" machine=microvm
+modes="tcg icount kvm" machine=microvm scaling=yes
 tcg_counts="compute=2000000,syscall=20000,yield=5000,touch=4096,fork=200,mixed=50"
 # This machine's nested KVM is slow at every kernel entry (see
 # docs/performance.md), natively too, so it gets smaller counts.
 kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
-usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# The scaling table's work per guest.
+scaling_tcg="compute=200000000 mixed=100"
+scaling_kvm="compute=200000000 mixed=8"
+usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --modes) modes=${2:?}; shift 2 ;;
         --machine) machine=${2:?}; shift 2 ;;
         --tcg-counts) tcg_counts=${2:?}; shift 2 ;;
         --kvm-counts) kvm_counts=${2:?}; shift 2 ;;
+        --no-scaling) scaling=no; shift ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
     esac
@@ -82,6 +95,40 @@ for mode in $modes; do
     nested[$mode]=$(results "$out/$mode-nested.log")
 done
 
+# scaled MODE CPUS SMP GUESTS WORK LOG: Umbra runs GUESTS guests of the
+# bench WORK on CPUS of the VM's SMP CPUs; prints "OPS NS", all the
+# guests' operations and the longest guest's time.
+scaled() {
+    local mode=$1 cpus=$2 smp=$3 guests=$4 work=$5 log=$6 accel=tcg rc=0
+    [ "$mode" = kvm ] && accel=kvm
+    qemu_args "$accel" "$machine" "$smp" 512M
+    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" \
+        -append "log=warn cpus=$cpus guests=$guests guest_mem=8M -- test=bench:$work" >"$log" 2>&1 || rc=$?
+    if ! grep -q "^umbra: exit status 0" "$log"; then
+        say "the $mode scaling run ($guests guests on $cpus CPUs) failed (exit code $rc); see $log"
+        return 1
+    fi
+    sed -n 's/.*bench [a-z]*: \([0-9]*\) ops, \([0-9]*\) ns.*/\1 \2/p' "$log" |
+        awk '{ ops += $1; if ($2 > ns) ns = $2 } END { print ops, ns }'
+}
+
+declare -a scaling_rows=()
+for mode in $modes; do
+    if [ "$scaling" != yes ] || [ "$mode" = icount ] || [ -z "${native[$mode]:-}" ]; then continue; fi
+    works=$scaling_tcg
+    [ "$mode" = kvm ] && works=$scaling_kvm
+    for n in 2 4; do
+        for work in $works; do
+            say "$mode: scaling, $n guests of $work"
+            one=$(scaled "$mode" 1 "$n" "$n" "$work" "$out/$mode-scaling-$n-${work%%=*}-1cpu.log") || exit 1
+            all=$(scaled "$mode" "$n" "$n" "$n" "$work" "$out/$mode-scaling-$n-${work%%=*}-${n}cpus.log") || exit 1
+            scaling_rows+=("$(echo "$mode ${work%%=*} $n $one $all" | awk '{
+                t1 = $4 / $5 * 1e9; tn = $6 / $7 * 1e9
+                printf "| %s | %s | %d | %.0f | %.0f | %.2f | %.2f |", $1, $2, $3, t1, tn, tn / t1, tn / t1 / $3 }')")
+        done
+    done
+done
+
 # table MODE UNIT: one row per workload.
 table() {
     local mode=$1 unit=$2
@@ -105,5 +152,14 @@ for mode in $modes; do
         *) table "$mode" "ns" ;;
     esac
 done
+if [ ${#scaling_rows[@]} -gt 0 ]; then
+    echo
+    echo "### scaling ($machine, N CPUs, 512 MiB; N guests, 8 MiB each; operations per second)"
+    echo
+    echo "| mode | workload | N | 1 CPU | N CPUs | speed-up | speed-up / N |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${scaling_rows[@]}"
+fi
 echo
-echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts. Logs in target/bench/."
+echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts; scaling, per guest, tcg $scaling_tcg, kvm $scaling_kvm."
+echo "Logs in target/bench/."

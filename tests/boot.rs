@@ -566,6 +566,18 @@ fn isolation(accel: Accel) -> Case {
             outcome.has_line("[g1] guest killed: unknown hypercall 0x5ec2e7"),
             "A should be killed"
         );
+        // Two CPUs, two guests at a time: the guests ran on both.
+        let placements = outcome.lines_starting("stats: cpus: ran on ");
+        let cpus: std::collections::BTreeSet<&str> = placements
+            .iter()
+            .filter_map(|l| l.strip_prefix("stats: cpus: ran on ")?.split_once("; moved"))
+            .flat_map(|(cpus, _)| cpus.split(", "))
+            .collect();
+        check!(
+            outcome,
+            placements.len() == 3 && cpus.len() == 2,
+            "the guests should run on both CPUs: {placements:?}"
+        );
         check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
     })
 }

@@ -354,7 +354,7 @@ mod boot {
     }
 
     /// The banner's CPU line: the MADT's CPUs, and how many of them are
-    /// online (guests run on the boot CPU only, for now).
+    /// online, every one of which runs guests.
     fn print_cpus(cpus: &umbra_firmware::madt::Cpus, online: usize, limit: Option<usize>) {
         struct Ids<'a>(&'a [u32]);
         impl fmt::Display for Ids<'_> {

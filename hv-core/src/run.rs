@@ -1,7 +1,7 @@
 //! # Running guests: the run loop and the scheduler
 //!
-//! This is lguest's `run_guest`, grown to several guests on one CPU. The
-//! loop itself is short: pick a guest, enter it, hand the exit to its
+//! This is lguest's `run_guest`, grown to several guests on several CPUs.
+//! The loop itself is short: pick a guest, enter it, hand the exit to its
 //! vCPU ([`crate::vcpu`]), and go round again until every guest has
 //! finished. What makes it a scheduler is the few rules around that:
 //!
@@ -11,11 +11,14 @@
 //!   runs thousands). A waiting guest is loaded, in order, as soon as
 //!   another one ends, in memory that may well be the finished guest's,
 //!   scrubbed.
+//! - **CPUs.** Every CPU serves the same run ([`Run`], [`serve`]): one
+//!   queue under one lock. A CPU takes the first guest that can run, so a
+//!   guest is either in the queue or on exactly one CPU, and may be on a
+//!   different CPU every turn. `docs/design.md` says why one queue.
 //! - **Turns.** The guests that can run take turns, round robin. A turn
 //!   ends when the host's own timer fires ([`HOST_TICK_NS`], whatever the
 //!   guest does with its virtual interrupt flag), when the guest halts, or
-//!   when it finishes. A guest alone on the CPU keeps it: there is nobody
-//!   to hand it to.
+//!   when it finishes. A guest with nobody waiting for its CPU keeps it.
 //! - **Halts.** HALT means "wake me at my clock event, or when an
 //!   interrupt is pending". A halted guest is skipped; when every guest is
 //!   halted, the CPU sleeps until the first of them can go on. A guest
@@ -23,15 +26,16 @@
 //! - **The watchdog.** `guest_timeout=N` kills a guest still running N
 //!   seconds after it started, asleep or not.
 //!
-//! The loop reaches the hardware only through [`Machine`]: entering the
-//! guest, the timer, the clock, the FPU, the console, memory and this
-//! CPU's switcher pages. The firmware supplies the real ones; the tests
-//! in `hv-core/tests/run.rs` supply a simulated machine whose "guest" is a
-//! script, so every rule above is checked on the host.
+//! The loop reaches the hardware only through [`Machine`], one per CPU:
+//! entering the guest, the timer, the clock, the FPU, the console, memory
+//! and that CPU's switcher pages. The firmware supplies the real ones; the
+//! tests in `hv-core/tests/run.rs` supply simulated machines whose "guest"
+//! is a script, one CPU or several on threads, so every rule above is
+//! checked on the host.
 //!
-//! The running guest's registers stay in the switcher's registers page,
-//! which the run loop is lent for the whole run: an exit costs no copy of
-//! them, only a switch to another guest does.
+//! The running guest's registers stay in its CPU's registers page: an
+//! exit costs no copy of them, only the end of a turn with another guest
+//! waiting does.
 
 use core::fmt;
 
