@@ -457,6 +457,22 @@ const CATALOGUE: &[Attack] = &[
         "write the switcher's code",
         Killed("touched the switcher region at 0xffffffffffc01000"),
     ),
+    Attack {
+        firmware: "guests=2 guest_mem=16M",
+        also: Some((
+            "[g2] guest: attack other-cpu-pages: ",
+            |l| l.ends_with(" exits, no other guest's registers in this CPU's switcher pages"),
+            "the second guest, on the other CPU at the same time, saw nothing of the first either",
+        )),
+        ..attack(
+            "other-cpu-pages",
+            "switcher",
+            "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and \
+             reading all its switcher pages for the other's; then past its own, where another CPU's \
+             would be",
+            Killed("touched the switcher region at 0xffffffffffc05000"),
+        )
+    },
     attack(
         "read-past-our-pages",
         "switcher",
@@ -740,28 +756,33 @@ fn case(attack: &'static Attack, accel: Accel) -> Case {
         check!(outcome, outcome.exit_code.is_some(), "timed out: the VMM was killed");
         check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
         check!(outcome, !outcome.serial.contains("guest: survived"), "the attack got through");
+        // An attack run as several guests (`guests=2`) prints each line
+        // with its guest's `[gN] `; every guest must show the outcome.
+        let lines: Vec<&str> = outcome.lines().into_iter().map(without_guest_prefix).collect();
+        let has_line = |wanted: &str| lines.contains(&wanted);
         let started = format!("guest: attack {}", attack.name);
-        check!(outcome, outcome.has_line(&started), "expected the line {started:?}");
+        check!(outcome, has_line(&started), "expected the line {started:?}");
         let expect = match accel {
             Accel::Kvm => attack.kvm.unwrap_or(attack.expect),
             Accel::Tcg => attack.expect,
         };
         let status = match expect {
             Expect::Killed(reason) => {
-                let killed = outcome.line_starting("guest killed: ").unwrap_or("");
+                let killed: Vec<&str> =
+                    lines.iter().copied().filter(|l| l.starts_with("guest killed: ")).collect();
                 check!(
                     outcome,
-                    killed.contains(reason),
+                    !killed.is_empty() && killed.iter().all(|l| l.contains(reason)),
                     "expected 'guest killed: ...{reason}...', got {killed:?}"
                 );
                 GUEST_KILLED
             }
             Expect::Handled(line) | Expect::Survives(line) => {
                 let wanted = format!("guest: attack {}: {line}", attack.name);
-                check!(outcome, outcome.has_line(&wanted), "expected the line {wanted:?}");
+                check!(outcome, has_line(&wanted), "expected the line {wanted:?}");
                 check!(
                     outcome,
-                    outcome.has_line("guest exited with status 0"),
+                    has_line("guest exited with status 0"),
                     "the guest should exit with status 0"
                 );
                 SUCCESS
@@ -773,6 +794,15 @@ fn case(attack: &'static Attack, accel: Accel) -> Case {
         }
         check_exit(outcome, status, Exit::DebugExit)
     })
+}
+
+/// A line as its guest printed it: without the `[gN] ` that marks it
+/// when several guests run.
+fn without_guest_prefix(line: &str) -> &str {
+    line.strip_prefix("[g")
+        .and_then(|rest| rest.split_once("] "))
+        .filter(|(number, _)| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(line, |(_, rest)| rest)
 }
 
 /// One line per attack: name, group, outcome.

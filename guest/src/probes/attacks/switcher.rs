@@ -82,7 +82,68 @@ fn scribble_registers_page(name: &'static str, memory_size: u64, frames: Frames)
     works(name, format_args!("registers page scribbled; back at ring 1 (cs 0x19, ss 0x21)"))
 }
 
+/// How our markers start: the rest is this guest's own.
+const MARKER_TAG: u64 = 0x5ec0_cc00_0000_0000;
+const MARKER_TAG_MASK: u64 = 0xffff_ff00_0000_0000;
+/// Exits with our marker in the registers page, each followed by a look:
+/// this many, or as many as fit in [`MARKER_MS`] (an exit is slow under
+/// a nested KVM).
+const MARKER_ROUNDS: u32 = 5_000;
+const MARKER_MS: u64 = 500;
+
+/// Run as two guests at once, one per CPU (`guests=2` on two CPUs). Each
+/// keeps a marker of its own in r12-r15 at every exit, so the registers
+/// page of the CPU it runs on holds it, and after every exit reads all of
+/// the switcher pages it can see, looking for a marker that is not its
+/// own: the other guest's, from the other CPU's pages. It must find none.
+/// Then it reads past its own pages, where lguest would put the next
+/// CPU's: that is no one's, and kills.
+fn other_cpu_pages(name: &'static str, memory_size: u64, frames: Frames) {
+    tables::build_and_switch(memory_size, frames);
+    let rdtsc = || {
+        let tsc: u64;
+        // SAFETY: reads the time stamp counter, which ring 1 may.
+        unsafe { core::arch::asm!("rdtsc", "shl rdx, 32", "or rax, rdx", out("rax") tsc, out("rdx") _) };
+        tsc
+    };
+    let start = rdtsc();
+    let until = start.saturating_add(hypercall::tsc_khz().saturating_mul(MARKER_MS));
+    // Never all zero below the tag: the tag alone is a constant the
+    // compiler may well keep in a register at an exit.
+    let marker = MARKER_TAG | (start & !MARKER_TAG_MASK) | 1;
+    let (mut seen, mut rounds) = (0u64, 0u32);
+    while rounds < MARKER_ROUNDS && rdtsc() < until {
+        rounds += 1;
+        // SAFETY: FLUSH_ASYNC with nothing queued does nothing but exit
+        // and come back; r12-r15 are only read.
+        unsafe {
+            core::arch::asm!(
+                "ud2",
+                inlateout("rax") umbra_abi::FLUSH_ASYNC => _,
+                in("r12") marker, in("r13") marker, in("r14") marker, in("r15") marker,
+            )
+        };
+        for page in [REGISTERS_PAGE, STATE_PAGE, IDT_PAGE] {
+            for offset in (0..PAGE_SIZE).step_by(8) {
+                // SAFETY: our CPU's switcher pages, which we may read.
+                let word = unsafe { ((page + offset) as *const u64).read_volatile() };
+                if word & MARKER_TAG_MASK == MARKER_TAG && word & !MARKER_TAG_MASK & 1 == 1 && word != marker
+                {
+                    seen += 1;
+                }
+            }
+        }
+    }
+    if seen != 0 {
+        say!("attack {name}: another guest's marker seen {seen} times in this CPU's switcher pages");
+        super::survived();
+    }
+    say!("attack {name}: {rounds} exits, no other guest's registers in this CPU's switcher pages");
+    peek(SWITCHER_UNMAPPED);
+}
+
 pub const ATTACKS: &[Attack] = attack_table! {
+    other_cpu_pages,
     write_state_page, write_idt_page, write_switcher_code, read_past_our_pages, read_pd511,
     stack_on_registers_page, stack_on_switcher_code, push_on_state_page, scribble_registers_page,
 };
