@@ -2,7 +2,8 @@
 # Umbra's overhead against native, measured side by side in one run.
 #
 #   scripts/bench.sh [--modes "tcg icount kvm"] [--machine microvm|pc|q35]
-#                    [--tcg-counts SPEC] [--kvm-counts SPEC] [--no-scaling]
+#                    [--tcg-counts SPEC] [--kvm-counts SPEC]
+#                    [--no-scaling | --only-scaling]
 #
 # The guest kernel boots twice per mode, from the same ELF: natively (QEMU
 # runs it as a PVH kernel at ring 0) and nested (Umbra runs it at ring 1),
@@ -37,7 +38,7 @@ kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
 # The scaling table's work per guest.
 scaling_tcg="compute=200000000 mixed=100"
 scaling_kvm="compute=200000000 mixed=8"
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --modes) modes=${2:?}; shift 2 ;;
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
         --tcg-counts) tcg_counts=${2:?}; shift 2 ;;
         --kvm-counts) kvm_counts=${2:?}; shift 2 ;;
         --no-scaling) scaling=no; shift ;;
+        --only-scaling) scaling=only; shift ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
     esac
@@ -85,6 +87,7 @@ for mode in $modes; do
         say "skipping kvm: /dev/kvm does not open here"
         continue
     fi
+    [ "$scaling" = only ] && continue
     counts=$tcg_counts
     [ "$mode" = kvm ] && counts=$kvm_counts
     say "$mode: native run"
@@ -114,7 +117,8 @@ scaled() {
 
 declare -a scaling_rows=()
 for mode in $modes; do
-    if [ "$scaling" != yes ] || [ "$mode" = icount ] || [ -z "${native[$mode]:-}" ]; then continue; fi
+    if [ "$scaling" = no ] || [ "$mode" = icount ]; then continue; fi
+    if [ "$mode" = kvm ] && ! kvm_opens; then continue; fi
     works=$scaling_tcg
     [ "$mode" = kvm ] && works=$scaling_kvm
     for n in 2 4; do

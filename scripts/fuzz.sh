@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [--guests N] [--first S] [--per-boot G] [--count C]
 #                   [--hostile H] [--mem SIZE] [--at-once A] [--timeout T]
-#                   [--accel tcg|kvm] [--jobs J]
+#                   [--accel tcg|kvm] [--jobs J] [--smp N]
 #
 #   --guests N    fuzzing guests in all, with seeds S .. S+N-1 (default 1000)
 #   --first S     the first seed (default 1)
@@ -18,6 +18,8 @@
 #   --timeout T   guest_timeout= in seconds (default 10)
 #   --accel       tcg (default) or kvm
 #   --jobs J      boots run in parallel (default: the CPU count)
+#   --smp N       CPUs in each boot (default 1); with --at-once N or more,
+#                 the guests of a boot are fuzzed on all N CPUs at once
 #   --seeds N     the old name of --guests
 #
 # Boot k runs guests=G with the guest command line
@@ -35,7 +37,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-guests=1000 first=1 per_boot=500 count=20000 hostile=50 mem=4M at_once=1 timeout=10 accel=tcg
+guests=1000 first=1 per_boot=500 count=20000 hostile=50 mem=4M at_once=1 timeout=10 accel=tcg smp=1
 jobs=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,7 +51,8 @@ while [ $# -gt 0 ]; do
         --timeout) timeout=${2:?}; shift 2 ;;
         --accel) accel=${2:?}; shift 2 ;;
         --jobs) jobs=${2:?}; shift 2 ;;
-        *) say "unknown option '$1'"; sed -n '2,22p' "$0"; exit 2 ;;
+        --smp) smp=${2:?}; shift 2 ;;
+        *) say "unknown option '$1'"; sed -n '2,24p' "$0"; exit 2 ;;
     esac
 done
 ensure_qemu
@@ -65,7 +68,7 @@ one_boot() {
     local base=$((first - 1 + k * per_boot))
     local g=$((guests - k * per_boot < per_boot ? guests - k * per_boot : per_boot))
     local log="$out/boot-$k.log" rc=0
-    qemu_args "$accel" microvm 1 512M
+    qemu_args "$accel" microvm "$smp" 512M
     # A generous bound: every guest could run into its watchdog.
     timeout $((120 + g * timeout)) qemu-system-x86_64 "${QEMU_ARGS[@]}" \
         -append "log=warn guest_timeout=$timeout guest_mem=$mem guests=$g guests_at_once=$at_once -- test=fuzz:$base+{n}:$count:$hostile" \
@@ -96,7 +99,7 @@ one_boot() {
     fi
 }
 export -f one_boot status_from_qemu qemu_args
-export out first per_boot guests count hostile mem at_once timeout accel UMBRA_IMAGE
+export out first per_boot guests count hostile mem at_once timeout accel smp UMBRA_IMAGE
 
 started=$(date +%s)
 seq 0 $((boots - 1)) | xargs -P "$jobs" -I{} bash -c 'one_boot {}' | tee "$out/summary.txt"
