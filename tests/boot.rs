@@ -517,6 +517,19 @@ fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
         }
         let totals = format!("guests: {guests} ended: {guests} exited 0, 0 killed, 0 other;");
         let line = outcome.line_starting(&totals).unwrap_or("");
+        // Every CPU's share, and their sum: every exit of the run.
+        let shares = outcome.lines_starting("cpus: CPU ");
+        check!(outcome, shares.len() == smp as usize, "expected {smp} 'cpus: CPU' lines: {shares:?}");
+        let all = outcome
+            .line_starting("cpus: all: ")
+            .and_then(|line| line.split_once(" turns, "))
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?");
+        check!(
+            outcome,
+            line.contains(&format!(", exits {all};")),
+            "the CPUs' exits ({all}) should add up to the totals': {line:?}"
+        );
         let frames: Vec<&str> = line.rsplit_once("free frames ").map_or("", |(_, f)| f).split(' ').collect();
         check!(
             outcome,

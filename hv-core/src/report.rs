@@ -252,6 +252,63 @@ impl Placement {
     }
 }
 
+/// What each CPU did for a run, printed at its end when several CPUs
+/// served it, one line each and their sum: turns (a guest taken onto the
+/// CPU), the guests' exits there, and the guests' cycles there.
+pub(crate) struct CpuShares {
+    /// Indexed by CPU number; CPUs past the last are counted in it.
+    cpus: [CpuShare; 64],
+}
+
+#[derive(Clone, Copy, Default)]
+struct CpuShare {
+    turns: u64,
+    exits: u64,
+    guest_cycles: u64,
+}
+
+impl Default for CpuShares {
+    fn default() -> Self {
+        CpuShares { cpus: [CpuShare::default(); 64] }
+    }
+}
+
+impl CpuShares {
+    /// One turn on `cpu`.
+    pub(crate) fn count(&mut self, cpu: u32, exits: u64, guest_cycles: u64) {
+        let share = &mut self.cpus[(cpu as usize).min(63)];
+        share.turns += 1;
+        share.exits += exits;
+        share.guest_cycles += guest_cycles;
+    }
+
+    pub(crate) fn print(&self, machine: &mut impl Machine) {
+        if !machine.logs(Level::Info) {
+            return;
+        }
+        let mut all = CpuShare::default();
+        for (cpu, share) in self.cpus.iter().enumerate().filter(|(_, s)| s.turns > 0) {
+            machine.log(
+                Level::Info,
+                format_args!(
+                    "cpus: CPU {cpu}: {} turns, {} exits, guest cycles {}",
+                    share.turns, share.exits, share.guest_cycles
+                ),
+            );
+            all.turns += share.turns;
+            all.exits += share.exits;
+            all.guest_cycles += share.guest_cycles;
+        }
+        machine.log(
+            Level::Info,
+            format_args!(
+                "cpus: all: {} turns, {} exits, guest cycles {}",
+                all.turns, all.exits, all.guest_cycles
+            ),
+        );
+    }
+}
+
 /// What all the guests of a run add up to, printed at the end when there
 /// were several: a campaign of thousands of guests is read from this line.
 /// The free frames before and after show that every guest gave all its

@@ -48,7 +48,7 @@ use umbra_abi::status;
 
 use crate::elf::LoadTarget;
 use crate::load::load;
-use crate::report::{Cycles, GuestConsole, Placement, Totals, print_stats};
+use crate::report::{CpuShares, Cycles, GuestConsole, Placement, Totals, print_stats};
 use crate::traps::HaltState;
 use crate::vcpu::{self, GuestRam, Host, Kill, Next, Vcpu};
 
@@ -209,6 +209,8 @@ pub struct Run<'g, M: Machine> {
     /// Held while a guest's statistics are printed, so that two CPUs'
     /// blocks of lines do not mix.
     report: spin::Mutex<()>,
+    /// What each CPU did for the run.
+    shares: spin::Mutex<CpuShares>,
 }
 
 struct Queue<M: Machine> {
@@ -258,6 +260,7 @@ impl<'g, M: Machine> Run<'g, M> {
             cpus: cpus.max(1),
             queue: spin::Mutex::new(queue),
             report: spin::Mutex::new(()),
+            shares: spin::Mutex::new(CpuShares::default()),
         }
     }
 
@@ -266,6 +269,9 @@ impl<'g, M: Machine> Run<'g, M> {
     pub fn finish(self, machine: &mut M) -> u8 {
         let queue = self.queue.into_inner();
         debug_assert!(queue.ready.is_empty() && queue.elsewhere == 0, "the run ended with guests loaded");
+        if self.cpus > 1 {
+            self.shares.into_inner().print(machine);
+        }
         if self.several {
             let free_after = machine.free_frames();
             queue.totals.print(machine, free_after);
@@ -484,6 +490,7 @@ pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut Gues
     slot.placement.arrive(cpu);
     loop {
         let turn_started = machine.tsc();
+        let (exits_before, guest_before) = (slot.vcpu.stats.exits, slot.cycles.guest);
         let end = run_slice(machine, regs, &mut slot, several);
         slot.cycles.total += machine.tsc() - turn_started;
         slot.state = match end {
@@ -491,6 +498,8 @@ pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut Gues
             SliceEnd::Halted => SlotState::Halted,
             SliceEnd::Finished(status) => SlotState::Finished(status),
         };
+        let exits = slot.vcpu.stats.exits - exits_before;
+        run.shares.lock().count(cpu, exits, slot.cycles.guest - guest_before);
         match run.end_turn(machine, regs, slot) {
             Some(kept) => slot = kept,
             None => return Served::Turn,

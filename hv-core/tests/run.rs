@@ -933,6 +933,20 @@ fn guests_spread_over_the_cpus_and_move_between_them() {
     // Each guest's statistics say where it ran.
     assert_eq!(lines_starting(&sim.out, "stats: cpus: ran on").len(), 3, "{}", sim.out);
     assert_printed(&sim, "guests: 3 ended: 3 exited 0, 0 killed, 0 other;");
+    // Each CPU's share, and their sum, which is every exit of the run.
+    let shares = lines_starting(&sim.out, "cpus: CPU ");
+    assert_eq!(shares.len(), 2, "{}", sim.out);
+    let exits_of = |line: &str| -> u64 {
+        let (_, rest) = line.split_once(" turns, ").unwrap();
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let sum: u64 = shares.iter().map(|l| exits_of(l)).sum();
+    let all = lines_starting(&sim.out, "cpus: all: ");
+    assert_eq!(all.len(), 1, "{}", sim.out);
+    assert_eq!(exits_of(all[0]), sum);
+    // 3 guests of INIT, 40 ticks, a write and SHUTDOWN.
+    assert_eq!(sum, 3 * 43, "{}", sim.out);
+    assert_printed(&sim, "exits 129;");
 }
 
 #[test]
