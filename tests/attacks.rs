@@ -473,6 +473,22 @@ const CATALOGUE: &[Attack] = &[
             Killed("touched the switcher region at 0xffffffffffc05000"),
         )
     },
+    Attack {
+        firmware: "guests=2 guest_mem=16M",
+        also: Some((
+            "[g2] guest: attack other-cpu-pages-write: ",
+            |l| l.ends_with(" exits, no other guest's registers in this CPU's switcher pages"),
+            "the second guest, on the other CPU at the same time, saw nothing of the first either",
+        )),
+        ..attack(
+            "other-cpu-pages-write",
+            "switcher",
+            "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and \
+             reading all its switcher pages for the other's; then writes past its own, where another \
+             CPU's would be",
+            Killed("touched the switcher region at 0xffffffffffc05000"),
+        )
+    },
     attack(
         "read-past-our-pages",
         "switcher",

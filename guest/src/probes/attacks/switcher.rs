@@ -99,6 +99,18 @@ const MARKER_MS: u64 = 500;
 /// Then it reads past its own pages, where lguest would put the next
 /// CPU's: that is no one's, and kills.
 fn other_cpu_pages(name: &'static str, memory_size: u64, frames: Frames) {
+    look_for_the_other_cpu(name, memory_size, frames);
+    peek(SWITCHER_UNMAPPED);
+}
+
+/// The same, ending with a write where another CPU's pages would be.
+fn other_cpu_pages_write(name: &'static str, memory_size: u64, frames: Frames) {
+    look_for_the_other_cpu(name, memory_size, frames);
+    poke(SWITCHER_UNMAPPED);
+}
+
+/// The marker search of [`other_cpu_pages`].
+fn look_for_the_other_cpu(name: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
     let rdtsc = || {
         let tsc: u64;
@@ -139,11 +151,10 @@ fn other_cpu_pages(name: &'static str, memory_size: u64, frames: Frames) {
         super::survived();
     }
     say!("attack {name}: {rounds} exits, no other guest's registers in this CPU's switcher pages");
-    peek(SWITCHER_UNMAPPED);
 }
 
 pub const ATTACKS: &[Attack] = attack_table! {
-    other_cpu_pages,
+    other_cpu_pages, other_cpu_pages_write,
     write_state_page, write_idt_page, write_switcher_code, read_past_our_pages, read_pd511,
     stack_on_registers_page, stack_on_switcher_code, push_on_state_page, scribble_registers_page,
 };
