@@ -81,6 +81,21 @@ const fn attack(name: &'static str, category: &'static str, does: &'static str, 
 
 use Expect::{Handled, Killed, Survives};
 
+/// An attack run as two guests at once, one per CPU, that look for each
+/// other through their CPUs' switcher pages. `second` starts the second
+/// guest's report, which must say it saw nothing either.
+const fn other_cpu(name: &'static str, second: &'static str, does: &'static str) -> Attack {
+    Attack {
+        firmware: "guests=2 guest_mem=16M",
+        also: Some((
+            second,
+            |l| l.ends_with(" exits, no other guest's registers in this CPU's switcher pages"),
+            "the second guest, on the other CPU at the same time, saw nothing of the first either",
+        )),
+        ..attack(name, "switcher", does, Killed("touched the switcher region at 0xffffffffffc05000"))
+    }
+}
+
 const GP: &str = "#GP delivered to our handler (error 0x0)";
 
 const CATALOGUE: &[Attack] = &[
@@ -457,38 +472,18 @@ const CATALOGUE: &[Attack] = &[
         "write the switcher's code",
         Killed("touched the switcher region at 0xffffffffffc01000"),
     ),
-    Attack {
-        firmware: "guests=2 guest_mem=16M",
-        also: Some((
-            "[g2] guest: attack other-cpu-pages: ",
-            |l| l.ends_with(" exits, no other guest's registers in this CPU's switcher pages"),
-            "the second guest, on the other CPU at the same time, saw nothing of the first either",
-        )),
-        ..attack(
-            "other-cpu-pages",
-            "switcher",
-            "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and \
-             reading all its switcher pages for the other's; then past its own, where another CPU's \
-             would be",
-            Killed("touched the switcher region at 0xffffffffffc05000"),
-        )
-    },
-    Attack {
-        firmware: "guests=2 guest_mem=16M",
-        also: Some((
-            "[g2] guest: attack other-cpu-pages-write: ",
-            |l| l.ends_with(" exits, no other guest's registers in this CPU's switcher pages"),
-            "the second guest, on the other CPU at the same time, saw nothing of the first either",
-        )),
-        ..attack(
-            "other-cpu-pages-write",
-            "switcher",
-            "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and \
-             reading all its switcher pages for the other's; then writes past its own, where another \
-             CPU's would be",
-            Killed("touched the switcher region at 0xffffffffffc05000"),
-        )
-    },
+    other_cpu(
+        "other-cpu-pages",
+        "[g2] guest: attack other-cpu-pages: ",
+        "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and reading \
+         all its switcher pages for the other's; then past its own, where another CPU's would be",
+    ),
+    other_cpu(
+        "other-cpu-pages-write",
+        "[g2] guest: attack other-cpu-pages-write: ",
+        "two guests, one per CPU at once, each leaving a marker in its CPU's registers page and reading \
+         all its switcher pages for the other's; then writes past its own, where another CPU's would be",
+    ),
     attack(
         "read-past-our-pages",
         "switcher",
