@@ -284,7 +284,7 @@ impl<'g, M: Machine> Run<'g, M> {
     /// that can never go on, or sleep.
     fn next_turn(&self, machine: &mut M) -> Turn<M> {
         let mut queue = self.queue.lock();
-        if queue.ready.len() + queue.elsewhere < self.at_once && queue.next_guest < self.config.total {
+        if self.can_load(&queue) {
             let index = queue.next_guest;
             queue.next_guest += 1;
             queue.elsewhere += 1;
@@ -315,6 +315,11 @@ impl<'g, M: Machine> Run<'g, M> {
         } else {
             Turn::Done
         }
+    }
+
+    /// Is a guest waiting, with a place free for it?
+    fn can_load(&self, queue: &Queue<M>) -> bool {
+        queue.next_guest < self.config.total && queue.ready.len() + queue.elsewhere < self.at_once
     }
 
     /// Load guest `index` into the place [`Run::next_turn`] reserved.
@@ -368,8 +373,8 @@ impl<'g, M: Machine> Run<'g, M> {
             return None;
         }
         let mut queue = self.queue.lock();
-        let others_ready = queue.ready.iter().any(|s| s.state == SlotState::Runnable)
-            || (queue.next_guest < self.config.total && queue.ready.len() + queue.elsewhere < self.at_once);
+        let others_ready =
+            queue.ready.iter().any(|s| s.state == SlotState::Runnable) || self.can_load(&queue);
         if slot.state == SlotState::Runnable && !others_ready {
             return Some(slot);
         }

@@ -790,11 +790,22 @@ struct SimCpu<'s> {
     fpu_in_cpu: Option<Fpu>,
     root: u64,
     idle_polls: usize,
+    /// The memory this CPU took last: the guest it is loading.
+    last_memory: Option<SimRam>,
 }
 
 impl<'s> SimCpu<'s> {
     fn new(sim: &'s Mutex<Sim>, started: &'s (AtomicU32, u32), number: u32) -> SimCpu<'s> {
-        SimCpu { sim, started, number, entered: false, fpu_in_cpu: None, root: 0, idle_polls: 0 }
+        SimCpu {
+            sim,
+            started,
+            number,
+            entered: false,
+            fpu_in_cpu: None,
+            root: 0,
+            idle_polls: 0,
+            last_memory: None,
+        }
     }
 
     fn sim(&self) -> std::sync::MutexGuard<'s, Sim> {
@@ -832,13 +843,19 @@ impl Machine for SimCpu<'_> {
         self.sim().logs(level)
     }
     fn take_memory(&mut self, size: u64) -> Option<SimRam> {
-        self.sim().take_memory(size)
+        let memory = self.sim().take_memory(size);
+        self.last_memory.clone_from(&memory);
+        memory
     }
     fn release_memory(&mut self, memory: SimRam) {
         self.sim().release_memory(memory);
     }
     fn shadow_pool(&mut self) -> Pool {
-        self.sim().shadow_pool()
+        // The pool is for the guest this CPU is loading, whatever the
+        // other CPUs loaded since.
+        let mut sim = self.sim();
+        sim.last_memory.clone_from(&self.last_memory);
+        sim.shadow_pool()
     }
     fn free_frames(&self) -> usize {
         self.sim().free_frames()
