@@ -182,6 +182,9 @@ pub(crate) fn print_stats(
         let _ = write!(line, " v{vector}={count}");
     }
     machine.log(Level::Info, format_args!("{line}"));
+    if stats.console_input > 0 {
+        machine.log(Level::Info, format_args!("stats: console input {} bytes", stats.console_input));
+    }
 
     machine.log(
         Level::Info,
