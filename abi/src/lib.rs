@@ -88,7 +88,8 @@ pub const SET_CLOCKEVENT: u64 = 12;
 /// HALT(): turn the virtual interrupt flag on and sleep until an interrupt
 /// is pending, as one step (`sti; hlt`): check for work with the flag off,
 /// then HALT, and no interrupt raised in between is lost. Nothing armed
-/// and nothing pending would mean sleeping for ever: that kills.
+/// and nothing pending would mean sleeping for ever: that kills, except
+/// for the guest that owns the console, which console input wakes.
 pub const HALT: u64 = 13;
 /// SEND_INTERRUPTS(): deliver whatever is pending.
 pub const SEND_INTERRUPTS: u64 = 14;
