@@ -151,18 +151,11 @@ impl Termios {
         let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let mut cc = [0; NCCS];
         cc.copy_from_slice(&b[17..17 + NCCS]);
-        Termios {
-            iflag: word(0),
-            oflag: word(4),
-            cflag: word(8),
-            lflag: word(12),
-            line: b[16],
-            cc,
-        }
+        Termios { iflag: word(0), oflag: word(4), cflag: word(8), lflag: word(12), line: b[16], cc }
     }
 
     /// The kernel's 36-byte layout, for `TCGETS`.
-    pub fn to_bytes(&self) -> [u8; TERMIOS_SIZE] {
+    pub fn to_bytes(self) -> [u8; TERMIOS_SIZE] {
         let mut b = [0; TERMIOS_SIZE];
         b[0..4].copy_from_slice(&self.iflag.to_le_bytes());
         b[4..8].copy_from_slice(&self.oflag.to_le_bytes());
@@ -216,24 +209,14 @@ pub struct Winsize {
 impl Winsize {
     /// A serial console cannot tell its size; 24 x 80 is what terminals
     /// have always assumed.
-    pub const DEFAULT: Winsize = Winsize {
-        rows: 24,
-        cols: 80,
-        xpixel: 0,
-        ypixel: 0,
-    };
+    pub const DEFAULT: Winsize = Winsize { rows: 24, cols: 80, xpixel: 0, ypixel: 0 };
 
     pub fn from_bytes(b: &[u8; 8]) -> Winsize {
         let half = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
-        Winsize {
-            rows: half(0),
-            cols: half(2),
-            xpixel: half(4),
-            ypixel: half(6),
-        }
+        Winsize { rows: half(0), cols: half(2), xpixel: half(4), ypixel: half(6) }
     }
 
-    pub fn to_bytes(&self) -> [u8; 8] {
+    pub fn to_bytes(self) -> [u8; 8] {
         let mut b = [0; 8];
         b[0..2].copy_from_slice(&self.rows.to_le_bytes());
         b[2..4].copy_from_slice(&self.cols.to_le_bytes());
@@ -484,11 +467,7 @@ impl Tty {
     /// Stores one byte; `line_end` bytes may take the slot canonical mode
     /// keeps for them. False (and counted) when there is no room.
     fn push(&mut self, c: u8, line_end: bool) -> bool {
-        let room = if self.canonical() && !line_end {
-            INPUT_SIZE - 1
-        } else {
-            INPUT_SIZE
-        };
+        let room = if self.canonical() && !line_end { INPUT_SIZE - 1 } else { INPUT_SIZE };
         if self.len() >= room {
             self.dropped += 1;
             return false;
@@ -504,11 +483,7 @@ impl Tty {
     /// Whether a byte (not a line end) would fit, so it is not echoed
     /// when it will be dropped.
     fn has_room(&self) -> bool {
-        let room = if self.canonical() {
-            INPUT_SIZE - 1
-        } else {
-            INPUT_SIZE
-        };
+        let room = if self.canonical() { INPUT_SIZE - 1 } else { INPUT_SIZE };
         self.len() < room
     }
 
@@ -591,8 +566,7 @@ impl Tty {
         // processing changes (or that move the column oddly) go alone.
         let mut start = 0;
         for (i, &c) in bytes.iter().enumerate() {
-            if c == b'\n' || c == b'\r' || c == b'\t' || c == 0x08 || self.termios.oflag & OLCUC != 0
-            {
+            if c == b'\n' || c == b'\r' || c == b'\t' || c == 0x08 || self.termios.oflag & OLCUC != 0 {
                 if start < i {
                     self.plain_run(&bytes[start..i], out);
                 }
@@ -765,10 +739,7 @@ impl Tty {
 
     fn receive_canonical(&mut self, c: u8, echo: &mut dyn FnMut(&[u8])) {
         let iexten = self.lflag(IEXTEN);
-        let ends_line = c == b'\n'
-            || self.is(c, VEOF)
-            || self.is(c, VEOL)
-            || (self.is(c, VEOL2) && iexten);
+        let ends_line = c == b'\n' || self.is(c, VEOF) || self.is(c, VEOL) || (self.is(c, VEOL2) && iexten);
         if ends_line && self.len() >= INPUT_SIZE {
             // Not even the slot kept for a line's end is free: drop it
             // before echoing it.
@@ -919,11 +890,7 @@ impl Tty {
                 } else if c == b'\t' {
                     self.erase_tab(echo);
                 } else {
-                    let columns = if is_cntrl(c) {
-                        if self.lflag(ECHOCTL) { 2 } else { 0 }
-                    } else {
-                        1
-                    };
+                    let columns = if is_cntrl(c) { if self.lflag(ECHOCTL) { 2 } else { 0 } } else { 1 };
                     for _ in 0..columns {
                         self.echo_raw(0x08, echo);
                         self.echo_raw(b' ', echo);
