@@ -400,14 +400,15 @@ fn vmin_and_vtime() {
     let mut t = raw(tty.termios());
     t.cc[VMIN] = 0;
     tty.set_termios(t, false);
-    // VMIN 0 never blocks.
+    // VMIN 0 never blocks, but poll waits for a byte, as Linux's does.
     assert_eq!(read_all(&mut tty), Ok(Vec::new()));
-    assert!(tty.poll_ready());
+    assert!(!tty.poll_ready());
     t.cc[VMIN] = 3;
     t.cc[VTIME] = 5;
     tty.set_termios(t, false);
     assert_eq!(tty.vtime(), 5);
     type_keys(&mut tty, b"ab");
+    assert!(tty.poll_ready());
     assert_eq!(read_all(&mut tty), Err(Read::WouldBlock));
     // A buffer smaller than VMIN needs only its own size.
     let mut one = [0u8; 1];
@@ -476,6 +477,16 @@ fn flow_control_characters_are_not_data() {
     assert!(tty.output_stopped());
     assert_eq!(echo_of(&mut tty, b"\x11"), b"");
     assert!(!tty.output_stopped());
+    // Turning IXON off restarts output too.
+    echo_of(&mut tty, b"\x13");
+    let mut t = tty.termios();
+    t.iflag &= !IXON;
+    tty.set_termios(t, false);
+    assert!(!tty.output_stopped());
+    // ...and makes ^S and ^Q data.
+    echo_of(&mut tty, b"\x13\r");
+    assert_eq!(read_all(&mut tty), Ok(b"\x13\n".to_vec()));
+    tty.set_termios(Termios::default_console(), false);
     echo_of(&mut tty, b"a\r");
     assert_eq!(read_all(&mut tty), Ok(b"a\n".to_vec()));
 }

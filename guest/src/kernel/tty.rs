@@ -368,6 +368,10 @@ impl Tty {
     pub fn set_termios(&mut self, t: Termios, flush_input: bool) {
         let was_canonical = self.canonical();
         self.termios = t;
+        if !self.iflag(IXON) {
+            // Nothing could restart output any more.
+            self.output_stopped = false;
+        }
         if flush_input {
             self.flush_input();
         }
@@ -959,15 +963,15 @@ impl Tty {
         count
     }
 
-    /// Whether a read would return without waiting (data or end of
-    /// file): what `poll` reports as readable.
+    /// Whether `poll` reports the terminal readable: in canonical mode a
+    /// finished line or an end of file; otherwise, as Linux, `VMIN`
+    /// bytes when `VTIME` is 0 and `VMIN` is not, one byte when not.
     pub fn poll_ready(&self) -> bool {
         if self.canonical() {
-            self.canon_head != self.tail
-        } else {
-            let min = usize::from(self.vmin());
-            min == 0 || self.len() > 0
+            return self.canon_head != self.tail;
         }
+        let wanted = if self.vtime() == 0 && self.vmin() > 0 { usize::from(self.vmin()) } else { 1 };
+        self.len() >= wanted
     }
 
     /// What a read into `buf` returns now. Canonical mode hands out at
