@@ -606,3 +606,45 @@ fn random_bytes_and_settings_never_panic() {
     }
     assert!(sink > 0);
 }
+
+#[test]
+fn echoprt_shows_erased_characters_between_backslash_and_slash() {
+    let mut tty = Tty::new();
+    let mut t = tty.termios();
+    t.lflag |= ECHOPRT;
+    tty.set_termios(t, false);
+    // Erasing back to the line's start closes the erase at once.
+    assert_eq!(echo_of(&mut tty, b"ab\x7f\x7fc"), b"ab\\ba/c");
+    // Otherwise the next typed character closes it.
+    assert_eq!(echo_of(&mut tty, b"de\x7fx\r"), b"de\\e/x\r\n");
+    assert_eq!(read_all(&mut tty), Ok(b"cdx\n".to_vec()));
+}
+
+#[test]
+fn eol_characters_end_a_line_and_stay_in_it() {
+    let mut tty = Tty::new();
+    let mut t = tty.termios();
+    t.cc[VEOL] = b';';
+    t.cc[VEOL2] = 0x07;
+    tty.set_termios(t, false);
+    assert_eq!(echo_of(&mut tty, b"a;b\x07"), b"a;b^G");
+    assert_eq!(read_all(&mut tty), Ok(b"a;".to_vec()));
+    assert_eq!(read_all(&mut tty), Ok(b"b\x07".to_vec()));
+    // VEOL2 needs IEXTEN.
+    t.lflag &= !IEXTEN;
+    tty.set_termios(t, false);
+    echo_of(&mut tty, b"c\x07");
+    assert_eq!(read_all(&mut tty), Err(Read::WouldBlock));
+}
+
+#[test]
+fn ixany_restarts_output_on_any_key() {
+    let mut tty = Tty::new();
+    let mut t = tty.termios();
+    t.iflag |= IXANY;
+    tty.set_termios(t, false);
+    echo_of(&mut tty, b"\x13");
+    assert!(tty.output_stopped());
+    echo_of(&mut tty, b"z");
+    assert!(!tty.output_stopped());
+}

@@ -642,6 +642,7 @@ impl Tty {
         let typed = c;
         if self.literal_next {
             self.literal_next = false;
+            self.restart_on_any_key();
             self.receive_ordinary(c, echo);
             return None;
         }
@@ -679,9 +680,7 @@ impl Tty {
                 return Some(signal);
             }
         }
-        if self.output_stopped && self.iflag(IXON) && self.iflag(IXANY) {
-            self.output_stopped = false;
-        }
+        self.restart_on_any_key();
 
         if c == b'\r' {
             if self.iflag(IGNCR) {
@@ -709,6 +708,13 @@ impl Tty {
         }
         self.canon_head = self.head;
         None
+    }
+
+    /// `IXANY`: any key restarts stopped output.
+    fn restart_on_any_key(&mut self) {
+        if self.output_stopped && self.iflag(IXON) && self.iflag(IXANY) {
+            self.output_stopped = false;
+        }
     }
 
     fn receive_newline_raw_echo(&mut self, c: u8, echo: &mut dyn FnMut(&[u8])) {
@@ -789,7 +795,6 @@ impl Tty {
         }
         if c == b'\n' {
             if self.lflag(ECHO) || self.lflag(ECHONL) {
-                self.finish_erasing(echo);
                 self.echo_raw(b'\n', echo);
             }
             self.end_line(c, false);
@@ -801,7 +806,6 @@ impl Tty {
         }
         if self.is(c, VEOL) || (self.is(c, VEOL2) && iexten) {
             if self.lflag(ECHO) {
-                self.finish_erasing(echo);
                 self.set_canon_column_if_line_starts();
                 self.echo_char(c, echo);
             }
