@@ -27,13 +27,18 @@
 //! - backspace (`0x08`) erases too, besides `VERASE` (DEL), because
 //!   serial terminals send either;
 //! - `VMIN`/`VTIME` are simplified: `VMIN` 0 never blocks, `VMIN` > 0
-//!   returns as soon as `min(VMIN, len)` bytes are there, and `VTIME` is a
+//!   returns as soon as `min(VMIN, the read's length)` bytes are there,
+//!   and `VTIME` is a
 //!   timeout the kernel applies itself (`Tty::vtime`);
 //! - `IXON`'s stop and start characters only set a flag
 //!   (`Tty::output_stopped`): output is never held back here;
 //! - control characters are the ASCII ones (below 0x20, and DEL), so
 //!   UTF-8 is echoed as typed; with `IUTF8` an erase removes a whole
 //!   UTF-8 character.
+//!
+//! No byte and no setting a program can choose makes it panic or loop:
+//! every position wraps through one mask, and the host tests feed it
+//! seeded random bytes and random `termios` between reads and writes.
 
 /// `struct termios` as Linux's `TCGETS` and `TCSETS` pass it: the
 /// kernel's own layout (not glibc's, which is larger), 36 bytes, little
