@@ -28,8 +28,7 @@
 //!   serial terminals send either;
 //! - `VMIN`/`VTIME` are simplified: `VMIN` 0 never blocks, `VMIN` > 0
 //!   returns as soon as `min(VMIN, the read's length)` bytes are there,
-//!   and `VTIME` is a
-//!   timeout the kernel applies itself (`Tty::vtime`);
+//!   and `VTIME` is a timeout the kernel applies itself (`Tty::vtime`);
 //! - `IXON`'s stop and start characters only set a flag
 //!   (`Tty::output_stopped`): output is never held back here;
 //! - control characters are the ASCII ones (below 0x20, and DEL), so
