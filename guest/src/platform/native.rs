@@ -89,7 +89,7 @@ native_entry32:
     movl $native_boot_pdpt + 3, native_boot_pml4
 
     mov %cr4, %eax
-    or $0x20, %eax              /* PAE */
+    or $0x620, %eax             /* PAE, OSFXSR, OSXMMEXCPT: SSE, as under Umbra */
     mov %eax, %cr4
     mov $native_boot_pml4, %eax
     mov %eax, %cr3
@@ -98,6 +98,7 @@ native_entry32:
     mov %edx, %ebx
     mov $0xC0000080, %ecx       /* EFER */
     rdmsr
+    and $~0x1, %eax             /* SCE off: `syscall` is a #UD, as under Umbra */
     or $0x100, %eax             /* LME */
     bt $20, %ebx
     jnc 2f
@@ -213,7 +214,7 @@ fn rdtsc() -> u64 {
 
 /// The hvm_start_info fields we read, at their offsets.
 const START_INFO_MAGIC: u32 = 0x336e_c578;
-const CMDLINE_MAX: usize = 512;
+const CMDLINE_MAX: usize = 4096;
 /// Where the boot tables end: memory above the first GiB is not used.
 const MAPPED_AT_BOOT: u64 = 1 << 30;
 /// The image's load address (`link.ld`): the RAM range holding it is ours.
@@ -303,7 +304,7 @@ extern "C" fn native_main(start_info: u64) -> ! {
     say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
     say!("cmdline: \"{}\"", Printable(cmdline));
     let free_start = &raw const __image_end as u64;
-    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size)
+    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size, None)
 }
 
 fn serial_init() {
@@ -479,6 +480,17 @@ pub fn set_kernel_stack(top: u64) {
     unsafe {
         (*TSS.0.get())[1] = top as u32;
         (*TSS.0.get())[2] = (top >> 32) as u32;
+    }
+}
+
+/// IA32_FS_BASE, written directly at ring 0.
+#[allow(dead_code)] // through `platform::set_fs_base`, for the Linux layer
+pub fn set_fs_base(base: u64) {
+    // SAFETY: the caller passes a canonical base (a non-canonical one would
+    // #GP here); FS is the running program's, nothing of ours uses it.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0xc000_0100u32, in("eax") base as u32, in("edx") (base >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
     }
 }
 
