@@ -461,6 +461,62 @@ fn rootfs_too_large() -> Case {
     })
 }
 
+/// Boot the guest kernel natively (its own PVH entry, ring 0), with
+/// `config`, and judge what it printed.
+fn native_judged(config: &Boot, name: &str, judge: impl FnOnce(&Outcome) -> Verdict) -> Verdict {
+    if config.accel == Accel::Kvm && !kvm_opens() {
+        return Verdict::Skip("/dev/kvm does not open on this machine".into());
+    }
+    let elf = match guest_elf() {
+        Ok(elf) => elf,
+        Err(e) => return Verdict::Fail(e),
+    };
+    match boot_tests::run_with_timeout(config.command(&elf), config.timeout, name) {
+        Ok(outcome) => judge(&outcome),
+        Err(error) => Verdict::Fail(error),
+    }
+}
+
+/// The guest kernel on its own, with no isa-debug-exit, switches the
+/// machine off the way the FADT says, as Umbra does: PM1a control with
+/// the DSDT's S5 type on pc and q35, the sleep-control register (in
+/// memory, at 0xfea00200) on microvm.
+fn native_acpi_power_off(machine: &'static str) -> Case {
+    Case::new(format!("tcg_{machine}_native_acpi_power_off"), move |name| {
+        let config = Boot::new(machine, Accel::Tcg).without_debug_exit().append("test=scenario:hello");
+        native_judged(&config, name, |outcome| {
+            let line = "guest: native shutdown: status 0 (scenario passed)";
+            check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+            check!(outcome, outcome.exit_code == Some(0), "QEMU should exit 0: {:?}", outcome.exit_code);
+            Verdict::Pass
+        })
+    })
+}
+
+/// The guest kernel on its own takes the same cpio archive through its
+/// PVH module list, and hands it to its Linux layer too.
+fn native_rootfs(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_native_rootfs", accel.name()), move |name| {
+        let archive = cpio_archive(100_000);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", accel).initrd(file.clone()).append("log=info");
+        let verdict = native_judged(&config, name, |outcome| {
+            check!(outcome, outcome.has_line("guest: hello from ring 0 (native)"), "the native entry");
+            if let Verdict::Fail(why) = linux_layer_ran(outcome, "", archive.len()) {
+                return Verdict::Fail(why);
+            }
+            let expected = umbra_abi::status::qemu_exit_code(LINUX_LAYER_STATUS);
+            check!(outcome, outcome.exit_code == Some(expected), "exit code {:?}", outcome.exit_code);
+            Verdict::Pass
+        });
+        let _ = std::fs::remove_file(&file);
+        verdict
+    })
+}
+
 /// The guest ELF passed as PVH module 0 instead of the built-in one.
 fn guest_as_module(accel: Accel) -> Case {
     Case::new(format!("{}_microvm_guest_as_module", accel.name()), move |name| {
@@ -1041,6 +1097,7 @@ fn main() {
     for machine in MACHINES {
         cases.push(too_little_ram(machine));
         cases.push(acpi_power_off(machine));
+        cases.push(native_acpi_power_off(machine));
     }
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(small_machine(accel, "64M", 64));
@@ -1072,6 +1129,7 @@ fn main() {
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(junk_module_is_refused(accel));
         cases.push(rootfs_reaches_the_guest(accel));
+        cases.push(native_rootfs(accel));
         cases.push(guest_as_module(accel));
         cases.push(guest_status(accel, 7, 7, "guest exited with status 7"));
         cases.push(guest_status(
