@@ -39,6 +39,7 @@ use crate::platform::hypercall::{hypercall, shutdown};
 
 mod faults;
 mod flags;
+mod fsbase;
 mod hypercalls;
 mod paging;
 mod privilege;
@@ -94,6 +95,7 @@ const ATTACKS: &[&[Attack]] = &[
     faults::ATTACKS,
     flags::ATTACKS,
     vectors::ATTACKS,
+    fsbase::ATTACKS,
 ];
 
 /// Runs attack `name`, after INIT.
