@@ -750,6 +750,34 @@ const CATALOGUE: &[Attack] = &[
         "SET_FS_BASE 0xfff0_8000_0000_0000",
         Killed("SET_FS_BASE: 0xfff0800000000000 is not a canonical address"),
     ),
+    // Ring 3 as Linux programs use it: SSE and #XM work, `syscall` is a
+    // #UD for the guest kernel.
+    Attack {
+        kvm: Some(Handled(
+            "#PF from ring 3 fetching address 0 (error 0x14), rcx the address after the syscall: it ran, to LSTAR",
+        )),
+        ..attack(
+            "syscall-from-user",
+            "user-mode",
+            "syscall at ring 3",
+            Handled("#UD from ring 3 delivered to our handler: EFER.SCE is off"),
+        )
+    },
+    attack(
+        "sse-at-ring3",
+        "user-mode",
+        "pcmpeqd and psrldq on xmm3 at ring 3, read back with fxsave64 at ring 1",
+        Survives("SSE ran at ring 3: xmm3 holds 0x0000000000000000ffffffffffffffff"),
+    ),
+    Attack {
+        kvm: Some(Handled("#XM from ring 3 delivered to our handler")),
+        ..attack(
+            "simd-exception-at-ring3",
+            "user-mode",
+            "ldmxcsr unmasking divide-by-zero, then divss by 0.0, at ring 3 (TCG raises no SIMD exceptions)",
+            Handled("no #XM: divss did not fault, and the ud2 after it came back"),
+        )
+    },
 ];
 
 /// The line std-console writes with DF set.
