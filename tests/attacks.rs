@@ -752,17 +752,12 @@ const CATALOGUE: &[Attack] = &[
     ),
     // Ring 3 as Linux programs use it: SSE and #XM work, `syscall` is a
     // #UD for the guest kernel.
-    Attack {
-        kvm: Some(Handled(
-            "#PF from ring 3 fetching address 0 (error 0x14), rcx the address after the syscall: it ran, to LSTAR",
-        )),
-        ..attack(
-            "syscall-from-user",
-            "user-mode",
-            "syscall at ring 3",
-            Handled("#UD from ring 3 delivered to our handler: EFER.SCE is off"),
-        )
-    },
+    attack(
+        "syscall-from-user",
+        "user-mode",
+        "syscall at ring 3 (this nested KVM runs it to LSTAR, 0; Umbra turns the fault into the #UD)",
+        Handled("#UD from ring 3 delivered to our handler, at the syscall: EFER.SCE is off"),
+    ),
     attack(
         "sse-at-ring3",
         "user-mode",

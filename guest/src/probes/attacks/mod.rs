@@ -125,6 +125,8 @@ handler_statics! {
     ATTACK_VECTOR = u64::MAX;
     ATTACK_ERROR = u64::MAX;
     ATTACK_CS = 0;
+    /// The RIP in the frame: where the trap says it struck.
+    ATTACK_RIP = 0;
     /// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
     ATTACK_RFLAGS = 0;
     /// Where a handler resumes (0: where the frame says).
@@ -158,6 +160,8 @@ core::arch::global_asm!(
     pushq %rax
     movq 24(%rsp), %rax             /* the RFLAGS the trap saved */
     movq %rax, ATTACK_RFLAGS(%rip)
+    movq 8(%rsp), %rax              /* the RIP the trap saved */
+    movq %rax, ATTACK_RIP(%rip)
     movq 16(%rsp), %rax             /* the CS the trap came from */
     movq %rax, ATTACK_CS(%rip)
     andl $3, %eax
