@@ -277,23 +277,6 @@ pub fn fpu_restore(area: &FpuArea) {
     unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly)) };
 }
 
-/// Under this project's nested KVM, `syscall` at ring 3 is not the #UD
-/// it must be with EFER.SCE clear: the KVM runs it (rcx = the address
-/// after it, r11 = RFLAGS) to LSTAR, which is 0, still at ring 3, and the
-/// fetch there is a page fault. Under Umbra, Umbra turns that fault back
-/// into the #UD at the `syscall`, so the kernel never sees it; natively
-/// the kernel's own page-fault handler does. Given a page fault from user
-/// mode (its rip, the fault address, the error code and the user's rcx),
-/// this says whether it may be such a `syscall`, and where that stood:
-/// the caller checks the two bytes there are `0f 05` (reading user memory
-/// its own careful way) and treats the fault as the #UD there.
-#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
-pub fn stray_syscall_address(rip: u64, fault_address: u64, error_code: u64, rcx: u64) -> Option<u64> {
-    const USER_FETCH: u64 = 1 << 2 | 1 << 4;
-    let stray = rip == 0 && fault_address == 0 && error_code & USER_FETCH == USER_FETCH;
-    rcx.checked_sub(2).filter(|_| stray)
-}
-
 /// Stops the machine with `status`.
 pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
