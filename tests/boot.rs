@@ -326,8 +326,14 @@ fn no_acpi() -> Case {
     })
 }
 
-/// A PVH module is the guest; junk there is a malformed guest ELF.
-fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
+/// The line Umbra refuses a module with that is neither a guest kernel
+/// nor a root filesystem.
+const NOT_A_MODULE_UMBRA_TAKES: &str = "umbra: error: module 0 (12345 bytes) is neither a guest kernel (an \
+     ELF file) nor a root filesystem (a cpio archive, newc format, magic 070701)";
+
+/// A PVH module is a guest kernel (an ELF) or a root filesystem (a cpio
+/// archive); junk is neither, and the boot stops before any guest runs.
+fn junk_module_is_refused(accel: Accel) -> Case {
     Case::new(format!("{}_pc_module_not_an_elf", accel.name()), move |name| {
         let module =
             std::env::temp_dir().join(format!("umbra-test-module-{}-{}", accel.name(), std::process::id()));
@@ -342,12 +348,171 @@ fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
             );
             check!(
                 outcome,
-                outcome.has_line("guest killed: malformed guest ELF: not an ELF file (bad magic)"),
-                "expected the guest to be refused as a malformed ELF"
+                outcome.has_line(NOT_A_MODULE_UMBRA_TAKES),
+                "expected the module to be refused: {NOT_A_MODULE_UMBRA_TAKES}"
             );
-            check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
+            check!(outcome, outcome.line_starting("guest").is_none(), "no guest should run");
+            check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
         });
         let _ = std::fs::remove_file(&module);
+        verdict
+    })
+}
+
+/// A small cpio archive (newc): one directory and one file, of about
+/// `size` bytes in all, then the trailer.
+fn cpio_archive(size: usize) -> Vec<u8> {
+    fn entry(archive: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
+        let name = format!("{name}\0");
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len(),
+            0
+        );
+        archive.extend(header.as_bytes());
+        archive.extend(name.as_bytes());
+        archive.resize(archive.len().next_multiple_of(4), 0);
+        archive.extend(data);
+        archive.resize(archive.len().next_multiple_of(4), 0);
+    }
+    let mut archive = Vec::new();
+    entry(&mut archive, 1, 0o40755, "bin", &[]);
+    let data: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    entry(&mut archive, 2, 0o100644, "bin/data", &data);
+    entry(&mut archive, 0, 0, "TRAILER!!!", &[]);
+    archive
+}
+
+/// What the guest says when it finds a root filesystem of `bytes` bytes
+/// and no `test=` word: the Linux layer's hand-off, `kernel/linux/`. While
+/// that is a stub, its one line, and status 97.
+fn linux_layer_ran(outcome: &Outcome, prefix: &str, bytes: usize) -> Verdict {
+    let line = format!(
+        "{prefix}guest: linux: a root filesystem of {bytes} bytes, but this guest kernel cannot run Linux \
+         programs yet"
+    );
+    check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+    Verdict::Pass
+}
+const LINUX_LAYER_STATUS: u8 = 97;
+
+/// A cpio archive as module 0 is a root filesystem: the built-in guest
+/// runs, each copy with the archive in its memory, and hands it to its
+/// Linux layer.
+fn rootfs_reaches_the_guest(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_rootfs_reaches_the_guest", accel.name()), move |name| {
+        let archive = cpio_archive(100_000);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", accel).initrd(file.clone()).append("log=info guests=2 -- log=info");
+        let verdict = config.judged(name, |outcome| {
+            let len = archive.len();
+            let line = format!("rootfs: module 0, a cpio archive of {len} bytes, for every guest");
+            check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+            check!(
+                outcome,
+                outcome.line_starting("guest: the default guest (").is_some(),
+                "the default guest should run"
+            );
+            for prefix in ["[g1] ", "[g2] "] {
+                if let Verdict::Fail(why) = linux_layer_ran(outcome, prefix, len) {
+                    return Verdict::Fail(why);
+                }
+            }
+            check_exit(outcome, LINUX_LAYER_STATUS, Exit::DebugExit)
+        });
+        let _ = std::fs::remove_file(&file);
+        verdict
+    })
+}
+
+/// A root filesystem larger than a guest's memory can hold after the
+/// image: one line, and the firmware's status.
+fn rootfs_too_large() -> Case {
+    Case::new("tcg_microvm_rootfs_too_large", |name| {
+        let archive = cpio_archive(5 << 20);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", Accel::Tcg).initrd(file.clone()).append("guest_mem=4M");
+        let verdict = config.judged(name, |outcome| {
+            let line = format!(
+                "umbra: error: guest 1: no room for its root filesystem ({} bytes) after its image in 4 MiB \
+                 of memory (guest_mem=4M)",
+                archive.len()
+            );
+            check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+            check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
+        });
+        let _ = std::fs::remove_file(&file);
+        verdict
+    })
+}
+
+/// Boot the guest kernel natively (its own PVH entry, ring 0), with
+/// `config`, and judge what it printed.
+fn native_judged(config: &Boot, name: &str, judge: impl FnOnce(&Outcome) -> Verdict) -> Verdict {
+    if config.accel == Accel::Kvm && !kvm_opens() {
+        return Verdict::Skip("/dev/kvm does not open on this machine".into());
+    }
+    let elf = match guest_elf() {
+        Ok(elf) => elf,
+        Err(e) => return Verdict::Fail(e),
+    };
+    match boot_tests::run_with_timeout(config.command(&elf), config.timeout, name) {
+        Ok(outcome) => judge(&outcome),
+        Err(error) => Verdict::Fail(error),
+    }
+}
+
+/// The guest kernel on its own, with no isa-debug-exit, switches the
+/// machine off the way the FADT says, as Umbra does: PM1a control with
+/// the DSDT's S5 type on pc and q35, the sleep-control register (in
+/// memory, at 0xfea00200) on microvm.
+fn native_acpi_power_off(machine: &'static str) -> Case {
+    Case::new(format!("tcg_{machine}_native_acpi_power_off"), move |name| {
+        let config = Boot::new(machine, Accel::Tcg).without_debug_exit().append("test=scenario:hello");
+        native_judged(&config, name, |outcome| {
+            let line = "guest: native shutdown: status 0 (scenario passed)";
+            check!(outcome, outcome.has_line(line), "expected the line {line:?}");
+            check!(outcome, outcome.exit_code == Some(0), "QEMU should exit 0: {:?}", outcome.exit_code);
+            Verdict::Pass
+        })
+    })
+}
+
+/// The guest kernel on its own takes the same cpio archive through its
+/// PVH module list, and hands it to its Linux layer too.
+fn native_rootfs(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_native_rootfs", accel.name()), move |name| {
+        let archive = cpio_archive(100_000);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", accel).initrd(file.clone()).append("log=info");
+        let verdict = native_judged(&config, name, |outcome| {
+            check!(outcome, outcome.has_line("guest: hello from ring 0 (native)"), "the native entry");
+            if let Verdict::Fail(why) = linux_layer_ran(outcome, "", archive.len()) {
+                return Verdict::Fail(why);
+            }
+            let expected = umbra_abi::status::qemu_exit_code(LINUX_LAYER_STATUS);
+            check!(outcome, outcome.exit_code == Some(expected), "exit code {:?}", outcome.exit_code);
+            Verdict::Pass
+        });
+        let _ = std::fs::remove_file(&file);
         verdict
     })
 }
@@ -598,24 +763,36 @@ fn isolation(accel: Accel) -> Case {
     })
 }
 
-/// x87 registers are swapped with the guests: a guest that left pi in
-/// ST0 cannot hand it to the next one. Without the swap, the scanner reads
-/// pi (and exits 96).
-fn fpu_isolation(accel: Accel) -> Case {
-    let name = format!("{}_microvm_fpu_isolation", accel.name());
-    if accel == Accel::Kvm {
-        return Case::skip(
-            name,
-            "x87 instructions at ring 1 stop this nested KVM's VM in its outer emulator \
-             (\"KVM internal error\"), before Umbra sees an exit",
+/// The x87 and SSE registers are swapped with the guests: a guest that
+/// left pi in ST0, a pattern in every XMM register and its own MXCSR
+/// cannot hand them to the next one, which starts from the clean state,
+/// and gets its own back after the other's turns. Without the swap, the
+/// scanner sees them (and exits 96); with the old start state (`fninit`,
+/// then `fxsave` of what the CPU held) it saw the XMM registers in turn.
+/// The probes use only `fxsave64`/`fxrstor64`, which this nested KVM runs
+/// at ring 1, so this runs under KVM too.
+fn fpu_isolation(accel: Accel, at_once: usize) -> Case {
+    let name = match at_once {
+        1 => format!("{}_microvm_fpu_isolation_in_turn", accel.name()),
+        _ => format!("{}_microvm_fpu_isolation", accel.name()),
+    };
+    // One CPU, so the two guests share its registers: side by side, each
+    // taking turns; or in turn, the second starting on the CPU the first
+    // has just left.
+    let config = Boot::new("microvm", accel).append(format!(
+        "guests=2 guests_at_once={at_once} cpus=1 guest_mem=16M -- test=fpu-secret -- test=fpu-scan"
+    ));
+    Case::boot(name, config, move |outcome| {
+        let planted = "[g1] guest: fpu secret: pi in st0, a pattern in xmm0-15, mxcsr 0x9f80";
+        check!(outcome, outcome.has_line(planted), "guest 1 should plant its secret: {planted:?}");
+        let kept = "[g1] guest: fpu secret: all still ours after the other guest's turns";
+        check!(outcome, at_once == 1 || outcome.has_line(kept), "guest 1 should keep its own: {kept:?}");
+        let scan = outcome.line_starting("[g2] guest: fpu scan: ").unwrap_or("");
+        check!(
+            outcome,
+            scan.ends_with(": a clean state"),
+            "guest 2 must start clean, with nothing of guest 1's: {scan:?}"
         );
-    }
-    let config =
-        Boot::new("microvm", accel).append("guests=2 guest_mem=16M -- test=fpu-secret -- test=fpu-scan");
-    Case::boot(name, config, |outcome| {
-        check!(outcome, outcome.has_line("[g1] guest: fpu secret: pi in st0"), "guest 1 should hold pi");
-        let scan = outcome.line_starting("[g2] guest: fpu scan: st0 holds ").unwrap_or("");
-        check!(outcome, scan.ends_with("not another guest's value"), "guest 2 must not see pi: {scan:?}");
         check_exit(outcome, 0, Exit::DebugExit)
     })
 }
@@ -1097,6 +1274,7 @@ fn main() {
     for machine in MACHINES {
         cases.push(too_little_ram(machine));
         cases.push(acpi_power_off(machine));
+        cases.push(native_acpi_power_off(machine));
     }
     for accel in [Accel::Tcg, Accel::Kvm] {
         cases.push(small_machine(accel, "64M", 64));
@@ -1123,9 +1301,12 @@ fn main() {
     }
     cases.push(deliberate_crash(Accel::Kvm, "ap", "#UD"));
     cases.push(no_acpi());
+    cases.push(rootfs_too_large());
     cases.push(guest_without_probes());
     for accel in [Accel::Tcg, Accel::Kvm] {
-        cases.push(junk_module_is_a_malformed_guest(accel));
+        cases.push(junk_module_is_refused(accel));
+        cases.push(rootfs_reaches_the_guest(accel));
+        cases.push(native_rootfs(accel));
         cases.push(guest_as_module(accel));
         cases.push(guest_status(accel, 7, 7, "guest exited with status 7"));
         cases.push(guest_status(
@@ -1162,7 +1343,8 @@ fn main() {
         // CPUs, so that some must move.
         cases.push(guests_on_every_cpu(accel, 4, if accel == Accel::Kvm { 6 } else { 8 }));
         cases.push(isolation(accel));
-        cases.push(fpu_isolation(accel));
+        cases.push(fpu_isolation(accel, 2));
+        cases.push(fpu_isolation(accel, 1));
         cases.push(kernel_scenario(accel, "showcase"));
         cases.push(kernel_scenario(accel, "scenario:kill"));
     }

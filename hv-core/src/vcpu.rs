@@ -8,7 +8,9 @@
 //!   or, when the guest's own tables forbid the access, reflect it to the
 //!   guest's handler (see [`crate::traps`]);
 //! - an invalid-opcode trap from ring 1 at a `ud2` is a hypercall (see
-//!   [`umbra_abi`]); any other invalid opcode is the guest's own fault;
+//!   [`umbra_abi`]); any other invalid opcode is the guest's own fault,
+//!   and so is a `syscall` from user mode that a nested KVM ran instead
+//!   of raising #UD (delivered as that #UD: [`crate::traps`]);
 //! - the guest's other exceptions go to its own handlers; an `int n` the
 //!   CPU refused to run directly is delivered by hand;
 //! - an interrupt that arrived while the guest ran is the host's;
@@ -131,6 +133,10 @@ pub enum Kill {
     },
     /// HALT with nothing that could ever wake the guest.
     HaltForever,
+    /// SET_FS_BASE with an address no CPU could use as a base.
+    NonCanonicalFsBase {
+        base: u64,
+    },
     /// The shared page's console input ring says the guest read bytes
     /// Umbra never wrote.
     BadInputRing {
@@ -218,6 +224,9 @@ impl fmt::Display for Kill {
             Kill::HaltForever => {
                 write!(f, "HALT with virtual interrupts off or no clock armed: it would never wake")
             }
+            Kill::NonCanonicalFsBase { base } => {
+                write!(f, "SET_FS_BASE: {base:#x} is not a canonical address")
+            }
             Kill::BadInputRing { written, read } => write!(
                 f,
                 "console input ring: input_read {read} is more than {} bytes behind input_written {written}, or ahead of it",
@@ -254,6 +263,9 @@ pub struct Stats {
     pub delivered: [u64; 256],
     /// `int n` from user mode that the host delivered by hand.
     pub emulated_software_interrupts: u64,
+    /// `syscall`s a nested KVM ran instead of raising #UD, delivered as
+    /// the #UD.
+    pub stray_syscalls: u64,
     /// Console input bytes put in the guest's input ring.
     pub console_input: u64,
 }
@@ -267,6 +279,7 @@ impl Default for Stats {
             async_calls: 0,
             delivered: [0; 256],
             emulated_software_interrupts: 0,
+            stray_syscalls: 0,
             console_input: 0,
         }
     }
@@ -337,6 +350,11 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     /// Console input bytes written into the shared page's ring since INIT
     /// (wrapping): Umbra's own count, never the guest's copy.
     input_written: u32,
+    /// The guest's FS base: what SET_FS_BASE set, or what the CPU held
+    /// when the guest last left it. The run loop puts it into the CPU.
+    pub(crate) fs_base: u64,
+    /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
+    pub(crate) fs_base_changed: bool,
 }
 
 /// What must be rewritten in this CPU's switcher pages before the next
@@ -376,7 +394,14 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             clock_deadline_ns: None,
             switcher_changed: SwitcherChanges::default(),
             input_written: 0,
+            fs_base: 0,
+            fs_base_changed: false,
         }
+    }
+
+    /// The guest's FS base, as of its last SET_FS_BASE or its last turn.
+    pub fn fs_base(&self) -> u64 {
+        self.fs_base
     }
 
     /// Give the current shadow root this CPU's switcher mapping (`cpu`'s
@@ -424,6 +449,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         let from_user = regs.cs & 3 == 3;
         let result = match vector {
+            // A `syscall` this machine's nested KVM ran when it owed a #UD:
+            // the #UD it owed, for the guest's handler.
+            14 if from_user && self.is_stray_syscall(regs, cr2) => self.deliver_stray_syscall(regs),
             14 => return self.page_fault(regs, cr2),
             6 if !from_user && self.is_hypercall_instruction(regs.rip) => return self.hypercall(regs, host),
             // `int n` the CPU would not run directly: as #GP where the gate
@@ -694,6 +722,17 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             // Delivery happens before every entry; this call is only a
             // chance for it.
             abi::SEND_INTERRUPTS => abi::RESULT_OK,
+            abi::SET_FS_BASE => {
+                let base = args[0];
+                // IA32_FS_BASE refuses a non-canonical address with a
+                // #GP, which would strike the host as it writes it.
+                if !paging::is_canonical(base) {
+                    return Err(Kill::NonCanonicalFsBase { base });
+                }
+                self.fs_base = base;
+                self.fs_base_changed = true;
+                abi::RESULT_OK
+            }
             _ => return Err(Kill::UnknownHypercall { number }),
         };
         Ok(Done::Value(value))

@@ -4,7 +4,8 @@
 //! through these functions, like Linux's pv_ops: set a page-table entry,
 //! switch the root, flush, turn interrupts on and off, halt, arm the
 //! one-shot timer, print, install a trap handler, name the kernel stack,
-//! shut down, read the clock. Above this folder nothing knows whether it
+//! set the FS base, save and restore the FPU/SSE registers, shut down,
+//! read the clock. Above this folder nothing knows whether it
 //! runs natively or under Umbra.
 //!
 //! There are two backends, and the entry the image came in through picks
@@ -227,6 +228,61 @@ pub fn fault_address() -> u64 {
 /// natively): benchmarks divide its growth by their operations.
 pub fn exits() -> u64 {
     if native() { 0 } else { hypercall::exits() }
+}
+
+/// Sets the FS segment's base, which user programs use for their
+/// thread-local storage (`%fs:0`): under Umbra a hypercall (Umbra keeps it
+/// with our registers), natively IA32_FS_BASE itself. `base` must be
+/// canonical: Umbra kills a guest that passes anything else.
+#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
+pub fn set_fs_base(base: u64) {
+    if native() {
+        native::set_fs_base(base);
+    } else {
+        hypercall::set_fs_base(base);
+    }
+}
+
+/// One program's x87, MMX and SSE registers, as `fxsave64` lays them out:
+/// the kernel keeps one per process and swaps them on a switch.
+#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
+#[repr(C, align(16))]
+#[derive(Clone)]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The state a new program starts with, as after a reset: FCW 0x37f
+    /// (every x87 exception masked), MXCSR 0x1f80 (every SSE exception
+    /// masked), every register zero and every x87 register empty.
+    #[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
+    pub fn initial() -> FpuArea {
+        let mut area = FpuArea([0; 512]);
+        area.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        area.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        area
+    }
+}
+
+/// Saves the CPU's x87/SSE registers into `area`.
+///
+/// `fxsave64` itself at either ring: at ring 1 under Umbra it is allowed
+/// (and measured to work under TCG and this project's nested KVM, where
+/// x87 and SSE arithmetic at ring 1 stop the VM: see docs/security.md).
+/// Umbra swaps every guest's registers as a whole, so these are ours.
+#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
+pub fn fpu_save(area: &mut FpuArea) {
+    // SAFETY: a 512-byte, 16-byte-aligned area of ours.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+}
+
+/// Loads the CPU's x87/SSE registers from `area`, which `fpu_save` or
+/// [`FpuArea::initial`] filled. An image with MXCSR's reserved bits set
+/// would raise #GP here, as on any CPU.
+#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
+pub fn fpu_restore(area: &FpuArea) {
+    // SAFETY: a 512-byte, 16-byte-aligned area of ours; it only loads
+    // registers, which belong to the running program.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly)) };
 }
 
 /// Stops the machine with `status`.
