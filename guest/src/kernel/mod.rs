@@ -19,6 +19,9 @@
 //! on every run, however the timer interleaves them.
 
 mod elf;
+pub mod fs;
+mod heap;
+pub mod linux;
 // Public for its page-table entry bits and `KERNEL_BASE`, which the
 // probes' own tables (`probes/tables.rs`) share.
 pub mod mem;

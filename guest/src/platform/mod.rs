@@ -104,9 +104,7 @@ pub fn flush_user() {
     }
 }
 
-/// The interrupt flag (virtual under Umbra). Part of the contract; the
-/// process kernel has no idle loop yet, so nothing calls it today.
-#[allow(dead_code)]
+/// The interrupt flag (virtual under Umbra).
 pub fn interrupts(on: bool) {
     if native() {
         native::interrupts(on);
@@ -115,8 +113,7 @@ pub fn interrupts(on: bool) {
     }
 }
 
-/// Sleeps until an interrupt arrives; interrupts must be on. As above.
-#[allow(dead_code)]
+/// Sleeps until an interrupt arrives; interrupts must be on.
 pub fn halt() {
     if native() {
         native::halt();
@@ -224,4 +221,42 @@ pub fn exits() -> u64 {
 /// Stops the machine with `status`.
 pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
+}
+
+/// The FS base: where `%fs`-relative loads go (thread-local storage).
+pub fn set_fs_base(base: u64) {
+    if native() {
+        native::set_fs_base(base);
+    } else {
+        // Waits for Umbra's SET_FS_BASE (issue 12's umbra side).
+        let _ = base;
+    }
+}
+
+/// One process's FPU and SSE registers, in `fxsave`'s layout.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// A clean state: x87 control word 0x37f, MXCSR 0x1f80, all else 0.
+    pub fn initial() -> FpuArea {
+        let mut area = FpuArea([0; 512]);
+        area.0[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        area.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        area
+    }
+}
+
+/// Saves the FPU/SSE registers into `area`.
+pub fn fpu_save(area: &mut FpuArea) {
+    // SAFETY: fxsave writes 512 bytes into a 16-byte-aligned area of ours.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+}
+
+/// Loads the FPU/SSE registers from `area`.
+pub fn fpu_restore(area: &FpuArea) {
+    // SAFETY: the area comes from fxsave or `initial` (MXCSR's reserved
+    // bits clear, which fxrstor requires).
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, readonly)) };
 }

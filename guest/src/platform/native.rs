@@ -228,6 +228,8 @@ struct StartInfo {
     cmdline: [u8; CMDLINE_MAX],
     cmdline_len: usize,
     memory_size: u64,
+    /// The first module (a cpio root filesystem, say): address and length.
+    module: (u64, u64),
 }
 
 fn read_u32(pa: u64) -> u32 {
@@ -250,7 +252,14 @@ fn read_start_info(pa: u64) -> Result<StartInfo, &'static str> {
     if read_u32(pa) != START_INFO_MAGIC {
         return Err("start_info has a bad magic");
     }
-    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0 };
+    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0, module: (0, 0) };
+    let (modules, module_count) = (read_u64(pa + 16), read_u32(pa + 12));
+    if module_count > 0 && modules != 0 && in_boot_map(modules, 32) {
+        let (start, len) = (read_u64(modules), read_u64(modules + 8));
+        if len > 0 && in_boot_map(start, len) {
+            info.module = (start, len);
+        }
+    }
     let cmdline = read_u64(pa + 24);
     if cmdline != 0 && in_boot_map(cmdline, CMDLINE_MAX as u64) {
         while info.cmdline_len < CMDLINE_MAX {
@@ -303,6 +312,24 @@ extern "C" fn native_main(start_info: u64) -> ! {
     say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
     say!("cmdline: \"{}\"", Printable(cmdline));
     let free_start = &raw const __image_end as u64;
+    let (module, module_len) = info.module;
+    if module_len > 0 && crate::cmdline::test_word(cmdline).is_none() {
+        // The archive stays where the VMM put it; free memory stops below it
+        // (or starts above it).
+        let (start, end) = if module >= free_start + (16 << 20) {
+            (free_start, module & !0xfff)
+        } else {
+            ((module + module_len).next_multiple_of(4096).max(free_start), info.memory_size)
+        };
+        crate::kernel::linux::run(crate::kernel::linux::Boot {
+            cmdline,
+            memory_size: info.memory_size,
+            free_start: start,
+            free_end: end,
+            rootfs_pa: module,
+            rootfs_len: module_len,
+        })
+    }
     crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size)
 }
 
@@ -336,11 +363,35 @@ fn set_up_cpu_tables() {
             Gate { trap: false, user: false },
         );
     }
+    enable_sse();
     let pointer: [u64; 2] = [(size_of::<[[u64; 2]; 256]>() as u64 - 1) | (IDT.0.get() as u64) << 16, {
         IDT.0.get() as u64 >> 48
     }];
     // SAFETY: a valid IDT whose gates all lead to code of ours.
     unsafe { asm!("lidt [{0}]", in(reg) pointer.as_ptr(), options(readonly, nostack)) };
+}
+
+/// SSE for user programs (glibc's string functions use SSE2 whatever
+/// the CPU says): CR4.OSFXSR and OSXMMEXCPT on, CR0.EM off, CR0.MP on.
+fn enable_sse() {
+    // SAFETY: ring 0 at boot; these bits only allow SSE instructions and
+    // fxsave/fxrstor, which the kernel itself never uses (soft-float).
+    unsafe {
+        asm!(
+            "mov {t}, cr4", "or {t}, 0x600", "mov cr4, {t}",
+            "mov {t}, cr0", "and {t}, ~4", "or {t}, 2", "mov cr0, {t}",
+            t = out(reg) _, options(nostack)
+        );
+    }
+}
+
+/// IA32_FS_BASE.
+pub fn set_fs_base(base: u64) {
+    // SAFETY: the FS base only changes what %fs-relative loads reach.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0xC000_0100u32, in("eax") base as u32, in("edx") (base >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
+    }
 }
 
 /// Remaps the PIC to vectors 32-47, in auto-EOI mode, everything masked.
