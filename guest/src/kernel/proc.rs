@@ -130,6 +130,11 @@ impl Proc {
         }
     }
 
+    /// A free slot.
+    pub const fn vacant() -> Proc {
+        Proc::empty()
+    }
+
     /// A runnable Linux process the kernel starts itself (init).
     pub fn linux(pid: u64, root: u64, name: &[u8]) -> Proc {
         Proc { state: State::Runnable, pid, root, name: Name::from(name), linux: true, ..Proc::empty() }

@@ -306,8 +306,7 @@ fn build_stack(
     let mut random = [0u8; 16];
     super::random_bytes(&mut random);
     let hwcap = {
-        // SAFETY: cpuid leaf 1 is always there on x86-64.
-        let r = unsafe { core::arch::x86_64::__cpuid(1) };
+        let r = core::arch::x86_64::__cpuid(1);
         u64::from(r.edx)
     };
     let auxv = [

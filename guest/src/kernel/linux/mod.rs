@@ -37,31 +37,7 @@ use crate::platform;
 use crate::platform::console::Printable;
 use task::{Fd, Object, OpenFile, Task};
 
-pub const EPERM: i64 = 1;
-pub const ENOENT: i64 = 2;
-pub const ESRCH: i64 = 3;
-pub const EINTR: i64 = 4;
-pub const EIO: i64 = 5;
-pub const E2BIG: i64 = 7;
-pub const ENOEXEC: i64 = 8;
-pub const EBADF: i64 = 9;
-pub const ECHILD: i64 = 10;
-pub const EAGAIN: i64 = 11;
-pub const ENOMEM: i64 = 12;
-pub const EACCES: i64 = 13;
-pub const EFAULT: i64 = 14;
-pub const EEXIST: i64 = 17;
-pub const ENOTDIR: i64 = 20;
-pub const EISDIR: i64 = 21;
-pub const EINVAL: i64 = 22;
-pub const EMFILE: i64 = 24;
-pub const ENOTTY: i64 = 25;
-pub const ESPIPE: i64 = 29;
-pub const EPIPE: i64 = 32;
-pub const ERANGE: i64 = 34;
-pub const ENAMETOOLONG: i64 = 36;
-pub const ENOSYS: i64 = 38;
-pub const ELOOP: i64 = 40;
+pub use super::fs::errno::*;
 /// Internal: a blocking call a signal interrupted, restarted or turned
 /// into EINTR when the signal is delivered (Linux's ERESTARTSYS).
 pub const ERESTART: i64 = 512;

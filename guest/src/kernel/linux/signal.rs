@@ -20,7 +20,7 @@
 use super::super::proc::{MAX_PROCS, State, k};
 use super::super::trap::TrapFrame;
 use super::task::{SIG_DFL, SIG_IGN, task, task_slot};
-use super::{EINTR, ERESTART, mm, sys};
+use super::{EINTR, mm, sys};
 use crate::platform;
 
 pub const SIGHUP: u64 = 1;

@@ -441,7 +441,7 @@ fn wait_matches(index: usize, pid: i64, my_pgid: u64) -> bool {
 fn reap(index: usize) {
     let kernel = k();
     mem::free_root(&mut kernel.frames, kernel.procs[index].root);
-    kernel.procs[index] = proc::Proc::empty_slot();
+    kernel.procs[index] = proc::Proc::vacant();
     *task_slot(index) = None;
 }
 
@@ -745,13 +745,13 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
     } else {
         let file = cur().file(fd)?;
         let file = file.borrow();
-        let Object::Inode(ino) = file.object else { return Err(ENODEV_OR_ACCES) };
+        let Object::Inode(ino) = file.object else { return Err(ENODEV) };
         if fs().kind(ino) != Kind::Regular || file.flags & O_ACCMODE == O_WRONLY {
             return Err(EACCES);
         }
         if flags & MAP_SHARED != 0 && prot & PROT_WRITE != 0 {
             // Shared writable file mappings would need write-back.
-            return Err(ENODEV_OR_ACCES);
+            return Err(ENODEV);
         }
         let size = fs().stat(ino).size;
         fs().open_ref(ino);
@@ -785,7 +785,6 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
     Ok(start)
 }
 
-const ENODEV_OR_ACCES: i64 = 19; // ENODEV
 
 trait WithSize {
     fn with_size(self, size: u64) -> Backing;
@@ -959,7 +958,7 @@ fn object_for(ino: Ino) -> Result<Object, i64> {
     match (major, minor) {
         (5, 0) | (5, 1) | (4, _) => Ok(Object::Console),
         (1, 3) => Ok(Object::Null),
-        _ => Err(6), // ENXIO
+        _ => Err(ENXIO),
     }
 }
 
@@ -1366,7 +1365,7 @@ fn ioctl(fd: u64, request: u64, arg: u64) -> R {
     match (&f.object, request) {
         (Object::Console, TCGETS) => {
             // A cooked console: ICRNL, OPOST|ONLCR, B38400|CS8|CREAD, ISIG|ICANON|ECHO...
-            let mut termios = [0u8; 60];
+            let mut termios = [0u8; 36];
             termios[0..4].copy_from_slice(&0x0500u32.to_le_bytes());
             termios[4..8].copy_from_slice(&0x0005u32.to_le_bytes());
             termios[8..12].copy_from_slice(&0x00bfu32.to_le_bytes());
@@ -1379,7 +1378,7 @@ fn ioctl(fd: u64, request: u64, arg: u64) -> R {
         (Object::Console, TCSETS..=TCSETSF) => {
             // The console has no line discipline to set; reading the
             // request's memory is all there is to check.
-            let mut termios = [0u8; 60];
+            let mut termios = [0u8; 36];
             get(arg, &mut termios)?;
             Ok(0)
         }
@@ -1769,12 +1768,7 @@ fn getdents64(fd: u64, buf: u64, len: u64) -> R {
         record[0..8].copy_from_slice(&(entry.ino as u64).to_le_bytes());
         record[8..16].copy_from_slice(&(cookie as u64).to_le_bytes());
         record[16..18].copy_from_slice(&(reclen as u16).to_le_bytes());
-        record[18] = match entry.kind {
-            Kind::Directory => 4,
-            Kind::Regular => 8,
-            Kind::Symlink => 10,
-            Kind::CharDevice => 2,
-        };
+        record[18] = entry.kind.dirent_type();
         record[19..19 + entry.name.len()].copy_from_slice(entry.name);
         used += reclen;
         next_cookie = cookie;
@@ -1867,7 +1861,6 @@ fn unlinkat(dirfd: u64, path: u64, flags: u64) -> R {
     Ok(0)
 }
 
-const EBUSY: i64 = 16;
 
 fn renameat2(old_dir: u64, old: u64, new_dir: u64, new: u64, flags: u64) -> R {
     const RENAME_NOREPLACE: u64 = 1;
