@@ -283,6 +283,20 @@ fn init_argv(cmdline: &[u8]) -> Vec<Vec<u8>> {
     }
 }
 
+/// `log=strace`: every system call and its result on the console.
+pub fn tracing() -> bool {
+    static TRACING: AtomicU8 = AtomicU8::new(2);
+    match TRACING.load(Ordering::Relaxed) {
+        2 => {
+            let g = globals();
+            let on = g.cmdline[..g.cmdline_len].split(u8::is_ascii_whitespace).any(|w| w == b"log=strace");
+            TRACING.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        on => on == 1,
+    }
+}
+
 fn debug_logging() -> bool {
     let g = globals();
     g.cmdline[..g.cmdline_len].split(u8::is_ascii_whitespace).any(|w| w == b"log=debug")
@@ -315,6 +329,12 @@ extern "C" fn linux_main() -> ! {
     if let Err(e) = fs.unpack_cpio(archive, now()) {
         say!("linux: the root filesystem archive is malformed (error {e})");
         platform::shutdown(STATUS_NO_INIT, "bad rootfs")
+    }
+    // Devices Fs::new does not make, unless the archive brought its own.
+    if let Ok(dev) = fs.resolve(super::fs::ROOT, b"/dev", true) {
+        for (name, minor) in [(b"zero".as_slice(), 5u64), (b"random", 8), (b"urandom", 9)] {
+            let _ = fs.mknod_char(dev, name, 0o666, (1 << 8) | minor, now());
+        }
     }
     g.fs = Some(fs);
     let cmdline = Vec::from(&g.cmdline[..g.cmdline_len]);

@@ -100,6 +100,10 @@ pub fn syscall(frame: &mut TrapFrame) {
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9];
     cur().restart = None;
     let result = dispatch(number, args, frame);
+    if super::tracing() {
+        let pid = k().procs[me()].pid;
+        say!("linux: [{pid}] call {number}({:#x}, {:#x}, {:#x}, {:#x}) = {result:?}", args[0], args[1], args[2], args[3]);
+    }
     frame.rax = match result {
         Ok(value) => value,
         Err(ERESTART) => {
@@ -152,8 +156,8 @@ fn dispatch(number: u64, a: [u64; 6], frame: &mut TrapFrame) -> R {
         57 | 58 => fork(frame, 0, 0, 0, 0),
         59 => execve(a[0], a[1], a[2], frame),
         60 | 231 => exit_process_status(a[0]),
-        61 => wait4(a[0] as i64, a[1], a[2], a[3]),
-        62 => kill(a[0] as i64, a[1]),
+        61 => wait4(a[0] as i32 as i64, a[1], a[2], a[3]),
+        62 => kill(a[0] as i32 as i64, a[1]),
         63 => uname(a[0]),
         72 => fcntl(a[0], a[1], a[2]),
         74 | 75 => cur().fd(a[0]).map(|_| 0),
@@ -214,10 +218,10 @@ fn dispatch(number: u64, a: [u64; 6], frame: &mut TrapFrame) -> R {
         229 => clock_getres(a[0], a[1]),
         230 => nanosleep(a[0], a[1], a[2], a[3]),
         234 => {
-            if a[0] as i64 <= 0 || a[1] as i64 <= 0 {
+            if a[0] as i32 <= 0 || a[1] as i32 <= 0 {
                 return Err(EINVAL);
             }
-            kill(a[1] as i64, a[2])
+            kill(a[1] as i32 as i64, a[2])
         }
         247 => waitid(a[0], a[1], a[2], a[3]),
         257 => openat(a[0], a[1], a[2] as u32, a[3] as u32),
@@ -958,6 +962,8 @@ fn object_for(ino: Ino) -> Result<Object, i64> {
     match (major, minor) {
         (5, 0) | (5, 1) | (4, _) => Ok(Object::Console),
         (1, 3) => Ok(Object::Null),
+        (1, 5) => Ok(Object::Zero),
+        (1, 8) | (1, 9) => Ok(Object::Random),
         _ => Err(ENXIO),
     }
 }
@@ -1067,6 +1073,14 @@ fn read_file(file: &File, buf: u64, len: u64, offset: Option<u64>) -> R {
     let mut f = file.borrow_mut();
     match f.object {
         Object::Console | Object::Null => Ok(0),
+        Object::Zero | Object::Random => {
+            let mut data = buffer(len)?;
+            if matches!(f.object, Object::Random) {
+                random_bytes(&mut data);
+            }
+            put(buf, &data)?;
+            Ok(data.len() as u64)
+        }
         Object::Inode(ino) => {
             if fs().kind(ino) == Kind::Directory {
                 return Err(EISDIR);
@@ -1129,7 +1143,7 @@ fn write_file(file: &File, buf: u64, len: u64, offset: Option<u64>) -> R {
     }
     let mut f = file.borrow_mut();
     match f.object {
-        Object::Null => Ok(len),
+        Object::Null | Object::Zero | Object::Random => Ok(len),
         Object::Console => {
             let mut done = 0;
             while done < len {
@@ -1250,7 +1264,7 @@ fn lseek(fd: u64, offset: i64, whence: u64) -> R {
     let mut f = file.borrow_mut();
     let ino = match f.object {
         Object::Inode(ino) => ino,
-        Object::Null | Object::Console => return Ok(0),
+        Object::Null | Object::Console | Object::Zero | Object::Random => return Ok(0),
         _ => return Err(ESPIPE),
     };
     let base = match whence {
@@ -1468,7 +1482,7 @@ fn write_kernel(file: &File, data: &[u8]) -> R {
     }
     let mut f = file.borrow_mut();
     match f.object {
-        Object::Null => Ok(data.len() as u64),
+        Object::Null | Object::Zero | Object::Random => Ok(data.len() as u64),
         Object::Console => {
             console_write(data);
             Ok(data.len() as u64)

@@ -32,6 +32,10 @@ pub enum Object {
     Console,
     /// /dev/null.
     Null,
+    /// /dev/zero.
+    Zero,
+    /// /dev/random and /dev/urandom.
+    Random,
     PipeRead(Rc<RefCell<Pipe>>),
     PipeWrite(Rc<RefCell<Pipe>>),
 }
