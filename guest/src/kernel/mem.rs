@@ -92,6 +92,16 @@ impl Frames {
         start
     }
 
+    /// `count` frames in a row from the bump region, left as they are
+    /// (boot only): the kernel heap, which needs no zeros, and whose first
+    /// touch of every page is slow on a nested hypervisor.
+    pub fn take(&mut self, count: u64) -> u64 {
+        let start = self.next;
+        assert!(start + count * PAGE <= self.end, "out of memory at boot");
+        self.next += count * PAGE;
+        start
+    }
+
     /// Frames still to be had.
     pub fn available(&self) -> u64 {
         (self.end - self.next) / PAGE + self.free_listed
@@ -277,6 +287,21 @@ pub fn image_fits_below_user() -> bool {
     (&raw const __image_end as u64 & !KERNEL_BASE) <= LINUX_USER_BASE
 }
 
+/// The page just above user space, read-only in every Linux space: a
+/// `ud2` where a `syscall` that does not fault lands (see
+/// `platform::set_syscall_landing`).
+pub const SYSCALL_LANDING: u64 = LINUX_USER_TOP;
+static LANDING_FRAME: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the landing page's frame (once, at boot).
+pub fn make_syscall_landing(frames: &mut Frames) {
+    let frame = frames.alloc().expect("out of memory at boot");
+    // SAFETY: a fresh frame of ours.
+    unsafe { ptr::<[u8; 2]>(frame).write([0x0f, 0x0b]) };
+    LANDING_FRAME.store(frame, Ordering::Relaxed);
+    platform::set_syscall_landing(SYSCALL_LANDING);
+}
+
 /// The PML4 slot-0 entry of the kernel's tables (the shared identity map),
 /// which walks of a user half must skip.
 static SHARED_IDENTITY: AtomicU64 = AtomicU64::new(0);
@@ -291,6 +316,16 @@ pub fn new_linux_space(frames: &mut Frames, kernel_root: u64) -> Option<u64> {
         return None;
     };
     write(pd, IMAGE_PAGE | PRESENT | WRITABLE | HUGE);
+    let landing = LANDING_FRAME.load(Ordering::Relaxed);
+    if landing != 0 {
+        frames.get(landing);
+        if map_user(frames, root, SYSCALL_LANDING, landing, 0).is_none() {
+            frames.put(landing);
+            free_space(frames, root);
+            free_root(frames, root);
+            return None;
+        }
+    }
     Some(root)
 }
 

@@ -240,6 +240,14 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
             frame.r11 = frame.rflags;
             super::linux::sys::syscall(frame);
         }
+        6 if from_user && k().cur().linux && frame.rip == mem::SYSCALL_LANDING => {
+            // A `syscall` that jumped to LSTAR (`platform::set_syscall_landing`):
+            // rcx holds the return address and r11 the flags.
+            const USER_FLAGS: u64 = 0xcd5 | 0x4_0000;
+            frame.rip = frame.rcx;
+            frame.rflags = (frame.rflags & !USER_FLAGS) | (frame.r11 & USER_FLAGS);
+            super::linux::sys::syscall(frame);
+        }
         vector if from_user && k().cur().linux => linux_fault(frame, vector),
         14 => page_fault(frame, from_user),
         6 if from_user && is_syscall_instruction(frame.rip) => {
@@ -291,6 +299,12 @@ fn linux_fault(frame: &TrapFrame, vector: u64) {
         17 => 7, // SIGBUS
         _ => signal::SIGSEGV,
     };
+    if super::linux::tracing() {
+        say!("linux: {} at {:#x} (error {:#x}, address {:#x}): signal {sig}", vector_name(vector), frame.rip, frame.error, platform::fault_address());
+        let mut words = [0u8; 32];
+        let _ = super::linux::mm::get(frame.rsp, &mut words);
+        say!("linux: rsp {:#x} {:x?} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}", frame.rsp, words, frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp);
+    }
     signal::force(sig);
 }
 

@@ -223,6 +223,20 @@ pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
 }
 
+/// Where `syscall` lands on machines that run it although EFER.SCE is
+/// clear. The contract has the instruction raise #UD, which the kernel
+/// takes as a Linux system call; but the nested KVM this project's test
+/// machines use runs it, jumping to LSTAR without leaving ring 3. So
+/// LSTAR names a user page of the kernel's (`va`) whose `ud2` raises the
+/// #UD after all, at a known address, with rcx and r11 set as the
+/// instruction sets them. Natively that is an MSR write; under Umbra the
+/// CPU's LSTAR is Umbra's, which would have to point there itself.
+pub fn set_syscall_landing(va: u64) {
+    if native() {
+        native::set_syscall_landing(va);
+    }
+}
+
 /// The FS base: where `%fs`-relative loads go (thread-local storage).
 pub fn set_fs_base(base: u64) {
     if native() {

@@ -385,6 +385,18 @@ fn enable_sse() {
     }
 }
 
+/// Where a `syscall` that should have raised #UD jumps instead: see
+/// `platform::set_syscall_landing`.
+pub fn set_syscall_landing(va: u64) {
+    const LSTAR: u32 = 0xC000_0082;
+    // SAFETY: with EFER.SCE clear, LSTAR only matters to a CPU (or
+    // emulator) that runs `syscall` anyway; the address is a user page.
+    unsafe {
+        asm!("wrmsr", in("ecx") LSTAR, in("eax") va as u32, in("edx") (va >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
+    }
+}
+
 /// IA32_FS_BASE.
 pub fn set_fs_base(base: u64) {
     // SAFETY: the FS base only changes what %fs-relative loads reach.

@@ -203,9 +203,10 @@ pub fn run(boot: Boot) -> ! {
     kernel.frames.init(boot.free_start, boot.free_end);
     kernel.kstacks = kernel.frames.contiguous(MAX_PROCS as u64 * KSTACK / PAGE);
     let heap_pages = kernel.frames.available() * HEAP_SHARE_PERCENT / 100;
-    let heap = kernel.frames.contiguous(heap_pages);
+    let heap = kernel.frames.take(heap_pages);
     HEAP.init((mem::KERNEL_BASE + heap) as usize, (mem::KERNEL_BASE + heap + heap_pages * PAGE) as usize);
     kernel.kernel_root = mem::build_kernel_tables(&mut kernel.frames, boot.memory_size);
+    mem::make_syscall_landing(&mut kernel.frames);
     mem::enter_kernel_tables(kernel.kernel_root);
     kernel.procs[0].state = State::Running;
     kernel.procs[0].root = kernel.kernel_root;
