@@ -89,7 +89,7 @@ native_entry32:
     movl $native_boot_pdpt + 3, native_boot_pml4
 
     mov %cr4, %eax
-    or $0x20, %eax              /* PAE */
+    or $0x620, %eax             /* PAE, OSFXSR, OSXMMEXCPT: SSE, as under Umbra */
     mov %eax, %cr4
     mov $native_boot_pml4, %eax
     mov %eax, %cr3
@@ -98,6 +98,7 @@ native_entry32:
     mov %edx, %ebx
     mov $0xC0000080, %ecx       /* EFER */
     rdmsr
+    and $~0x1, %eax             /* SCE off: `syscall` is a #UD, as under Umbra */
     or $0x100, %eax             /* LME */
     bt $20, %ebx
     jnc 2f
@@ -213,7 +214,7 @@ fn rdtsc() -> u64 {
 
 /// The hvm_start_info fields we read, at their offsets.
 const START_INFO_MAGIC: u32 = 0x336e_c578;
-const CMDLINE_MAX: usize = 512;
+const CMDLINE_MAX: usize = 4096;
 /// Where the boot tables end: memory above the first GiB is not used.
 const MAPPED_AT_BOOT: u64 = 1 << 30;
 /// The image's load address (`link.ld`): the RAM range holding it is ours.
@@ -312,25 +313,16 @@ extern "C" fn native_main(start_info: u64) -> ! {
     say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
     say!("cmdline: \"{}\"", Printable(cmdline));
     let free_start = &raw const __image_end as u64;
+    // The first module, if any, is the root filesystem: it stays where the
+    // VMM put it, and the free memory stops below it (or starts above it).
     let (module, module_len) = info.module;
-    if module_len > 0 && crate::cmdline::test_word(cmdline).is_none() {
-        // The archive stays where the VMM put it; free memory stops below it
-        // (or starts above it).
-        let (start, end) = if module >= free_start + (16 << 20) {
-            (free_start, module & !0xfff)
-        } else {
-            ((module + module_len).next_multiple_of(4096).max(free_start), info.memory_size)
-        };
-        crate::kernel::linux::run(crate::kernel::linux::Boot {
-            cmdline,
-            memory_size: info.memory_size,
-            free_start: start,
-            free_end: end,
-            rootfs_pa: module,
-            rootfs_len: module_len,
-        })
-    }
-    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size)
+    let rootfs = (module_len > 0).then_some((module, module_len));
+    let (start, end) = match rootfs {
+        Some((module, _)) if module >= free_start + (16 << 20) => (free_start, module & !0xfff),
+        Some((module, len)) => ((module + len).next_multiple_of(4096).max(free_start), info.memory_size),
+        None => (free_start, info.memory_size),
+    };
+    crate::boot::run_kernel(cmdline, info.memory_size, start, end, rootfs)
 }
 
 fn serial_init() {
@@ -363,26 +355,11 @@ fn set_up_cpu_tables() {
             Gate { trap: false, user: false },
         );
     }
-    enable_sse();
     let pointer: [u64; 2] = [(size_of::<[[u64; 2]; 256]>() as u64 - 1) | (IDT.0.get() as u64) << 16, {
         IDT.0.get() as u64 >> 48
     }];
     // SAFETY: a valid IDT whose gates all lead to code of ours.
     unsafe { asm!("lidt [{0}]", in(reg) pointer.as_ptr(), options(readonly, nostack)) };
-}
-
-/// SSE for user programs (glibc's string functions use SSE2 whatever
-/// the CPU says): CR4.OSFXSR and OSXMMEXCPT on, CR0.EM off, CR0.MP on.
-fn enable_sse() {
-    // SAFETY: ring 0 at boot; these bits only allow SSE instructions and
-    // fxsave/fxrstor, which the kernel itself never uses (soft-float).
-    unsafe {
-        asm!(
-            "mov {t}, cr4", "or {t}, 0x600", "mov cr4, {t}",
-            "mov {t}, cr0", "and {t}, ~4", "or {t}, 2", "mov cr0, {t}",
-            t = out(reg) _, options(nostack)
-        );
-    }
 }
 
 /// Where a `syscall` that should have raised #UD jumps instead: see
@@ -393,15 +370,6 @@ pub fn set_syscall_landing(va: u64) {
     // emulator) that runs `syscall` anyway; the address is a user page.
     unsafe {
         asm!("wrmsr", in("ecx") LSTAR, in("eax") va as u32, in("edx") (va >> 32) as u32,
-            options(nomem, nostack, preserves_flags));
-    }
-}
-
-/// IA32_FS_BASE.
-pub fn set_fs_base(base: u64) {
-    // SAFETY: the FS base only changes what %fs-relative loads reach.
-    unsafe {
-        asm!("wrmsr", in("ecx") 0xC000_0100u32, in("eax") base as u32, in("edx") (base >> 32) as u32,
             options(nomem, nostack, preserves_flags));
     }
 }
@@ -542,6 +510,16 @@ pub fn set_kernel_stack(top: u64) {
     unsafe {
         (*TSS.0.get())[1] = top as u32;
         (*TSS.0.get())[2] = (top >> 32) as u32;
+    }
+}
+
+/// IA32_FS_BASE, written directly at ring 0.
+pub fn set_fs_base(base: u64) {
+    // SAFETY: the caller passes a canonical base (a non-canonical one would
+    // #GP here); FS is the running program's, nothing of ours uses it.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0xc000_0100u32, in("eax") base as u32, in("edx") (base >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
     }
 }
 
