@@ -1073,26 +1073,44 @@ fn read_file(file: &File, buf: u64, len: u64, offset: Option<u64>) -> R {
     let mut f = file.borrow_mut();
     match f.object {
         Object::Console | Object::Null => Ok(0),
+        // Both fill the whole request, in kernel-buffer-sized steps, as
+        // Linux does (dd counts a short read as a partial record).
         Object::Zero | Object::Random => {
-            let mut data = buffer(len)?;
-            if matches!(f.object, Object::Random) {
-                random_bytes(&mut data);
+            let mut done = 0;
+            while done < len {
+                let mut data = buffer(len - done)?;
+                if matches!(f.object, Object::Random) {
+                    random_bytes(&mut data);
+                }
+                put(buf + done, &data)?;
+                done += data.len() as u64;
             }
-            put(buf, &data)?;
-            Ok(data.len() as u64)
+            Ok(len)
         }
         Object::Inode(ino) => {
             if fs().kind(ino) == Kind::Directory {
                 return Err(EISDIR);
             }
-            let at = offset.unwrap_or(f.offset);
-            let mut data = buffer(len)?;
-            let n = fs().read(ino, at, &mut data).map_err(errno)?;
-            put(buf, &data[..n])?;
-            if offset.is_none() {
-                f.offset = at + n as u64;
+            let start = offset.unwrap_or(f.offset);
+            let mut done = 0u64;
+            while done < len {
+                let mut data = buffer(len - done)?;
+                let n = fs().read(ino, start + done, &mut data).map_err(errno)?;
+                if let Err(e) = put(buf + done, &data[..n]) {
+                    if done == 0 {
+                        return Err(e);
+                    }
+                    break;
+                }
+                done += n as u64;
+                if n < data.len() {
+                    break;
+                }
             }
-            Ok(n as u64)
+            if offset.is_none() {
+                f.offset = start + done;
+            }
+            Ok(done)
         }
         _ => Err(EBADF),
     }
