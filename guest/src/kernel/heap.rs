@@ -52,7 +52,8 @@ pub struct Heap(UnsafeCell<State>);
 unsafe impl Sync for Heap {}
 
 #[global_allocator]
-pub static HEAP: Heap = Heap(UnsafeCell::new(State { free: [0; CLASSES], runs: 0, bump: 0, end: 0, in_use: 0 }));
+pub static HEAP: Heap =
+    Heap(UnsafeCell::new(State { free: [0; CLASSES], runs: 0, bump: 0, end: 0, in_use: 0 }));
 
 impl Heap {
     /// Gives the heap `[start, end)`, a kernel-half range of whole pages.
@@ -147,7 +148,7 @@ unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: see `Sync`.
         let state = unsafe { &mut *self.0.get() };
-        let block = match class_of(&layout) {
+        match class_of(&layout) {
             Some(class) => {
                 let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
                 if state.free[class] == 0 {
@@ -177,8 +178,7 @@ unsafe impl GlobalAlloc for Heap {
                 block
             }
             None => null_mut(),
-        };
-        block
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

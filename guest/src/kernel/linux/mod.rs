@@ -358,24 +358,17 @@ extern "C" fn linux_main() -> ! {
     k().reaper = init;
     say!("linux: start");
     trap::start_clock();
-    loop {
-        let Some((_, status)) = proc::wait() else { finish(STATUS_NO_INIT) };
-        let newline = if CONSOLE_LAST.load(Ordering::Relaxed) == b'\n' { "" } else { "\n" };
-        // Kernel main's only child is init.
-        let (line_status, code) = if status & 0x7f == 0 {
-            ((status >> 8) & 0xff, (status >> 8) & 0xff)
-        } else {
-            (status & 0x7f, 128 + (status & 0x7f))
-        };
-        if status & 0x7f == 0 {
-            platform::console(newline.as_bytes());
-            say!("linux: init exited with status {line_status}");
-        } else {
-            platform::console(newline.as_bytes());
-            say!("linux: init killed by signal {line_status}");
-        }
-        finish(code)
+    // Kernel main's only child is init; orphans go to init, not here.
+    let Some((_, status)) = proc::wait() else { finish(STATUS_NO_INIT) };
+    if CONSOLE_LAST.load(Ordering::Relaxed) != b'\n' {
+        platform::console(b"\n");
     }
+    if status & 0x7f == 0 {
+        say!("linux: init exited with status {}", (status >> 8) & 0xff);
+        finish((status >> 8) & 0xff)
+    }
+    say!("linux: init killed by signal {}", status & 0x7f);
+    finish(128 + (status & 0x7f))
 }
 
 /// Makes pid 1 from `path`, with the console on descriptors 0, 1 and 2.
