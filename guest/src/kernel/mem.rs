@@ -329,9 +329,10 @@ pub fn new_linux_space(frames: &mut Frames, kernel_root: u64) -> Option<u64> {
     Some(root)
 }
 
-/// Whether `root` is a Linux space (slot 0 its own).
+/// Whether `root` is a Linux space (slot 0 its own). The table address
+/// tells: the entry's flags change (the CPU sets its accessed bit).
 pub fn is_linux_space(root: u64) -> bool {
-    read(ptr::<u64>(root)) != SHARED_IDENTITY.load(Ordering::Relaxed)
+    read(ptr::<u64>(root)) & ADDRESS != SHARED_IDENTITY.load(Ordering::Relaxed) & ADDRESS
 }
 
 /// Frees the root of a space whose user half is already freed, with the
