@@ -195,7 +195,7 @@ pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
     CHOSEN.store(index, Ordering::Relaxed);
     let kernel = k();
     kernel.frames.init(free_start, free_end);
-    kernel.kstacks = kernel.frames.contiguous(MAX_PROCS as u64 * KSTACK / mem::PAGE);
+    kernel.kstacks = kernel.frames.contiguous(kernel.slots as u64 * KSTACK / mem::PAGE);
     kernel.kernel_root = mem::build_kernel_tables(&mut kernel.frames, memory_size);
     mem::enter_kernel_tables(kernel.kernel_root);
     kernel.procs[0].state = State::Running;

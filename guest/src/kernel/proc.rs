@@ -29,6 +29,9 @@ use super::trap::{self, TrapFrame};
 use crate::platform;
 
 pub const MAX_PROCS: usize = 64;
+/// The slots the built-in scenarios use: their kernel stacks must fit
+/// the smallest guests (4 MiB).
+pub const SCENARIO_PROCS: usize = 32;
 pub const KSTACK: u64 = 16 * 1024;
 /// The scheduler's time slice.
 pub const TICK_NS: u64 = 1_000_000;
@@ -158,6 +161,8 @@ pub struct Kernel {
     pub ticking: bool,
     /// Who inherits orphans: slot 0 (kernel main), or Linux's init.
     pub reaper: usize,
+    /// The slots in use, each with a kernel stack: up to `MAX_PROCS`.
+    pub slots: usize,
 }
 
 struct Cell(UnsafeCell<Kernel>);
@@ -178,6 +183,7 @@ static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
     quiet: false,
     ticking: false,
     reaper: 0,
+    slots: SCENARIO_PROCS,
 }));
 
 /// Each slot's FPU/SSE registers while it is switched out (Linux programs
@@ -213,7 +219,7 @@ impl Kernel {
     }
 
     fn free_slot(&self) -> Option<usize> {
-        (1..MAX_PROCS).find(|&i| self.procs[i].state == State::Free)
+        (1..self.slots).find(|&i| self.procs[i].state == State::Free)
     }
 }
 

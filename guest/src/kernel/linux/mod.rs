@@ -201,6 +201,7 @@ pub fn run(boot: Boot) -> ! {
     g.rootfs = (boot.rootfs_pa, boot.rootfs_len);
     let kernel = k();
     kernel.frames.init(boot.free_start, boot.free_end);
+    kernel.slots = MAX_PROCS;
     kernel.kstacks = kernel.frames.contiguous(MAX_PROCS as u64 * KSTACK / PAGE);
     let heap_pages = kernel.frames.available() * HEAP_SHARE_PERCENT / 100;
     let heap = kernel.frames.take(heap_pages);
