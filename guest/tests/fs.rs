@@ -324,12 +324,63 @@ fn the_real_root_filesystem_unpacks_if_a_build_left_one() {
         return;
     };
     let mut fs = Fs::new();
-    let made = fs.unpack_cpio(&archive, NOW).expect("the root filesystem unpacks");
-    assert!(made > 10);
+    let unpacked = cpio::unpack(&mut fs, &archive, NOW).expect("the root filesystem unpacks");
+    eprintln!("{}: {unpacked:?}", path.display());
+    assert!(unpacked.made > 10);
     let sh = resolve(&fs, "/bin/sh").expect("/bin/sh");
     let mut magic = [0; 4];
     assert_eq!(fs.read(sh, 0, &mut magic), Ok(4));
     assert_eq!(&magic, b"\x7fELF");
+    // Every entry is where the archive says, with its type, permissions
+    // and (for the name that carries them) its bytes.
+    let mut reader = cpio::Reader::new(&archive);
+    let mut checked = 0;
+    while let Some(entry) = reader.next_entry().unwrap() {
+        if entry.name == cpio::TRAILER {
+            break;
+        }
+        let Ok(ino) = fs.resolve(ROOT, entry.name, false) else {
+            panic!("{} is missing", String::from_utf8_lossy(entry.name));
+        };
+        let stat = fs.stat(ino);
+        if entry.name != b"." {
+            assert_eq!(stat.mode, entry.mode, "{}", String::from_utf8_lossy(entry.name));
+            assert_eq!(stat.mtime.0, i64::from(entry.mtime));
+        }
+        if stat.mode & fs::S_IFMT == fs::S_IFREG && !entry.data.is_empty() {
+            assert!(read_all(&fs, ino) == entry.data);
+            assert_eq!(stat.nlink, entry.nlink);
+        }
+        if stat.mode & fs::S_IFMT == fs::S_IFLNK {
+            assert_eq!(fs.readlink(ino), Ok(entry.data));
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, unpacked.made + unpacked.skipped);
+}
+
+#[test]
+fn what_follows_the_last_trailer_is_ignored() {
+    let mut archive = one_file_archive();
+    archive.extend_from_slice(&[0; 100]);
+    archive.extend_from_slice(b"junk that is not an archive");
+    let mut fs = Fs::new();
+    assert_eq!(fs.unpack_cpio(&archive, NOW), Ok(1));
+}
+
+#[test]
+fn a_replaced_directory_leaves_no_time_behind() {
+    let mut archive = Archive::default();
+    let mut dir = Header::new(0o040_755);
+    (dir.nlink, dir.mtime) = (2, 1);
+    archive.with(dir, "x", b"");
+    let mut file = Header::new(0o100_644);
+    file.mtime = 2;
+    archive.with(file, "x", b"file");
+    let mut fs = Fs::new();
+    assert_eq!(fs.unpack_cpio(&archive.finish(), NOW), Ok(2));
+    let x = fs.stat(resolve(&fs, "x").unwrap());
+    assert_eq!((x.mode, x.mtime), (0o100_644, (2, 0)));
 }
 
 // ---------------------------------------------------------------------
@@ -578,6 +629,7 @@ fn path_of_directories() {
     fs.open_ref(c);
     fs.rmdir(moved, b"c", NOW).unwrap();
     assert_eq!(fs.path_of(c), Err(ENOENT));
+    assert_eq!(fs.entries(c, 0).count(), 0, "a removed directory lists nothing");
     assert_eq!(fs.lookup(c, b".."), Err(ENOENT));
     assert_eq!(fs.create(c, b"x", 0o644, NOW), Err(ENOENT));
     fs.close_ref(c);

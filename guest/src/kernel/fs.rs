@@ -556,41 +556,59 @@ impl Fs {
         if path.len() >= PATH_MAX {
             return Err(ENAMETOOLONG);
         }
-        let mut links_left = MAX_SYMLINKS;
-        self.walk(cwd, path, follow_last, &mut links_left)
+        self.walk(cwd, path, follow_last)
     }
 
-    /// One resolution; a symbolic link's target is resolved by a nested
-    /// call, so the depth is bounded by the links budget.
-    fn walk(&self, cwd: Ino, path: &[u8], follow_last: bool, links_left: &mut u32) -> Result<Ino> {
-        if path.is_empty() {
-            // A symbolic link to "" names nothing.
-            return Err(ENOENT);
-        }
+    /// The resolution proper. Following a symbolic link pushes its target
+    /// on a small stack of paths still to walk, above what was left of
+    /// the path that named it; a finished target pops back. No recursion:
+    /// this runs on a kernel stack, and forty nested links must not
+    /// overflow it.
+    fn walk(&self, cwd: Ino, path: &[u8], follow_last: bool) -> Result<Ino> {
+        let is_slash = |byte: &u8| *byte == b'/';
+        let mut pending: [&[u8]; MAX_SYMLINKS as usize + 1] = [&[]; MAX_SYMLINKS as usize + 1];
+        pending[0] = path;
+        let mut depth = 0;
+        let mut links_followed = 0;
         let mut at = if path.first() == Some(&b'/') { ROOT } else { cwd };
-        let mut rest = path;
         loop {
-            while let [b'/', tail @ ..] = rest {
-                rest = tail;
-            }
+            let rest = &pending[depth][pending[depth].iter().take_while(|byte| is_slash(byte)).count()..];
             if rest.is_empty() {
-                // "/" alone, or the cwd itself: still has to be a directory.
-                self.dir(at)?;
-                return Ok(at);
+                if depth == 0 {
+                    // "/" alone, or a walk that ended in slashes after a
+                    // link: still has to be a directory.
+                    self.dir(at)?;
+                    return Ok(at);
+                }
+                depth -= 1;
+                continue;
             }
-            let end = rest.iter().position(|&byte| byte == b'/').unwrap_or(rest.len());
+            let end = rest.iter().position(is_slash).unwrap_or(rest.len());
             let (name, tail) = rest.split_at(end);
-            let last = tail.iter().all(|&byte| byte == b'/');
-            let wants_dir = !tail.is_empty();
-            let mut next = self.lookup(at, name)?;
+            pending[depth] = tail;
+            let outer = &pending[..depth];
+            let last = tail.iter().all(is_slash) && outer.iter().all(|path| path.iter().all(is_slash));
+            let wants_dir = !tail.is_empty() || outer.iter().any(|path| !path.is_empty());
+            // A link's target is followed to its end: only the path the
+            // caller gave may stop at a link.
+            let follow = follow_last || depth > 0;
+            let next = self.lookup(at, name)?;
             if let Body::Symlink(target) = &self.node(next)?.body
-                && (!last || follow_last || wants_dir)
+                && (!last || follow || wants_dir)
             {
-                if *links_left == 0 {
+                if links_followed == MAX_SYMLINKS {
                     return Err(ELOOP);
                 }
-                *links_left -= 1;
-                next = self.walk(at, target, true, links_left)?;
+                links_followed += 1;
+                if target.is_empty() {
+                    return Err(ENOENT);
+                }
+                depth += 1;
+                *pending.get_mut(depth).ok_or(ELOOP)? = target;
+                if target.first() == Some(&b'/') {
+                    at = ROOT;
+                }
+                continue;
             }
             if last {
                 if wants_dir && !self.is_dir(next) {
@@ -599,7 +617,6 @@ impl Fs {
                 return Ok(next);
             }
             at = next;
-            rest = tail;
         }
     }
 
@@ -993,9 +1010,10 @@ impl Fs {
 
     /// A directory's entries from cookie `start` on, each with the cookie
     /// to resume after it: `.` and `..` first, then the names in the order
-    /// they were made. Nothing for what is not a directory.
+    /// they were made. Nothing for what is not a directory, or for a
+    /// directory that has been removed.
     pub fn entries(&self, dir: Ino, start: usize) -> impl Iterator<Item = (usize, DirEntry<'_>)> {
-        let directory = self.dir(dir).ok();
+        let directory = self.live_dir(dir).ok();
         let parent = directory.map_or(dir, |directory| directory.parent);
         let dots: [&[u8]; 2] = [b".", b".."];
         let dots = dots
