@@ -677,6 +677,14 @@ fn writes_reads_holes_and_truncation() {
     assert_eq!((fs.stat(f).size, fs.stat(f).blocks), (1 << 20, 0));
     assert!(read_all(&fs, f).iter().all(|&byte| byte == 0));
 
+    // Shrinking to a point past the last page that exists leaves that
+    // page alone.
+    let g = fs.create(ROOT, b"g", 0o644, NOW).unwrap();
+    fs.write(g, 0, &[7; 4096], NOW).unwrap();
+    fs.truncate(g, 10_000, NOW).unwrap();
+    fs.truncate(g, 6000, NOW).unwrap();
+    assert!(read_all(&fs, g)[..4096].iter().all(|&byte| byte == 7));
+
     // The size cap.
     let cap = fs::MAX_FILE_SIZE;
     assert_eq!(fs.truncate(f, cap + 1, NOW), Err(EFBIG));
@@ -923,4 +931,162 @@ fn inode_numbers_are_reused_but_never_zero() {
         fs.unlink(ROOT, b"f", NOW).unwrap();
     }
     assert!(fs.entries(ROOT, 0).all(|(_, entry)| entry.ino != 0));
+}
+
+// ---------------------------------------------------------------------
+// Random operations against the invariants.
+
+/// Checks what must always hold, walking the tree from the root: every
+/// directory is reached once, lists `.` and `..` first, has 2 plus its
+/// subdirectories as its link count; every other inode's link count is its
+/// number of names; nothing is alive that no name or open reference holds;
+/// the pages add up. Returns the directories and the other inodes found.
+fn check_invariants(fs: &Fs, held: &[Ino]) -> (Vec<Ino>, Vec<Ino>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
+    let mut pending = vec![(ROOT, ROOT)];
+    let mut dirs = Vec::new();
+    while let Some((dir, parent)) = pending.pop() {
+        assert!(!dirs.contains(&dir), "directory {dir} reached twice");
+        dirs.push(dir);
+        let mut entries = fs.entries(dir, 0);
+        let (_, dot) = entries.next().expect(".");
+        let (_, dotdot) = entries.next().expect("..");
+        assert_eq!((dot.name, dot.ino, dotdot.name, dotdot.ino), (&b"."[..], dir, &b".."[..], parent));
+        let mut names = BTreeSet::new();
+        let mut subdirs = 0;
+        let mut last_cookie = 2;
+        for (cookie, entry) in entries {
+            assert!(cookie > last_cookie, "cookies increase");
+            last_cookie = cookie;
+            assert!(names.insert(entry.name.to_vec()), "a name twice");
+            assert_eq!(fs.lookup(dir, entry.name), Ok(entry.ino));
+            assert!(fs.exists(entry.ino));
+            assert_eq!(entry.kind, fs.kind(entry.ino));
+            if entry.kind == Kind::Directory {
+                subdirs += 1;
+                pending.push((entry.ino, dir));
+            } else {
+                *links.entry(entry.ino).or_default() += 1;
+            }
+        }
+        assert_eq!(fs.stat(dir).nlink, 2 + subdirs, "directory {dir}");
+    }
+    for (&ino, &count) in &links {
+        assert_eq!(fs.stat(ino).nlink, count, "inode {ino}");
+    }
+    let mut live: BTreeSet<Ino> = dirs.iter().chain(links.keys()).copied().collect();
+    for &ino in held {
+        assert!(fs.exists(ino), "held inode {ino} was freed");
+        live.insert(ino);
+    }
+    let usage = fs.usage();
+    assert_eq!(usage.inodes, live.len() as u64, "no leaked or missing inodes");
+    let pages: u64 =
+        live.iter().filter(|&&ino| fs.kind(ino) == Kind::Regular).map(|&ino| fs.stat(ino).blocks / 8).sum();
+    assert_eq!(usage.pages, pages);
+    (dirs, links.into_keys().collect())
+}
+
+#[test]
+fn random_operations_keep_the_invariants() {
+    use std::collections::BTreeMap;
+    let mut rng = Rng(0xf11e_0000_e000_1234);
+    let mut fs = Fs::new();
+    let mut held: Vec<Ino> = Vec::new();
+    // What each regular file should hold.
+    let mut contents: BTreeMap<Ino, Vec<u8>> = BTreeMap::new();
+    let names: [&[u8]; 6] = [b"a", b"b", b"c", b"d", b"e", b".."];
+    let targets: [&[u8]; 5] = [b"a", b"../b", b"/a/b", b"c/", b"/"];
+    let (mut dirs, mut others) = check_invariants(&fs, &held);
+    let mut successes = 0;
+    for step in 0..10_000 {
+        let now = (step, 0);
+        let dir = dirs[rng.below(dirs.len())];
+        let name = names[rng.below(names.len())];
+        let any = if rng.below(2) == 0 || others.is_empty() {
+            dirs[rng.below(dirs.len())]
+        } else {
+            others[rng.below(others.len())]
+        };
+        let result: fs::Result<()> = match rng.below(13) {
+            0 | 1 => fs.create(dir, name, 0o644, now).map(|ino| {
+                contents.insert(ino, Vec::new());
+            }),
+            2 => fs.mkdir(dir, name, 0o755, now).map(|ino| {
+                contents.remove(&ino);
+            }),
+            3 => fs.symlink(dir, name, targets[rng.below(targets.len())], now).map(|ino| {
+                contents.remove(&ino);
+            }),
+            4 => fs.link(dir, name, any, now),
+            5 => fs.unlink(dir, name, now),
+            6 => fs.rmdir(dir, name, now),
+            7 => {
+                let to_dir = dirs[rng.below(dirs.len())];
+                fs.rename(dir, name, to_dir, names[rng.below(names.len())], now)
+            }
+            8 => {
+                let offset = rng.below(3 * 4096) as u64;
+                let length = rng.below(6000);
+                let data = rng.bytes(length);
+                fs.write(any, offset, &data, now).map(|written| {
+                    assert_eq!(written, data.len());
+                    if let Some(model) = contents.get_mut(&any) {
+                        let end = offset as usize + written;
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[offset as usize..end].copy_from_slice(&data);
+                    }
+                })
+            }
+            9 => {
+                let size = rng.below(4 * 4096);
+                fs.truncate(any, size as u64, now).map(|()| {
+                    if let Some(model) = contents.get_mut(&any) {
+                        model.resize(size, 0);
+                    }
+                })
+            }
+            10 => {
+                fs.open_ref(any);
+                held.push(any);
+                Ok(())
+            }
+            11 if !held.is_empty() => {
+                let ino = held.swap_remove(rng.below(held.len()));
+                fs.close_ref(ino);
+                Ok(())
+            }
+            _ => fs.resolve(dir, targets[rng.below(targets.len())], rng.below(2) == 0).map(|_| ()),
+        };
+        match result {
+            Ok(()) => successes += 1,
+            Err(error) => assert!(
+                [ENOENT, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOTEMPTY, EPERM, EBUSY, ELOOP].contains(&error),
+                "step {step}: errno {error}"
+            ),
+        }
+        (dirs, others) = check_invariants(&fs, &held);
+        contents.retain(|&ino, _| fs.exists(ino) && fs.kind(ino) == Kind::Regular);
+        if step % 100 == 0 {
+            for (&ino, model) in &contents {
+                let actual = read_all(&fs, ino);
+                if actual != *model {
+                    let first = actual.iter().zip(model.iter()).position(|(a, b)| a != b);
+                    panic!(
+                        "step {step}: inode {ino}: {} vs model {} bytes, first difference {first:?}",
+                        actual.len(),
+                        model.len()
+                    );
+                }
+            }
+        }
+    }
+    assert!(successes > 2500, "{successes} operations succeeded");
+    for ino in held.drain(..) {
+        fs.close_ref(ino);
+    }
+    check_invariants(&fs, &held);
 }

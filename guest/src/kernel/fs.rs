@@ -204,6 +204,15 @@ pub struct DirEntry<'a> {
     pub kind: Kind,
 }
 
+/// What the filesystem holds (`Fs::usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live inodes, the root included.
+    pub inodes: u64,
+    /// File pages allocated.
+    pub pages: u64,
+}
+
 /// A page of file data.
 type Page = Box<[u8; PAGE_SIZE]>;
 
@@ -334,9 +343,12 @@ impl FileData {
                 self.pages.truncate(keep);
                 self.pages.shrink_to_fit();
             }
+            // The page the new end falls in, if it has one: not always the
+            // last in the list, which may stop short of it.
             let tail = (size % PAGE_SIZE as u64) as usize;
+            let end_page = usize::try_from(size / PAGE_SIZE as u64).unwrap_or(usize::MAX);
             if tail != 0
-                && let Some(Some(page)) = self.pages.last_mut()
+                && let Some(Some(page)) = self.pages.get_mut(end_page)
             {
                 page[tail..].fill(0);
             }
@@ -399,15 +411,19 @@ impl Fs {
     /// `/dev` with `console`, `null` and `tty`, and a world-writable,
     /// sticky `/tmp`. An archive unpacked on top may replace any of them.
     pub fn new() -> Fs {
-        let zero = (0, 0);
+        Fs::new_at((0, 0))
+    }
+
+    /// As `new`, with `now` as the time of what it makes.
+    pub fn new_at(now: Time) -> Fs {
         let root = Inode {
             permissions: 0o755,
             nlink: 2,
             uid: 0,
             gid: 0,
-            atime: zero,
-            mtime: zero,
-            ctime: zero,
+            atime: now,
+            mtime: now,
+            ctime: now,
             open_refs: 0,
             body: Body::Directory(Directory::new(ROOT)),
         };
@@ -417,12 +433,12 @@ impl Fs {
         // Only an empty heap could refuse these few bytes, and then there
         // is no kernel to run anyway: a missing entry is the most an
         // allocation failure here costs.
-        if let Ok(dev) = fs.mkdir(ROOT, b"dev", 0o755, zero) {
-            let _ = fs.mknod_char(dev, b"console", 0o620, makedev(5, 1), zero);
-            let _ = fs.mknod_char(dev, b"null", 0o666, makedev(1, 3), zero);
-            let _ = fs.mknod_char(dev, b"tty", 0o666, makedev(5, 0), zero);
+        if let Ok(dev) = fs.mkdir(ROOT, b"dev", 0o755, now) {
+            let _ = fs.mknod_char(dev, b"console", 0o620, makedev(5, 1), now);
+            let _ = fs.mknod_char(dev, b"null", 0o666, makedev(1, 3), now);
+            let _ = fs.mknod_char(dev, b"tty", 0o666, makedev(5, 0), now);
         }
-        let _ = fs.mkdir(ROOT, b"tmp", 0o1777, zero);
+        let _ = fs.mkdir(ROOT, b"tmp", 0o1777, now);
         fs
     }
 
@@ -676,6 +692,18 @@ impl Fs {
     /// `exists` to tell.
     pub fn kind(&self, ino: Ino) -> Kind {
         self.node(ino).map_or(Kind::Regular, |node| node.body.kind())
+    }
+
+    /// How much the filesystem holds, for `statfs`.
+    pub fn usage(&self) -> Usage {
+        let mut usage = Usage::default();
+        for node in self.inodes.iter().flatten() {
+            usage.inodes += 1;
+            if let Body::Regular(file) = &node.body {
+                usage.pages += file.allocated_pages();
+            }
+        }
+        usage
     }
 
     /// Whether `ino` names a live inode.
