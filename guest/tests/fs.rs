@@ -360,6 +360,16 @@ fn the_real_root_filesystem_unpacks_if_a_build_left_one() {
 }
 
 #[test]
+fn a_link_target_ends_at_a_nul() {
+    let mut archive = Archive::default();
+    archive.with(Header::new(0o120_777), "l", b"target\0junk");
+    archive.with(Header::new(0o120_777), "empty", b"\0");
+    let mut fs = Fs::new();
+    assert_eq!(cpio::unpack(&mut fs, &archive.finish(), NOW), Ok(cpio::Unpacked { made: 1, skipped: 1 }));
+    assert_eq!(fs.readlink(fs.resolve(ROOT, b"l", false).unwrap()), Ok(&b"target"[..]));
+}
+
+#[test]
 fn what_follows_the_last_trailer_is_ignored() {
     let mut archive = one_file_archive();
     archive.extend_from_slice(&[0; 100]);

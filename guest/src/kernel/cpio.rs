@@ -276,7 +276,11 @@ impl Unpacker<'_> {
                 ino
             }
             Kind::Regular => self.make_regular(dir, name, entry)?,
-            Kind::Symlink => self.fs.symlink(dir, name, entry.data, now)?,
+            Kind::Symlink => {
+                // The target is a C string to the archivers: it ends at a NUL.
+                let end = entry.data.iter().position(|&byte| byte == 0).unwrap_or(entry.data.len());
+                self.fs.symlink(dir, name, &entry.data[..end], now)?
+            }
             Kind::CharDevice => {
                 let rdev = makedev(entry.rdev_major, entry.rdev_minor);
                 self.fs.mknod_char(dir, name, entry.mode, rdev, now)?
