@@ -4,8 +4,8 @@
 //! Both files are pure logic on `core` and `alloc`, so they are included
 //! here as they are and run on the host. The archives are built by a small
 //! newc encoder below, so every case says exactly what its archive holds;
-//! one more case unpacks the project's real root filesystem if a build
-//! left one in `target/`.
+//! one more case unpacks the real root filesystems (`target/rootfs*.cpio`)
+//! a build has left there.
 
 extern crate alloc;
 
@@ -317,42 +317,61 @@ fn a_file_over_one_mib_round_trips() {
 }
 
 #[test]
-fn the_real_root_filesystem_unpacks_if_a_build_left_one() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rootfs.cpio");
-    let Ok(archive) = std::fs::read(&path) else {
-        eprintln!("no {}: skipped", path.display());
-        return;
-    };
+fn real_root_filesystems_unpack_if_a_build_left_them() {
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let archives: Vec<_> = std::fs::read_dir(&target)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("rootfs") && name.ends_with(".cpio")
+        })
+        .collect();
+    if archives.is_empty() {
+        eprintln!("no rootfs*.cpio in {}: skipped", target.display());
+    }
+    for path in archives {
+        let archive = std::fs::read(&path).unwrap();
+        check_real_archive(&path.display().to_string(), &archive);
+    }
+}
+
+/// Unpacks an archive made by a real archiver and checks that every entry
+/// is where the archive says, with its type, permissions, time and (for
+/// the name that carries them) its bytes.
+fn check_real_archive(what: &str, archive: &[u8]) {
     let mut fs = Fs::new();
-    let unpacked = cpio::unpack(&mut fs, &archive, NOW).expect("the root filesystem unpacks");
-    eprintln!("{}: {unpacked:?}", path.display());
+    let unpacked = cpio::unpack(&mut fs, archive, NOW).expect("the root filesystem unpacks");
+    eprintln!("{what}: {unpacked:?}");
     assert!(unpacked.made > 10);
     let sh = resolve(&fs, "/bin/sh").expect("/bin/sh");
     let mut magic = [0; 4];
     assert_eq!(fs.read(sh, 0, &mut magic), Ok(4));
     assert_eq!(&magic, b"\x7fELF");
-    // Every entry is where the archive says, with its type, permissions
-    // and (for the name that carries them) its bytes.
-    let mut reader = cpio::Reader::new(&archive);
+    let mut reader = cpio::Reader::new(archive);
     let mut checked = 0;
     while let Some(entry) = reader.next_entry().unwrap() {
         if entry.name == cpio::TRAILER {
             break;
         }
+        let name = String::from_utf8_lossy(entry.name);
         let Ok(ino) = fs.resolve(ROOT, entry.name, false) else {
-            panic!("{} is missing", String::from_utf8_lossy(entry.name));
+            panic!("{what}: {name} is missing");
         };
         let stat = fs.stat(ino);
         if entry.name != b"." {
-            assert_eq!(stat.mode, entry.mode, "{}", String::from_utf8_lossy(entry.name));
-            assert_eq!(stat.mtime.0, i64::from(entry.mtime));
+            assert_eq!(stat.mode, entry.mode, "{what}: {name}");
+            assert_eq!(stat.mtime.0, i64::from(entry.mtime), "{what}: {name}");
+            assert_eq!((stat.uid, stat.gid), (entry.uid, entry.gid), "{what}: {name}");
         }
         if stat.mode & fs::S_IFMT == fs::S_IFREG && !entry.data.is_empty() {
-            assert!(read_all(&fs, ino) == entry.data);
-            assert_eq!(stat.nlink, entry.nlink);
+            assert!(read_all(&fs, ino) == entry.data, "{what}: {name}");
+            assert_eq!(stat.nlink, entry.nlink, "{what}: {name}");
         }
         if stat.mode & fs::S_IFMT == fs::S_IFLNK {
-            assert_eq!(fs.readlink(ino), Ok(entry.data));
+            assert_eq!(fs.readlink(ino), Ok(entry.data), "{what}: {name}");
         }
         checked += 1;
     }
