@@ -23,7 +23,9 @@
 //!   fallibly, so a file of many MiB never needs contiguous heap and a
 //!   full heap is `ENOSPC`, not an abort. A page that was never written is
 //!   absent (a hole) and reads as zeros. Bytes past the end of a file are
-//!   always zero in its pages, so growing it again shows zeros.
+//!   always zero in its pages, so growing it again shows zeros. (The
+//!   directory maps' small tree nodes are the one allocation that is not
+//!   fallible: `BTreeMap` has no `try_insert` on stable Rust.)
 //! - **Links.** Hard links share one inode; an inode whose last name is
 //!   gone lives on while something holds it open (`open_ref`), and its
 //!   pages go with the last `close_ref`. A directory's link count is two
