@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh [--modes "tcg icount kvm"] [--machine microvm|pc|q35]
 #                    [--tcg-counts SPEC] [--kvm-counts SPEC]
-#                    [--no-scaling | --only-scaling]
+#                    [--no-scaling | --only-scaling] [--no-boot | --only-boot]
 #
 # The guest kernel boots twice per mode, from the same ELF: natively (QEMU
 # runs it as a PVH kernel at ring 0) and nested (Umbra runs it at ring 1),
@@ -25,12 +25,18 @@
 # time; the speed-up is N CPUs' throughput over one CPU's. It can only
 # reach N where the host gives QEMU N real cores.
 #
+# Then the boot table, per mode but icount: whole-process wall times, the
+# median of three, of a bare PVH boot (the guest kernel natively:
+# `test=exit:0` makes it say hello and stop), Umbra with `test=exit:0`,
+# and Umbra with its default guest (the showcase); and when the guest's
+# first line ("hello from ring ...") appeared.
+#
 # These are measurements, not tests: no run fails for being slow. Serial
 # logs go to target/bench/.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-modes="tcg icount kvm" machine=microvm scaling=yes
+modes="tcg icount kvm" machine=microvm scaling=yes boots=yes only=""
 tcg_counts="compute=2000000,syscall=20000,yield=5000,touch=4096,fork=200,mixed=50"
 # This machine's nested KVM is slow at every kernel entry (see
 # docs/performance.md), natively too, so it gets smaller counts.
@@ -38,7 +44,7 @@ kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
 # The scaling table's work per guest.
 scaling_tcg="compute=200000000 mixed=100"
 scaling_kvm="compute=200000000 mixed=8"
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --modes) modes=${2:?}; shift 2 ;;
@@ -46,7 +52,9 @@ while [ $# -gt 0 ]; do
         --tcg-counts) tcg_counts=${2:?}; shift 2 ;;
         --kvm-counts) kvm_counts=${2:?}; shift 2 ;;
         --no-scaling) scaling=no; shift ;;
-        --only-scaling) scaling=only; shift ;;
+        --only-scaling) only=scaling; shift ;;
+        --no-boot) boots=no; shift ;;
+        --only-boot) only=boot; shift ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
     esac
@@ -87,7 +95,7 @@ for mode in $modes; do
         say "skipping kvm: /dev/kvm does not open here"
         continue
     fi
-    [ "$scaling" = only ] && continue
+    [ -n "$only" ] && continue
     counts=$tcg_counts
     [ "$mode" = kvm ] && counts=$kvm_counts
     say "$mode: native run"
@@ -117,7 +125,7 @@ scaled() {
 
 declare -a scaling_rows=()
 for mode in $modes; do
-    if [ "$scaling" = no ] || [ "$mode" = icount ]; then continue; fi
+    if [ "$scaling" = no ] || [ "$only" = boot ] || [ "$mode" = icount ]; then continue; fi
     if [ "$mode" = kvm ] && ! kvm_opens; then continue; fi
     works=$scaling_tcg
     [ "$mode" = kvm ] && works=$scaling_kvm
@@ -130,6 +138,50 @@ for mode in $modes; do
                 t1 = $4 / $5 * 1e9; tn = $6 / $7 * 1e9
                 printf "| %s | %s | %d | %.0f | %.0f | %.2f | %.2f |", $1, $2, $3, t1, tn, tn / t1, tn / t1 / $3 }')")
         done
+    done
+done
+
+# timed MODE KERNEL APPEND LOG: one boot, timed; prints "WHOLE FIRST",
+# the process's seconds and those until the guest's first line.
+timed() {
+    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg start first=""
+    [ "$mode" = kvm ] && accel=kvm
+    qemu_args "$accel" "$machine" 2 256M
+    QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
+    start=$EPOCHREALTIME
+    while IFS= read -r line; do
+        if [ -z "$first" ] && [[ "$line" == "guest: hello from ring"* ]]; then
+            first=$EPOCHREALTIME
+        fi
+        printf '%s\n' "$line"
+    done < <(timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" -append "$append" 2>&1) >"$log"
+    echo "$start $EPOCHREALTIME ${first:-$EPOCHREALTIME}" | awk '{ printf "%.2f %.2f\n", $2 - $1, $3 - $1 }'
+}
+
+# median3 "WHOLE FIRST"...: the median of each column of three runs.
+median3() {
+    local whole first
+    whole=$(printf '%s\n' "$@" | awk '{ print $1 }' | sort -n | sed -n 2p)
+    first=$(printf '%s\n' "$@" | awk '{ print $2 }' | sort -n | sed -n 2p)
+    echo "$whole | $first"
+}
+
+declare -a boot_rows=()
+for mode in $modes; do
+    if [ "$boots" = no ] || [ "$only" = scaling ] || [ "$mode" = icount ]; then continue; fi
+    if [ "$mode" = kvm ] && ! kvm_opens; then continue; fi
+    for what in bare exit showcase; do
+        case "$what" in
+            bare) kernel=$guest_elf append="test=exit:0" ;;
+            exit) kernel=$UMBRA_IMAGE append="-- test=exit:0" ;;
+            showcase) kernel=$UMBRA_IMAGE append="" ;;
+        esac
+        say "$mode: boot, $what"
+        runs=()
+        for run in 1 2 3; do
+            runs+=("$(timed "$mode" "$kernel" "$append" "$out/$mode-boot-$what-$run.log")")
+        done
+        boot_rows+=("| $mode | $what | $(median3 "${runs[@]}") |")
     done
 done
 
@@ -163,6 +215,16 @@ if [ ${#scaling_rows[@]} -gt 0 ]; then
     echo "| mode | workload | N | 1 CPU | N CPUs | speed-up | speed-up / N |"
     echo "|---|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${scaling_rows[@]}"
+fi
+if [ ${#boot_rows[@]} -gt 0 ]; then
+    echo
+    echo "### boot ($machine, 2 CPUs, 256 MiB; whole process, median of 3)"
+    echo
+    echo "| mode | what | seconds | first guest line at |"
+    echo "|---|---|---:|---:|"
+    printf '%s\n' "${boot_rows[@]}"
+    echo
+    echo "bare: the guest kernel booted natively with test=exit:0; exit: Umbra with -- test=exit:0; showcase: Umbra's default guest."
 fi
 echo
 echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts; scaling, per guest, tcg $scaling_tcg, kvm $scaling_kvm."

@@ -1006,6 +1006,106 @@ fn pvh_entry(elf: &[u8]) -> Result<(u64, u64), String> {
     Err("no XEN_ELFNOTE_PHYS32_ENTRY note".into())
 }
 
+/// A reset of the VM from QEMU's monitor keeps RAM as it was, the first
+/// boot's guest memory included. The second boot must notice (the mark
+/// the first boot left after its frame bitmaps) and count every frame as
+/// dirty, so guest memory is scrubbed before it is handed out; the first
+/// boot, on a new VM's RAM, must not. A hundred thousand guests one
+/// after the other keep each boot running while the test acts.
+fn reset_keeps_ram_dirty() -> Case {
+    Case::new("tcg_microvm_reset_keeps_ram_dirty", |name| {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+
+        const USED_BEFORE: &str = "memory: this RAM was used by an earlier boot";
+        let image = match boot_tests::image() {
+            Ok(image) => image,
+            Err(error) => return Verdict::Fail(error),
+        };
+        let dir = boot_tests::workspace_root().join("target/boot-tests");
+        let _ = std::fs::create_dir_all(&dir);
+        let serial = dir.join(format!("{name}.log"));
+        let _ = std::fs::remove_file(&serial);
+        // No -no-reboot: with it, QEMU ends at a reset instead of
+        // rebooting. The monitor reads the test's commands from stdin.
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-machine", "microvm", "-accel", "tcg", "-smp", "1", "-m", "128M"])
+            .args(["-display", "none", "-nic", "none", "-monitor", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-kernel")
+            .arg(&image)
+            .args(["-append", "log=debug guests=100000 guests_at_once=1 -- test=exit:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = match qemu.spawn() {
+            Ok(child) => child,
+            Err(error) => return Verdict::Fail(format!("could not start QEMU: {error}")),
+        };
+        let read = || std::fs::read_to_string(&serial).unwrap_or_default().replace('\r', "");
+        // Waits until `done` holds of the serial output, for at most 120 s.
+        let wait_for = |done: &dyn Fn(&str) -> bool| {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(120) {
+                if done(&read()) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        };
+        let banner = format!("umbra {VERSION}");
+        // The output of the latest boot, and how many boots there were.
+        let boots = |text: &str| text.matches(&banner).count();
+        let latest_has_hello =
+            |text: &str| text.rsplit(&banner).next().is_some_and(|boot| boot.contains("hello from ring 1"));
+        let first_up = wait_for(&|text| boots(text) == 1 && latest_has_hello(text));
+        let mut monitor = child.stdin.take().expect("piped");
+        let _ = monitor.write_all(b"system_reset\n");
+        let second_up = first_up && wait_for(&|text| boots(text) == 2 && latest_has_hello(text));
+        let _ = monitor.write_all(b"quit\n");
+        drop(monitor);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = read();
+        let fail =
+            |why: &str| Verdict::Fail(format!("{why}\n      serial output kept in {}", serial.display()));
+        if !first_up || !second_up {
+            return fail("the guest did not come up twice, once before the reset and once after");
+        }
+        let (first, second) = text.split_at(text.rfind(&banner).unwrap_or(0));
+        if first.contains(USED_BEFORE) {
+            return fail("the first boot, on a new VM's RAM, took its RAM for used");
+        }
+        if !second.contains(USED_BEFORE) {
+            return fail(&format!("the boot after the reset should say '{USED_BEFORE}'"));
+        }
+        // "guest memory: S KiB of T KiB scrubbed, the rest fresh" (log=debug).
+        let scrubbed = |boot: &str| {
+            let line = boot.lines().find_map(|l| l.strip_prefix("debug: guest memory: "))?;
+            let mut words = line.split(' ');
+            let scrubbed = words.next()?.parse::<u64>().ok()?;
+            let total = words.nth(2)?.parse::<u64>().ok()?;
+            Some((scrubbed, total))
+        };
+        match (scrubbed(first), scrubbed(second)) {
+            (Some((0, _)), Some((all, total))) if all == total && total > 0 => {}
+            other => {
+                return fail(&format!(
+                    "expected nothing scrubbed before the reset and all after, got {other:?}"
+                ));
+            }
+        }
+        Verdict::Pass
+    })
+}
+
 fn main() {
     let mut cases = vec![
         image_is_a_pvh_exec(),
@@ -1022,6 +1122,7 @@ fn main() {
         cases.push(cpus_limit(accel));
     }
     cases.push(single_threaded_tcg());
+    cases.push(reset_keeps_ram_dirty());
     cases.push(warns_and_goes_on("tcg_microvm_junk_cmdline_4k", junk(4096), "warn: cmdline: ignored"));
     cases.push(warns_and_goes_on(
         "tcg_microvm_unknown_log_level",

@@ -41,8 +41,9 @@ pvh_start32:
     mov $__bss_start, %edi
     mov $__bss_end, %ecx
     sub %edi, %ecx
+    shr $2, %ecx                /* both ends are page-aligned: whole dwords */
     xor %eax, %eax
-    rep stosb
+    rep stosl
 
     mov $boot_stack_top, %esp
 
@@ -153,6 +154,14 @@ boot_gdt_pointer:
 boot_pml4:  .skip 4096
 boot_pdpt:  .skip 4096
 boot_pd:    .skip 4096 * 4
+    .popsection
+
+    /* The stack is not zeroed at entry (nothing reads a stack before
+     * writing it), so it lives outside .bss: under a nested hypervisor
+     * that emulates each step of `rep stos`, clearing its 512 KiB took
+     * longer than the rest of the boot up to the banner. */
+    .pushsection .bss.stack, "aw", @nobits
+    .balign 4096
     .global boot_stack_guard, boot_stack_bottom, boot_stack_top
 boot_stack_guard:               /* left unmapped by the host page tables */
     .skip 4096

@@ -80,19 +80,22 @@ impl GuestMemory for GuestRam {
 impl vcpu::GuestRam for GuestRam {
     fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> bool {
         let Some(address) = self.host_address(gpa, buf.len() as u64) else { return false };
-        for (offset, byte) in buf.iter_mut().enumerate() {
-            // SAFETY: inside the guest's frames (checked above).
-            *byte = unsafe { core::ptr::read_volatile((address as usize + offset) as *const u8) };
-        }
+        // One copy, not a loop: under a nested hypervisor that runs Umbra
+        // at about a million instructions a second, a byte loop over a
+        // guest image took over a second.
+        // SAFETY: inside the guest's frames (checked above), which never
+        // overlap the host's buffer. Nothing writes them meanwhile: a
+        // guest has one vCPU, and it is stopped while the host handles its
+        // exit or loads it.
+        unsafe { core::ptr::copy_nonoverlapping(address as *const u8, buf.as_mut_ptr(), buf.len()) };
         true
     }
 
     fn write_bytes(&mut self, gpa: u64, bytes: &[u8]) -> bool {
         let Some(address) = self.host_address(gpa, bytes.len() as u64) else { return false };
-        for (offset, byte) in bytes.iter().enumerate() {
-            // SAFETY: inside the guest's frames (checked above).
-            unsafe { core::ptr::write_volatile((address as usize + offset) as *mut u8, *byte) };
-        }
+        // SAFETY: as for read_bytes: the guest's own frames, disjoint from
+        // the host's buffer, and its one vCPU is stopped.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };
         true
     }
 }
@@ -383,25 +386,30 @@ fn ticks_per_2000_instructions() -> u64 {
     rdtsc() - start
 }
 
-/// Take `size` bytes of contiguous, 2 MiB-aligned, scrubbed memory.
+/// Take `size` bytes of contiguous, 2 MiB-aligned, clean memory: the
+/// frames that may hold data (a finished guest's, or the host's own given
+/// back) are scrubbed now; the ones nobody has had since the machine
+/// started are left as the VMM made them, zeros. Scrubbing here, and
+/// not when a guest finishes, clears each frame once, and memory nobody
+/// takes again (power-off follows) not at all.
 fn take_guest_memory(size: u64) -> Option<GuestRam> {
     let frames = (size / PAGE) as usize;
-    let base = FRAMES.lock().as_mut()?.alloc_contiguous(frames, 512)?;
-    // SAFETY: freshly allocated frames, identity-mapped, ours alone.
-    unsafe { core::ptr::write_bytes(base as *mut u8, 0, size as usize) };
+    let scrub = |start: u64, bytes: u64| {
+        // SAFETY: frames just allocated to us, identity-mapped, ours alone.
+        unsafe { core::ptr::write_bytes(start as *mut u8, 0, bytes as usize) }
+    };
+    let (base, scrubbed) = FRAMES.lock().as_mut()?.alloc_contiguous_clean(frames, 512, scrub)?;
+    log::debug!("guest memory: {} KiB of {} KiB scrubbed, the rest fresh", scrubbed >> 10, size >> 10);
     Some(GuestRam { base, size })
 }
 
-/// Scrub the guest's memory, then return it to the pool.
+/// Give a finished guest's memory back to the pool, where it counts as
+/// dirty: it is scrubbed before anyone else has it.
 fn release_guest_memory(ram: GuestRam) {
-    // SAFETY: the guest no longer runs; these frames are still ours.
-    unsafe { core::ptr::write_bytes(ram.base as *mut u8, 0, ram.size as usize) };
-    if let Some(frames) = FRAMES.lock().as_mut() {
-        for frame in (ram.base..ram.base + ram.size).step_by(PAGE as usize) {
-            if let Err(error) = frames.free(frame) {
-                log::error!("guest memory: {error}");
-            }
-        }
+    if let Some(frames) = FRAMES.lock().as_mut()
+        && let Err(error) = frames.free_run(ram.base, (ram.size / PAGE) as usize)
+    {
+        log::error!("guest memory: {error}");
     }
 }
 

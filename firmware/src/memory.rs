@@ -98,6 +98,10 @@ pub fn is_host_stack(addr: u64, len: u64) -> bool {
     boot.contains_range(&range) || image.contains_range(&range) || crate::smp::is_ap_stack(&range)
 }
 
+/// Written after the frame bitmaps at every boot: found there at boot,
+/// it says this RAM is not as the VMM made it (see `frames.rs`).
+const RAM_USED_MAGIC: u64 = u64::from_le_bytes(*b"UMBRAram");
+
 /// The frame pool, once [`init`] has built it.
 pub static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 
@@ -182,15 +186,31 @@ pub fn init(info: &BootInfo, acpi_regions: &[PhysRange]) -> Result<MemorySummary
         return Err(MemoryError::TooLittle { usable });
     }
     let words = frames::bitmap_words(&free);
-    let bitmap = frames::carve(&mut free, words as u64 * 8).ok_or(MemoryError::NoRoomForBitmap)?;
+    // The bitmaps, then one word: the mark of RAM an earlier boot used.
+    let bitmap =
+        frames::carve_above(&mut free, (words as u64 + 1) * 8, image_range().end.next_multiple_of(2 * MIB))
+            .ok_or(MemoryError::NoRoomForBitmap)?;
     if bitmap.end > BOOT_MAPPED {
         return Err(MemoryError::NoRoomForBitmap);
     }
     // SAFETY: the bitmap's frames were just carved out of free RAM below
     // 4 GiB (identity-mapped); nothing else refers to them, and they live
     // as long as the firmware.
-    let bits = unsafe { core::slice::from_raw_parts_mut(bitmap.start as *mut u64, words) };
+    let words_and_mark = unsafe { core::slice::from_raw_parts_mut(bitmap.start as *mut u64, words + 1) };
+    let (bits, mark) = words_and_mark.split_at_mut(words);
+    // A new VM's RAM reads as zeros, so the frames are clean, unless this
+    // RAM has been Umbra's before: a reset of the VM (from its monitor)
+    // keeps RAM as it was, guests' data included, and the same machine
+    // carves the same word here. Then every frame counts as dirty.
+    let used_before = mark[0] == RAM_USED_MAGIC;
+    mark[0] = RAM_USED_MAGIC;
     let mut allocator = FrameAllocator::new(bits, &free);
+    if used_before {
+        allocator.mark_all_dirty();
+        log::info!(
+            "memory: this RAM was used by an earlier boot; guest memory is scrubbed as it is handed out"
+        );
+    }
     let usable_bytes = allocator.free_frames() as u64 * PAGE_SIZE;
 
     let top = ram_top.clamp(BOOT_MAPPED, MAX_PHYS);

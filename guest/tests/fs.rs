@@ -4,8 +4,8 @@
 //! Both files are pure logic on `core` and `alloc`, so they are included
 //! here as they are and run on the host. The archives are built by a small
 //! newc encoder below, so every case says exactly what its archive holds;
-//! one more case unpacks the project's real root filesystem if a build
-//! left one in `target/`.
+//! one more case unpacks the real root filesystems (`target/rootfs*.cpio`)
+//! a build has left there.
 
 extern crate alloc;
 
@@ -317,19 +317,99 @@ fn a_file_over_one_mib_round_trips() {
 }
 
 #[test]
-fn the_real_root_filesystem_unpacks_if_a_build_left_one() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rootfs.cpio");
-    let Ok(archive) = std::fs::read(&path) else {
-        eprintln!("no {}: skipped", path.display());
-        return;
-    };
+fn real_root_filesystems_unpack_if_a_build_left_them() {
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let archives: Vec<_> = std::fs::read_dir(&target)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("rootfs") && name.ends_with(".cpio")
+        })
+        .collect();
+    if archives.is_empty() {
+        eprintln!("no rootfs*.cpio in {}: skipped", target.display());
+    }
+    for path in archives {
+        let archive = std::fs::read(&path).unwrap();
+        check_real_archive(&path.display().to_string(), &archive);
+    }
+}
+
+/// Unpacks an archive made by a real archiver and checks that every entry
+/// is where the archive says, with its type, permissions, time and (for
+/// the name that carries them) its bytes.
+fn check_real_archive(what: &str, archive: &[u8]) {
     let mut fs = Fs::new();
-    let made = fs.unpack_cpio(&archive, NOW).expect("the root filesystem unpacks");
-    assert!(made > 10);
+    let unpacked = cpio::unpack(&mut fs, archive, NOW).expect("the root filesystem unpacks");
+    eprintln!("{what}: {unpacked:?}");
+    assert!(unpacked.made > 10);
     let sh = resolve(&fs, "/bin/sh").expect("/bin/sh");
     let mut magic = [0; 4];
     assert_eq!(fs.read(sh, 0, &mut magic), Ok(4));
     assert_eq!(&magic, b"\x7fELF");
+    let mut reader = cpio::Reader::new(archive);
+    let mut checked = 0;
+    while let Some(entry) = reader.next_entry().unwrap() {
+        if entry.name == cpio::TRAILER {
+            break;
+        }
+        let name = String::from_utf8_lossy(entry.name);
+        let Ok(ino) = fs.resolve(ROOT, entry.name, false) else {
+            panic!("{what}: {name} is missing");
+        };
+        let stat = fs.stat(ino);
+        if entry.name != b"." {
+            assert_eq!(stat.mode, entry.mode, "{what}: {name}");
+            assert_eq!(stat.mtime.0, i64::from(entry.mtime), "{what}: {name}");
+            assert_eq!((stat.uid, stat.gid), (entry.uid, entry.gid), "{what}: {name}");
+        }
+        if stat.mode & fs::S_IFMT == fs::S_IFREG && !entry.data.is_empty() {
+            assert!(read_all(&fs, ino) == entry.data, "{what}: {name}");
+            assert_eq!(stat.nlink, entry.nlink, "{what}: {name}");
+        }
+        if stat.mode & fs::S_IFMT == fs::S_IFLNK {
+            assert_eq!(fs.readlink(ino), Ok(entry.data), "{what}: {name}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, unpacked.made + unpacked.skipped);
+}
+
+#[test]
+fn a_link_target_ends_at_a_nul() {
+    let mut archive = Archive::default();
+    archive.with(Header::new(0o120_777), "l", b"target\0junk");
+    archive.with(Header::new(0o120_777), "empty", b"\0");
+    let mut fs = Fs::new();
+    assert_eq!(cpio::unpack(&mut fs, &archive.finish(), NOW), Ok(cpio::Unpacked { made: 1, skipped: 1 }));
+    assert_eq!(fs.readlink(fs.resolve(ROOT, b"l", false).unwrap()), Ok(&b"target"[..]));
+}
+
+#[test]
+fn what_follows_the_last_trailer_is_ignored() {
+    let mut archive = one_file_archive();
+    archive.extend_from_slice(&[0; 100]);
+    archive.extend_from_slice(b"junk that is not an archive");
+    let mut fs = Fs::new();
+    assert_eq!(fs.unpack_cpio(&archive, NOW), Ok(1));
+}
+
+#[test]
+fn a_replaced_directory_leaves_no_time_behind() {
+    let mut archive = Archive::default();
+    let mut dir = Header::new(0o040_755);
+    (dir.nlink, dir.mtime) = (2, 1);
+    archive.with(dir, "x", b"");
+    let mut file = Header::new(0o100_644);
+    file.mtime = 2;
+    archive.with(file, "x", b"file");
+    let mut fs = Fs::new();
+    assert_eq!(fs.unpack_cpio(&archive.finish(), NOW), Ok(2));
+    let x = fs.stat(resolve(&fs, "x").unwrap());
+    assert_eq!((x.mode, x.mtime), (0o100_644, (2, 0)));
 }
 
 // ---------------------------------------------------------------------
@@ -578,6 +658,7 @@ fn path_of_directories() {
     fs.open_ref(c);
     fs.rmdir(moved, b"c", NOW).unwrap();
     assert_eq!(fs.path_of(c), Err(ENOENT));
+    assert_eq!(fs.entries(c, 0).count(), 0, "a removed directory lists nothing");
     assert_eq!(fs.lookup(c, b".."), Err(ENOENT));
     assert_eq!(fs.create(c, b"x", 0o644, NOW), Err(ENOENT));
     fs.close_ref(c);
@@ -624,6 +705,14 @@ fn writes_reads_holes_and_truncation() {
     fs.truncate(f, 1 << 20, NOW).unwrap();
     assert_eq!((fs.stat(f).size, fs.stat(f).blocks), (1 << 20, 0));
     assert!(read_all(&fs, f).iter().all(|&byte| byte == 0));
+
+    // Shrinking to a point past the last page that exists leaves that
+    // page alone.
+    let g = fs.create(ROOT, b"g", 0o644, NOW).unwrap();
+    fs.write(g, 0, &[7; 4096], NOW).unwrap();
+    fs.truncate(g, 10_000, NOW).unwrap();
+    fs.truncate(g, 6000, NOW).unwrap();
+    assert!(read_all(&fs, g)[..4096].iter().all(|&byte| byte == 7));
 
     // The size cap.
     let cap = fs::MAX_FILE_SIZE;
@@ -871,4 +960,162 @@ fn inode_numbers_are_reused_but_never_zero() {
         fs.unlink(ROOT, b"f", NOW).unwrap();
     }
     assert!(fs.entries(ROOT, 0).all(|(_, entry)| entry.ino != 0));
+}
+
+// ---------------------------------------------------------------------
+// Random operations against the invariants.
+
+/// Checks what must always hold, walking the tree from the root: every
+/// directory is reached once, lists `.` and `..` first, has 2 plus its
+/// subdirectories as its link count; every other inode's link count is its
+/// number of names; nothing is alive that no name or open reference holds;
+/// the pages add up. Returns the directories and the other inodes found.
+fn check_invariants(fs: &Fs, held: &[Ino]) -> (Vec<Ino>, Vec<Ino>) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
+    let mut pending = vec![(ROOT, ROOT)];
+    let mut dirs = Vec::new();
+    while let Some((dir, parent)) = pending.pop() {
+        assert!(!dirs.contains(&dir), "directory {dir} reached twice");
+        dirs.push(dir);
+        let mut entries = fs.entries(dir, 0);
+        let (_, dot) = entries.next().expect(".");
+        let (_, dotdot) = entries.next().expect("..");
+        assert_eq!((dot.name, dot.ino, dotdot.name, dotdot.ino), (&b"."[..], dir, &b".."[..], parent));
+        let mut names = BTreeSet::new();
+        let mut subdirs = 0;
+        let mut last_cookie = 2;
+        for (cookie, entry) in entries {
+            assert!(cookie > last_cookie, "cookies increase");
+            last_cookie = cookie;
+            assert!(names.insert(entry.name.to_vec()), "a name twice");
+            assert_eq!(fs.lookup(dir, entry.name), Ok(entry.ino));
+            assert!(fs.exists(entry.ino));
+            assert_eq!(entry.kind, fs.kind(entry.ino));
+            if entry.kind == Kind::Directory {
+                subdirs += 1;
+                pending.push((entry.ino, dir));
+            } else {
+                *links.entry(entry.ino).or_default() += 1;
+            }
+        }
+        assert_eq!(fs.stat(dir).nlink, 2 + subdirs, "directory {dir}");
+    }
+    for (&ino, &count) in &links {
+        assert_eq!(fs.stat(ino).nlink, count, "inode {ino}");
+    }
+    let mut live: BTreeSet<Ino> = dirs.iter().chain(links.keys()).copied().collect();
+    for &ino in held {
+        assert!(fs.exists(ino), "held inode {ino} was freed");
+        live.insert(ino);
+    }
+    let usage = fs.usage();
+    assert_eq!(usage.inodes, live.len() as u64, "no leaked or missing inodes");
+    let pages: u64 =
+        live.iter().filter(|&&ino| fs.kind(ino) == Kind::Regular).map(|&ino| fs.stat(ino).blocks / 8).sum();
+    assert_eq!(usage.pages, pages);
+    (dirs, links.into_keys().collect())
+}
+
+#[test]
+fn random_operations_keep_the_invariants() {
+    use std::collections::BTreeMap;
+    let mut rng = Rng(0xf11e_0000_e000_1234);
+    let mut fs = Fs::new();
+    let mut held: Vec<Ino> = Vec::new();
+    // What each regular file should hold.
+    let mut contents: BTreeMap<Ino, Vec<u8>> = BTreeMap::new();
+    let names: [&[u8]; 6] = [b"a", b"b", b"c", b"d", b"e", b".."];
+    let targets: [&[u8]; 5] = [b"a", b"../b", b"/a/b", b"c/", b"/"];
+    let (mut dirs, mut others) = check_invariants(&fs, &held);
+    let mut successes = 0;
+    for step in 0..10_000 {
+        let now = (step, 0);
+        let dir = dirs[rng.below(dirs.len())];
+        let name = names[rng.below(names.len())];
+        let any = if rng.below(2) == 0 || others.is_empty() {
+            dirs[rng.below(dirs.len())]
+        } else {
+            others[rng.below(others.len())]
+        };
+        let result: fs::Result<()> = match rng.below(13) {
+            0 | 1 => fs.create(dir, name, 0o644, now).map(|ino| {
+                contents.insert(ino, Vec::new());
+            }),
+            2 => fs.mkdir(dir, name, 0o755, now).map(|ino| {
+                contents.remove(&ino);
+            }),
+            3 => fs.symlink(dir, name, targets[rng.below(targets.len())], now).map(|ino| {
+                contents.remove(&ino);
+            }),
+            4 => fs.link(dir, name, any, now),
+            5 => fs.unlink(dir, name, now),
+            6 => fs.rmdir(dir, name, now),
+            7 => {
+                let to_dir = dirs[rng.below(dirs.len())];
+                fs.rename(dir, name, to_dir, names[rng.below(names.len())], now)
+            }
+            8 => {
+                let offset = rng.below(3 * 4096) as u64;
+                let length = rng.below(6000);
+                let data = rng.bytes(length);
+                fs.write(any, offset, &data, now).map(|written| {
+                    assert_eq!(written, data.len());
+                    if let Some(model) = contents.get_mut(&any) {
+                        let end = offset as usize + written;
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
+                        model[offset as usize..end].copy_from_slice(&data);
+                    }
+                })
+            }
+            9 => {
+                let size = rng.below(4 * 4096);
+                fs.truncate(any, size as u64, now).map(|()| {
+                    if let Some(model) = contents.get_mut(&any) {
+                        model.resize(size, 0);
+                    }
+                })
+            }
+            10 => {
+                fs.open_ref(any);
+                held.push(any);
+                Ok(())
+            }
+            11 if !held.is_empty() => {
+                let ino = held.swap_remove(rng.below(held.len()));
+                fs.close_ref(ino);
+                Ok(())
+            }
+            _ => fs.resolve(dir, targets[rng.below(targets.len())], rng.below(2) == 0).map(|_| ()),
+        };
+        match result {
+            Ok(()) => successes += 1,
+            Err(error) => assert!(
+                [ENOENT, EEXIST, ENOTDIR, EISDIR, EINVAL, ENOTEMPTY, EPERM, EBUSY, ELOOP].contains(&error),
+                "step {step}: errno {error}"
+            ),
+        }
+        (dirs, others) = check_invariants(&fs, &held);
+        contents.retain(|&ino, _| fs.exists(ino) && fs.kind(ino) == Kind::Regular);
+        if step % 100 == 0 {
+            for (&ino, model) in &contents {
+                let actual = read_all(&fs, ino);
+                if actual != *model {
+                    let first = actual.iter().zip(model.iter()).position(|(a, b)| a != b);
+                    panic!(
+                        "step {step}: inode {ino}: {} vs model {} bytes, first difference {first:?}",
+                        actual.len(),
+                        model.len()
+                    );
+                }
+            }
+        }
+    }
+    assert!(successes > 2500, "{successes} operations succeeded");
+    for ino in held.drain(..) {
+        fs.close_ref(ino);
+    }
+    check_invariants(&fs, &held);
 }

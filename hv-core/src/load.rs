@@ -4,7 +4,7 @@
 //! kernel in that memory, and a note of what it was given. This module
 //! does all three for the run loop, one guest at a time:
 //!
-//! 1. take `guest_mem=` bytes from the machine, contiguous and scrubbed;
+//! 1. take `guest_mem=` bytes from the machine, contiguous and clean;
 //! 2. load the ELF image into them ([`crate::elf`] checks the whole file
 //!    before it writes a byte);
 //! 3. copy the root filesystem, if the guest has one (a cpio archive the
@@ -110,7 +110,7 @@ pub(crate) fn load<M: Machine>(
     let host_base = ram.guest_to_host(0);
     machine.log(
         log::Level::Debug,
-        format_args!("guest{}: memory at host {host_base:#x}, scrubbed", Numbered(console.prefix())),
+        format_args!("guest{}: memory at host {host_base:#x}, clean", Numbered(console.prefix())),
     );
     machine.log(
         log::Level::Info,

@@ -134,10 +134,12 @@ pub trait Machine {
     /// formatting otherwise.)
     fn logs(&self, level: Level) -> bool;
 
-    /// `size` bytes of memory for a guest, contiguous and scrubbed, or
-    /// None when there is not that much.
+    /// `size` bytes of memory for a guest, contiguous and clean (scrubbed
+    /// wherever an earlier owner may have left data), or None when there
+    /// is not that much.
     fn take_memory(&mut self, size: u64) -> Option<Self::Memory>;
-    /// A finished guest's memory: scrubbed, then free for the next.
+    /// A finished guest's memory, free for the next, who gets it only
+    /// through [`take_memory`](Self::take_memory), scrubbed.
     fn release_memory(&mut self, memory: Self::Memory);
     /// A fresh pool for one guest's shadow page tables.
     fn shadow_pool(&mut self) -> Self::Pool;
@@ -398,7 +400,8 @@ impl<'g, M: Machine> Run<'g, M> {
     }
 
     /// A finished guest gives everything back: its shadow pages, its
-    /// memory (scrubbed first, so no later guest ever sees it), and its
+    /// memory (scrubbed before anyone takes it again, so no later guest
+    /// ever sees it), and its
     /// statistics go out. Only then is its place free.
     fn retire(&self, machine: &mut M, slot: Slot<M>) {
         let SlotState::Finished(status) = slot.state else { return };

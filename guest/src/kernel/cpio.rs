@@ -12,7 +12,8 @@
 //! - then the name, NUL-terminated, padded so header and name end on a
 //!   4-byte boundary; then the data, padded to 4 bytes;
 //! - the entry named `TRAILER!!!` ends the archive. Archives may be
-//!   concatenated (with zero padding between), as Linux accepts.
+//!   concatenated (with zero padding between), as Linux accepts; what
+//!   follows the last trailer and is not another archive is ignored.
 //!
 //! Directories, regular files, symbolic links (the target is the data) and
 //! character devices are made; other types (block devices, fifos,
@@ -151,12 +152,13 @@ impl<'a> Reader<'a> {
     }
 
     /// After a trailer: skips the zero padding and says whether another
-    /// archive follows.
+    /// archive follows. Anything else after a trailer is not ours (a boot
+    /// loader may round the module up) and is ignored.
     fn another_archive_follows(&mut self) -> bool {
         let rest = self.archive.get(self.offset..).unwrap_or(&[]);
         let zeros = rest.iter().take_while(|&&byte| byte == 0).count();
         self.offset += zeros;
-        rest.len() > zeros
+        rest.get(zeros..).is_some_and(|next| next.starts_with(b"07070"))
     }
 }
 
@@ -274,7 +276,11 @@ impl Unpacker<'_> {
                 ino
             }
             Kind::Regular => self.make_regular(dir, name, entry)?,
-            Kind::Symlink => self.fs.symlink(dir, name, entry.data, now)?,
+            Kind::Symlink => {
+                // The target is a C string to the archivers: it ends at a NUL.
+                let end = entry.data.iter().position(|&byte| byte == 0).unwrap_or(entry.data.len());
+                self.fs.symlink(dir, name, &entry.data[..end], now)?
+            }
             Kind::CharDevice => {
                 let rdev = makedev(entry.rdev_major, entry.rdev_minor);
                 self.fs.mknod_char(dir, name, entry.mode, rdev, now)?
@@ -339,9 +345,10 @@ impl Unpacker<'_> {
             self.fs.unlink(dir, name, self.now)?;
         }
         if !self.fs.exists(existing) {
-            // Its number may come back for another file: it is no longer a
-            // hard link's target.
+            // Its number may come back for another file, which must not
+            // get this one's links or time.
             self.links.retain(|_, ino| *ino != existing);
+            self.directory_times.retain(|(ino, _)| *ino != existing);
         }
         Ok(())
     }

@@ -23,7 +23,9 @@
 //!   fallibly, so a file of many MiB never needs contiguous heap and a
 //!   full heap is `ENOSPC`, not an abort. A page that was never written is
 //!   absent (a hole) and reads as zeros. Bytes past the end of a file are
-//!   always zero in its pages, so growing it again shows zeros.
+//!   always zero in its pages, so growing it again shows zeros. (The
+//!   directory maps' small tree nodes are the one allocation that is not
+//!   fallible: `BTreeMap` has no `try_insert` on stable Rust.)
 //! - **Links.** Hard links share one inode; an inode whose last name is
 //!   gone lives on while something holds it open (`open_ref`), and its
 //!   pages go with the last `close_ref`. A directory's link count is two
@@ -204,6 +206,15 @@ pub struct DirEntry<'a> {
     pub kind: Kind,
 }
 
+/// What the filesystem holds (`Fs::usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Live inodes, the root included.
+    pub inodes: u64,
+    /// File pages allocated.
+    pub pages: u64,
+}
+
 /// A page of file data.
 type Page = Box<[u8; PAGE_SIZE]>;
 
@@ -334,9 +345,12 @@ impl FileData {
                 self.pages.truncate(keep);
                 self.pages.shrink_to_fit();
             }
+            // The page the new end falls in, if it has one: not always the
+            // last in the list, which may stop short of it.
             let tail = (size % PAGE_SIZE as u64) as usize;
+            let end_page = usize::try_from(size / PAGE_SIZE as u64).unwrap_or(usize::MAX);
             if tail != 0
-                && let Some(Some(page)) = self.pages.last_mut()
+                && let Some(Some(page)) = self.pages.get_mut(end_page)
             {
                 page[tail..].fill(0);
             }
@@ -399,15 +413,19 @@ impl Fs {
     /// `/dev` with `console`, `null` and `tty`, and a world-writable,
     /// sticky `/tmp`. An archive unpacked on top may replace any of them.
     pub fn new() -> Fs {
-        let zero = (0, 0);
+        Fs::new_at((0, 0))
+    }
+
+    /// As `new`, with `now` as the time of what it makes.
+    pub fn new_at(now: Time) -> Fs {
         let root = Inode {
             permissions: 0o755,
             nlink: 2,
             uid: 0,
             gid: 0,
-            atime: zero,
-            mtime: zero,
-            ctime: zero,
+            atime: now,
+            mtime: now,
+            ctime: now,
             open_refs: 0,
             body: Body::Directory(Directory::new(ROOT)),
         };
@@ -417,12 +435,12 @@ impl Fs {
         // Only an empty heap could refuse these few bytes, and then there
         // is no kernel to run anyway: a missing entry is the most an
         // allocation failure here costs.
-        if let Ok(dev) = fs.mkdir(ROOT, b"dev", 0o755, zero) {
-            let _ = fs.mknod_char(dev, b"console", 0o620, makedev(5, 1), zero);
-            let _ = fs.mknod_char(dev, b"null", 0o666, makedev(1, 3), zero);
-            let _ = fs.mknod_char(dev, b"tty", 0o666, makedev(5, 0), zero);
+        if let Ok(dev) = fs.mkdir(ROOT, b"dev", 0o755, now) {
+            let _ = fs.mknod_char(dev, b"console", 0o620, makedev(5, 1), now);
+            let _ = fs.mknod_char(dev, b"null", 0o666, makedev(1, 3), now);
+            let _ = fs.mknod_char(dev, b"tty", 0o666, makedev(5, 0), now);
         }
-        let _ = fs.mkdir(ROOT, b"tmp", 0o1777, zero);
+        let _ = fs.mkdir(ROOT, b"tmp", 0o1777, now);
         fs
     }
 
@@ -556,41 +574,59 @@ impl Fs {
         if path.len() >= PATH_MAX {
             return Err(ENAMETOOLONG);
         }
-        let mut links_left = MAX_SYMLINKS;
-        self.walk(cwd, path, follow_last, &mut links_left)
+        self.walk(cwd, path, follow_last)
     }
 
-    /// One resolution; a symbolic link's target is resolved by a nested
-    /// call, so the depth is bounded by the links budget.
-    fn walk(&self, cwd: Ino, path: &[u8], follow_last: bool, links_left: &mut u32) -> Result<Ino> {
-        if path.is_empty() {
-            // A symbolic link to "" names nothing.
-            return Err(ENOENT);
-        }
+    /// The resolution proper. Following a symbolic link pushes its target
+    /// on a small stack of paths still to walk, above what was left of
+    /// the path that named it; a finished target pops back. No recursion:
+    /// this runs on a kernel stack, and forty nested links must not
+    /// overflow it.
+    fn walk(&self, cwd: Ino, path: &[u8], follow_last: bool) -> Result<Ino> {
+        let is_slash = |byte: &u8| *byte == b'/';
+        let mut pending: [&[u8]; MAX_SYMLINKS as usize + 1] = [&[]; MAX_SYMLINKS as usize + 1];
+        pending[0] = path;
+        let mut depth = 0;
+        let mut links_followed = 0;
         let mut at = if path.first() == Some(&b'/') { ROOT } else { cwd };
-        let mut rest = path;
         loop {
-            while let [b'/', tail @ ..] = rest {
-                rest = tail;
-            }
+            let rest = &pending[depth][pending[depth].iter().take_while(|byte| is_slash(byte)).count()..];
             if rest.is_empty() {
-                // "/" alone, or the cwd itself: still has to be a directory.
-                self.dir(at)?;
-                return Ok(at);
+                if depth == 0 {
+                    // "/" alone, or a walk that ended in slashes after a
+                    // link: still has to be a directory.
+                    self.dir(at)?;
+                    return Ok(at);
+                }
+                depth -= 1;
+                continue;
             }
-            let end = rest.iter().position(|&byte| byte == b'/').unwrap_or(rest.len());
+            let end = rest.iter().position(is_slash).unwrap_or(rest.len());
             let (name, tail) = rest.split_at(end);
-            let last = tail.iter().all(|&byte| byte == b'/');
-            let wants_dir = !tail.is_empty();
-            let mut next = self.lookup(at, name)?;
+            pending[depth] = tail;
+            let outer = &pending[..depth];
+            let last = tail.iter().all(is_slash) && outer.iter().all(|path| path.iter().all(is_slash));
+            let wants_dir = !tail.is_empty() || outer.iter().any(|path| !path.is_empty());
+            // A link's target is followed to its end: only the path the
+            // caller gave may stop at a link.
+            let follow = follow_last || depth > 0;
+            let next = self.lookup(at, name)?;
             if let Body::Symlink(target) = &self.node(next)?.body
-                && (!last || follow_last || wants_dir)
+                && (!last || follow || wants_dir)
             {
-                if *links_left == 0 {
+                if links_followed == MAX_SYMLINKS {
                     return Err(ELOOP);
                 }
-                *links_left -= 1;
-                next = self.walk(at, target, true, links_left)?;
+                links_followed += 1;
+                if target.is_empty() {
+                    return Err(ENOENT);
+                }
+                depth += 1;
+                *pending.get_mut(depth).ok_or(ELOOP)? = target;
+                if target.first() == Some(&b'/') {
+                    at = ROOT;
+                }
+                continue;
             }
             if last {
                 if wants_dir && !self.is_dir(next) {
@@ -599,7 +635,6 @@ impl Fs {
                 return Ok(next);
             }
             at = next;
-            rest = tail;
         }
     }
 
@@ -659,6 +694,18 @@ impl Fs {
     /// `exists` to tell.
     pub fn kind(&self, ino: Ino) -> Kind {
         self.node(ino).map_or(Kind::Regular, |node| node.body.kind())
+    }
+
+    /// How much the filesystem holds, for `statfs`.
+    pub fn usage(&self) -> Usage {
+        let mut usage = Usage::default();
+        for node in self.inodes.iter().flatten() {
+            usage.inodes += 1;
+            if let Body::Regular(file) = &node.body {
+                usage.pages += file.allocated_pages();
+            }
+        }
+        usage
     }
 
     /// Whether `ino` names a live inode.
@@ -993,9 +1040,10 @@ impl Fs {
 
     /// A directory's entries from cookie `start` on, each with the cookie
     /// to resume after it: `.` and `..` first, then the names in the order
-    /// they were made. Nothing for what is not a directory.
+    /// they were made. Nothing for what is not a directory, or for a
+    /// directory that has been removed.
     pub fn entries(&self, dir: Ino, start: usize) -> impl Iterator<Item = (usize, DirEntry<'_>)> {
-        let directory = self.dir(dir).ok();
+        let directory = self.live_dir(dir).ok();
         let parent = directory.map_or(dir, |directory| directory.parent);
         let dots: [&[u8]; 2] = [b".", b".."];
         let dots = dots
