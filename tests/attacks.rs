@@ -98,6 +98,8 @@ const fn other_cpu(name: &'static str, second: &'static str, does: &'static str)
 
 const GP: &str = "#GP delivered to our handler (error 0x0)";
 
+const FS_BASE_KEPT: &str = "fs:0 intact after 40 hypercalls, 40 traps and 40 clock ticks";
+
 const CATALOGUE: &[Attack] = &[
     // Privilege: from ring 1, every privileged instruction is a #GP for
     // the guest's own handler; the roads to ring 0 are closed.
@@ -173,7 +175,7 @@ const CATALOGUE: &[Attack] = &[
         ..attack(
             "fxrstor-bad-image",
             "privilege",
-            "fxrstor64 of an all-ones image (reserved MXCSR bits set; CR4.OSFXSR is off)",
+            "fxrstor64 of an all-ones image (reserved MXCSR bits set: a #GP on hardware; TCG does not check them)",
             Survives("no fault: the garbage x87/SSE state is the guest's own"),
         )
     },
@@ -719,6 +721,58 @@ const CATALOGUE: &[Attack] = &[
         "int 0x1f at ring 1 (every gate it does not own is DPL 0)",
         Handled("#GP delivered to our handler (error 0xfa)"),
     ),
+    // The FS base: SET_FS_BASE's base is the guest's own, through
+    // everything, and never another guest's on the same CPU.
+    Attack {
+        firmware: "guests=2 cpus=1 guest_mem=16M",
+        also: Some((
+            "[g2] guest: attack fs-base-kept: ",
+            |l| l.ends_with(FS_BASE_KEPT),
+            "the second guest, taking turns with the first on one CPU, kept its own FS base too",
+        )),
+        ..attack(
+            "fs-base-kept",
+            "fs-base",
+            "SET_FS_BASE, then hypercalls, #GPs and clock ticks, reading %fs:0 after each, as two guests \
+             taking turns on one CPU",
+            Survives(FS_BASE_KEPT),
+        )
+    },
+    attack(
+        "fs-base-noncanonical",
+        "fs-base",
+        "SET_FS_BASE 0x0000_8000_0000_0000",
+        Killed("SET_FS_BASE: 0x800000000000 is not a canonical address"),
+    ),
+    attack(
+        "fs-base-high-noncanonical",
+        "fs-base",
+        "SET_FS_BASE 0xfff0_8000_0000_0000",
+        Killed("SET_FS_BASE: 0xfff0800000000000 is not a canonical address"),
+    ),
+    // Ring 3 as Linux programs use it: SSE and #XM work, `syscall` is a
+    // #UD for the guest kernel.
+    attack(
+        "syscall-from-user",
+        "user-mode",
+        "syscall at ring 3 (this nested KVM runs it to LSTAR, 0; Umbra turns the fault into the #UD)",
+        Handled("#UD from ring 3 delivered to our handler, at the syscall: EFER.SCE is off"),
+    ),
+    attack(
+        "sse-at-ring3",
+        "user-mode",
+        "pcmpeqd and psrldq on xmm3 at ring 3, read back with fxsave64 at ring 1",
+        Survives("SSE ran at ring 3: xmm3 holds 0x0000000000000000ffffffffffffffff"),
+    ),
+    Attack {
+        kvm: Some(Handled("#XM from ring 3 delivered to our handler")),
+        ..attack(
+            "simd-exception-at-ring3",
+            "user-mode",
+            "ldmxcsr unmasking divide-by-zero, then divss by 0.0, at ring 3 (TCG raises no SIMD exceptions)",
+            Handled("no #XM: divss did not fault, and the ud2 after it came back"),
+        )
+    },
 ];
 
 /// The line std-console writes with DF set.

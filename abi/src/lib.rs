@@ -17,7 +17,9 @@
 //!   switcher region;
 //! - [`status`]: the exit statuses, `umbra: exit status N`;
 //! - `rng` (feature `rng`): the seeded generator the fuzzers and probes
-//!   draw from; with feature `fuzz`, the host fuzzers' driver too.
+//!   draw from; with feature `fuzz`, the host fuzzers' driver too;
+//! - `acpi` (feature `acpi`): powering off the ACPI way, the logic alone,
+//!   which Umbra and the guest's native backend share.
 //!
 //! ## Making a call
 //! The guest kernel, at ring 1, puts the call number in `rax` and up to
@@ -37,9 +39,11 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "fuzz")]
+#[cfg(any(feature = "fuzz", test))]
 extern crate std;
 
+#[cfg(feature = "acpi")]
+pub mod acpi;
 #[cfg(feature = "rng")]
 pub mod rng;
 pub mod status;

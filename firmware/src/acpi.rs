@@ -23,6 +23,7 @@ use acpi::madt::Madt;
 use acpi::{AcpiError, AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 use heapless::Vec;
 use spin::Mutex;
+use umbra_abi::acpi::FadtPower;
 use umbra_firmware::PhysRange;
 use umbra_firmware::aml::{self, SleepTypes};
 use umbra_firmware::madt::{self, Cpus};
@@ -82,14 +83,7 @@ fn table_bytes<T>(mapping: &PhysicalMapping<IdentityHandler, T>) -> &[u8] {
     }
 }
 
-/// How this machine powers off.
-#[derive(Clone, Copy, Debug)]
-pub enum PowerOff {
-    /// Hardware-reduced ACPI: write SLP_TYP | SLP_EN to the sleep-control register.
-    SleepControl { register: GenericAddress, sleep_type: u8 },
-    /// Legacy ACPI: write SLP_TYP | SLP_EN to PM1a (and PM1b) control.
-    Pm1Control { a: GenericAddress, b: Option<GenericAddress>, types: SleepTypes },
-}
+pub use umbra_abi::acpi::{PowerOff, Register, Space};
 
 pub static POWER_OFF: Mutex<Option<PowerOff>> = Mutex::new(None);
 
@@ -153,19 +147,27 @@ fn find_s5(tables: &AcpiTables<IdentityHandler>) -> Option<SleepTypes> {
     aml::find_s5(table_bytes(&mapping))
 }
 
+/// The FADT's power-off fields, as the `acpi` crate read them, for the
+/// method `umbra_abi::acpi` chooses (the guest's native backend chooses
+/// with the same function).
 fn power_off_method(fadt: &Fadt, s5: Option<SleepTypes>) -> Option<PowerOff> {
+    let register = |gas: GenericAddress| Register {
+        space: match gas.address_space {
+            AddressSpace::SystemMemory => Space::Memory,
+            AddressSpace::SystemIo => Space::Io,
+            _ => Space::Other(0xff),
+        },
+        bit_width: gas.bit_width,
+        address: gas.address,
+    };
     let flags = fadt.flags;
-    if flags.system_is_hw_reduced_acpi() {
-        // Without \_S5_, 5 is the conventional S5 type on these platforms.
-        let sleep_type = s5.map_or(5, |types| types.a);
-        let register = fadt.sleep_control_register().ok().flatten()?;
-        Some(PowerOff::SleepControl { register, sleep_type })
-    } else {
-        let types = s5?;
-        let a = fadt.pm1a_control_block().ok()?;
-        let b = fadt.pm1b_control_block().ok().flatten();
-        Some(PowerOff::Pm1Control { a, b, types })
-    }
+    let fields = FadtPower {
+        hw_reduced: flags.system_is_hw_reduced_acpi(),
+        sleep_control: fadt.sleep_control_register().ok().flatten().map(register),
+        pm1a_control: fadt.pm1a_control_block().ok().map(register),
+        pm1b_control: fadt.pm1b_control_block().ok().flatten().map(register),
+    };
+    umbra_abi::acpi::power_off_method(&fields, s5)
 }
 
 /// Ranges the ACPI code read, for the frame pool to keep out.
@@ -173,14 +175,11 @@ pub fn touched_ranges() -> Vec<PhysRange, 48> {
     TOUCHED.lock().clone()
 }
 
-const SLP_EN_PM1: u16 = 1 << 13;
-const SLP_EN_SLEEP_CONTROL: u8 = 1 << 5;
-
 /// Write `value` to an ACPI register, I/O port or memory.
-fn write_register(register: &GenericAddress, value: u32) {
+fn write_register(register: &Register, value: u32) {
     let width = register.bit_width;
-    match register.address_space {
-        AddressSpace::SystemIo => {
+    match register.space {
+        Space::Io => {
             let port = register.address as u16;
             // SAFETY: the FADT names this port as a power-management register.
             unsafe {
@@ -191,7 +190,7 @@ fn write_register(register: &GenericAddress, value: u32) {
                 }
             }
         }
-        AddressSpace::SystemMemory if register.address + 4 <= BOOT_MAPPED => {
+        Space::Memory if register.address + 4 <= BOOT_MAPPED => {
             let address = register.address as usize;
             // SAFETY: the FADT names this identity-mapped address as a
             // power-management register.
@@ -207,18 +206,9 @@ fn write_register(register: &GenericAddress, value: u32) {
     }
 }
 
-impl PowerOff {
-    pub fn perform(&self) {
-        match *self {
-            PowerOff::SleepControl { register, sleep_type } => {
-                write_register(&register, u32::from((sleep_type & 7) << 2 | SLP_EN_SLEEP_CONTROL));
-            }
-            PowerOff::Pm1Control { a, b, types } => {
-                write_register(&a, u32::from(u16::from(types.a & 7) << 10 | SLP_EN_PM1));
-                if let Some(b) = b {
-                    write_register(&b, u32::from(u16::from(types.b & 7) << 10 | SLP_EN_PM1));
-                }
-            }
-        }
+/// Switch off: the writes `umbra_abi::acpi` computes for the method.
+pub fn perform(power_off: &PowerOff) {
+    for (register, value) in power_off.writes().into_iter().flatten() {
+        write_register(&register, value);
     }
 }

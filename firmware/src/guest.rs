@@ -425,6 +425,7 @@ pub struct FpuState([u8; 512]);
 /// Where FXSAVE keeps the x87 control word and MXCSR.
 const FXSAVE_FCW: usize = 0;
 const FXSAVE_MXCSR: usize = 24;
+const FXSAVE_MXCSR_MASK: usize = 28;
 
 impl FpuState {
     /// The state a fresh guest starts with, as after a reset: FCW 0x37f
@@ -443,6 +444,18 @@ impl FpuState {
     fn save(&mut self) {
         // SAFETY: a 512-byte, 16-byte-aligned area of ours.
         unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack)) };
+        // MXCSR may only hold the bits MXCSR_MASK allows (0xffbf when it
+        // reads 0), or `fxrstor64` raises #GP. A CPU never holds others,
+        // but QEMU's TCG lets a guest's `fxrstor64` load them; cleared
+        // here, they can never make the host's restore fault.
+        let field =
+            |at: usize| u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]]);
+        let mask = match field(FXSAVE_MXCSR_MASK) {
+            0 => 0xffbf,
+            mask => mask,
+        };
+        let mxcsr = field(FXSAVE_MXCSR) & mask;
+        self.0[FXSAVE_MXCSR..FXSAVE_MXCSR + 4].copy_from_slice(&mxcsr.to_le_bytes());
     }
 
     fn restore(&self) {

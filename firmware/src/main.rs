@@ -376,8 +376,8 @@ mod boot {
                 Some(acpi::PowerOff::Pm1Control { a, .. }) => ("PM1a control", a),
                 None => return write!(f, "nothing (no usable FADT method)"),
             };
-            let space = match register.address_space {
-                ::acpi::address::AddressSpace::SystemIo => "port",
+            let space = match register.space {
+                acpi::Space::Io => "port",
                 _ => "address",
             };
             write!(f, "{what} ({space} {:#x})", register.address)

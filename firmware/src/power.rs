@@ -38,7 +38,7 @@ pub fn exit(status: u8) -> ! {
     }
     // try_lock: a crash while the lock was held must still get here.
     if let Some(power_off) = POWER_OFF.try_lock().and_then(|guard| *guard) {
-        power_off.perform();
+        crate::acpi::perform(&power_off);
         for _ in 0..1_000_000 {
             core::hint::spin_loop();
         }

@@ -181,6 +181,9 @@ pub(crate) fn print_stats(
     for (vector, count) in stats.delivered.iter().enumerate().filter(|(_, c)| **c > 0) {
         let _ = write!(line, " v{vector}={count}");
     }
+    if stats.stray_syscalls > 0 {
+        let _ = write!(line, "; {} of the #UDs were syscalls a nested KVM ran", stats.stray_syscalls);
+    }
     machine.log(Level::Info, format_args!("{line}"));
 
     machine.log(

@@ -72,6 +72,9 @@ fn software_interrupt_error(vector: u8) -> u64 {
     u64::from(vector) << 3 | 2
 }
 
+/// `syscall`.
+const SYSCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x05];
+
 fn is_canonical(va: u64) -> bool {
     let top = va >> 47;
     top == 0 || top == 0x1_ffff
@@ -269,6 +272,35 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.stats.emulated_software_interrupts += 1;
         self.deliver(regs, vector, None, regs.rip + length)?;
         Ok(true)
+    }
+
+    /// Is this page fault a `syscall` that should have been a #UD? With
+    /// EFER.SCE clear, `syscall` is an invalid opcode on every CPU, and
+    /// guest kernels take their system calls from that #UD. This
+    /// machine's nested KVM runs it anyway, as it runs `sysretq` at ring
+    /// 1: `rcx` gets the address after it and `r11` the flags, and it
+    /// jumps to LSTAR, which the host leaves at 0, without leaving ring 3;
+    /// the fetch there faults. So a user-mode fetch fault at address 0,
+    /// with `rip` 0 and the two bytes before `rcx` being `syscall`
+    /// (`0f 05`, read through the guest's own tables as user code), is
+    /// that instruction.
+    pub(crate) fn is_stray_syscall(&self, regs: &GuestRegs, cr2: u64) -> bool {
+        const USER_FETCH: u64 = 1 << 2 | 1 << 4;
+        regs.rip == 0
+            && cr2 == 0
+            && regs.error_code & USER_FETCH == USER_FETCH
+            && regs.rcx >= 2
+            && self.instruction_bytes(regs.rcx - 2, true) == Some(SYSCALL_INSTRUCTION)
+    }
+
+    /// Deliver the #UD the CPU owed a stray `syscall` (above), at the
+    /// instruction, as a CPU that follows the manual raises it. `rcx` and
+    /// `r11` keep what the stray run put there, as a real `syscall` would
+    /// have: the Linux ABI gives them to the kernel anyway.
+    pub(crate) fn deliver_stray_syscall(&mut self, regs: &mut GuestRegs) -> Result<(), Kill> {
+        let at = regs.rcx - 2;
+        self.stats.stray_syscalls += 1;
+        self.deliver(regs, 6, None, at)
     }
 
     /// A #GP from the guest kernel. When an `int n` at ring 1 raised it

@@ -8,7 +8,9 @@
 //!   or, when the guest's own tables forbid the access, reflect it to the
 //!   guest's handler (see [`crate::traps`]);
 //! - an invalid-opcode trap from ring 1 at a `ud2` is a hypercall (see
-//!   [`umbra_abi`]); any other invalid opcode is the guest's own fault;
+//!   [`umbra_abi`]); any other invalid opcode is the guest's own fault,
+//!   and so is a `syscall` from user mode that a nested KVM ran instead
+//!   of raising #UD (delivered as that #UD: [`crate::traps`]);
 //! - the guest's other exceptions go to its own handlers; an `int n` the
 //!   CPU refused to run directly is delivered by hand;
 //! - an interrupt that arrived while the guest ran is the host's;
@@ -250,6 +252,9 @@ pub struct Stats {
     pub delivered: [u64; 256],
     /// `int n` from user mode that the host delivered by hand.
     pub emulated_software_interrupts: u64,
+    /// `syscall`s a nested KVM ran instead of raising #UD, delivered as
+    /// the #UD.
+    pub stray_syscalls: u64,
 }
 
 impl Default for Stats {
@@ -261,6 +266,7 @@ impl Default for Stats {
             async_calls: 0,
             delivered: [0; 256],
             emulated_software_interrupts: 0,
+            stray_syscalls: 0,
         }
     }
 }
@@ -407,6 +413,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         let from_user = regs.cs & 3 == 3;
         let result = match vector {
+            // A `syscall` this machine's nested KVM ran when it owed a #UD:
+            // the #UD it owed, for the guest's handler.
+            14 if from_user && self.is_stray_syscall(regs, cr2) => self.deliver_stray_syscall(regs),
             14 => return self.page_fault(regs, cr2),
             6 if !from_user && self.is_hypercall_instruction(regs.rip) => return self.hypercall(regs, host),
             // `int n` the CPU would not run directly: as #GP where the gate

@@ -366,6 +366,40 @@ fn int_n_that_the_cpu_refused_is_delivered_by_hand() {
 }
 
 #[test]
+fn a_syscall_a_nested_kvm_ran_is_the_invalid_opcode_it_owed() {
+    // EFER.SCE is clear; the KVM ran `syscall` at USER_RIP anyway: rcx is
+    // the address after it, and the fetch at LSTAR (0) faulted at ring 3.
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 6, HANDLER, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let stray =
+        |rcx: u64, error_code: u64| GuestRegs { rip: 0, rcx, r11: 0x202, ..user_regs(14, error_code) };
+    let mut regs = stray(USER_RIP + 2, 0x14);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER, "to the #UD handler");
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP, "at the syscall, as a fault");
+    assert_eq!(vcpu.stats.delivered[6], 1);
+    assert_eq!(vcpu.stats.stray_syscalls, 1);
+
+    // Anything else stays a page fault, for the shadow MMU (which fills
+    // it here) or the guest: other bytes before rcx, a data access, a
+    // fault elsewhere.
+    for (mut regs, cr2) in [
+        (stray(USER_RIP + 0x12, 0x14), 0),
+        (stray(USER_RIP + 2, 0x04), 0),
+        (GuestRegs { rip: 0x1000, ..stray(USER_RIP + 2, 0x14) }, 0x1000),
+        (stray(1, 0x14), 0),
+    ] {
+        put_bytes(&mut vcpu, USER_RIP + 0x10, &[0x0f, 0x0b]);
+        assert_eq!(vcpu.handle_exit(&mut regs, cr2, &mut Console::default()), Next::Resume);
+        assert_ne!(regs.rip, HANDLER, "not a #UD: {regs:?}");
+    }
+    assert_eq!(vcpu.stats.stray_syscalls, 1);
+    assert_eq!(vcpu.stats.delivered[6], 1);
+}
+
+#[test]
 fn int_n_on_a_kernel_only_vector_is_a_general_protection_fault() {
     let mut vcpu = guest();
     hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);

@@ -151,9 +151,11 @@ native_gdt_pointer:
 
     .pushsection .bss.native, "aw", @nobits
     .balign 4096
+    .global native_boot_pml4, native_boot_pdpt, native_mmio_pd
 native_boot_pml4: .skip 4096
 native_boot_pdpt: .skip 4096
 native_boot_pd:   .skip 4096
+native_mmio_pd:   .skip 4096    /* 3-4 GiB, for a power-off register there */
     .skip 64 * 1024
 native_stack_top:
     .popsection
@@ -164,6 +166,9 @@ native_stack_top:
 unsafe extern "C" {
     static mut native_gdt: [u64; 9];
     fn native_ignore_interrupt();
+    static mut native_boot_pml4: [u64; 512];
+    static mut native_boot_pdpt: [u64; 512];
+    static mut native_mmio_pd: [u64; 512];
 }
 
 /// A static the CPU reads behind the compiler's back (IDT, TSS).
@@ -229,8 +234,11 @@ struct StartInfo {
     cmdline: [u8; CMDLINE_MAX],
     cmdline_len: usize,
     memory_size: u64,
-    /// The first module (a cpio root filesystem, say): address and length.
-    module: (u64, u64),
+    /// Module 0, `(address, length)`, when the VMM passed one inside the
+    /// boot map: QEMU's `-initrd`, Cloud Hypervisor's `--initramfs`.
+    module: Option<(u64, u64)>,
+    /// The ACPI RSDP's address, when start_info names one.
+    rsdp: Option<u64>,
 }
 
 fn read_u32(pa: u64) -> u32 {
@@ -253,14 +261,8 @@ fn read_start_info(pa: u64) -> Result<StartInfo, &'static str> {
     if read_u32(pa) != START_INFO_MAGIC {
         return Err("start_info has a bad magic");
     }
-    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0, module: (0, 0) };
-    let (modules, module_count) = (read_u64(pa + 16), read_u32(pa + 12));
-    if module_count > 0 && modules != 0 && in_boot_map(modules, 32) {
-        let (start, len) = (read_u64(modules), read_u64(modules + 8));
-        if len > 0 && in_boot_map(start, len) {
-            info.module = (start, len);
-        }
-    }
+    let mut info =
+        StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0, module: None, rsdp: None };
     let cmdline = read_u64(pa + 24);
     if cmdline != 0 && in_boot_map(cmdline, CMDLINE_MAX as u64) {
         while info.cmdline_len < CMDLINE_MAX {
@@ -290,7 +292,130 @@ fn read_start_info(pa: u64) -> Result<StartInfo, &'static str> {
     if info.memory_size < image_end + (8 << 20) {
         return Err("too little RAM around the image (needs 8 MiB past it)");
     }
+    // Module 0 (the list's entries are 32 bytes: address, size, cmdline,
+    // reserved); one outside what the boot tables map is left alone.
+    let (modules, list) = (read_u32(pa + 12), read_u64(pa + 16));
+    if modules >= 1 && list != 0 && in_boot_map(list, 32) {
+        let (address, size) = (read_u64(list), read_u64(list + 8));
+        // It may lie past `memory_size` (QEMU's pc puts it at the very top
+        // of RAM, above the last 2 MiB edge): it is read once, and moved.
+        if size != 0 && address >= image_end && in_boot_map(address, size) {
+            info.module = Some((address, size));
+        }
+    }
+    info.rsdp = Some(read_u64(pa + 32)).filter(|&rsdp| rsdp != 0);
     Ok(info)
+}
+
+/// A cpio archive (newc) as module 0 is a root filesystem: moved down to
+/// the first page after the image, where Umbra would have put it, so the
+/// free memory is one range after it on either path. Returns where it now
+/// lies. Any other module is not ours to use, and is said so.
+fn take_rootfs(module: Option<(u64, u64)>, memory_size: u64) -> Option<(u64, u64)> {
+    let (address, len) = module?;
+    let mut magic = [0u8; 6];
+    for (i, byte) in magic.iter_mut().enumerate() {
+        // SAFETY: the module lies in the boot map (read_start_info).
+        *byte = unsafe { ((address + i as u64) as *const u8).read() };
+    }
+    if len < 6 || &magic != umbra_abi::CPIO_NEWC_MAGIC {
+        say!("module 0 ({len} bytes) is not a cpio archive (newc); ignored");
+        return None;
+    }
+    let to = (&raw const __image_end as u64).next_multiple_of(4096);
+    if to + len + (4 << 20) > memory_size {
+        say!("the root filesystem ({len} bytes) leaves too little of {memory_size:#x} bytes of memory");
+        shutdown(99, "root filesystem too large");
+    }
+    // SAFETY: both ranges lie in RAM the boot tables map (read_start_info
+    // checked the module, past the image; `to` and the length against
+    // memory_size just now), and nothing else lives there yet; `copy`
+    // allows them to overlap.
+    unsafe { core::ptr::copy(address as *const u8, to as *mut u8, len as usize) };
+    Some((to, len))
+}
+
+/// How to switch off, from the FADT, found at boot while the boot tables
+/// still map the first GiB (where the tables are): up to two writes, each
+/// a register's address and `VALID | space << 40 | width << 32 | value`
+/// (0 for none). A register in memory must lie below 4 GiB, which the
+/// boot tables are made to reach (see `shutdown`).
+static POWER_OFF_ADDRESS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static POWER_OFF_WRITE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+const POWER_OFF_VALID: u64 = 1 << 63;
+const POWER_OFF_MEMORY: u64 = 1 << 40;
+
+/// The bytes at physical `pa`, if the boot tables map them all.
+fn physical(pa: u64, len: usize) -> Option<&'static [u8]> {
+    let mapped = pa != 0 && pa.checked_add(len as u64).is_some_and(|end| end <= MAPPED_AT_BOOT);
+    // SAFETY: identity-mapped RAM or firmware tables below 1 GiB, only
+    // read; the VMM does not change its ACPI tables under us.
+    mapped.then(|| unsafe { core::slice::from_raw_parts(pa as *const u8, len) })
+}
+
+/// A whole ACPI table at `pa`: its header says how long it is.
+fn acpi_table(pa: u64) -> Option<&'static [u8]> {
+    let len = umbra_abi::acpi::table_len(physical(pa, umbra_abi::acpi::HEADER_LEN)?)?;
+    physical(pa, len).filter(|table| umbra_abi::acpi::checksum_ok(table))
+}
+
+/// Where the RSDP is: where start_info says, or, as on QEMU's microvm,
+/// found by its signature in the BIOS area.
+fn find_rsdp(given: Option<u64>) -> Option<&'static [u8]> {
+    if let Some(rsdp) = given.and_then(|pa| physical(pa, 36)) {
+        return Some(rsdp);
+    }
+    (0xe_0000..0x10_0000u64)
+        .step_by(16)
+        .filter_map(|pa| physical(pa, 36))
+        .find(|rsdp| umbra_abi::acpi::rsdp_root(rsdp).is_some())
+}
+
+/// Reads the FADT (and the DSDT's `\_S5_`) with `umbra_abi::acpi`, the
+/// logic Umbra uses too, and keeps the port writes that switch off.
+fn find_power_off(rsdp: Option<u64>) {
+    use umbra_abi::acpi::{self, Space};
+    let Some((root, entry_size)) = find_rsdp(rsdp).and_then(acpi::rsdp_root) else { return };
+    let Some(root) = acpi_table(root) else { return };
+    let Some(fadt) =
+        acpi::root_entries(root, entry_size).filter_map(acpi_table).find(|table| table.starts_with(b"FACP"))
+    else {
+        return;
+    };
+    let Some(fields) = acpi::fadt_power(fadt) else { return };
+    let s5 = acpi::fadt_dsdt(fadt).and_then(acpi_table).and_then(acpi::find_s5);
+    let Some(method) = acpi::power_off_method(&fields, s5) else { return };
+    let slots = POWER_OFF_ADDRESS.iter().zip(&POWER_OFF_WRITE);
+    for ((address, write), (register, value)) in slots.zip(method.writes().into_iter().flatten()) {
+        let space = match register.space {
+            Space::Io if register.address <= 0xffff => 0,
+            Space::Memory if register.address < 4 << 30 => POWER_OFF_MEMORY,
+            _ => continue,
+        };
+        address.store(register.address, Ordering::Relaxed);
+        let width = u64::from(register.bit_width);
+        write.store(POWER_OFF_VALID | space | width << 32 | u64::from(value), Ordering::Relaxed);
+    }
+}
+
+/// Makes the boot tables fit for `shutdown`, which switches back to them
+/// from wherever the kernel runs: the kernel half (`KERNEL_BASE + pa`, the
+/// kernel's code and stacks, all in the first GiB) maps as the identity
+/// map does, and 3 to 4 GiB, where a hardware-reduced machine may keep
+/// its sleep-control register (QEMU's microvm does), is mapped uncached.
+fn prepare_boot_tables_for_shutdown() {
+    const KERNEL_HALF_SLOT: usize = 256; // 0xFFFF_8000_0000_0000
+    // SAFETY: boot, one CPU, boot tables live: the entries added map
+    // nothing the running code relies on, and change none it does.
+    unsafe {
+        let pd = &raw mut native_mmio_pd;
+        for (index, entry) in (*pd).iter_mut().enumerate() {
+            // Present, writable, 2 MiB, write-through, cache disabled.
+            *entry = ((3 << 30) + ((index as u64) << 21)) | 0x9b;
+        }
+        native_boot_pdpt[3] = pd as u64 | 3;
+        native_boot_pml4[KERNEL_HALF_SLOT] = native_boot_pml4[0];
+    }
 }
 
 /// Called by `native_entry64` with the address of start_info.
@@ -308,21 +433,16 @@ extern "C" fn native_main(start_info: u64) -> ! {
             shutdown(99, why)
         }
     };
+    find_power_off(info.rsdp);
+    prepare_boot_tables_for_shutdown();
     let cmdline = &info.cmdline[..info.cmdline_len];
     say!("hello from ring 0 (native)");
     say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
     say!("cmdline: \"{}\"", Printable(cmdline));
-    let free_start = &raw const __image_end as u64;
-    // The first module, if any, is the root filesystem: it stays where the
-    // VMM put it, and the free memory stops below it (or starts above it).
-    let (module, module_len) = info.module;
-    let rootfs = (module_len > 0).then_some((module, module_len));
-    let (start, end) = match rootfs {
-        Some((module, _)) if module >= free_start + (16 << 20) => (free_start, module & !0xfff),
-        Some((module, len)) => ((module + len).next_multiple_of(4096).max(free_start), info.memory_size),
-        None => (free_start, info.memory_size),
-    };
-    crate::boot::run_kernel(cmdline, info.memory_size, start, end, rootfs)
+    let rootfs = take_rootfs(info.module, info.memory_size);
+    let image_end = &raw const __image_end as u64;
+    let free_start = rootfs.map_or(image_end, |(address, len)| (address + len).next_multiple_of(4096));
+    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size, rootfs)
 }
 
 fn serial_init() {
@@ -532,7 +652,31 @@ pub fn fault_address() -> u64 {
 
 /// Says how it ends, then leaves QEMU through isa-debug-exit if there is
 /// one (the status becomes QEMU's exit code, as under Umbra), else powers
-/// off through ACPI, else halts for good.
+/// off the way the FADT says (Cloud Hypervisor: its sleep-control port),
+/// else through the PM1a control port of QEMU's pc and q35, else halts
+/// for good.
+/// Writes a power-off register in memory below 4 GiB: on the boot
+/// tables, which map it (`prepare_boot_tables_for_shutdown`), whatever
+/// address space the kernel was in. Nothing runs after this but the halt
+/// loop, so the kernel's tables are not needed back.
+fn write_power_off_register(address: u64, width: u8, value: u32) {
+    // The boot tables' physical address: `native_boot_pml4` is in the image,
+    // which runs at its physical address or at KERNEL_BASE above it.
+    let root = (&raw const native_boot_pml4) as u64 & !0xFFFF_8000_0000_0000;
+    // SAFETY: the boot tables map this code and stack in the kernel half
+    // and the identity map alike, and `address` (below 4 GiB, named by
+    // the FADT as a power-management register) uncached; we are about to
+    // stop, so leaving the kernel's address space loses nothing.
+    unsafe {
+        asm!("mov cr3, {}", in(reg) root, options(nostack));
+        match width {
+            0..=8 => core::ptr::write_volatile(address as *mut u8, value as u8),
+            9..=16 => core::ptr::write_volatile(address as *mut u16, value as u16),
+            _ => core::ptr::write_volatile(address as *mut u32, value),
+        }
+    }
+}
+
 pub fn shutdown(status: u64, message: &str) -> ! {
     say!("native shutdown: status {status} ({message})");
     interrupts(false);
@@ -543,6 +687,26 @@ pub fn shutdown(status: u64, message: &str) -> ! {
         umbra_abi::status::GUEST_STATUS_OUT_OF_RANGE
     };
     outb(DEBUG_EXIT, status);
+    let writes = POWER_OFF_ADDRESS.iter().zip(&POWER_OFF_WRITE);
+    let writes =
+        writes.map(|(address, write)| (address.load(Ordering::Relaxed), write.load(Ordering::Relaxed)));
+    for (address, write) in writes.filter(|&(_, write)| write & POWER_OFF_VALID != 0) {
+        let (width, value) = ((write >> 32) as u8, write as u32);
+        if write & POWER_OFF_MEMORY != 0 {
+            write_power_off_register(address, width, value);
+            continue;
+        }
+        let port = address as u16;
+        // SAFETY: the FADT names this port as a power-management register;
+        // the write switches the machine off.
+        unsafe {
+            match width {
+                0..=8 => asm!("out dx, al", in("dx") port, in("al") value as u8, options(nomem, nostack)),
+                9..=16 => asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack)),
+                _ => asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)),
+            }
+        }
+    }
     // SAFETY: SLP_EN with sleep type 0, which QEMU's boards take as S5.
     unsafe { asm!("out dx, ax", in("dx") PM1A_CONTROL, in("ax") 0x2000u16, options(nomem, nostack)) };
     loop {

@@ -14,6 +14,12 @@
 //! A guest that starts after the secret's owner was killed gets the same
 //! host frames back, scrubbed; its scan is the test that scrubbing works.
 //!
+//! Two more do the same for the CPU's x87 and SSE registers, which Umbra
+//! swaps per guest: `test=fpu-secret` leaves π in ST0, a pattern in every
+//! XMM register and its own MXCSR, lingers, and checks they are still its
+//! own; `test=fpu-scan` checks that it started from the clean state, with
+//! nothing of them.
+//!
 //! The pattern is recognized arithmetically (word i of a page is
 //! `(KEY + i) * ODD`), in registers, so the scanner never holds a copy of
 //! the secret in its own memory that it would then find.
@@ -119,28 +125,122 @@ pub fn scan(memory_size: u64, frames: Frames) -> ! {
     shutdown(98, "survived")
 }
 
-/// `test=fpu-secret`: leave π in our x87 ST0, and linger while another
-/// guest runs.
+/// An FXSAVE image, as `fxsave64` lays it out.
+#[repr(C, align(16))]
+struct FxImage([u8; 512]);
+
+const FCW: usize = 0;
+const FSW: usize = 2;
+const FTW: usize = 4;
+const MXCSR: usize = 24;
+const ST0: usize = 32;
+const XMM0: usize = 160;
+const XMM_END: usize = XMM0 + 16 * 16;
+
+/// π as an x87 register holds it: its 64-bit mantissa and exponent.
+const PI_MANTISSA: u64 = 0xc90f_daa2_2168_c235;
+const PI_EXPONENT: u16 = 0x4000;
+/// What the secret puts in MXCSR: the default, with flush-to-zero.
+const SECRET_MXCSR: u32 = 0x9f80;
+
+/// Byte `i` of XMM register `register` in the secret.
+fn secret_xmm_byte(register: usize, i: usize) -> u8 {
+    0xa5 ^ (register as u8 * 16 + i as u8)
+}
+
+fn fxsave(image: &mut FxImage) {
+    // SAFETY: a 512-byte, 16-byte-aligned area of ours. `fxsave64` and
+    // `fxrstor64` run at ring 1 under this machine's nested KVM, where x87
+    // and SSE arithmetic there stop the VM (docs/security.md), so the
+    // probes plant and read their values with these two alone.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) image.0.as_mut_ptr(), options(nostack)) };
+}
+
+fn fxrstor(image: &FxImage) {
+    // SAFETY: as above; an image `fxsave64` wrote, changed only in fields
+    // that take any value (registers, tags, TOP) and MXCSR, set to a
+    // valid value.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) image.0.as_ptr(), options(nostack, readonly)) };
+}
+
+fn u16_at(image: &FxImage, at: usize) -> u16 {
+    u16::from_le_bytes([image.0[at], image.0[at + 1]])
+}
+
+fn u32_at(image: &FxImage, at: usize) -> u32 {
+    u32::from_le_bytes([image.0[at], image.0[at + 1], image.0[at + 2], image.0[at + 3]])
+}
+
+fn u64_at(image: &FxImage, at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&image.0[at..at + 8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Does the image hold the secret: π in ST0, the pattern in every XMM
+/// register, our MXCSR?
+fn fpu_holds_secret(image: &FxImage) -> (bool, usize) {
+    let pi = u64_at(image, ST0) == PI_MANTISSA && u16_at(image, ST0 + 8) == PI_EXPONENT;
+    let xmm =
+        (0..16).filter(|&r| (0..16).all(|i| image.0[XMM0 + r * 16 + i] == secret_xmm_byte(r, i))).count();
+    (pi, xmm)
+}
+
+/// `test=fpu-secret`: leave π in our x87 ST0, a pattern in all sixteen
+/// XMM registers and flush-to-zero in MXCSR, and linger while another
+/// guest runs; then check they are all still ours.
 pub fn fpu_secret() -> ! {
-    // SAFETY: the x87 unit is ours while we run; fldpi pushes π.
-    unsafe { core::arch::asm!("fninit", "fldpi", options(nomem, nostack)) };
-    say!("fpu secret: pi in st0");
+    let mut image = FxImage([0; 512]);
+    fxsave(&mut image);
+    // ST0 is π: one register pushed on an empty stack (TOP 7), valid.
+    image.0[FSW..FSW + 2].copy_from_slice(&(7u16 << 11).to_le_bytes());
+    image.0[FTW] = 0x80;
+    image.0[ST0..ST0 + 8].copy_from_slice(&PI_MANTISSA.to_le_bytes());
+    image.0[ST0 + 8..ST0 + 10].copy_from_slice(&PI_EXPONENT.to_le_bytes());
+    image.0[MXCSR..MXCSR + 4].copy_from_slice(&SECRET_MXCSR.to_le_bytes());
+    for register in 0..16 {
+        for i in 0..16 {
+            image.0[XMM0 + register * 16 + i] = secret_xmm_byte(register, i);
+        }
+    }
+    fxrstor(&image);
+    say!("fpu secret: pi in st0, a pattern in xmm0-15, mxcsr {SECRET_MXCSR:#x}");
     linger(20);
+    let mut after = FxImage([0; 512]);
+    fxsave(&mut after);
+    let (pi, xmm) = fpu_holds_secret(&after);
+    let mxcsr = u32_at(&after, MXCSR);
+    if !pi || xmm != 16 || mxcsr != SECRET_MXCSR {
+        say!("fpu secret: lost while others ran: pi {pi}, {xmm} of 16 xmm registers, mxcsr {mxcsr:#x}");
+        shutdown(95, "fpu secret lost")
+    }
+    say!("fpu secret: all still ours after the other guest's turns");
     shutdown(0, "fpu secret")
 }
 
-/// `test=fpu-scan`: read our own x87 ST0. A fresh guest's unit is empty;
-/// seeing π would mean the host let another guest's registers through.
+/// `test=fpu-scan`: look at our own x87/SSE state as a fresh guest. It
+/// must be the clean one (FCW 0x37f, MXCSR 0x1f80, every register zero and
+/// empty); any trace of the secret would be another guest's.
 pub fn fpu_scan() -> ! {
     linger(5);
-    let mut bits = 0u64;
-    // SAFETY: fstp of ST0 to a local: an empty register stores the
-    // indefinite NaN (the fault is masked after fninit), π stores π.
-    unsafe { core::arch::asm!("fstp qword ptr [{}]", in(reg) &raw mut bits, options(nostack)) };
-    let pi = core::f64::consts::PI.to_bits();
+    let mut image = FxImage([0; 512]);
+    fxsave(&mut image);
+    let (fcw, fsw, ftw, mxcsr) =
+        (u16_at(&image, FCW), u16_at(&image, FSW), image.0[FTW], u32_at(&image, MXCSR));
+    let (pi, xmm) = fpu_holds_secret(&image);
+    let registers_zero = image.0[ST0..XMM_END].iter().all(|&b| b == 0);
+    let clean = fcw == 0x37f && fsw == 0 && ftw == 0 && mxcsr == 0x1f80 && registers_zero;
+    let verdict = if pi || xmm > 0 || mxcsr == SECRET_MXCSR {
+        "another guest's values"
+    } else if clean {
+        "a clean state"
+    } else {
+        "not clean"
+    };
     say!(
-        "fpu scan: st0 holds {bits:#018x}: {}",
-        if bits == pi { "another guest's pi" } else { "not another guest's value" }
+        "fpu scan: fcw {fcw:#x} fsw {fsw:#x} tags {ftw:#x} mxcsr {mxcsr:#x}, st0 {:#018x}, {xmm} xmm registers \
+         with the secret: {verdict}",
+        u64_at(&image, ST0)
     );
-    shutdown(if bits == pi { 96 } else { 0 }, "fpu scan")
+    shutdown(if clean { 0 } else { 96 }, "fpu scan")
 }

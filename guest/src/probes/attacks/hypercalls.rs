@@ -270,7 +270,7 @@ fn bogus_pending(name: &'static str, memory_size: u64, frames: Frames) {
 fn user_ud2(memory_size: u64, frames: Frames, with_stack: bool) {
     let mut space = tables::build_and_switch(memory_size, frames);
     install_handlers();
-    run_at_ring3(&mut space, &abi::HYPERCALL_INSTRUCTION, with_stack);
+    let _ = run_at_ring3(&mut space, &abi::HYPERCALL_INSTRUCTION, with_stack);
 }
 
 fn user_hypercall(name: &'static str, memory_size: u64, frames: Frames) {

@@ -39,10 +39,12 @@ use crate::platform::hypercall::{hypercall, shutdown};
 
 mod faults;
 mod flags;
+mod fsbase;
 mod hypercalls;
 mod paging;
 mod privilege;
 mod switcher;
+mod usermode;
 mod vectors;
 
 /// One attack: its name on the command line, and what it does.
@@ -94,6 +96,8 @@ const ATTACKS: &[&[Attack]] = &[
     faults::ATTACKS,
     flags::ATTACKS,
     vectors::ATTACKS,
+    fsbase::ATTACKS,
+    usermode::ATTACKS,
 ];
 
 /// Runs attack `name`, after INIT.
@@ -121,6 +125,8 @@ handler_statics! {
     ATTACK_VECTOR = u64::MAX;
     ATTACK_ERROR = u64::MAX;
     ATTACK_CS = 0;
+    /// The RIP in the frame: where the trap says it struck.
+    ATTACK_RIP = 0;
     /// The RFLAGS in the frame: what the CPU (or Umbra) saved of ours.
     ATTACK_RFLAGS = 0;
     /// Where a handler resumes (0: where the frame says).
@@ -154,6 +160,8 @@ core::arch::global_asm!(
     pushq %rax
     movq 24(%rsp), %rax             /* the RFLAGS the trap saved */
     movq %rax, ATTACK_RFLAGS(%rip)
+    movq 8(%rsp), %rax              /* the RIP the trap saved */
+    movq %rax, ATTACK_RIP(%rip)
     movq 16(%rsp), %rax             /* the CS the trap came from */
     movq %rax, ATTACK_CS(%rip)
     andl $3, %eax
@@ -355,7 +363,7 @@ static mut KERNEL_STACK: KernelStack = KernelStack([0; 16384]);
 /// the caller installs, come back here from user mode on the kernel stack
 /// saved in ATTACK_KERNEL_RSP. `with_stack` says whether we name a kernel
 /// stack first (without one, Umbra has nowhere to deliver the trap).
-fn run_at_ring3(space: &mut AddressSpace, code: &[u8], with_stack: bool) {
+fn run_at_ring3(space: &mut AddressSpace, code: &[u8], with_stack: bool) -> (u64, u64) {
     let page = map_user(space, USER_CODE);
     map_user(space, USER_CODE + PAGE_SIZE);
     // SAFETY: a frame we just allocated, reached by the identity map; the
@@ -366,8 +374,11 @@ fn run_at_ring3(space: &mut AddressSpace, code: &[u8], with_stack: bool) {
         // SAFETY: our own .bss, mapped writable by the kernel alias.
         unsafe { hypercall(abi::SET_STACK, top, 16384, 0, 0, 0) };
     }
+    let (rcx, r11);
     // SAFETY: enters ring 3 at the code; our handler comes back to label
-    // 2 on the kernel stack saved in ATTACK_KERNEL_RSP.
+    // 2 on the kernel stack saved in ATTACK_KERNEL_RSP, with the user
+    // code's rcx and r11 as the trap left them (the handlers touch
+    // neither), which `syscall` would have set.
     unsafe {
         core::arch::asm!(
             "lea {t}, [rip + 2f]",
@@ -391,6 +402,9 @@ fn run_at_ring3(space: &mut AddressSpace, code: &[u8], with_stack: bool) {
             in("rdi") 98u64,
             in("rsi") 0u64,
             in("rdx") 0u64,
+            out("rcx") rcx,
+            out("r11") r11,
         );
     }
+    (rcx, r11)
 }

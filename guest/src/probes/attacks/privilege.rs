@@ -101,11 +101,12 @@ static FAR_POINTER: [u64; 2] = [0x1000, 0x08];
 struct Image([u8; 4096]);
 static BAD_IMAGE: Image = Image([0xff; 4096]);
 
-/// `fxrstor64` of the all-ones image, 16-aligned. It does not fault here:
-/// CR4.OSFXSR is clear, so the CPU skips MXCSR (the only part it would
-/// check) and loads garbage into the x87 and SSE registers, which are the
-/// guest's own: Umbra itself uses no floating point. We show the guest
-/// carries on.
+/// `fxrstor64` of the all-ones image, 16-aligned. MXCSR's reserved bits
+/// are set, so hardware (and KVM) raise #GP, for our handler; QEMU's TCG
+/// does not check them and loads the garbage into the x87 and SSE
+/// registers, which are the guest's own: Umbra itself uses no floating
+/// point, and it clears those bits in what it saves (`FpuState::save`),
+/// so its own `fxrstor64` can never fault. Either way the guest carries on.
 fn fxrstor_bad_image(name: &'static str, memory_size: u64, frames: Frames) {
     tables::build_and_switch(memory_size, frames);
     install_handlers();
