@@ -1174,6 +1174,44 @@ fn reset_keeps_ram_dirty() -> Case {
     })
 }
 
+/// Console input: bytes typed on QEMU's serial port reach the guest that
+/// owns the console, through its shared page's input ring, with the input
+/// ring's interrupt waking it from a HALT that has no clock armed. The
+/// probe (`test=input:N`) says back what it read, escaped.
+fn console_input(accel: Accel) -> Case {
+    let config = Boot::new("microvm", accel).append("-- test=input:9").typing(b"hi there\n");
+    Case::boot(format!("{}_microvm_console_input", accel.name()), config, |outcome| {
+        check!(
+            outcome,
+            outcome.has_line("guest: input: hi there\\x0a"),
+            "the guest should say back what was typed"
+        );
+        check!(outcome, outcome.has_line("stats: console input 9 bytes"), "the stats should count the input");
+        check_exit(outcome, 0, Exit::DebugExit)
+    })
+}
+
+/// `console=2`: the second of two guests gets the input; the first,
+/// which ends at once, never reads any.
+fn console_input_to_another_guest() -> Case {
+    let config = Boot::new("microvm", Accel::Tcg)
+        .append("guests=2 console=2 -- test=exit:0 -- test=input:5")
+        .typing(b"hello");
+    Case::boot("tcg_microvm_console_input_to_guest_2", config, |outcome| {
+        check!(
+            outcome,
+            outcome.has_line("[g2] guest: input: hello"),
+            "guest 2 should say back what was typed"
+        );
+        check!(
+            outcome,
+            outcome.lines_starting("stats: console input ").len() == 1,
+            "only one guest should have console input in its stats"
+        );
+        check_exit(outcome, 0, Exit::DebugExit)
+    })
+}
+
 fn main() {
     let mut cases = vec![
         image_is_a_pvh_exec(),
@@ -1191,6 +1229,9 @@ fn main() {
     }
     cases.push(single_threaded_tcg());
     cases.push(reset_keeps_ram_dirty());
+    cases.push(console_input(Accel::Tcg));
+    cases.push(console_input(Accel::Kvm));
+    cases.push(console_input_to_another_guest());
     cases.push(warns_and_goes_on("tcg_microvm_junk_cmdline_4k", junk(4096), "warn: cmdline: ignored"));
     cases.push(warns_and_goes_on(
         "tcg_microvm_unknown_log_level",

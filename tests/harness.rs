@@ -105,6 +105,8 @@ pub struct Boot {
     pub initrd: Option<PathBuf>,
     /// Without it, the firmware must power off the ACPI way.
     pub debug_exit: bool,
+    /// Typed on the serial console as the boot starts.
+    pub input: Option<Vec<u8>>,
     pub timeout: Duration,
 }
 
@@ -119,6 +121,7 @@ impl Boot {
             append: None,
             initrd: None,
             debug_exit: true,
+            input: None,
             // Timeouts only catch hangs, so they are generous: a nested KVM
             // runs ring-1 code a thousand times slower than TCG, and q35
             // spends seconds in SeaBIOS there.
@@ -148,6 +151,11 @@ impl Boot {
 
     pub fn initrd(mut self, path: PathBuf) -> Boot {
         self.initrd = Some(path);
+        self
+    }
+
+    pub fn typing(mut self, input: &[u8]) -> Boot {
+        self.input = Some(input.to_vec());
         self
     }
 
@@ -182,7 +190,7 @@ impl Boot {
 
     pub fn run(&self, log_name: &str) -> Result<Outcome, String> {
         let image = image()?;
-        run_with_timeout(self.command(&image), self.timeout, log_name)
+        run_feeding(self.command(&image), self.input.as_deref(), self.timeout, log_name)
     }
 
     /// Boot, and let `judge` say what the boot's output is worth. A KVM
@@ -238,13 +246,33 @@ impl Outcome {
 
 /// Start `command`, collect its stdout (the serial console) and stderr,
 /// kill it at `timeout`, and keep the console in `target/boot-tests/`.
-pub fn run_with_timeout(mut command: Command, timeout: Duration, log_name: &str) -> Result<Outcome, String> {
+pub fn run_with_timeout(command: Command, timeout: Duration, log_name: &str) -> Result<Outcome, String> {
+    run_feeding(command, None, timeout, log_name)
+}
+
+/// Like [`run_with_timeout`], with `input` written to the process's
+/// standard input (QEMU's serial port, with `-serial stdio`), which stays
+/// open until the process ends: QEMU drops what it has not yet passed to
+/// the guest when its input closes.
+pub fn run_feeding(
+    mut command: Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+    log_name: &str,
+) -> Result<Outcome, String> {
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not start {:?}: {e}", command.get_program()))?;
+    let mut stdin = child.stdin.take();
+    if let (Some(pipe), Some(bytes)) = (stdin.as_mut(), input) {
+        use std::io::Write as _;
+        // The pipe holds far more than any test types.
+        let _ = pipe.write_all(bytes);
+        let _ = pipe.flush();
+    }
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let out_reader = thread::spawn(move || {
@@ -269,6 +297,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration, log_name: &str)
             None => thread::sleep(Duration::from_millis(20)),
         }
     };
+    drop(stdin);
     let serial = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
     let dir = workspace_root().join("target/boot-tests");

@@ -92,7 +92,8 @@ pub const SET_CLOCKEVENT: u64 = 12;
 /// HALT(): turn the virtual interrupt flag on and sleep until an interrupt
 /// is pending, as one step (`sti; hlt`): check for work with the flag off,
 /// then HALT, and no interrupt raised in between is lost. Nothing armed
-/// and nothing pending would mean sleeping for ever: that kills.
+/// and nothing pending would mean sleeping for ever: that kills, except
+/// for the guest that owns the console, which console input wakes.
 pub const HALT: u64 = 13;
 /// SEND_INTERRUPTS(): deliver whatever is pending.
 pub const SEND_INTERRUPTS: u64 = 14;
@@ -183,6 +184,12 @@ pub const fn is_host_vector(vector: u8) -> bool {
 /// Guest interrupt n arrives at vector `IRQ_BASE + n`; the clock is IRQ 0.
 pub const IRQ_BASE: u64 = 32;
 pub const CLOCK_IRQ: u64 = 0;
+/// Console input arrived in the shared page's input ring (the guest that
+/// owns the console only): IRQ 4, COM1's on a PC.
+pub const CONSOLE_IRQ: u64 = 4;
+
+/// Bytes in the shared page's console input ring.
+pub const CONSOLE_INPUT_SIZE: usize = 256;
 
 /// SET_STACK's largest stack, which Umbra keeps mapped.
 pub const KERNEL_STACK_MAX: u64 = 16 * 1024;
@@ -234,6 +241,16 @@ pub struct SharedPage {
     /// hypercall and interrupt exit), updated by Umbra before each entry.
     /// Informational: benchmarks read it to count exits per operation.
     pub exits: u64,
+    /// Console input, for the guest that owns the console. Umbra appends
+    /// bytes at `input[input_written % CONSOLE_INPUT_SIZE]` and then moves
+    /// `input_written` on; the guest takes bytes from
+    /// `input[input_read % CONSOLE_INPUT_SIZE]` and moves `input_read` on.
+    /// Both count bytes since INIT and wrap at 2^32. Umbra writes only
+    /// where the guest has read (`input_written - input_read` never
+    /// exceeds the ring's size) and raises [`CONSOLE_IRQ`] when it adds.
+    pub input_written: u32,
+    pub input_read: u32,
+    pub input: [u8; CONSOLE_INPUT_SIZE],
 }
 
 /// What the guest finds at `rdi` when it starts.

@@ -42,7 +42,7 @@ fn check_table(name: &str, fields: &[(&str, usize, usize)], struct_size: usize) 
 #[test]
 fn the_shared_page_table_gives_every_offset() {
     let fields = fields!(SharedPage: abi_version, irq_enabled, irq_pending, cr2, time_ns, tsc_khz,
-        kernel_boundary, noirq_iret, async_completed, async_ring, exits);
+        kernel_boundary, noirq_iret, async_completed, async_ring, exits, input_written, input_read, input);
     check_table("SharedPage", &fields, size_of::<SharedPage>());
 }
 

@@ -96,6 +96,9 @@ pub struct Config {
     /// `cpus=N`: start at most N CPUs, the boot CPU included (default:
     /// every enabled CPU the MADT lists).
     pub cpus: Option<usize>,
+    /// `console=N`: the guest that console input goes to (default: the
+    /// first); `console=none`: no guest reads the console, 0 here.
+    pub console: usize,
 }
 
 pub const DEFAULT_GUEST_MEM: u64 = 64 << 20;
@@ -120,6 +123,7 @@ impl Default for Config {
             guests: 1,
             guests_at_once: None,
             cpus: None,
+            console: 1,
         }
     }
 }
@@ -217,7 +221,7 @@ pub type CmdlineNotices = Vec<CmdlineNotice, 4>;
 
 /// What each `key=` takes and what is used when its value is refused, as
 /// the notice words them.
-const TAKES: [(&str, &str, &str); 7] = [
+const TAKES: [(&str, &str, &str); 8] = [
     ("log", "error|warn|info|debug|trace", "info"),
     ("guest_mem", "a size from 4M to 64G, like 64M", "64M or what the machine can spare"),
     ("guests", "1 to 1000000", "1"),
@@ -225,6 +229,7 @@ const TAKES: [(&str, &str, &str); 7] = [
     ("cpus", "1 to 64", "every CPU the MADT lists"),
     ("guest_timeout", "whole seconds, 1 to 86400", "no timeout"),
     ("crash", "ud|pf|panic|stack|ap", "no crash"),
+    ("console", "a guest's number, 1 to 1000000, or none", "the first guest"),
 ];
 
 /// A count from 1 to `max`.
@@ -262,6 +267,11 @@ pub fn parse(cmdline: &[u8], notices: &mut CmdlineNotices) -> Config {
                 .filter(|seconds| (1..=MAX_GUEST_TIMEOUT_S).contains(seconds))
                 .map(|seconds| config.guest_timeout_s = seconds),
             b"crash" => CrashKind::from_word(value).map(|kind| config.crash = Some(kind)),
+            b"console" if value == b"none" => {
+                config.console = 0;
+                Some(())
+            }
+            b"console" => count(value, MAX_GUESTS_IN_ALL).map(|number| config.console = number),
             _ => {
                 if unknown_count == 0 {
                     first_unknown = Excerpt::of(word);
@@ -366,6 +376,18 @@ mod tests {
         let (config, notices) = parse_all(b"start_info_test=1");
         assert!(!config.start_info_test);
         assert_eq!(notices.len(), 1);
+    }
+
+    #[test]
+    fn console_owner() {
+        assert_eq!(parse_all(b"").0.console, 1);
+        assert_eq!(parse_all(b"console=3").0.console, 3);
+        assert_eq!(parse_all(b"console=none").0.console, 0);
+        for bad in [&b"console=0"[..], b"console=", b"console=first", b"console=2000000"] {
+            let (config, notices) = parse_all(bad);
+            assert_eq!(config.console, 1, "{bad:?}");
+            assert_eq!(notices.len(), 1, "{bad:?}");
+        }
     }
 
     #[test]

@@ -304,6 +304,10 @@ impl Machine for ThisCpu {
         lapic::arm_ns(ns);
         lapic::wait_for_interrupt();
     }
+
+    fn read_console(&mut self) -> Option<u8> {
+        crate::serial::read_byte()
+    }
 }
 
 /// The run every CPU serves, while there is one, and the clock they

@@ -362,6 +362,7 @@ mod boot {
             memory_size: memory.size,
             memory_origin: &memory.origin(),
             timeout_s: config.guest_timeout_s,
+            console_owner: config.console,
         };
         let status = guest::run(&guests, &run, tsc_khz);
         power::exit(status)

@@ -17,6 +17,12 @@ use x86_64::instructions::port::Port;
 const COM1: u16 = 0x3f8;
 const LINE_STATUS: u16 = COM1 + 5;
 const TRANSMIT_EMPTY: u8 = 1 << 5;
+const DATA_READY: u8 = 1 << 0;
+
+/// Bytes typed before Umbra started, taken from the receiver while the
+/// UART was set up; more than this many may lose one byte.
+const EARLY_MAX: usize = 64;
+static EARLY: Mutex<heapless::Deque<u8, EARLY_MAX>> = Mutex::new(heapless::Deque::new());
 /// How long to wait for the transmitter before writing anyway.
 const TRANSMIT_SPINS: u32 = 100_000;
 
@@ -34,7 +40,17 @@ impl Serial {
     }
 
     /// 115200 baud, 8N1, FIFOs on, interrupts off.
+    ///
+    /// Input typed before Umbra started must survive this. The UART comes
+    /// up without FIFOs, holding one byte at most; a VMM passes the next
+    /// only once that one is read (QEMU's 16550 asks its input for more at
+    /// each read of the receiver), and turning the FIFOs on empties them.
+    /// So what waits is taken first, byte by byte, until no more comes
+    /// (up to [`EARLY_MAX`] bytes, kept for [`read_byte`]); and once the
+    /// FIFOs are on the receiver is read once more, which asks the VMM for
+    /// the rest: without that read it would wait for ever.
     fn init() {
+        Self::take_early_input();
         Self::out(COM1 + 1, 0x00);
         Self::out(COM1 + 3, 0x80);
         Self::out(COM1, 0x01);
@@ -42,6 +58,31 @@ impl Serial {
         Self::out(COM1 + 3, 0x03);
         Self::out(COM1 + 2, 0xc7);
         Self::out(COM1 + 4, 0x03);
+        if Self::line_status() & DATA_READY == 0 {
+            // SAFETY: reading the empty receiver gives 0 and takes nothing.
+            let _ = unsafe { Port::<u8>::new(COM1).read() };
+        }
+    }
+
+    /// Take the bytes waiting in the receiver into [`EARLY`], waiting a
+    /// little for each next one the VMM passes, while any come.
+    fn take_early_input() {
+        const PATIENCE: u32 = 100_000;
+        let mut early = EARLY.lock();
+        let mut quiet = 0;
+        while quiet < PATIENCE && !early.is_full() {
+            if Self::line_status() & DATA_READY == 0 {
+                if early.is_empty() {
+                    return;
+                }
+                quiet += 1;
+                core::hint::spin_loop();
+                continue;
+            }
+            // SAFETY: reading the receive register takes the byte; nothing else.
+            let _ = early.push_back(unsafe { Port::<u8>::new(COM1).read() });
+            quiet = 0;
+        }
     }
 
     fn put(byte: u8) {
@@ -53,6 +94,24 @@ impl Serial {
         }
         Self::out(COM1, byte);
     }
+}
+
+/// One byte typed on the console, if one is waiting; never waits. The
+/// UART's interrupts stay off: the run loop looks at every host tick
+/// (`hv_core::run`), and a VMM holds further input until the UART has room
+/// for it, so nothing is lost between looks.
+pub fn read_byte() -> Option<u8> {
+    // The console's lock keeps this CPU's look at the line status and its
+    // read of the byte together, away from another CPU's.
+    let _console = CONSOLE.lock();
+    if let Some(byte) = EARLY.lock().pop_front() {
+        return Some(byte);
+    }
+    if Serial::line_status() & DATA_READY == 0 {
+        return None;
+    }
+    // SAFETY: reading the receive register takes the byte; nothing else.
+    Some(unsafe { Port::<u8>::new(COM1).read() })
 }
 
 impl Write for Serial {

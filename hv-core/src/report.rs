@@ -185,6 +185,9 @@ pub(crate) fn print_stats(
         let _ = write!(line, "; {} of the #UDs were syscalls a nested KVM ran", stats.stray_syscalls);
     }
     machine.log(Level::Info, format_args!("{line}"));
+    if stats.console_input > 0 {
+        machine.log(Level::Info, format_args!("stats: console input {} bytes", stats.console_input));
+    }
 
     machine.log(
         Level::Info,

@@ -38,6 +38,7 @@
 //! waiting does.
 
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use heapless::Vec;
 use log::Level;
@@ -85,6 +86,9 @@ pub struct RunConfig<'a> {
     pub memory_origin: &'a (dyn fmt::Display + Sync),
     /// `guest_timeout=`, in seconds; 0 for no watchdog.
     pub timeout_s: u64,
+    /// `console=`: the number of the guest console input goes to (the
+    /// first is 1); 0 for none.
+    pub console_owner: usize,
 }
 
 /// How the guest came back to the host: what the registers page cannot
@@ -180,6 +184,8 @@ pub trait Machine {
     /// Arm the host's timer for `ns` and wait, interrupts on, for it or
     /// any other interrupt.
     fn sleep(&mut self, ns: u64);
+    /// One byte of console input, if one has arrived; never waits.
+    fn read_console(&mut self) -> Option<u8>;
 }
 
 /// A vCPU over a machine's memory and shadow pool.
@@ -223,6 +229,61 @@ pub struct Run<'g, M: Machine> {
     report: spin::Mutex<()>,
     /// What each CPU did for the run.
     shares: spin::Mutex<CpuShares>,
+    /// Console input on its way to the guest that owns the console.
+    input: ConsoleInput,
+}
+
+/// How many bytes of console input Umbra holds for the console's owner
+/// beyond its ring: a paste this large waits whole; beyond it, Umbra
+/// stops reading the console, and the VMM holds the rest.
+pub const CONSOLE_QUEUE: usize = 4096;
+
+/// Console input: read from the machine's console by whichever CPU is at
+/// a host tick (or idle, or halted with its guest), queued here, and moved
+/// into the owner's input ring before the owner's next entry.
+struct ConsoleInput {
+    owner: usize,
+    queue: spin::Mutex<heapless::Deque<u8, CONSOLE_QUEUE>>,
+    /// How many bytes the queue holds, readable without the lock: the
+    /// owner looks at every entry, and almost always finds none.
+    queued: AtomicUsize,
+}
+
+impl ConsoleInput {
+    /// Read what the console has, while the queue has room: a full queue
+    /// leaves bytes in the VMM's UART, where they wait, so none is lost.
+    fn pump(&self, machine: &mut impl Machine) {
+        if self.owner == 0 {
+            return;
+        }
+        let mut queue = self.queue.lock();
+        while !queue.is_full() {
+            match machine.read_console() {
+                Some(byte) => {
+                    let _ = queue.push_back(byte);
+                }
+                None => break,
+            }
+        }
+        self.queued.store(queue.len(), Ordering::Relaxed);
+    }
+
+    /// Give guest `number` its input, if it owns the console.
+    fn deliver<M: Machine>(&self, number: usize, vcpu: &mut MachineVcpu<M>) -> Result<(), Kill> {
+        if number != self.owner || self.queued.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let mut queue = self.queue.lock();
+        let given = vcpu.give_console_input(&mut queue);
+        self.queued.store(queue.len(), Ordering::Relaxed);
+        given
+    }
+
+    /// When a halted guest `number` must be looked at again for input:
+    /// at the next host tick, if it owns the console.
+    fn poll_at(&self, number: usize, now_ns: u64) -> Option<u64> {
+        (number == self.owner).then_some(now_ns + HOST_TICK_NS)
+    }
 }
 
 struct Queue<M: Machine> {
@@ -273,6 +334,11 @@ impl<'g, M: Machine> Run<'g, M> {
             queue: spin::Mutex::new(queue),
             report: spin::Mutex::new(()),
             shares: spin::Mutex::new(CpuShares::default()),
+            input: ConsoleInput {
+                owner: config.console_owner,
+                queue: spin::Mutex::new(heapless::Deque::new()),
+                queued: AtomicUsize::new(0),
+            },
         }
     }
 
@@ -306,7 +372,8 @@ impl<'g, M: Machine> Run<'g, M> {
             queue.elsewhere += 1;
             return Turn::Run(queue.ready.remove(index));
         }
-        let earliest = queue.check_halted(machine);
+        self.input.pump(machine);
+        let earliest = queue.check_halted(machine, &self.input);
         if let Some(index) = queue.ready.iter().position(|s| matches!(s.state, SlotState::Finished(_))) {
             queue.elsewhere += 1;
             return Turn::Retire(queue.ready.remove(index));
@@ -435,7 +502,7 @@ impl<M: Machine> Queue<M> {
     /// Look at every halted guest: wake those whose clock event is due,
     /// finish those the watchdog has caught or nothing could ever wake.
     /// Returns the earliest moment one of them needs looking at again.
-    fn check_halted(&mut self, machine: &mut M) -> Option<u64> {
+    fn check_halted(&mut self, machine: &mut M, input: &ConsoleInput) -> Option<u64> {
         let mut earliest: Option<u64> = None;
         for slot in self.ready.iter_mut().filter(|s| s.state == SlotState::Halted) {
             let now = machine.now_ns();
@@ -447,7 +514,11 @@ impl<M: Machine> Queue<M> {
                 let wake = watchdog.deadline_ns.saturating_add(1);
                 earliest = Some(earliest.map_or(wake, |e| e.min(wake)));
             }
-            match slot.vcpu.halt_state(now) {
+            if let Err(kill) = input.deliver::<M>(slot.number, &mut slot.vcpu) {
+                slot.state = SlotState::Finished(slot.console.killed(machine, kill));
+                continue;
+            }
+            match slot.vcpu.halt_state(now, input.poll_at(slot.number, now)) {
                 HaltState::Ready => slot.state = SlotState::Runnable,
                 HaltState::SleepUntil(deadline) => {
                     earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
@@ -514,7 +585,7 @@ pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut Gues
     loop {
         let turn_started = machine.tsc();
         let (exits_before, guest_before) = (slot.vcpu.stats.exits, slot.cycles.guest);
-        let end = run_slice(machine, regs, &mut slot, several);
+        let end = run_slice(machine, regs, &mut slot, several, &run.input);
         slot.cycles.total += machine.tsc() - turn_started;
         slot.state = match end {
             SliceEnd::Preempted => SlotState::Runnable,
@@ -619,10 +690,21 @@ fn run_slice<M: Machine>(
     regs: &mut GuestRegs,
     slot: &mut Slot<M>,
     several: bool,
+    input: &ConsoleInput,
 ) -> SliceEnd {
-    let Slot { vcpu, console, cycles, watchdog, .. } = slot;
-    let watchdog = *watchdog;
+    let Slot { vcpu, console, cycles, watchdog, number, .. } = slot;
+    let (watchdog, number) = (*watchdog, *number);
+    // The console is read when the slice starts and at every host tick:
+    // often enough for a typist, and no port read on the hot path. What
+    // was read goes to the owner at its next entry.
+    let mut look_for_input = true;
     loop {
+        if core::mem::take(&mut look_for_input) {
+            input.pump(machine);
+        }
+        if let Err(kill) = input.deliver::<M>(number, vcpu) {
+            return SliceEnd::Finished(console.killed(machine, kill));
+        }
         if vcpu.take_switcher_changes() {
             install_switcher_state(machine, vcpu);
         }
@@ -648,12 +730,13 @@ fn run_slice<M: Machine>(
         if regs.vector == 6 {
             cycles.fastest_hypercall = cycles.fastest_hypercall.min(exit.guest_cycles);
         }
+        look_for_input = exit.host_tick;
         let next = vcpu.handle_exit(regs, exit.cr2, &mut GuestHost { machine, console });
         match next {
             Next::Resume if exit.host_tick && several => return SliceEnd::Preempted,
             Next::Resume => {}
             Next::Halt if several => return SliceEnd::Halted,
-            Next::Halt => match sleep_while_halted(machine, vcpu, watchdog) {
+            Next::Halt => match sleep_while_halted(machine, vcpu, watchdog, (number, input)) {
                 Ok(()) => {}
                 Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(machine, kill)),
                 Err(HaltEnd::Watchdog(watchdog)) => {
@@ -693,15 +776,18 @@ enum HaltEnd {
 /// interrupt to take; the watchdog bounds the sleep too.
 fn sleep_while_halted<M: Machine>(
     machine: &mut M,
-    vcpu: &MachineVcpu<M>,
+    vcpu: &mut MachineVcpu<M>,
     watchdog: Option<Watchdog>,
+    (number, input): (usize, &ConsoleInput),
 ) -> Result<(), HaltEnd> {
     loop {
         let now = machine.now_ns();
         if let Some(watchdog) = watchdog.filter(|w| now > w.deadline_ns) {
             return Err(HaltEnd::Watchdog(watchdog));
         }
-        match vcpu.halt_state(now) {
+        input.pump(machine);
+        input.deliver::<M>(number, vcpu).map_err(HaltEnd::Kill)?;
+        match vcpu.halt_state(now, input.poll_at(number, now)) {
             HaltState::Ready => return Ok(()),
             HaltState::Forever => return Err(HaltEnd::Kill(Kill::HaltForever)),
             HaltState::SleepUntil(deadline) => {

@@ -372,8 +372,10 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     }
 
     /// For HALT: can the guest run on now, must it sleep until a deadline,
-    /// or would it sleep for ever?
-    pub fn halt_state(&self, now_ns: u64) -> HaltState {
+    /// or would it sleep for ever? `input_poll_ns`, for the guest that owns
+    /// the console, is when Umbra next looks for console input, which may
+    /// wake it: such a guest may halt with no clock armed.
+    pub fn halt_state(&self, now_ns: u64, input_poll_ns: Option<u64>) -> HaltState {
         if !self.virtual_interrupts_on() {
             return HaltState::Forever;
         }
@@ -382,10 +384,11 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if self.pending.iter().any(|word| *word != 0) {
             return HaltState::Ready;
         }
-        match self.clock_deadline_ns {
-            Some(deadline) if deadline <= now_ns => HaltState::Ready,
-            Some(deadline) => HaltState::SleepUntil(deadline),
-            None => HaltState::Forever,
+        match (self.clock_deadline_ns, input_poll_ns) {
+            (Some(deadline), _) if deadline <= now_ns => HaltState::Ready,
+            (Some(deadline), poll) => HaltState::SleepUntil(poll.map_or(deadline, |poll| poll.min(deadline))),
+            (None, Some(poll)) => HaltState::SleepUntil(poll),
+            (None, None) => HaltState::Forever,
         }
     }
 }

@@ -137,6 +137,12 @@ pub enum Kill {
     NonCanonicalFsBase {
         base: u64,
     },
+    /// The shared page's console input ring says the guest read bytes
+    /// Umbra never wrote.
+    BadInputRing {
+        written: u32,
+        read: u32,
+    },
 }
 
 fn trap_name(vector: u8) -> &'static str {
@@ -221,6 +227,11 @@ impl fmt::Display for Kill {
             Kill::NonCanonicalFsBase { base } => {
                 write!(f, "SET_FS_BASE: {base:#x} is not a canonical address")
             }
+            Kill::BadInputRing { written, read } => write!(
+                f,
+                "console input ring: input_read {read} is more than {} bytes behind input_written {written}, or ahead of it",
+                abi::CONSOLE_INPUT_SIZE
+            ),
         }
     }
 }
@@ -255,6 +266,8 @@ pub struct Stats {
     /// `syscall`s a nested KVM ran instead of raising #UD, delivered as
     /// the #UD.
     pub stray_syscalls: u64,
+    /// Console input bytes put in the guest's input ring.
+    pub console_input: u64,
 }
 
 impl Default for Stats {
@@ -267,6 +280,7 @@ impl Default for Stats {
             delivered: [0; 256],
             emulated_software_interrupts: 0,
             stray_syscalls: 0,
+            console_input: 0,
         }
     }
 }
@@ -337,6 +351,9 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) fs_base: u64,
     /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
     pub(crate) fs_base_changed: bool,
+    /// Console input bytes written into the shared page's ring since INIT
+    /// (wrapping): Umbra's own count, never the guest's copy.
+    input_written: u32,
 }
 
 /// A call's result, when it does not kill.
@@ -360,6 +377,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             switcher_changed: false,
             fs_base: 0,
             fs_base_changed: false,
+            input_written: 0,
         }
     }
 
@@ -537,6 +555,49 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         self.shared_page = Some(gpa);
         Ok(abi::RESULT_OK)
+    }
+
+    /// Move console input from `queue` into the guest's input ring, as
+    /// much as the ring has room for, and raise [`abi::CONSOLE_IRQ`] if
+    /// any byte went in. Nothing happens before INIT. The guest's
+    /// `input_read` is read once and checked against Umbra's own count
+    /// of what it wrote: the guest can only lose its own input.
+    pub fn give_console_input<const N: usize>(
+        &mut self,
+        queue: &mut heapless::Deque<u8, N>,
+    ) -> Result<(), Kill> {
+        let Some(page) = self.shared_page else { return Ok(()) };
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let size = abi::CONSOLE_INPUT_SIZE as u32;
+        let written = self.input_written;
+        let read_at = page + offset_of!(SharedPage, input_read) as u64;
+        let mut word = [0u8; 4];
+        if !self.mmu.memory().read_bytes(read_at, &mut word) {
+            return Ok(());
+        }
+        let read = u32::from_le_bytes(word);
+        let used = written.wrapping_sub(read);
+        if used > size {
+            return Err(Kill::BadInputRing { written, read });
+        }
+        let mut added = 0u32;
+        let ring = page + offset_of!(SharedPage, input) as u64;
+        while added < size - used {
+            let Some(byte) = queue.pop_front() else { break };
+            let at = ring + u64::from(written.wrapping_add(added) % size);
+            self.mmu.memory_mut().write_bytes(at, &[byte]);
+            added += 1;
+        }
+        if added > 0 {
+            self.input_written = written.wrapping_add(added);
+            let written_at = page + offset_of!(SharedPage, input_written) as u64;
+            self.mmu.memory_mut().write_bytes(written_at, &self.input_written.to_le_bytes());
+            self.stats.console_input += u64::from(added);
+            self.raise_irq(abi::CONSOLE_IRQ);
+        }
+        Ok(())
     }
 
     /// Before each entry: the guest's clock, and its count of exits.

@@ -96,6 +96,13 @@ enum Step {
     Tick,
     /// Compute for ever.
     Spin,
+    /// Take what the console input ring holds, which must be these bytes
+    /// (and the console IRQ pending if there were any), then make a
+    /// harmless call.
+    TakeInput(&'static [u8]),
+    /// Write a u32 into the shared page at this offset, then make a
+    /// harmless call.
+    Poke(usize, u32),
 }
 
 use Step::*;
@@ -181,11 +188,21 @@ struct Sim {
     fs_base_in_cpu: u64,
     /// The FS base each guest set last with SET_FS_BASE.
     fs_base_set_by: BTreeMap<usize, u64>,
+    /// Console input still to arrive: the time it does, and the byte.
+    input: VecDeque<(u64, u8)>,
+    /// Console bytes read, in all.
+    input_read: usize,
 }
 
 impl Sim {
     fn new() -> Sim {
         Sim { log_level: Some(Level::Info), ..Sim::default() }
+    }
+
+    /// `bytes` typed on the console at `at_ns`.
+    fn typed(mut self, at_ns: u64, bytes: &[u8]) -> Sim {
+        self.input.extend(bytes.iter().map(|&b| (at_ns, b)));
+        self
     }
 
     fn script(mut self, guest: usize, steps: &[Step]) -> Sim {
@@ -364,6 +381,37 @@ impl Machine for Sim {
                 assert!(ram.write_bytes(TEXT, text.as_bytes()));
                 (abi::CONSOLE_WRITE, [TEXT, text.len() as u64, 0, 0, 0])
             }
+            TakeInput(expected) => {
+                let ram = self.memory_of.get_mut(&guest).unwrap();
+                let field = |ram: &SimRam, offset: usize| {
+                    let mut word = [0u8; 4];
+                    assert!(ram.read_bytes(SHARED_PAGE + offset as u64, &mut word));
+                    u32::from_le_bytes(word)
+                };
+                let written = field(ram, offset_of!(abi::SharedPage, input_written));
+                let read = field(ram, offset_of!(abi::SharedPage, input_read));
+                let mut got = Vec::new();
+                for at in read..written {
+                    let mut byte = [0u8];
+                    let index = offset_of!(abi::SharedPage, input) + at as usize % abi::CONSOLE_INPUT_SIZE;
+                    assert!(ram.read_bytes(SHARED_PAGE + index as u64, &mut byte));
+                    got.push(byte[0]);
+                }
+                assert_eq!(got, expected, "guest {guest}'s console input");
+                // The pending bits as u32 words: vector v is bit v % 32 of word v / 32.
+                let vector = abi::IRQ_BASE + abi::CONSOLE_IRQ;
+                let word = field(ram, offset_of!(abi::SharedPage, irq_pending) + vector as usize / 32 * 4);
+                let pending = word & (1 << (vector % 32));
+                assert_eq!(pending != 0, !expected.is_empty(), "guest {guest}'s console IRQ pending");
+                let offset = offset_of!(abi::SharedPage, input_read) as u64;
+                assert!(ram.write_bytes(SHARED_PAGE + offset, &written.to_le_bytes()));
+                (abi::SEND_INTERRUPTS, [0; 5])
+            }
+            Poke(offset, value) => {
+                let ram = self.memory_of.get_mut(&guest).unwrap();
+                assert!(ram.write_bytes(SHARED_PAGE + offset as u64, &value.to_le_bytes()));
+                (abi::SEND_INTERRUPTS, [0; 5])
+            }
             Tick | Spin => {
                 self.clock_ns += timer_ns;
                 regs.vector = TIMER_VECTOR;
@@ -377,6 +425,16 @@ impl Machine for Sim {
         regs.rax = number;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8) = (args[0], args[1], args[2], args[3], args[4]);
         Exit { cr2: 0, host_tick: false, guest_cycles: STEP_NS }
+    }
+
+    fn read_console(&mut self) -> Option<u8> {
+        let &(at_ns, byte) = self.input.front()?;
+        if at_ns > self.clock_ns {
+            return None;
+        }
+        self.input.pop_front();
+        self.input_read += 1;
+        Some(byte)
     }
 
     fn sleep(&mut self, ns: u64) {
@@ -427,6 +485,7 @@ fn config(total: usize) -> RunConfig<'static> {
         memory_size: MEMORY,
         memory_origin: &"guest_mem=4M",
         timeout_s: 0,
+        console_owner: 0,
     }
 }
 
@@ -1010,6 +1069,10 @@ impl Machine for SimCpu<'_> {
         self.fpu_in_cpu = sim.fpu_in_cpu;
         exit
     }
+    fn read_console(&mut self) -> Option<u8> {
+        self.sim().read_console()
+    }
+
     fn sleep(&mut self, _ns: u64) {
         self.idle_polls += 1;
         assert!(self.idle_polls < 1_000_000, "CPU {} waits for ever", self.number);
@@ -1132,4 +1195,81 @@ fn the_first_failing_guest_sets_the_status_on_several_cpus_too() {
     assert_eq!(status, 12, "{}", sim.out);
     assert!(sim.memories_peak <= 3, "{}", sim.out);
     assert_printed(&sim, "guests: 6 ended: 1 exited 0, 0 killed, 5 other;");
+}
+
+fn with_console(total: usize, owner: usize) -> RunConfig<'static> {
+    RunConfig { console_owner: owner, ..config(total) }
+}
+
+/// The virtual interrupt flag, on: the u32 after `abi_version`.
+const INTERRUPTS_ON: Step = Poke(offset_of!(abi::SharedPage, irq_enabled), 1);
+
+#[test]
+fn console_input_reaches_the_owner_ring_with_its_interrupt() {
+    let mut sim = Sim::new().typed(0, b"ls -l\n").script(1, &[INIT, TakeInput(b"ls -l\n"), shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(1, 1)), status::SUCCESS, "{}", sim.out);
+    assert_printed(&sim, "stats: console input 6 bytes");
+}
+
+#[test]
+fn console_input_goes_to_the_owner_only() {
+    let mut sim = Sim::new()
+        .typed(0, b"for two")
+        .script(1, &[INIT, Tick, TakeInput(b""), shutdown(0)])
+        .script(2, &[INIT, Tick, TakeInput(b"for two"), shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(2, 2)), status::SUCCESS, "{}", sim.out);
+    // No owner: nobody gets anything, and the console is not even read.
+    let mut sim = Sim::new().typed(0, b"lost").script(1, &[INIT, Tick, TakeInput(b""), shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(1, 0)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.input_read, 0);
+}
+
+static PASTE: [u8; 600] = [b'x'; 600];
+
+#[test]
+fn a_paste_larger_than_the_ring_waits_for_the_guest_and_loses_nothing() {
+    let mut sim = Sim::new().typed(0, &PASTE).script(
+        1,
+        &[INIT, TakeInput(&PASTE[..256]), TakeInput(&PASTE[..256]), TakeInput(&PASTE[..88]), shutdown(0)],
+    );
+    assert_eq!(run(&mut sim, with_console(1, 1)), status::SUCCESS, "{}", sim.out);
+    assert_eq!(sim.input_read, 600);
+}
+
+#[test]
+fn the_console_owner_halts_with_no_clock_until_input_wakes_it() {
+    let typed_at = 55_000_000;
+    let mut sim = Sim::new()
+        .typed(typed_at, b"y")
+        .script(1, &[INIT, INTERRUPTS_ON, HALT, TakeInput(b"y"), shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(1, 1)), status::SUCCESS, "{}", sim.out);
+    let woken = sim.entries[3];
+    // The host looks at the console at least every tick while it sleeps.
+    assert!(woken.at_ns >= typed_at && woken.at_ns <= typed_at + HOST_TICK_NS, "woken at {}", woken.at_ns);
+    // Among several guests, the halted owner is woken from the queue.
+    let mut sim = Sim::new()
+        .typed(typed_at, b"z")
+        .script(1, &[INIT, INTERRUPTS_ON, HALT, TakeInput(b"z"), shutdown(0)])
+        .script(2, &[INIT, clock_event(200_000_000), INTERRUPTS_ON, HALT, shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(2, 1)), status::SUCCESS, "{}", sim.out);
+    // A guest that does not own the console and halts with no clock
+    // still halts for ever, and is killed; the owner waits for its input.
+    let mut sim = Sim::new()
+        .typed(typed_at, b"w")
+        .script(1, &[INIT, INTERRUPTS_ON, HALT, TakeInput(b"w"), shutdown(0)])
+        .script(2, &[INIT, INTERRUPTS_ON, HALT]);
+    assert_eq!(run(&mut sim, with_console(2, 1)), status::GUEST_KILLED, "{}", sim.out);
+    assert_printed(&sim, "[g2] guest killed: HALT with virtual interrupts off or no clock armed");
+    assert_printed(&sim, "[g1] guest exited with status 0");
+}
+
+#[test]
+fn a_guest_that_breaks_its_input_ring_is_killed() {
+    // Umbra looks at the ring only when it has input to give.
+    let mut sim = Sim::new()
+        .typed(0, b"abc")
+        .typed(5_000_000, b"d")
+        .script(1, &[INIT, Poke(offset_of!(abi::SharedPage, input_read), 1000), Tick, shutdown(0)]);
+    assert_eq!(run(&mut sim, with_console(1, 1)), status::GUEST_KILLED, "{}", sim.out);
+    assert_printed(&sim, "guest killed: console input ring: input_read 1000 is more than 256 bytes behind");
 }

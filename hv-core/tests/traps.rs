@@ -456,13 +456,13 @@ fn halt_sleeps_until_the_clock_and_never_for_ever() {
     load(&mut vcpu, abi::IRQ_BASE, HANDLER, abi::IDT_PRESENT);
     set_virtual_if(&mut vcpu, true);
     assert_eq!(hypercall(&mut vcpu, abi::HALT, [0; 3]), Next::Halt);
-    assert_eq!(vcpu.halt_state(0), HaltState::Forever, "no clock armed");
+    assert_eq!(vcpu.halt_state(0, None), HaltState::Forever, "no clock armed");
     hypercall(&mut vcpu, abi::SET_CLOCKEVENT, [1000, 0, 0]);
     let deadline = vcpu.next_deadline_ns().unwrap();
-    assert_eq!(vcpu.halt_state(deadline - 1), HaltState::SleepUntil(deadline));
-    assert_eq!(vcpu.halt_state(deadline), HaltState::Ready);
+    assert_eq!(vcpu.halt_state(deadline - 1, None), HaltState::SleepUntil(deadline));
+    assert_eq!(vcpu.halt_state(deadline, None), HaltState::Ready);
     set_virtual_if(&mut vcpu, false);
-    assert_eq!(vcpu.halt_state(deadline), HaltState::Forever, "virtual IF off");
+    assert_eq!(vcpu.halt_state(deadline, None), HaltState::Forever, "virtual IF off");
 }
 
 #[test]
@@ -484,5 +484,5 @@ fn a_clock_that_fired_before_the_halt_still_wakes_it() {
     vcpu.prepare_entry(&mut regs, deadline + 1).unwrap();
     assert_eq!(vcpu.next_deadline_ns(), None, "the tick fired, before the HALT");
     set_virtual_if(&mut vcpu, true);
-    assert_eq!(vcpu.halt_state(deadline + 2), HaltState::Ready);
+    assert_eq!(vcpu.halt_state(deadline + 2, None), HaltState::Ready);
 }

@@ -103,6 +103,27 @@ pub fn set_noirq_iret(address: u64) {
     unsafe { (&raw mut (*shared()).noirq_iret).write_volatile(address) };
 }
 
+/// Takes the console input Umbra has put in our ring, up to `buf`'s
+/// length; never waits. Umbra raises `CONSOLE_IRQ` when it adds some.
+pub fn console_read(buf: &mut [u8]) -> usize {
+    let page = shared();
+    // SAFETY: reads and writes of our own static; volatile because Umbra
+    // writes `input_written` and the ring between our instructions' view.
+    unsafe {
+        let written = (&raw const (*page).input_written).read_volatile();
+        let mut read = (&raw const (*page).input_read).read_volatile();
+        let mut count = 0;
+        while count < buf.len() && read != written {
+            let index = read as usize % abi::CONSOLE_INPUT_SIZE;
+            buf[count] = (&raw const (*page).input[index]).read_volatile();
+            read = read.wrapping_add(1);
+            count += 1;
+        }
+        (&raw mut (*page).input_read).write_volatile(read);
+        count
+    }
+}
+
 /// The faulting address of the last page fault Umbra delivered to us.
 pub fn fault_address() -> u64 {
     // SAFETY: a read of our own static; volatile because Umbra writes it.

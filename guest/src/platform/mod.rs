@@ -155,6 +155,14 @@ pub fn console(bytes: &[u8]) {
     }
 }
 
+/// Console input that has arrived, up to `buf`'s length; never waits.
+/// Under Umbra it comes through the shared page's input ring (with
+/// `CONSOLE_IRQ` when some arrives); natively straight from COM1.
+#[allow(dead_code)] // the probes' and, next, the terminal's
+pub fn console_read(buf: &mut [u8]) -> usize {
+    if native() { native::console_read(buf) } else { hypercall::console_read(buf) }
+}
+
 /// Where a trap handler may be installed from: a trap gate (interrupts
 /// stay as they were) or an interrupt gate (they go off), and whether user
 /// mode may raise the vector itself with `int n`.

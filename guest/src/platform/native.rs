@@ -606,6 +606,17 @@ pub fn console(bytes: &[u8]) {
     }
 }
 
+/// Bytes typed on COM1 that have arrived, up to `buf`'s length; never
+/// waits. (No UART interrupt: the kernel looks when it wants input.)
+pub fn console_read(buf: &mut [u8]) -> usize {
+    let mut count = 0;
+    while count < buf.len() && inb(COM1 + 5) & 0x01 != 0 {
+        buf[count] = inb(COM1);
+        count += 1;
+    }
+    count
+}
+
 fn serial_byte(byte: u8) {
     while inb(COM1 + 5) & 0x20 == 0 {
         core::hint::spin_loop();

@@ -95,6 +95,12 @@ pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
             None => unknown(),
         }
     }
+    if let Some(digits) = name.strip_prefix(b"input:") {
+        match decimal(digits) {
+            Some(count) => echo_input(count),
+            None => unknown(),
+        }
+    }
     if let Some(spec) = name.strip_prefix(b"fuzz:") {
         fuzz::run(spec, memory_size, frames);
     }
@@ -125,6 +131,44 @@ pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
         _ => unknown(),
     }
     survived()
+}
+
+/// `test=input:N`: N bytes of console input, waited for with HALT (which
+/// console input wakes, though no clock is armed), then said back in one
+/// line, each byte outside printable ASCII as `\xNN`.
+fn echo_input(count: u64) -> ! {
+    const MAX: usize = 64;
+    let mut bytes = [0u8; MAX];
+    let wanted = (count as usize).min(MAX);
+    let mut got = 0;
+    hypercall::set_interrupts_enabled(true);
+    while got < wanted {
+        got += crate::platform::console_read(&mut bytes[got..wanted]);
+        if got < wanted {
+            // SAFETY: a request to Umbra.
+            unsafe { hypercall(abi::HALT, 0, 0, 0, 0, 0) };
+        }
+    }
+    hypercall::set_interrupts_enabled(false);
+    let mut line = [0u8; 4 * MAX];
+    let mut at = 0;
+    for &byte in &bytes[..got] {
+        if (b' '..=b'~').contains(&byte) && byte != b'\\' {
+            line[at] = byte;
+            at += 1;
+        } else {
+            let hex = b"0123456789abcdef";
+            line[at..at + 4].copy_from_slice(&[
+                b'\\',
+                b'x',
+                hex[(byte >> 4) as usize],
+                hex[(byte & 15) as usize],
+            ]);
+            at += 4;
+        }
+    }
+    say!("input: {}", crate::platform::console::Printable(&line[..at]));
+    shutdown(0, "input echoed")
 }
 
 /// `test=null-hypercalls:N`: N calls that do nothing, back to back, so
