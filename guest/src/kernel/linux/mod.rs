@@ -359,8 +359,16 @@ extern "C" fn linux_main() -> ! {
     k().reaper = init;
     say!("linux: start");
     trap::start_clock();
-    // Kernel main's only child is init; orphans go to init, not here.
-    let Some((_, status)) = proc::wait() else { finish(STATUS_NO_INIT) };
+    // Kernel main's child is init; orphans go to init, and only init's
+    // own end hands its children here.
+    let init_pid = k().procs[init].pid;
+    let status = loop {
+        match proc::wait() {
+            Some((pid, status)) if pid == init_pid => break status,
+            Some(_) => {}
+            None => finish(STATUS_NO_INIT),
+        }
+    };
     if CONSOLE_LAST.load(Ordering::Relaxed) != b'\n' {
         platform::console(b"\n");
     }

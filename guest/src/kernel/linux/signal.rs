@@ -69,7 +69,8 @@ fn discarded(index: usize, sig: u64) -> bool {
 /// Sends `sig` to the process in slot `index`.
 pub fn send(index: usize, sig: u64) {
     let kernel = k();
-    if !kernel.procs[index].linux || task_slot(index).is_none() || sig == 0 || sig > NSIG {
+    let alive = matches!(kernel.procs[index].state, State::Runnable | State::Running | State::Waiting);
+    if !kernel.procs[index].linux || !alive || task_slot(index).is_none() || sig == 0 || sig > NSIG {
         return;
     }
     if discarded(index, sig) {

@@ -367,10 +367,14 @@ fn finish_process(wait_status: u64) -> R {
     if t.clear_child_tid != 0 {
         let _ = put_u32(t.clear_child_tid, 0);
     }
-    // Dropping the task closes its files (waking pipe peers) and lets go
-    // of its mappings.
-    let task = task_slot(me).take();
-    drop(task);
+    // Closing the files wakes pipe peers; the mappings let go of their
+    // files. The rest stays until the parent reaps the zombie: wait4
+    // matches children by process group.
+    let fds = core::mem::take(&mut t.fds);
+    let vmas = core::mem::take(&mut t.vmas);
+    drop(fds);
+    drop(vmas);
+    t.pending = 0;
     let parent = k().procs[me].parent;
     if parent != 0 {
         signal::send(parent, SIGCHLD);
@@ -449,12 +453,12 @@ fn string_array(at: u64) -> Result<Vec<Vec<u8>>, i64> {
 /// Whether the child in slot `index` matches wait's `pid` argument.
 fn wait_matches(index: usize, pid: i64, my_pgid: u64) -> bool {
     let p = &k().procs[index];
-    let pgid = task_slot(index).as_ref().map(|t| t.pgid).unwrap_or(p.fs_base >> 63);
+    let pgid = task_slot(index).as_ref().map(|t| t.pgid);
     match pid {
         -1 => true,
-        0 => pgid == my_pgid || task_slot(index).is_none(),
+        0 => pgid == Some(my_pgid),
         p_id if p_id > 0 => p.pid == p_id as u64,
-        group => pgid == group.unsigned_abs() || task_slot(index).is_none(),
+        group => pgid == Some(group.unsigned_abs()),
     }
 }
 
