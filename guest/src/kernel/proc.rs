@@ -28,7 +28,7 @@ use super::mem::{self, Frames, PAGE, USER_STACK_TOP};
 use super::trap::{self, TrapFrame};
 use crate::platform;
 
-pub const MAX_PROCS: usize = 64;
+pub const MAX_PROCS: usize = 128;
 /// The slots the built-in scenarios use: their kernel stacks must fit
 /// the smallest guests (4 MiB).
 pub const SCENARIO_PROCS: usize = 32;
