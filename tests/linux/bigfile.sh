@@ -1,0 +1,16 @@
+#!/bin/sh
+# A 4 MiB file written in pieces, then read whole, in part, and truncated.
+d=$(mktemp -d) && cd "$d" || exit 99
+trap 'cd / && rm -rf "$d"' EXIT
+i=0
+while [ $i -lt 4 ]; do
+    seq 1 1000000 | head -c 1048576 >> big
+    i=$((i + 1))
+done
+wc -c < big
+md5sum < big
+tail -c 100 big | md5sum
+dd if=big bs=4096 skip=700 count=3 2>/dev/null | md5sum
+truncate -s 5000 big; wc -c < big; md5sum < big
+truncate -s 10000 big; wc -c < big; tail -c 5000 big | od -An -c | sort -u
+cp big big2; cmp big big2 && echo same
