@@ -424,6 +424,8 @@ struct SharedBoot {
     cases: BTreeMap<String, Run>,
     /// The case that was running when the boot ended, if one was.
     unfinished: Option<(String, String)>,
+    /// Why the kernel's framing lines were not found, if they were not.
+    framing: Result<(), String>,
 }
 
 /// Cut the runner's framed cases out of a program's output.
@@ -456,7 +458,8 @@ fn shared_boot(leg: Leg, accel: Accel, shell: Shell) -> SharedBoot {
     };
     let outcome =
         inputs().and_then(|inputs| boot(leg, accel, inputs.rootfs(shell), &init, SHARED_BOOT_TIMEOUT, &log));
-    let (cases, unfinished) = match outcome.as_ref().map(program_run) {
+    let program = outcome.as_ref().map(program_run);
+    let (cases, unfinished) = match &program {
         Ok(Ok(run)) => split_cases(&run.output),
         // Without the final line, take what the console shows after the start.
         Ok(Err(_)) => {
@@ -466,7 +469,11 @@ fn shared_boot(leg: Leg, accel: Accel, shell: Shell) -> SharedBoot {
         }
         Err(_) => Default::default(),
     };
-    SharedBoot { outcome, cases, unfinished }
+    let framing = match program {
+        Ok(Err(why)) => Err(why),
+        _ => Ok(()),
+    };
+    SharedBoot { outcome, cases, unfinished, framing }
 }
 
 /// The two shared boots (native and under Umbra) for an accelerator and
@@ -495,7 +502,10 @@ fn missing_case(boot: &SharedBoot, leg: Leg, name: &str) -> String {
                     output.lines().rev().take(3).collect::<Vec<_>>()
                 ),
                 Some((running, _)) => format!("the boot ended while {running} was running"),
-                None => "the boot never started it".to_string(),
+                None => match &boot.framing {
+                    Err(why) => format!("the boot never started it ({why})"),
+                    Ok(()) => "the boot never started it".to_string(),
+                },
             };
             format!(
                 "{leg}: no result for {name}: {when}\n      QEMU exit code {:?}, last line {:?}; serial output kept in {}",
@@ -507,7 +517,14 @@ fn missing_case(boot: &SharedBoot, leg: Leg, name: &str) -> String {
     }
 }
 
-fn kvm_skip(accel: Accel, name: &str) -> Option<Verdict> {
+/// Guest legs are skipped, by name, while the guest kernel has no Linux
+/// layer to run them (it lives in `guest/src/kernel/linux/`).
+fn guest_skip(accel: Accel, name: &str) -> Option<Verdict> {
+    if !workspace_root().join("guest/src/kernel/linux/mod.rs").is_file() {
+        return Some(Verdict::Skip(
+            "the guest kernel has no Linux layer yet (guest/src/kernel/linux/)".into(),
+        ));
+    }
     if accel != Accel::Kvm {
         return None;
     }
@@ -519,7 +536,7 @@ fn kvm_skip(accel: Accel, name: &str) -> Option<Verdict> {
 
 /// A case, three ways, from the shared boots.
 fn three_way(accel: Accel, shell: Shell, name: &str) -> Verdict {
-    if let Some(skip) = kvm_skip(accel, name) {
+    if let Some(skip) = guest_skip(accel, name) {
         return skip;
     }
     let host = match host_result(shell, name) {
@@ -545,7 +562,7 @@ fn three_way(accel: Accel, shell: Shell, name: &str) -> Verdict {
 /// The shared boots themselves ended as they must: the runner's status 0
 /// in the kernel's final line, and QEMU's exit code to match.
 fn shared_boots_exit(accel: Accel, shell: Shell) -> Verdict {
-    if let Some(skip) = kvm_skip(accel, "") {
+    if let Some(skip) = guest_skip(accel, "") {
         return skip;
     }
     let mut failures = Vec::new();
@@ -570,7 +587,7 @@ fn shared_boots_exit(accel: Accel, shell: Shell) -> Verdict {
 
 /// A case booted alone, as init: output, status, and the exit contract.
 fn alone(accel: Accel, shell: Shell, name: &str, case_name: &str) -> Verdict {
-    if let Some(skip) = kvm_skip(accel, name) {
+    if let Some(skip) = guest_skip(accel, name) {
         return skip;
     }
     let host = match host_result(shell, name) {
