@@ -95,7 +95,7 @@ fi
 
 if [ "$with_fuzz" = 1 ]; then
     ensure_from_debian musl-gcc musl-tools
-    musl-gcc -static -O2 -Wall -o "$tree/bin/linux-fuzz" "$UMBRA_ROOT/tests/linux-fuzz/fuzz.c"
+    musl-gcc -static -O2 -Wall -Wextra -o "$tree/bin/linux-fuzz" "$UMBRA_ROOT/tests/linux-fuzz/fuzz.c"
     chmod 755 "$tree/bin/linux-fuzz"
 fi
 
