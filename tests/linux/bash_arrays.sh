@@ -8,5 +8,5 @@ unset 'a[1]'; echo "${!a[@]}"
 declare -A m=([apple]=red [banana]=yellow)
 m[cherry]=dark; for k in $(printf '%s\n' "${!m[@]}" | sort); do echo "$k=${m[$k]}"; done
 echo "${#m[@]} keys"
-mapfile -t lines < <(printf 'l1\nl2\n') 2>/dev/null || lines=(l1 l2)
+mapfile -t lines <<< $'l1\nl2'
 echo "${lines[1]}"
