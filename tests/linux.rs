@@ -483,8 +483,21 @@ fn shared_boots(accel: Accel, shell: Shell) -> &'static [SharedBoot; 2] {
     let slot = (accel == Accel::Kvm) as usize * 2 + (shell == Shell::Bash) as usize;
     BOOTS[slot].get_or_init(|| {
         thread::scope(|scope| {
-            let native = scope.spawn(|| shared_boot(Leg::Native, accel, shell));
-            let umbra = scope.spawn(|| shared_boot(Leg::Umbra, accel, shell));
+            let timed = |leg: Leg| {
+                let started = Instant::now();
+                let boot = shared_boot(leg, accel, shell);
+                println!(
+                    "    linux {} {} {}: {} cases finished in {:.1} s",
+                    accel.name(),
+                    shell.name(),
+                    leg.name(),
+                    boot.cases.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                boot
+            };
+            let native = scope.spawn(|| timed(Leg::Native));
+            let umbra = scope.spawn(|| timed(Leg::Umbra));
             [native.join().expect("native boot thread"), umbra.join().expect("umbra boot thread")]
         })
     })
