@@ -483,7 +483,7 @@ fn shared_boots(accel: Accel, shell: Shell) -> &'static [SharedBoot; 2] {
     let slot = (accel == Accel::Kvm) as usize * 2 + (shell == Shell::Bash) as usize;
     BOOTS[slot].get_or_init(|| {
         thread::scope(|scope| {
-            let timed = |leg: Leg| {
+            let timed = move |leg: Leg| {
                 let started = Instant::now();
                 let boot = shared_boot(leg, accel, shell);
                 println!(
@@ -496,8 +496,8 @@ fn shared_boots(accel: Accel, shell: Shell) -> &'static [SharedBoot; 2] {
                 );
                 boot
             };
-            let native = scope.spawn(|| timed(Leg::Native));
-            let umbra = scope.spawn(|| timed(Leg::Umbra));
+            let native = scope.spawn(move || timed(Leg::Native));
+            let umbra = scope.spawn(move || timed(Leg::Umbra));
             [native.join().expect("native boot thread"), umbra.join().expect("umbra boot thread")]
         })
     })
