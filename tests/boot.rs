@@ -326,8 +326,14 @@ fn no_acpi() -> Case {
     })
 }
 
-/// A PVH module is the guest; junk there is a malformed guest ELF.
-fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
+/// The line Umbra refuses a module with that is neither a guest kernel
+/// nor a root filesystem.
+const NOT_A_MODULE_UMBRA_TAKES: &str = "umbra: error: module 0 (12345 bytes) is neither a guest kernel (an \
+     ELF file) nor a root filesystem (a cpio archive, newc format, magic 070701)";
+
+/// A PVH module is a guest kernel (an ELF) or a root filesystem (a cpio
+/// archive); junk is neither, and the boot stops before any guest runs.
+fn junk_module_is_refused(accel: Accel) -> Case {
     Case::new(format!("{}_pc_module_not_an_elf", accel.name()), move |name| {
         let module =
             std::env::temp_dir().join(format!("umbra-test-module-{}-{}", accel.name(), std::process::id()));
@@ -342,12 +348,115 @@ fn junk_module_is_a_malformed_guest(accel: Accel) -> Case {
             );
             check!(
                 outcome,
-                outcome.has_line("guest killed: malformed guest ELF: not an ELF file (bad magic)"),
-                "expected the guest to be refused as a malformed ELF"
+                outcome.has_line(NOT_A_MODULE_UMBRA_TAKES),
+                "expected the module to be refused: {NOT_A_MODULE_UMBRA_TAKES}"
             );
-            check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
+            check!(outcome, outcome.line_starting("guest").is_none(), "no guest should run");
+            check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
         });
         let _ = std::fs::remove_file(&module);
+        verdict
+    })
+}
+
+/// A small cpio archive (newc): one directory and one file, of about
+/// `size` bytes in all, then the trailer.
+fn cpio_archive(size: usize) -> Vec<u8> {
+    fn entry(archive: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
+        let name = format!("{name}\0");
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len(),
+            0
+        );
+        archive.extend(header.as_bytes());
+        archive.extend(name.as_bytes());
+        archive.resize(archive.len().next_multiple_of(4), 0);
+        archive.extend(data);
+        archive.resize(archive.len().next_multiple_of(4), 0);
+    }
+    let mut archive = Vec::new();
+    entry(&mut archive, 1, 0o40755, "bin", &[]);
+    let data: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    entry(&mut archive, 2, 0o100644, "bin/data", &data);
+    entry(&mut archive, 0, 0, "TRAILER!!!", &[]);
+    archive
+}
+
+/// What the guest says when it finds a root filesystem of `bytes` bytes
+/// and no `test=` word: the Linux layer's hand-off, `kernel/linux/`. While
+/// that is a stub, its one line, and status 97.
+fn linux_layer_ran(outcome: &Outcome, prefix: &str, bytes: usize) -> Verdict {
+    let line = format!(
+        "{prefix}guest: linux: a root filesystem of {bytes} bytes, but this guest kernel cannot run Linux \
+         programs yet"
+    );
+    check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+    Verdict::Pass
+}
+const LINUX_LAYER_STATUS: u8 = 97;
+
+/// A cpio archive as module 0 is a root filesystem: the built-in guest
+/// runs, each copy with the archive in its memory, and hands it to its
+/// Linux layer.
+fn rootfs_reaches_the_guest(accel: Accel) -> Case {
+    Case::new(format!("{}_microvm_rootfs_reaches_the_guest", accel.name()), move |name| {
+        let archive = cpio_archive(100_000);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", accel).initrd(file.clone()).append("log=info guests=2 -- log=info");
+        let verdict = config.judged(name, |outcome| {
+            let len = archive.len();
+            let line = format!("rootfs: module 0, a cpio archive of {len} bytes, for every guest");
+            check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+            check!(
+                outcome,
+                outcome.line_starting("guest: the default guest (").is_some(),
+                "the default guest should run"
+            );
+            for prefix in ["[g1] ", "[g2] "] {
+                if let Verdict::Fail(why) = linux_layer_ran(outcome, prefix, len) {
+                    return Verdict::Fail(why);
+                }
+            }
+            check_exit(outcome, LINUX_LAYER_STATUS, Exit::DebugExit)
+        });
+        let _ = std::fs::remove_file(&file);
+        verdict
+    })
+}
+
+/// A root filesystem larger than a guest's memory can hold after the
+/// image: one line, and the firmware's status.
+fn rootfs_too_large() -> Case {
+    Case::new("tcg_microvm_rootfs_too_large", |name| {
+        let archive = cpio_archive(5 << 20);
+        let file = std::env::temp_dir().join(format!("umbra-test-rootfs-{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::write(&file, &archive) {
+            return Verdict::Fail(format!("cannot write the archive: {e}"));
+        }
+        let config = Boot::new("microvm", Accel::Tcg).initrd(file.clone()).append("guest_mem=4M");
+        let verdict = config.judged(name, |outcome| {
+            let line = format!(
+                "umbra: error: guest 1: no room for its root filesystem ({} bytes) after its image in 4 MiB \
+                 of memory (guest_mem=4M)",
+                archive.len()
+            );
+            check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
+            check_exit(outcome, FIRMWARE_ERROR, Exit::DebugExit)
+        });
+        let _ = std::fs::remove_file(&file);
         verdict
     })
 }
@@ -958,9 +1067,11 @@ fn main() {
     }
     cases.push(deliberate_crash(Accel::Kvm, "ap", "#UD"));
     cases.push(no_acpi());
+    cases.push(rootfs_too_large());
     cases.push(guest_without_probes());
     for accel in [Accel::Tcg, Accel::Kvm] {
-        cases.push(junk_module_is_a_malformed_guest(accel));
+        cases.push(junk_module_is_refused(accel));
+        cases.push(rootfs_reaches_the_guest(accel));
         cases.push(guest_as_module(accel));
         cases.push(guest_status(accel, 7, 7, "guest exited with status 7"));
         cases.push(guest_status(

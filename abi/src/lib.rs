@@ -45,7 +45,7 @@ pub mod rng;
 pub mod status;
 
 /// Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The hypercall instruction, `ud2`, and its length.
 pub const HYPERCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x0b];
@@ -92,8 +92,14 @@ pub const SET_CLOCKEVENT: u64 = 12;
 pub const HALT: u64 = 13;
 /// SEND_INTERRUPTS(): deliver whatever is pending.
 pub const SEND_INTERRUPTS: u64 = 14;
+/// SET_FS_BASE(base): the FS segment base the guest runs with from now
+/// on (thread-local storage: `%fs:0`), at ring 1 and ring 3 alike. Umbra
+/// keeps it with the guest's registers and puts it into IA32_FS_BASE
+/// before entering the guest wherever it may differ. A non-canonical base
+/// kills the guest.
+pub const SET_FS_BASE: u64 = 15;
 /// One past the last call number.
-pub const CALL_COUNT: u64 = 15;
+pub const CALL_COUNT: u64 = 16;
 
 /// Names for statistics and messages.
 pub fn call_name(number: u64) -> &'static str {
@@ -113,6 +119,7 @@ pub fn call_name(number: u64) -> &'static str {
         SET_CLOCKEVENT => "SET_CLOCKEVENT",
         HALT => "HALT",
         SEND_INTERRUPTS => "SEND_INTERRUPTS",
+        SET_FS_BASE => "SET_FS_BASE",
         _ => "unknown",
     }
 }
@@ -239,7 +246,21 @@ pub struct BootInfo {
     /// (not NUL-terminated).
     pub cmdline_addr: u64,
     pub cmdline_len: u64,
+    /// Guest-physical address and length of the root filesystem, a cpio
+    /// archive (newc, [`CPIO_NEWC_MAGIC`]) the VMM passed as a PVH module;
+    /// both 0 when there is none. Umbra copies it page-aligned right after
+    /// the guest's image: the guest's free memory starts after it.
+    pub rootfs_addr: u64,
+    pub rootfs_len: u64,
 }
+
+/// The first bytes of a cpio archive in the "newc" format: a PVH module
+/// that starts with them is a root filesystem, not a guest kernel.
+pub const CPIO_NEWC_MAGIC: &[u8; 6] = b"070701";
+
+/// The first bytes of an ELF file: a PVH module that starts with them is a
+/// guest kernel.
+pub const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
 /// The ELF note that names a guest's paravirtual entry, so one image can
 /// also boot natively (its PVH note and `e_entry` name the native one).

@@ -48,6 +48,7 @@ fn the_shared_page_table_gives_every_offset() {
 
 #[test]
 fn the_boot_info_table_gives_every_offset() {
-    let fields = fields!(BootInfo: magic, abi_version, reserved, memory_size, cmdline_addr, cmdline_len);
+    let fields = fields!(BootInfo: magic, abi_version, reserved, memory_size, cmdline_addr, cmdline_len,
+        rootfs_addr, rootfs_len);
     check_table("BootInfo", &fields, size_of::<BootInfo>());
 }

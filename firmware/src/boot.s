@@ -8,6 +8,13 @@
  * enable PAE, long mode and NX (when the CPU has it), turn paging on,
  * and far-jump into 64-bit code that calls umbra_main(start_info).
  *
+ * Two settings are for the guests, which run on the host's CR4 and EFER:
+ * CR4.OSFXSR and OSXMMEXCPT turn SSE on (the host itself is soft-float
+ * and never touches the XMM registers; guest.rs swaps them per guest),
+ * and EFER.SCE stays clear, so `syscall` at any ring is an invalid
+ * opcode, which the guest's own #UD handler sees. The other CPUs copy
+ * both from this one (smp.rs).
+ *
  * The first 4 GiB is enough to read everything the VMM gave us; Rust
  * replaces these tables with ones that map all of RAM once it knows
  * how much there is.
@@ -74,13 +81,14 @@ pvh_start32:
     jb 2b
 
     mov %cr4, %eax
-    or $0x20, %eax              /* PAE */
+    or $0x620, %eax             /* PAE, OSFXSR, OSXMMEXCPT (SSE for guests) */
     mov %eax, %cr4
     mov $boot_pml4, %eax
     mov %eax, %cr3
 
     mov $0xC0000080, %ecx       /* EFER */
     rdmsr
+    and $~0x1, %eax             /* SCE off: `syscall` anywhere is a #UD */
     or $0x100, %eax             /* LME */
     bt $20, %ebp
     jnc 3f

@@ -9,8 +9,9 @@
 //!   `umbra_firmware::guestmem`), scrubbed before and after use;
 //! - [`ShadowPool`]: frames for shadow page tables, from the frame pool,
 //!   up to a cap;
-//! - [`FpuState`]: a guest's x87 registers, swapped with `fxsave` and
-//!   `fxrstor` when the guest on the CPU changes;
+//! - [`FpuState`]: a guest's x87 and SSE registers, swapped with `fxsave`
+//!   and `fxrstor` when the guest on the CPU changes, and its FS base,
+//!   IA32_FS_BASE, likewise;
 //! - [`ThisCpu`]: the rest: entering the guest through this CPU's
 //!   switcher pages, the local APIC timer, the TSC clock, and the serial
 //!   console.
@@ -102,7 +103,14 @@ impl LoadTarget for GuestRam {
     }
 
     fn write(&mut self, gpa: u64, bytes: &[u8]) {
-        vcpu::GuestRam::write_bytes(self, gpa, bytes);
+        // Loading happens before the guest first runs, so nothing races
+        // the copy: a plain one, which matters for a root filesystem of
+        // several MiB.
+        if let Some(address) = self.host_address(gpa, bytes.len() as u64) {
+            // SAFETY: inside the guest's frames (checked above), which the
+            // host owns; `bytes` (an image or module) lies elsewhere.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };
+        }
     }
 
     fn zero(&mut self, gpa: u64, len: u64) {
@@ -238,6 +246,14 @@ impl Machine for ThisCpu {
 
     fn restore_fpu(&mut self, state: &FpuState) {
         state.restore();
+    }
+
+    fn fs_base(&self) -> u64 {
+        read_fs_base()
+    }
+
+    fn set_fs_base(&mut self, base: u64) {
+        write_fs_base(base);
     }
 
     fn switcher_mapping(&self) -> (u32, SwitcherEntries) {
@@ -389,23 +405,30 @@ fn release_guest_memory(ram: GuestRam) {
     }
 }
 
-/// A guest's x87/MMX registers, as FXSAVE lays them out. The host never
-/// touches the FPU (it is soft-float), so the registers the CPU holds are
-/// always the running guest's; they must be swapped whenever the guest
-/// does, or one guest would read what another left there. SSE stays off
-/// (CR4.OSFXSR clear), so there are no XMM registers to leak.
+/// A guest's x87, MMX and SSE registers, as FXSAVE lays them out (the
+/// XMM registers and MXCSR too: CR4.OSFXSR is on, `boot.s`). The host
+/// never touches them (it is soft-float), so the registers the CPU holds
+/// are always the running guest's; they must be swapped whenever the guest
+/// does, or one guest would read what another left there.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 pub struct FpuState([u8; 512]);
 
+/// Where FXSAVE keeps the x87 control word and MXCSR.
+const FXSAVE_FCW: usize = 0;
+const FXSAVE_MXCSR: usize = 24;
+
 impl FpuState {
-    /// The state a fresh guest starts with: `fninit`, saved.
+    /// The state a fresh guest starts with, as after a reset: FCW 0x37f
+    /// (every x87 exception masked, 64-bit precision), MXCSR 0x1f80 (every
+    /// SSE exception masked), every register zero and every x87 register
+    /// empty. Written out rather than taken from the CPU, which holds
+    /// whatever the last guest here left: `fninit` would reset the x87
+    /// part only, never the XMM registers.
     fn clean() -> FpuState {
         let mut state = FpuState([0; 512]);
-        // SAFETY: resets the x87 unit, which belongs to no guest here
-        // (every guest's state is saved in its slot before another runs).
-        unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
-        state.save();
+        state.0[FXSAVE_FCW..FXSAVE_FCW + 2].copy_from_slice(&0x037fu16.to_le_bytes());
+        state.0[FXSAVE_MXCSR..FXSAVE_MXCSR + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
         state
     }
 
@@ -415,7 +438,24 @@ impl FpuState {
     }
 
     fn restore(&self) {
-        // SAFETY: an image FXSAVE wrote, so every field is one FXRSTOR takes.
+        // SAFETY: an image FXSAVE wrote, or `clean`'s, so every field is one
+        // FXRSTOR takes (MXCSR's reserved bits clear): it cannot fault.
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
     }
+}
+
+/// IA32_FS_BASE: the FS segment's base, which guests use for their
+/// thread-local storage (SET_FS_BASE).
+const IA32_FS_BASE: u32 = 0xc000_0100;
+
+fn read_fs_base() -> u64 {
+    // SAFETY: reading an architectural MSR at ring 0 has no side effects.
+    unsafe { x86_64::registers::model_specific::Msr::new(IA32_FS_BASE).read() }
+}
+
+fn write_fs_base(base: u64) {
+    // SAFETY: hv-core hands only canonical bases (SET_FS_BASE kills on
+    // any other), so the write cannot fault; the host never uses FS, so
+    // nothing of its own moves.
+    unsafe { x86_64::registers::model_specific::Msr::new(IA32_FS_BASE).write(base) };
 }

@@ -15,7 +15,9 @@
 //!   which CPUs exist, and how to switch the machine off;
 //! - [`frames`] turns the memory map into free page frames, keeping out
 //!   everything that is already spoken for;
-//! - [`guestmem`] decides how much of them each guest gets.
+//! - [`guestmem`] decides how much of them each guest gets;
+//! - [`modules`] tells a module that is a guest kernel from one that is a
+//!   root filesystem.
 //!
 //! The exit statuses the firmware ends with are the ABI's
 //! (`umbra_abi::status`).
@@ -28,6 +30,7 @@ pub mod cmdline;
 pub mod frames;
 pub mod guestmem;
 pub mod madt;
+pub mod modules;
 
 /// The version printed in the banner: `umbra <version>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

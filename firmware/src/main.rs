@@ -17,9 +17,11 @@
 //! 7. [`switcher`]: every CPU's switcher pages; then [`smp`] starts the
 //!    other CPUs (up to `cpus=N`), which park and wait for work.
 //! 8. The banner's `cpus:` line, with how many are online; then [`guest`]
-//!    runs the guests (PVH modules, or the default guest built into the
-//!    image) on the boot CPU through hv-core's run loop, and their status
-//!    becomes Umbra's, through the exit contract in [`power`].
+//!    runs the guests (PVH modules that are ELF files, or the default
+//!    guest built into the image, each with a copy of the root filesystem
+//!    when a module is a cpio archive) on every CPU through hv-core's run
+//!    loop, and their status becomes Umbra's, through the exit contract in
+//!    [`power`].
 //!
 //! On a host build (plain `cargo build`) this file is only a stub that
 //! says how to build the real image, so the workspace builds anywhere.
@@ -73,6 +75,7 @@ mod boot {
     use umbra_firmware::VERSION;
     use umbra_firmware::bootinfo::{self, Notices};
     use umbra_firmware::cmdline::{self, CmdlineNotices, CrashKind, LogLevel};
+    use umbra_firmware::modules::ModuleKind;
 
     use crate::{acpi, cpu, guest, lapic, memory, power, serial, smp, switcher};
 
@@ -275,20 +278,42 @@ mod boot {
             crash_on_an_ap();
         }
 
-        // The guests: each PVH module is one; without modules, `guests=N`
-        // copies of the default guest built into the image. At most
-        // MAX_GUESTS distinct ones are listed; guests past the list run
-        // the last one again (a campaign of thousands shares one line).
+        // The guests: each PVH module that is an ELF is one; without
+        // such modules, `guests=N` copies of the default guest built into
+        // the image. At most MAX_GUESTS distinct ones are listed; guests
+        // past the list run the last one again (a campaign of thousands
+        // shares one line). A module that is a cpio archive is the root
+        // filesystem every guest gets a copy of.
         let mut guests: heapless::Vec<guest::GuestImage, { guest::MAX_GUESTS }> = heapless::Vec::new();
-        for (index, module) in info.modules.iter().enumerate().take(guest::MAX_GUESTS) {
+        let mut rootfs: Option<(usize, &[u8])> = None;
+        let mut kernel_modules = 0;
+        for (index, module) in info.modules.iter().enumerate() {
             // SAFETY: the module lies in memory the map describes (checked by
             // bootinfo), identity-mapped, and the frame pool keeps it.
-            let image = unsafe {
+            let bytes = unsafe {
                 core::slice::from_raw_parts(module.range.start as *const u8, module.range.len() as usize)
             };
-            let cmdline: &[u8] = if guest_cmdline.is_empty() { &module.cmdline } else { guest_cmdline };
-            log::info!("guest: module {index} ({} bytes), cmdline {}", image.len(), Quoted(cmdline));
-            let _ = guests.push(guest::GuestImage { image, cmdline });
+            match ModuleKind::of(bytes) {
+                ModuleKind::GuestKernel => {
+                    kernel_modules += 1;
+                    let cmdline: &[u8] =
+                        if guest_cmdline.is_empty() { &module.cmdline } else { guest_cmdline };
+                    log::info!("guest: module {index} ({} bytes), cmdline {}", bytes.len(), Quoted(cmdline));
+                    let _ = guests.push(guest::GuestImage { image: bytes, cmdline, rootfs: &[] });
+                }
+                ModuleKind::RootFilesystem => match rootfs {
+                    None => rootfs = Some((index, bytes)),
+                    Some((first, _)) => fatal(format_args!(
+                        "modules {first} and {index} are both root filesystems (cpio archives); \
+                         pass one"
+                    )),
+                },
+                ModuleKind::Unknown => fatal(format_args!(
+                    "module {index} ({} bytes) is neither a guest kernel (an ELF file) nor a root \
+                     filesystem (a cpio archive, newc format, magic 070701)",
+                    bytes.len()
+                )),
+            }
         }
         if guests.is_empty() {
             // More standalone `--` words give each guest its own command
@@ -300,7 +325,7 @@ mod boot {
                     let (this, rest) = cmdline::split_guest(parts);
                     (cmdline, parts) = (this.trim_ascii(), rest);
                 }
-                let _ = guests.push(guest::GuestImage { image: DEFAULT_GUEST, cmdline });
+                let _ = guests.push(guest::GuestImage { image: DEFAULT_GUEST, cmdline, rootfs: &[] });
             }
             log::info!(
                 "guest: the default guest ({} bytes) x{}, cmdline {}",
@@ -309,7 +334,13 @@ mod boot {
                 Quoted(guest_cmdline)
             );
         }
-        let total = if info.modules.is_empty() { config.guests } else { guests.len() };
+        if let Some((index, archive)) = rootfs {
+            log::info!("rootfs: module {index}, a cpio archive of {} bytes, for every guest", archive.len());
+            for guest in guests.iter_mut() {
+                guest.rootfs = archive;
+            }
+        }
+        let total = if kernel_modules == 0 { config.guests } else { guests.len() };
         let together =
             config.guests_at_once.unwrap_or(guest::MAX_GUESTS).min(total).clamp(1, guest::MAX_GUESTS);
         let given = config.guest_mem_given.then_some(config.guest_mem);

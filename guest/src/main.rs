@@ -31,7 +31,10 @@
 //! 2. [`guest_main`] checks the `BootInfo`, copies the command line (its
 //!    memory will be reused), registers the shared page with INIT and says
 //!    hello. (Two probes must come before INIT; they run first.)
-//! 3. Without a `test=` word, or with `test=showcase`, `test=scenario:NAME`
+//! 3. With a root filesystem (a cpio archive Umbra copied in after the
+//!    image, `BootInfo.rootfs_*`) and no `test=` word, the Linux layer
+//!    runs its programs (`kernel/linux/`).
+//! 4. Without a `test=` word, or with `test=showcase`, `test=scenario:NAME`
 //!    or `test=bench:...`, the process kernel runs: the showcase by
 //!    default. Any other `test=` word picks a probe (`probes/`), most of
 //!    which break a rule on purpose to see Umbra kill the guest, and which
@@ -47,6 +50,9 @@ fn main() {
     eprintln!("guest is a freestanding kernel image: build it with --target x86_64-unknown-none");
     std::process::exit(2);
 }
+
+#[cfg(target_os = "none")]
+extern crate alloc;
 
 #[cfg(target_os = "none")]
 #[macro_use]
@@ -110,8 +116,9 @@ mod boot {
     use crate::platform::hypercall::{self, shutdown};
     use crate::platform::{self, Backend};
 
-    /// How much of the command line we keep; the rest is ignored.
-    const CMDLINE_MAX: usize = 512;
+    /// How much of the command line we keep; the rest is ignored. (Umbra
+    /// passes at most what fits in the boot-info page.)
+    const CMDLINE_MAX: usize = 4096;
 
     /// Exit status for a broken start or a panic.
     const STATUS_BROKEN: u64 = 99;
@@ -176,12 +183,29 @@ mod boot {
         valid.then_some(info)
     }
 
-    /// The free memory under Umbra, as `[start, end)`: from the end of the
-    /// image up to `STACK_RESERVE` below the `BootInfo` at `boot`, where
-    /// the stack starts. (Natively, `native_main` finds its own.)
-    fn free_memory(boot: u64) -> (u64, u64) {
+    /// The root filesystem Umbra copied in, if it is one we can use:
+    /// inside guest memory, past our own image. None when there is none;
+    /// Err when the fields make no sense.
+    fn rootfs(info: &BootInfo) -> Result<Option<(u64, u64)>, &'static str> {
+        if info.rootfs_len == 0 {
+            return Ok(None);
+        }
         let image_end = &raw const __image_end as u64;
-        (image_end.next_multiple_of(PAGE_SIZE), (boot & !(PAGE_SIZE - 1)).saturating_sub(STACK_RESERVE))
+        let end = info.rootfs_addr.checked_add(info.rootfs_len);
+        if info.rootfs_addr < image_end || end.is_none_or(|end| end > info.memory_size) {
+            return Err("the boot info's root filesystem is not in our free memory");
+        }
+        Ok(Some((info.rootfs_addr, info.rootfs_len)))
+    }
+
+    /// The free memory under Umbra, as `[start, end)`: from the end of the
+    /// image, or of the root filesystem after it, up to `STACK_RESERVE`
+    /// below the `BootInfo` at `boot`, where the stack starts. (Natively,
+    /// `native_main` finds its own.)
+    fn free_memory(boot: u64, rootfs: Option<(u64, u64)>) -> (u64, u64) {
+        let image_end = &raw const __image_end as u64;
+        let taken = rootfs.map_or(image_end, |(addr, len)| (addr + len).max(image_end));
+        (taken.next_multiple_of(PAGE_SIZE), (boot & !(PAGE_SIZE - 1)).saturating_sub(STACK_RESERVE))
     }
 
     /// Stops a guest that cannot go on. SHUTDOWN is only legal after INIT,
@@ -204,9 +228,19 @@ mod boot {
     }
 
     /// The native entry's way into the process kernel, with the free
-    /// memory `[free_start, free_end)` of `memory_size` bytes.
-    pub fn run_kernel(cmdline: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
+    /// memory `[free_start, free_end)` of `memory_size` bytes, and the
+    /// root filesystem's archive, if the VMM passed one.
+    pub fn run_kernel(
+        cmdline: &[u8],
+        memory_size: u64,
+        free_start: u64,
+        free_end: u64,
+        rootfs: Option<(u64, u64)>,
+    ) -> ! {
         let test = test_word(cmdline);
+        if let (None, Some((rootfs_pa, rootfs_len))) = (test, rootfs) {
+            run_linux(cmdline, memory_size, free_start, free_end, rootfs_pa, rootfs_len);
+        }
         match kernel_scenario(test) {
             Some(scenario) => kernel::run(scenario, memory_size, free_start, free_end),
             None => {
@@ -215,6 +249,24 @@ mod boot {
                 platform::shutdown(STATUS_CANNOT_RUN, "test needs Umbra")
             }
         }
+    }
+
+    /// A root filesystem and no `test=` word: the Linux layer runs its
+    /// programs. Both boot paths come here.
+    fn run_linux(
+        cmdline: &[u8],
+        memory_size: u64,
+        free_start: u64,
+        free_end: u64,
+        rootfs_pa: u64,
+        rootfs_len: u64,
+    ) -> ! {
+        if free_start >= free_end {
+            say!("no free memory left after the root filesystem ({rootfs_len} bytes)");
+            platform::shutdown(STATUS_BROKEN, "no memory after the root filesystem")
+        }
+        let boot = kernel::linux::Boot { cmdline, memory_size, free_start, free_end, rootfs_pa, rootfs_len };
+        kernel::linux::run(boot)
     }
 
     /// Any other `test=` word is a probe's (`probes/`), after INIT.
@@ -253,7 +305,17 @@ mod boot {
         say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
         say!("cmdline: \"{}\"", Printable(cmdline.bytes()));
 
-        let (start, end) = free_memory(boot as u64);
+        let rootfs = match rootfs(&info) {
+            Ok(rootfs) => rootfs,
+            Err(why) => {
+                say!("{why}");
+                shutdown(STATUS_BROKEN, why)
+            }
+        };
+        let (start, end) = free_memory(boot as u64, rootfs);
+        if let (None, Some((rootfs_pa, rootfs_len))) = (test, rootfs) {
+            run_linux(cmdline.bytes(), info.memory_size, start, end, rootfs_pa, rootfs_len);
+        }
         match (kernel_scenario(test), test) {
             (Some(scenario), _) => kernel::run(scenario, info.memory_size, start, end),
             (None, Some(name)) => run_probe(name, info.memory_size, start, end),

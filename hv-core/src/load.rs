@@ -7,7 +7,9 @@
 //! 1. take `guest_mem=` bytes from the machine, contiguous and scrubbed;
 //! 2. load the ELF image into them ([`crate::elf`] checks the whole file
 //!    before it writes a byte);
-//! 3. write the boot-info block ([`BootInfo`]) into the top page, with the
+//! 3. copy the root filesystem, if the guest has one (a cpio archive the
+//!    VMM passed as a module), page-aligned right after the image;
+//! 4. write the boot-info block ([`BootInfo`]) into the top page, with the
 //!    guest's command line right after it. A `{n}` in the command line
 //!    becomes the guest's number, so a thousand guests that share one
 //!    command line (a fuzzing campaign) still each get a seed of their own.
@@ -20,7 +22,7 @@
 //!
 //! Whatever goes wrong is said in one line, the guest's closing line, and
 //! becomes its status: a broken image is the guest's fault (killed, 100);
-//! no memory for it is the host's (101).
+//! no memory for it, or for its root filesystem, is the host's (101).
 
 use core::mem::{offset_of, size_of};
 
@@ -28,7 +30,7 @@ use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::{GuestRegs, PAGE_SIZE};
 use umbra_abi::{self as abi, BootInfo, status};
 
-use crate::elf;
+use crate::elf::{self, LoadTarget};
 use crate::report::{GuestConsole, Numbered};
 use crate::run::{GuestImage, Machine, MachineVcpu, RunConfig};
 use crate::vcpu::{self, GuestRam, Vcpu};
@@ -84,7 +86,27 @@ pub(crate) fn load<M: Machine>(
             format_args!("guest killed: its image reaches the boot-info page at {boot_info:#x}"),
         ));
     }
-    write_boot_info(&mut ram, boot_info, guest.cmdline, number);
+    let rootfs = match place_rootfs(loaded.highest, guest.rootfs.len() as u64, boot_info) {
+        Some(rootfs) => rootfs,
+        None => {
+            machine.release_memory(ram);
+            return Err(console.finish(
+                machine,
+                status::FIRMWARE_ERROR,
+                format_args!(
+                    "umbra: error: guest {number}: no room for its root filesystem ({} bytes) after its \
+                     image in {} MiB of memory ({})",
+                    guest.rootfs.len(),
+                    memory_size >> 20,
+                    config.memory_origin
+                ),
+            ));
+        }
+    };
+    if rootfs.len != 0 {
+        ram.write(rootfs.addr, guest.rootfs);
+    }
+    write_boot_info(&mut ram, boot_info, guest.cmdline, number, rootfs);
     let host_base = ram.guest_to_host(0);
     machine.log(
         log::Level::Debug,
@@ -102,6 +124,17 @@ pub(crate) fn load<M: Machine>(
             memory_size >> 20
         ),
     );
+    if rootfs.len != 0 {
+        machine.log(
+            log::Level::Info,
+            format_args!(
+                "guest{}: root filesystem, {} bytes at {:#x}",
+                Numbered(console.prefix()),
+                rootfs.len,
+                rootfs.addr
+            ),
+        );
+    }
     let pool = machine.shadow_pool();
     match ShadowMmu::new(ram, pool) {
         Ok(mmu) => Ok((Vcpu::new(mmu), vcpu::initial_regs(loaded.entry, boot_info))),
@@ -113,9 +146,35 @@ pub(crate) fn load<M: Machine>(
     }
 }
 
+/// Where a guest's root filesystem lies in its memory: both 0 for none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RootfsPlace {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// Where a root filesystem of `len` bytes goes: page-aligned, right after
+/// the image that ends at `image_end`, so that the guest's free memory is
+/// one range after both. None when it would reach `limit` (the boot-info
+/// page); no archive is the place (0, 0).
+pub fn place_rootfs(image_end: u64, len: u64, limit: u64) -> Option<RootfsPlace> {
+    if len == 0 {
+        return Some(RootfsPlace::default());
+    }
+    let addr = image_end.checked_next_multiple_of(PAGE_SIZE)?;
+    let end = addr.checked_add(len)?;
+    (end <= limit).then_some(RootfsPlace { addr, len })
+}
+
 /// The boot-info block, with the command line after it in the same page;
 /// a `{n}` in the command line becomes the guest's number.
-pub fn write_boot_info<R: GuestRam>(ram: &mut R, at: u64, cmdline: &[u8], number: usize) {
+pub fn write_boot_info<R: GuestRam>(
+    ram: &mut R,
+    at: u64,
+    cmdline: &[u8],
+    number: usize,
+    rootfs: RootfsPlace,
+) {
     const HEADER: usize = size_of::<BootInfo>();
     let header = HEADER as u64;
     let mut numbered = [0u8; PAGE_SIZE as usize - HEADER];
@@ -128,15 +187,26 @@ pub fn write_boot_info<R: GuestRam>(ram: &mut R, at: u64, cmdline: &[u8], number
         memory_size: ram.limit(),
         cmdline_addr: at + header,
         cmdline_len: cmdline.len() as u64,
+        rootfs_addr: rootfs.addr,
+        rootfs_len: rootfs.len,
     };
-    let fields =
-        [info.magic, u64::from(info.abi_version), info.memory_size, info.cmdline_addr, info.cmdline_len];
+    let fields = [
+        info.magic,
+        u64::from(info.abi_version),
+        info.memory_size,
+        info.cmdline_addr,
+        info.cmdline_len,
+        info.rootfs_addr,
+        info.rootfs_len,
+    ];
     let offsets = [
         offset_of!(BootInfo, magic),
         offset_of!(BootInfo, abi_version),
         offset_of!(BootInfo, memory_size),
         offset_of!(BootInfo, cmdline_addr),
         offset_of!(BootInfo, cmdline_len),
+        offset_of!(BootInfo, rootfs_addr),
+        offset_of!(BootInfo, rootfs_len),
     ];
     for (value, offset) in fields.into_iter().zip(offsets) {
         ram.write_u64(at + offset as u64, value);

@@ -59,11 +59,13 @@ pub const MAX_GUESTS: usize = 8;
 /// does with its own interrupt flag.
 pub const HOST_TICK_NS: u64 = 10_000_000;
 
-/// One guest to run: its ELF image and its command line.
+/// One guest to run: its ELF image, its command line, and the root
+/// filesystem (a cpio archive) to copy into its memory, empty for none.
 #[derive(Clone, Copy)]
 pub struct GuestImage<'a> {
     pub image: &'a [u8],
     pub cmdline: &'a [u8],
+    pub rootfs: &'a [u8],
 }
 
 /// What the command line asked of the run.
@@ -148,6 +150,14 @@ pub trait Machine {
     fn save_fpu(&mut self, state: &mut Self::Fpu);
     /// Give the CPU a guest's x87 state back.
     fn restore_fpu(&mut self, state: &Self::Fpu);
+
+    /// The CPU's FS base (IA32_FS_BASE), which the running guest may have
+    /// changed by loading a selector into FS: kept with the guest when it
+    /// leaves the CPU.
+    fn fs_base(&self) -> u64;
+    /// Put a guest's FS base (SET_FS_BASE) into the CPU, before entering
+    /// it: the host itself never uses FS, so it stays until the next guest.
+    fn set_fs_base(&mut self, base: u64);
 
     /// This CPU's number and the page-directory entries that map its
     /// switcher's guest view: every shadow root a guest enters on needs
@@ -380,6 +390,7 @@ impl<'g, M: Machine> Run<'g, M> {
         }
         slot.regs = *regs;
         machine.save_fpu(&mut slot.fpu);
+        slot.vcpu.fs_base = machine.fs_base();
         queue.elsewhere -= 1;
         // Room is certain: the slot held a place while it ran.
         let _ = queue.ready.push(slot);
@@ -491,6 +502,10 @@ pub fn serve_turn<M: Machine>(run: &Run<'_, M>, machine: &mut M, regs: &mut Gues
     let several = run.several;
     *regs = slot.regs;
     machine.restore_fpu(&slot.fpu);
+    // Whatever the CPU's FS base is, it is another guest's, or this one's
+    // from another turn: always the guest's own from here.
+    machine.set_fs_base(slot.vcpu.fs_base);
+    slot.vcpu.fs_base_changed = false;
     install_switcher_state(machine, &slot.vcpu);
     slot.placement.arrive(cpu);
     loop {
@@ -607,6 +622,10 @@ fn run_slice<M: Machine>(
     loop {
         if vcpu.take_switcher_changes() {
             install_switcher_state(machine, vcpu);
+        }
+        if vcpu.fs_base_changed {
+            machine.set_fs_base(vcpu.fs_base);
+            vcpu.fs_base_changed = false;
         }
         let (cpu, entries) = machine.switcher_mapping();
         let root = vcpu.prepare_switcher(cpu, entries);

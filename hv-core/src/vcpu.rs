@@ -131,6 +131,10 @@ pub enum Kill {
     },
     /// HALT with nothing that could ever wake the guest.
     HaltForever,
+    /// SET_FS_BASE with an address no CPU could use as a base.
+    NonCanonicalFsBase {
+        base: u64,
+    },
 }
 
 fn trap_name(vector: u8) -> &'static str {
@@ -211,6 +215,9 @@ impl fmt::Display for Kill {
             }
             Kill::HaltForever => {
                 write!(f, "HALT with virtual interrupts off or no clock armed: it would never wake")
+            }
+            Kill::NonCanonicalFsBase { base } => {
+                write!(f, "SET_FS_BASE: {base:#x} is not a canonical address")
             }
         }
     }
@@ -319,6 +326,11 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) clock_deadline_ns: Option<u64>,
     /// The real IDT's direct gates or the TSS's ring-1 stack changed.
     pub(crate) switcher_changed: bool,
+    /// The guest's FS base: what SET_FS_BASE set, or what the CPU held
+    /// when the guest last left it. The run loop puts it into the CPU.
+    pub(crate) fs_base: u64,
+    /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
+    pub(crate) fs_base_changed: bool,
 }
 
 /// A call's result, when it does not kill.
@@ -340,7 +352,14 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             pending: [0; 4],
             clock_deadline_ns: None,
             switcher_changed: false,
+            fs_base: 0,
+            fs_base_changed: false,
         }
+    }
+
+    /// The guest's FS base, as of its last SET_FS_BASE or its last turn.
+    pub fn fs_base(&self) -> u64 {
+        self.fs_base
     }
 
     /// Give the current shadow root this CPU's switcher mapping (`cpu`'s
@@ -615,6 +634,17 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             // Delivery happens before every entry; this call is only a
             // chance for it.
             abi::SEND_INTERRUPTS => abi::RESULT_OK,
+            abi::SET_FS_BASE => {
+                let base = args[0];
+                // IA32_FS_BASE refuses a non-canonical address with a
+                // #GP, which would strike the host as it writes it.
+                if !paging::is_canonical(base) {
+                    return Err(Kill::NonCanonicalFsBase { base });
+                }
+                self.fs_base = base;
+                self.fs_base_changed = true;
+                abi::RESULT_OK
+            }
             _ => return Err(Kill::UnknownHypercall { number }),
         };
         Ok(Done::Value(value))

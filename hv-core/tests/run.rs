@@ -111,6 +111,10 @@ const fn clock_event(delta_ns: u64) -> Step {
     Call(abi::SET_CLOCKEVENT, [delta_ns, 0, 0, 0, 0])
 }
 
+const fn set_fs_base(base: u64) -> Step {
+    Call(abi::SET_FS_BASE, [base, 0, 0, 0, 0])
+}
+
 /// Each step of a script that is not a wait for the timer takes this long.
 const STEP_NS: u64 = 1_000;
 
@@ -173,6 +177,10 @@ struct Sim {
     sleeps: Vec<u64>,
     /// The CPU entering now ([`SimCpu`]); 0 on a machine with one.
     cpu_now: u32,
+    /// IA32_FS_BASE in the CPU.
+    fs_base_in_cpu: u64,
+    /// The FS base each guest set last with SET_FS_BASE.
+    fs_base_set_by: BTreeMap<usize, u64>,
 }
 
 impl Sim {
@@ -295,6 +303,12 @@ impl Machine for Sim {
     fn restore_fpu(&mut self, state: &Fpu) {
         self.fpu_in_cpu = Some(*state);
     }
+    fn fs_base(&self) -> u64 {
+        self.fs_base_in_cpu
+    }
+    fn set_fs_base(&mut self, base: u64) {
+        self.fs_base_in_cpu = base;
+    }
 
     fn switcher_mapping(&self) -> (u32, SwitcherEntries) {
         (0, SwitcherEntries([0x7000_0003, 0]))
@@ -321,6 +335,9 @@ impl Machine for Sim {
         assert_eq!(*self.fpu_left_by.entry(guest).or_insert(*fpu), *fpu, "guest {guest}'s FPU state");
         fpu.changes += 1;
         self.fpu_left_by.insert(guest, *fpu);
+        // And the FS base it set, or 0 before it set one.
+        let fs_base = self.fs_base_set_by.get(&guest).copied().unwrap_or(0);
+        assert_eq!(self.fs_base_in_cpu, fs_base, "guest {guest} entered with another FS base");
         assert!(
             self.clock_ns < LONGEST_RUN_NS,
             "guest {guest} still running at {} ns:\n{}",
@@ -336,6 +353,10 @@ impl Machine for Sim {
             None => panic!("guest {guest} ran past the end of its script"),
         };
         let (number, args) = match step {
+            Call(abi::SET_FS_BASE, args) if paging::is_canonical(args[0]) => {
+                self.fs_base_set_by.insert(guest, args[0]);
+                (abi::SET_FS_BASE, args)
+            }
             Call(number, args) => (number, args),
             Write(text) => {
                 // The guest puts its text in its own memory first.
@@ -412,7 +433,7 @@ fn config(total: usize) -> RunConfig<'static> {
 /// Run `config.total` guests of [`image`] on `sim`; returns the status.
 fn run(sim: &mut Sim, config: RunConfig) -> u8 {
     let image = image();
-    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: b"" }];
     run_images(sim, &guests, config)
 }
 
@@ -507,6 +528,33 @@ fn halted_guests_give_way_and_the_host_sleeps_when_all_are_halted() {
     let guest_2_done = sim.entries[5].at_ns + STEP_NS;
     assert_eq!(asleep, deadline - guest_2_done);
     assert!(sim.sleeps.iter().all(|&ns| ns <= HOST_TICK_NS));
+}
+
+#[test]
+fn guests_on_one_cpu_each_enter_with_their_own_fs_base() {
+    // Two guests take turns; each sets its own FS base, and the second
+    // sets it again halfway. Every entry checks the CPU holds the
+    // entering guest's (0 for a guest that has set none yet).
+    let mut first = vec![INIT, set_fs_base(0x1000)];
+    first.extend([Tick; 8]);
+    first.push(shutdown(0));
+    let mut second = vec![INIT];
+    second.extend([Tick; 3]);
+    second.push(set_fs_base(0xffff_8000_0000_2000));
+    second.extend([Tick; 3]);
+    second.push(set_fs_base(0x2000));
+    second.extend([Tick; 3]);
+    second.push(shutdown(0));
+    let mut sim = Sim::new().script(1, &first).script(2, &second);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    assert!(sim.turns().len() > 6, "the guests should take turns: {:?}", sim.turns());
+}
+
+#[test]
+fn a_non_canonical_fs_base_kills_the_guest() {
+    let mut sim = Sim::new().script(1, &[INIT, set_fs_base(0x0000_8000_0000_0000), shutdown(0)]);
+    assert_eq!(run(&mut sim, config(1)), status::GUEST_KILLED, "{}", sim.out);
+    assert_printed(&sim, "guest killed: SET_FS_BASE: 0x800000000000 is not a canonical address");
 }
 
 #[test]
@@ -672,6 +720,60 @@ fn one_guest_prints_no_totals_and_no_prefixes() {
 }
 
 #[test]
+fn each_guest_gets_its_own_copy_of_the_root_filesystem_after_its_image() {
+    let image = image();
+    let mut archive = b"070701".to_vec();
+    archive.extend((0..5000u32).map(|i| (i % 251) as u8));
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: &archive }];
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]).script(2, &[INIT, shutdown(0)]);
+    assert_eq!(run_images(&mut sim, &guests, config(2)), status::SUCCESS, "{}", sim.out);
+    // The image ends at 0x101000: the archive starts on the next page.
+    assert_printed(&sim, "guest 1: root filesystem, 5006 bytes at 0x101000");
+    for guest in 1..=2 {
+        let ram = &sim.memory_of[&guest];
+        let field = |offset: usize| ram.read_u64(MEMORY - 4096 + offset as u64).unwrap();
+        assert_eq!(field(offset_of!(BootInfo, abi_version)) as u32, abi::ABI_VERSION);
+        assert_eq!(field(offset_of!(BootInfo, rootfs_addr)), 0x10_1000);
+        assert_eq!(field(offset_of!(BootInfo, rootfs_len)), archive.len() as u64);
+        let mut copy = vec![0u8; archive.len()];
+        assert!(ram.read_bytes(0x10_1000, &mut copy));
+        assert_eq!(copy, archive, "guest {guest}'s copy");
+    }
+}
+
+#[test]
+fn no_root_filesystem_is_address_and_length_zero() {
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(1)), status::SUCCESS, "{}", sim.out);
+    let ram = &sim.memory_of[&1];
+    let field = |offset: usize| ram.read_u64(MEMORY - 4096 + offset as u64).unwrap();
+    assert_eq!(field(offset_of!(BootInfo, rootfs_addr)), 0);
+    assert_eq!(field(offset_of!(BootInfo, rootfs_len)), 0);
+}
+
+#[test]
+fn a_root_filesystem_too_large_for_guest_memory_is_a_firmware_error() {
+    let image = image();
+    // The image ends at 0x101000 and the boot information takes the top
+    // page: one byte more than the room between.
+    let archive = vec![b'0'; (MEMORY - 4096 - 0x10_1000 + 1) as usize];
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: &archive }];
+    let mut sim = Sim::new();
+    assert_eq!(run_images(&mut sim, &guests, config(1)), status::FIRMWARE_ERROR, "{}", sim.out);
+    assert_printed(
+        &sim,
+        "umbra: error: guest 1: no room for its root filesystem (3137537 bytes) after its image in 4 MiB \
+         of memory (guest_mem=4M)",
+    );
+    assert_eq!(sim.memories_out, 0);
+    // Exactly as much as fits, fits.
+    let archive = &archive[1..];
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: archive }];
+    let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]);
+    assert_eq!(run_images(&mut sim, &guests, config(1)), status::SUCCESS, "{}", sim.out);
+}
+
+#[test]
 fn the_first_failing_guest_by_number_sets_the_status() {
     // Guest 2 fails first in time, guest 1 first in order.
     let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, shutdown(5)]).script(2, &[INIT, shutdown(7)]);
@@ -698,9 +800,13 @@ fn a_malformed_image_kills_its_guest_only() {
     reaching[64 + 24..64 + 32].copy_from_slice(&(MEMORY - 4096 - 4095).to_le_bytes());
     reaching[24..32].copy_from_slice(&(MEMORY - 4096 - 4095).to_le_bytes());
     let guests = [
-        GuestImage { image: &good, cmdline: b"guest={n}" },
-        GuestImage { image: b"not an ELF file, just bytes that go on long enough", cmdline: b"" },
-        GuestImage { image: &reaching, cmdline: b"guest={n}" },
+        GuestImage { image: &good, cmdline: b"guest={n}", rootfs: b"" },
+        GuestImage {
+            image: b"not an ELF file, just bytes that go on long enough",
+            cmdline: b"",
+            rootfs: b"",
+        },
+        GuestImage { image: &reaching, cmdline: b"guest={n}", rootfs: b"" },
     ];
     let mut sim = Sim::new().script(1, &[INIT, shutdown(0)]);
     assert_eq!(run_images(&mut sim, &guests, config(3)), status::GUEST_KILLED, "{}", sim.out);
@@ -788,6 +894,7 @@ struct SimCpu<'s> {
     number: u32,
     entered: bool,
     fpu_in_cpu: Option<Fpu>,
+    fs_base_in_cpu: u64,
     root: u64,
     idle_polls: usize,
     /// The memory this CPU took last: the guest it is loading.
@@ -802,6 +909,7 @@ impl<'s> SimCpu<'s> {
             number,
             entered: false,
             fpu_in_cpu: None,
+            fs_base_in_cpu: 0,
             root: 0,
             idle_polls: 0,
             last_memory: None,
@@ -869,6 +977,12 @@ impl Machine for SimCpu<'_> {
     fn restore_fpu(&mut self, state: &Fpu) {
         self.fpu_in_cpu = Some(*state);
     }
+    fn fs_base(&self) -> u64 {
+        self.fs_base_in_cpu
+    }
+    fn set_fs_base(&mut self, base: u64) {
+        self.fs_base_in_cpu = base;
+    }
     fn switcher_mapping(&self) -> (u32, SwitcherEntries) {
         (self.number, cpu_switcher_entries(self.number))
     }
@@ -891,6 +1005,7 @@ impl Machine for SimCpu<'_> {
         }
         let mut sim = self.sim();
         (sim.root, sim.fpu_in_cpu, sim.cpu_now) = (self.root, self.fpu_in_cpu, self.number);
+        sim.fs_base_in_cpu = self.fs_base_in_cpu;
         let exit = sim.enter(regs, timer_ns);
         self.fpu_in_cpu = sim.fpu_in_cpu;
         exit
@@ -913,7 +1028,7 @@ fn cpu_switcher_entries(number: u32) -> SwitcherEntries {
 fn run_on_cpus(sim: Sim, cpus: u32, config: RunConfig, together: bool) -> (u8, Sim) {
     let started = (AtomicU32::new(0), if together { cpus } else { 0 });
     let image = image();
-    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: b"" }];
     let sim = Mutex::new(sim);
     let free = sim.lock().unwrap().free_frames();
     let run = run::Run::new(&guests, &config, cpus as usize, free);
@@ -972,16 +1087,17 @@ fn a_guest_moves_to_another_cpu_between_turns_and_runs_on_correctly() {
     // the CPUs load guests 1, 2 and 3 in turn; then CPU 1 runs guest 1,
     // CPU 0 guest 2, CPU 1 guest 3, and CPU 0 takes guest 1 from where
     // CPU 1 left it. The simulated machine checks, on
-    // every entry, that the registers and x87 state are the guest's own.
-    let mut steps = vec![INIT];
-    steps.extend([Tick; 6]);
-    steps.extend([Write("done\n"), shutdown(0)]);
+    // every entry, that the registers, x87 state and FS base are the
+    // guest's own.
     let mut sim = Sim::new();
     for guest in 1..=3 {
+        let mut steps = vec![INIT, set_fs_base(0x7f00_0000_0000 + 0x1000 * guest as u64)];
+        steps.extend([Tick; 6]);
+        steps.extend([Write("done\n"), shutdown(0)]);
         sim = sim.script(guest, &steps);
     }
     let image = image();
-    let guests = [GuestImage { image: &image, cmdline: b"guest={n}" }];
+    let guests = [GuestImage { image: &image, cmdline: b"guest={n}", rootfs: b"" }];
     let config = config(3);
     let sim = Mutex::new(sim);
     let started = (AtomicU32::new(0), 0);

@@ -19,6 +19,13 @@
 //! on every run, however the timer interleaves them.
 
 mod elf;
+mod cpio;
+// The filesystem is a library with a complete API (and its own host
+// tests); not every constant and call of it has a user in the kernel.
+#[allow(dead_code)]
+pub mod fs;
+mod heap;
+pub mod linux;
 // Public for its page-table entry bits and `KERNEL_BASE`, which the
 // probes' own tables (`probes/tables.rs`) share.
 pub mod mem;

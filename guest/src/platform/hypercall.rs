@@ -181,6 +181,13 @@ fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
     unsafe { (&raw const (*slot).ready).read_volatile() != 0 }
 }
 
+/// SET_FS_BASE: the FS base we run with from now on, at every ring.
+pub fn set_fs_base(base: u64) {
+    // SAFETY: Umbra only records the base; a non-canonical one kills us,
+    // which the platform layer's caller has to avoid anyway.
+    unsafe { hypercall(abi::SET_FS_BASE, base, 0, 0, 0, 0) };
+}
+
 /// The TSC's rate, which Umbra wrote at INIT.
 pub fn tsc_khz() -> u64 {
     // SAFETY: a read of our own static; volatile because Umbra writes it.

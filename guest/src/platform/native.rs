@@ -89,7 +89,7 @@ native_entry32:
     movl $native_boot_pdpt + 3, native_boot_pml4
 
     mov %cr4, %eax
-    or $0x20, %eax              /* PAE */
+    or $0x620, %eax             /* PAE, OSFXSR, OSXMMEXCPT: SSE, as under Umbra */
     mov %eax, %cr4
     mov $native_boot_pml4, %eax
     mov %eax, %cr3
@@ -98,6 +98,7 @@ native_entry32:
     mov %edx, %ebx
     mov $0xC0000080, %ecx       /* EFER */
     rdmsr
+    and $~0x1, %eax             /* SCE off: `syscall` is a #UD, as under Umbra */
     or $0x100, %eax             /* LME */
     bt $20, %ebx
     jnc 2f
@@ -213,7 +214,7 @@ fn rdtsc() -> u64 {
 
 /// The hvm_start_info fields we read, at their offsets.
 const START_INFO_MAGIC: u32 = 0x336e_c578;
-const CMDLINE_MAX: usize = 512;
+const CMDLINE_MAX: usize = 4096;
 /// Where the boot tables end: memory above the first GiB is not used.
 const MAPPED_AT_BOOT: u64 = 1 << 30;
 /// The image's load address (`link.ld`): the RAM range holding it is ours.
@@ -228,6 +229,8 @@ struct StartInfo {
     cmdline: [u8; CMDLINE_MAX],
     cmdline_len: usize,
     memory_size: u64,
+    /// The first module (a cpio root filesystem, say): address and length.
+    module: (u64, u64),
 }
 
 fn read_u32(pa: u64) -> u32 {
@@ -250,7 +253,14 @@ fn read_start_info(pa: u64) -> Result<StartInfo, &'static str> {
     if read_u32(pa) != START_INFO_MAGIC {
         return Err("start_info has a bad magic");
     }
-    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0 };
+    let mut info = StartInfo { cmdline: [0; CMDLINE_MAX], cmdline_len: 0, memory_size: 0, module: (0, 0) };
+    let (modules, module_count) = (read_u64(pa + 16), read_u32(pa + 12));
+    if module_count > 0 && modules != 0 && in_boot_map(modules, 32) {
+        let (start, len) = (read_u64(modules), read_u64(modules + 8));
+        if len > 0 && in_boot_map(start, len) {
+            info.module = (start, len);
+        }
+    }
     let cmdline = read_u64(pa + 24);
     if cmdline != 0 && in_boot_map(cmdline, CMDLINE_MAX as u64) {
         while info.cmdline_len < CMDLINE_MAX {
@@ -303,7 +313,16 @@ extern "C" fn native_main(start_info: u64) -> ! {
     say!("memory: {} MiB ({:#x} bytes)", info.memory_size >> 20, info.memory_size);
     say!("cmdline: \"{}\"", Printable(cmdline));
     let free_start = &raw const __image_end as u64;
-    crate::boot::run_kernel(cmdline, info.memory_size, free_start, info.memory_size)
+    // The first module, if any, is the root filesystem: it stays where the
+    // VMM put it, and the free memory stops below it (or starts above it).
+    let (module, module_len) = info.module;
+    let rootfs = (module_len > 0).then_some((module, module_len));
+    let (start, end) = match rootfs {
+        Some((module, _)) if module >= free_start + (16 << 20) => (free_start, module & !0xfff),
+        Some((module, len)) => ((module + len).next_multiple_of(4096).max(free_start), info.memory_size),
+        None => (free_start, info.memory_size),
+    };
+    crate::boot::run_kernel(cmdline, info.memory_size, start, end, rootfs)
 }
 
 fn serial_init() {
@@ -341,6 +360,18 @@ fn set_up_cpu_tables() {
     }];
     // SAFETY: a valid IDT whose gates all lead to code of ours.
     unsafe { asm!("lidt [{0}]", in(reg) pointer.as_ptr(), options(readonly, nostack)) };
+}
+
+/// Where a `syscall` that should have raised #UD jumps instead: see
+/// `platform::set_syscall_landing`.
+pub fn set_syscall_landing(va: u64) {
+    const LSTAR: u32 = 0xC000_0082;
+    // SAFETY: with EFER.SCE clear, LSTAR only matters to a CPU (or
+    // emulator) that runs `syscall` anyway; the address is a user page.
+    unsafe {
+        asm!("wrmsr", in("ecx") LSTAR, in("eax") va as u32, in("edx") (va >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
+    }
 }
 
 /// Remaps the PIC to vectors 32-47, in auto-EOI mode, everything masked.
@@ -479,6 +510,16 @@ pub fn set_kernel_stack(top: u64) {
     unsafe {
         (*TSS.0.get())[1] = top as u32;
         (*TSS.0.get())[2] = (top >> 32) as u32;
+    }
+}
+
+/// IA32_FS_BASE, written directly at ring 0.
+pub fn set_fs_base(base: u64) {
+    // SAFETY: the caller passes a canonical base (a non-canonical one would
+    // #GP here); FS is the running program's, nothing of ours uses it.
+    unsafe {
+        asm!("wrmsr", in("ecx") 0xc000_0100u32, in("eax") base as u32, in("edx") (base >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
     }
 }
 
