@@ -355,7 +355,7 @@ fn compare(host: &Run, guest: &Run, leg: &str) -> Result<(), String> {
 }
 
 /// One guest kernel boot: natively, or under Umbra.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Leg {
     Native,
     Umbra,
@@ -449,15 +449,43 @@ fn split_cases(program: &str) -> (BTreeMap<String, Run>, Option<(String, String)
     (cases, current)
 }
 
-fn shared_boot(leg: Leg, accel: Accel, shell: Shell) -> SharedBoot {
-    let log = format!("linux_{}_{}_{}_all", accel.name(), shell.name(), leg.name());
-    let init = match shell {
-        // Without names, the runner runs every /bin/sh case.
-        Shell::Busybox => "/bin/sh /tests/run-cases /bin/sh".to_string(),
+/// One shared boot: which kernel, accelerator and shell, and which part
+/// of the shell's cases (busybox's are split in two, so two boots share
+/// the machine's two cores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BootKey {
+    accel: Accel,
+    shell: Shell,
+    leg: Leg,
+    part: usize,
+}
+
+impl BootKey {
+    fn name(self) -> String {
+        format!("linux_{}_{}_{}_boot{}", self.accel.name(), self.shell.name(), self.leg.name(), self.part + 1)
+    }
+}
+
+/// Into how many boots a shell's cases are split.
+fn parts(shell: Shell) -> usize {
+    match shell {
+        Shell::Busybox => 2,
+        Shell::Bash => 1,
+    }
+}
+
+fn shared_boot(key: BootKey) -> SharedBoot {
+    let init = match key.shell {
+        // Without names, the runner picks its part of every /bin/sh case.
+        Shell::Busybox => {
+            format!("/bin/sh /tests/run-cases /bin/sh --part {}/{}", key.part, parts(key.shell))
+        }
         Shell::Bash => format!("/bin/sh /tests/run-cases /bin/bash {}", BASH_CASES.join(" ")),
     };
-    let outcome =
-        inputs().and_then(|inputs| boot(leg, accel, inputs.rootfs(shell), &init, SHARED_BOOT_TIMEOUT, &log));
+    let started = Instant::now();
+    let outcome = inputs().and_then(|inputs| {
+        boot(key.leg, key.accel, inputs.rootfs(key.shell), &init, SHARED_BOOT_TIMEOUT, &key.name())
+    });
     let program = outcome.as_ref().map(program_run);
     let (cases, unfinished) = match &program {
         Ok(Ok(run)) => split_cases(&run.output),
@@ -473,34 +501,26 @@ fn shared_boot(leg: Leg, accel: Accel, shell: Shell) -> SharedBoot {
         Ok(Err(why)) => Err(why),
         _ => Ok(()),
     };
+    println!(
+        "    {}: {} cases finished in {:.1} s",
+        key.name(),
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
     SharedBoot { outcome, cases, unfinished, framing }
 }
 
-/// The two shared boots (native and under Umbra) for an accelerator and
-/// a shell, run side by side once and kept for every case.
-fn shared_boots(accel: Accel, shell: Shell) -> &'static [SharedBoot; 2] {
-    static BOOTS: [OnceLock<[SharedBoot; 2]>; 4] = [const { OnceLock::new() }; 4];
-    let slot = (accel == Accel::Kvm) as usize * 2 + (shell == Shell::Bash) as usize;
-    BOOTS[slot].get_or_init(|| {
-        thread::scope(|scope| {
-            let timed = move |leg: Leg| {
-                let started = Instant::now();
-                let boot = shared_boot(leg, accel, shell);
-                println!(
-                    "    linux {} {} {}: {} cases finished in {:.1} s",
-                    accel.name(),
-                    shell.name(),
-                    leg.name(),
-                    boot.cases.len(),
-                    started.elapsed().as_secs_f64()
-                );
-                boot
-            };
-            let native = scope.spawn(move || timed(Leg::Native));
-            let umbra = scope.spawn(move || timed(Leg::Umbra));
-            [native.join().expect("native boot thread"), umbra.join().expect("umbra boot thread")]
-        })
-    })
+/// A shared boot, booted once by whichever case needs it first and kept
+/// for every other case.
+fn shared(key: BootKey) -> &'static SharedBoot {
+    static BOOTS: OnceLock<Mutex<HashMap<BootKey, &'static OnceLock<SharedBoot>>>> = OnceLock::new();
+    let slot = *BOOTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::new(OnceLock::new())));
+    slot.get_or_init(|| shared_boot(key))
 }
 
 /// Why a guest leg has no result for a case.
@@ -557,13 +577,19 @@ fn three_way(accel: Accel, shell: Shell, name: &str) -> Verdict {
         Err(error) => return Verdict::Fail(format!("host: {error}")),
     };
     let mut failures = Vec::new();
-    for (boot, leg) in shared_boots(accel, shell).iter().zip([Leg::Native, Leg::Umbra]) {
-        let result = match boot.cases.get(name) {
-            Some(run) => compare(&host, run, leg.name()).map_err(|why| {
+    for leg in [Leg::Native, Leg::Umbra] {
+        let boots: Vec<&SharedBoot> =
+            (0..parts(shell)).map(|part| shared(BootKey { accel, shell, leg, part })).collect();
+        let result = match boots.iter().find_map(|boot| boot.cases.get(name).map(|run| (boot, run))) {
+            Some((boot, run)) => compare(&host, run, leg.name()).map_err(|why| {
                 let log = boot.outcome.as_ref().map(|o| o.log.display().to_string()).unwrap_or_default();
                 format!("{why}\n      serial output kept in {log}")
             }),
-            None => Err(missing_case(boot, leg, name)),
+            None => Err(boots
+                .iter()
+                .map(|boot| missing_case(boot, leg, name))
+                .collect::<Vec<_>>()
+                .join("\n      ")),
         };
         if let Err(why) = result {
             failures.push(why);
@@ -572,30 +598,28 @@ fn three_way(accel: Accel, shell: Shell, name: &str) -> Verdict {
     if failures.is_empty() { Verdict::Pass } else { Verdict::Fail(failures.join("\n      ")) }
 }
 
-/// The shared boots themselves ended as they must: the runner's status 0
-/// in the kernel's final line, and QEMU's exit code to match.
-fn shared_boots_exit(accel: Accel, shell: Shell) -> Verdict {
-    if let Some(skip) = guest_skip(accel, "") {
+/// A shared boot itself ended as it must: the runner's status 0 in the
+/// kernel's final line, and QEMU's exit code to match.
+fn shared_boot_exit(key: BootKey) -> Verdict {
+    if let Some(skip) = guest_skip(key.accel, "") {
         return skip;
     }
-    let mut failures = Vec::new();
-    for (boot, leg) in shared_boots(accel, shell).iter().zip([Leg::Native, Leg::Umbra]) {
-        let checked = boot.outcome.as_ref().map_err(Clone::clone).and_then(|outcome| {
-            let run = program_run(outcome).map_err(|why| format!("{why}; log {}", outcome.log.display()))?;
-            if run.status != 0 {
-                return Err(format!(
-                    "the runner ended with status {}; log {}",
-                    run.status,
-                    outcome.log.display()
-                ));
-            }
-            check_boot_exit(leg, outcome, 0)
-        });
-        if let Err(why) = checked {
-            failures.push(format!("{}: {why}", leg.name()));
+    let boot = shared(key);
+    let checked = boot.outcome.as_ref().map_err(Clone::clone).and_then(|outcome| {
+        let run = program_run(outcome).map_err(|why| format!("{why}; log {}", outcome.log.display()))?;
+        if run.status != 0 {
+            return Err(format!(
+                "the runner ended with status {}; log {}",
+                run.status,
+                outcome.log.display()
+            ));
         }
+        check_boot_exit(key.leg, outcome, 0)
+    });
+    match checked {
+        Ok(()) => Verdict::Pass,
+        Err(why) => Verdict::Fail(why),
     }
-    if failures.is_empty() { Verdict::Pass } else { Verdict::Fail(failures.join("\n      ")) }
 }
 
 /// A case booted alone, as init: output, status, and the exit contract.
@@ -671,11 +695,17 @@ fn main() {
         }
     }
     for accel in [Accel::Tcg, Accel::Kvm] {
+        // The boots first, the longest (under Umbra) first, so the two
+        // workers keep two boots going; then the cases, which read them.
         for shell in [Shell::Busybox, Shell::Bash] {
-            cases.push(Case::new(
-                format!("linux_{}_{}_shared_boot_exit", accel.name(), shell.name()),
-                move |_| shared_boots_exit(accel, shell),
-            ));
+            for leg in [Leg::Umbra, Leg::Native] {
+                for part in 0..parts(shell) {
+                    let key = BootKey { accel, shell, leg, part };
+                    cases.push(Case::new(format!("{}_exit", key.name()), move |_| shared_boot_exit(key)));
+                }
+            }
+        }
+        for shell in [Shell::Busybox, Shell::Bash] {
             for name in cases_for(shell) {
                 let case_name = format!("linux_{}_{}_{name}", accel.name(), shell.name());
                 cases.push(Case::new(case_name, move |_| three_way(accel, shell, &name)));

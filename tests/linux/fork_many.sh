@@ -13,4 +13,4 @@ cat out.* | sort -t' ' -k2 -n | tail -n 3
 cat out.* | wc -l
 chain() { if [ "$1" -gt 0 ]; then sh -c "echo depth $1" & wait; chain $(($1 - 1)); fi; }
 chain 5
-n=0; for j in $(seq 1 20); do sh -c 'exit 0' && n=$((n + 1)); done; echo "$n short-lived shells"
+n=0; for j in $(seq 1 10); do sh -c 'exit 0' && n=$((n + 1)); done; echo "$n short-lived shells"

@@ -52,7 +52,8 @@ pub struct Heap(UnsafeCell<State>);
 unsafe impl Sync for Heap {}
 
 #[global_allocator]
-pub static HEAP: Heap = Heap(UnsafeCell::new(State { free: [0; CLASSES], runs: 0, bump: 0, end: 0, in_use: 0 }));
+pub static HEAP: Heap =
+    Heap(UnsafeCell::new(State { free: [0; CLASSES], runs: 0, bump: 0, end: 0, in_use: 0 }));
 
 impl Heap {
     /// Gives the heap `[start, end)`, a kernel-half range of whole pages.

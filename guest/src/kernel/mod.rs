@@ -18,8 +18,8 @@
 //! name, and names are stable, so each program's transcript is the same
 //! on every run, however the timer interleaves them.
 
-mod elf;
 mod cpio;
+mod elf;
 // The filesystem is a library with a complete API (and its own host
 // tests); not every constant and call of it has a user in the kernel.
 #[allow(dead_code)]

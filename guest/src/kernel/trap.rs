@@ -300,10 +300,27 @@ fn linux_fault(frame: &TrapFrame, vector: u64) {
         _ => signal::SIGSEGV,
     };
     if super::linux::tracing() {
-        say!("linux: {} at {:#x} (error {:#x}, address {:#x}): signal {sig}", vector_name(vector), frame.rip, frame.error, platform::fault_address());
+        say!(
+            "linux: {} at {:#x} (error {:#x}, address {:#x}): signal {sig}",
+            vector_name(vector),
+            frame.rip,
+            frame.error,
+            platform::fault_address()
+        );
         let mut words = [0u8; 32];
         let _ = super::linux::mm::get(frame.rsp, &mut words);
-        say!("linux: rsp {:#x} {:x?} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}", frame.rsp, words, frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp);
+        say!(
+            "linux: rsp {:#x} {:x?} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}",
+            frame.rsp,
+            words,
+            frame.rax,
+            frame.rbx,
+            frame.rcx,
+            frame.rdx,
+            frame.rsi,
+            frame.rdi,
+            frame.rbp
+        );
     }
     signal::force(sig);
 }

@@ -77,7 +77,12 @@ fn executable(cwd: Ino, path: &[u8]) -> Result<Ino, i64> {
 
 /// Builds the image of `path` with `argv` and `envp`. `path` may be
 /// rewritten by `#!` (the interpreter's path goes into argv).
-pub fn load(cwd: Ino, path: &[u8], mut argv: Vec<Vec<u8>>, envp: Vec<Vec<u8>>) -> Result<(Image, Vec<u8>), i64> {
+pub fn load(
+    cwd: Ino,
+    path: &[u8],
+    mut argv: Vec<Vec<u8>>,
+    envp: Vec<Vec<u8>>,
+) -> Result<(Image, Vec<u8>), i64> {
     let mut path = Vec::from(path);
     let mut ino = executable(cwd, &path)?;
     for depth in 0.. {

@@ -86,7 +86,8 @@ pub fn send_group(pgid: u64, sig: u64) -> bool {
     let mut found = false;
     for index in 1..MAX_PROCS {
         let p = &k().procs[index];
-        if p.linux && matches!(p.state, State::Runnable | State::Running | State::Waiting)
+        if p.linux
+            && matches!(p.state, State::Runnable | State::Running | State::Waiting)
             && task_slot(index).as_ref().is_some_and(|t| t.pgid == pgid)
         {
             found = true;
@@ -134,7 +135,9 @@ pub fn deliver(frame: &mut TrapFrame) {
         let sig = u64::from(ready.trailing_zeros()) + 1;
         t.pending &= !bit(sig);
         let action = t.actions[sig as usize];
-        if sig != SIGKILL && (action.handler == SIG_IGN || (action.handler == SIG_DFL && ignored_by_default(sig))) {
+        if sig != SIGKILL
+            && (action.handler == SIG_IGN || (action.handler == SIG_DFL && ignored_by_default(sig)))
+        {
             continue;
         }
         if sig == SIGKILL || action.handler == SIG_DFL {
@@ -165,7 +168,14 @@ pub fn deliver(frame: &mut TrapFrame) {
     }
 }
 
-fn push_frame(frame: &mut TrapFrame, sig: u64, handler: u64, flags: u64, restorer: u64, mask: u64) -> Result<(), i64> {
+fn push_frame(
+    frame: &mut TrapFrame,
+    sig: u64,
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+) -> Result<(), i64> {
     let me = k().current;
     let t = task(me);
     let (ss_sp, ss_size, ss_flags) = t.altstack;
@@ -187,14 +197,15 @@ fn push_frame(frame: &mut TrapFrame, sig: u64, handler: u64, flags: u64, restore
 
     let old_mask = t.saved_mask.take().unwrap_or(t.mask);
     let mut ucontext = [0u8; UCONTEXT_SIZE as usize];
-    let put = |bytes: &mut [u8], at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    let put =
+        |bytes: &mut [u8], at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
     put(&mut ucontext, 16, ss_sp);
     ucontext[24..28].copy_from_slice(&(if on_alt { 1u32 } else { ss_flags }).to_le_bytes());
     put(&mut ucontext, 32, ss_size);
     let f = frame;
     let registers = [
-        f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15, f.rdi, f.rsi, f.rbp, f.rbx, f.rdx, f.rax, f.rcx, f.rsp,
-        f.rip, f.rflags,
+        f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15, f.rdi, f.rsi, f.rbp, f.rbx, f.rdx, f.rax,
+        f.rcx, f.rsp, f.rip, f.rflags,
     ];
     for (i, value) in registers.iter().enumerate() {
         put(&mut ucontext, MCONTEXT_AT + 8 * i, *value);
@@ -272,4 +283,3 @@ pub fn sigreturn(frame: &mut TrapFrame) -> Result<u64, i64> {
     t.restart = None;
     Ok(r(13))
 }
-

@@ -102,7 +102,13 @@ pub fn syscall(frame: &mut TrapFrame) {
     let result = dispatch(number, args, frame);
     if super::tracing() {
         let pid = k().procs[me()].pid;
-        say!("linux: [{pid}] call {number}({:#x}, {:#x}, {:#x}, {:#x}) = {result:?}", args[0], args[1], args[2], args[3]);
+        say!(
+            "linux: [{pid}] call {number}({:#x}, {:#x}, {:#x}, {:#x}) = {result:?}",
+            args[0],
+            args[1],
+            args[2],
+            args[3]
+        );
     }
     frame.rax = match result {
         Ok(value) => value,
@@ -123,7 +129,12 @@ fn dispatch(number: u64, a: [u64; 6], frame: &mut TrapFrame) -> R {
         4 => stat_at(AT_FDCWD, a[0], a[1], 0),
         5 => fstat(a[0], a[1]),
         6 => stat_at(AT_FDCWD, a[0], a[1], AT_SYMLINK_NOFOLLOW),
-        7 => poll(a[0], a[1], if (a[2] as i32) < 0 { None } else { Some(a[2] as i32 as u64 * 1_000_000) }, None),
+        7 => poll(
+            a[0],
+            a[1],
+            if (a[2] as i32) < 0 { None } else { Some(a[2] as i32 as u64 * 1_000_000) },
+            None,
+        ),
         8 => lseek(a[0], a[1] as i64, a[2]),
         9 => mmap(a[0], a[1], a[2] as u32, a[3] as u32, a[4], a[5]),
         10 => mprotect(a[0], a[1], a[2] as u32),
@@ -190,7 +201,13 @@ fn dispatch(number: u64, a: [u64; 6], frame: &mut TrapFrame) -> R {
         99 => sysinfo(a[0]),
         100 => times(a[0]),
         102 | 104 | 107 | 108 => Ok(0),
-        105 | 106 => if a[0] == 0 { Ok(0) } else { Err(EPERM) },
+        105 | 106 => {
+            if a[0] == 0 {
+                Ok(0)
+            } else {
+                Err(EPERM)
+            }
+        }
         109 => setpgid(a[0], a[1]),
         110 => Ok(parent_pid(me())),
         111 => Ok(cur().pgid),
@@ -456,7 +473,10 @@ fn wait4(pid: i64, status: u64, options: u64, rusage: u64) -> R {
         let my_pgid = cur().pgid;
         let mut any = false;
         for index in 1..MAX_PROCS {
-            if k().procs[index].parent != me || k().procs[index].state == State::Free || !wait_matches(index, pid, my_pgid) {
+            if k().procs[index].parent != me
+                || k().procs[index].state == State::Free
+                || !wait_matches(index, pid, my_pgid)
+            {
                 continue;
             }
             any = true;
@@ -500,7 +520,10 @@ fn waitid(idtype: u64, id: u64, info: u64, options: u64) -> R {
         let my_pgid = cur().pgid;
         let mut any = false;
         for index in 1..MAX_PROCS {
-            if k().procs[index].parent != me || k().procs[index].state == State::Free || !wait_matches(index, pid, my_pgid) {
+            if k().procs[index].parent != me
+                || k().procs[index].state == State::Free
+                || !wait_matches(index, pid, my_pgid)
+            {
                 continue;
             }
             any = true;
@@ -509,7 +532,8 @@ fn waitid(idtype: u64, id: u64, info: u64, options: u64) -> R {
                 if info != 0 {
                     let mut si = [0u8; 128];
                     si[0..4].copy_from_slice(&(SIGCHLD as u32).to_le_bytes());
-                    let (code, value) = if status & 0x7f == 0 { (1u32, (status >> 8) & 0xff) } else { (2, status & 0x7f) };
+                    let (code, value) =
+                        if status & 0x7f == 0 { (1u32, (status >> 8) & 0xff) } else { (2, status & 0x7f) };
                     si[8..12].copy_from_slice(&code.to_le_bytes());
                     si[16..20].copy_from_slice(&(child_pid as u32).to_le_bytes());
                     si[24..28].copy_from_slice(&(value as u32).to_le_bytes());
@@ -765,7 +789,9 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
     let root = k().procs[me].root;
     let t = cur();
     let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
-    let in_range = |a: u64| a % PAGE == 0 && a >= LINUX_USER_BASE && a.checked_add(len).is_some_and(|e| e <= LINUX_USER_TOP);
+    let in_range = |a: u64| {
+        a % PAGE == 0 && a >= LINUX_USER_BASE && a.checked_add(len).is_some_and(|e| e <= LINUX_USER_TOP)
+    };
     let start = if fixed {
         if !in_range(addr) {
             return Err(EINVAL);
@@ -781,14 +807,15 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
         mm::find_free(t, len, MMAP_TOP).ok_or(ENOMEM)?
     };
     let backing = match backing {
-        Backing::File { ino, offset, zero_from } => Backing::File { ino, offset, zero_from: start + zero_from },
+        Backing::File { ino, offset, zero_from } => {
+            Backing::File { ino, offset, zero_from: start + zero_from }
+        }
         anonymous => anonymous,
     };
     let prot = prot & (PROT_READ | PROT_WRITE | PROT_EXEC);
     mm::insert(t, Vma { start, end: start + len, prot, backing })?;
     Ok(start)
 }
-
 
 trait WithSize {
     fn with_size(self, size: u64) -> Backing;
@@ -799,7 +826,9 @@ impl WithSize for Backing {
     /// the start is known: the bytes past the file's end.
     fn with_size(self, size: u64) -> Backing {
         match self {
-            Backing::File { ino, offset, .. } => Backing::File { ino, offset, zero_from: size.saturating_sub(offset) },
+            Backing::File { ino, offset, .. } => {
+                Backing::File { ino, offset, zero_from: size.saturating_sub(offset) }
+            }
             other => other,
         }
     }
@@ -1512,7 +1541,8 @@ fn readiness(fd: u64) -> u16 {
     match &f.object {
         Object::PipeRead(pipe) => {
             let p = pipe.borrow();
-            (if p.buffer.is_empty() { 0 } else { POLLIN }) | (if p.writers == 0 { POLLHUP | POLLIN } else { 0 })
+            (if p.buffer.is_empty() { 0 } else { POLLIN })
+                | (if p.writers == 0 { POLLHUP | POLLIN } else { 0 })
         }
         Object::PipeWrite(pipe) => {
             let p = pipe.borrow();
@@ -1558,26 +1588,36 @@ fn poll(fds: u64, count: u64, timeout_ns: Option<u64>, mask: Option<u64>) -> R {
         return Err(EINVAL);
     }
     let deadline = timeout_ns.map(|t| platform::now_ns().saturating_add(t).max(1));
-    with_mask(mask, || loop {
-        let mut ready = 0;
-        for i in 0..count {
-            let entry: [u8; 8] = mm::get_struct(fds + 8 * i)?;
-            let fd = i32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-            let events = u16::from_le_bytes([entry[4], entry[5]]);
-            let revents = if fd < 0 { 0 } else { readiness(fd as u64) & (events | POLLERR | POLLHUP | POLLNVAL) };
-            put(fds + 8 * i + 6, &revents.to_le_bytes())?;
-            if revents != 0 {
-                ready += 1;
+    with_mask(mask, || {
+        loop {
+            let mut ready = 0;
+            for i in 0..count {
+                let entry: [u8; 8] = mm::get_struct(fds + 8 * i)?;
+                let fd = i32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+                let events = u16::from_le_bytes([entry[4], entry[5]]);
+                let revents =
+                    if fd < 0 { 0 } else { readiness(fd as u64) & (events | POLLERR | POLLHUP | POLLNVAL) };
+                put(fds + 8 * i + 6, &revents.to_le_bytes())?;
+                if revents != 0 {
+                    ready += 1;
+                }
             }
+            if ready > 0 || deadline.is_some_and(|d| platform::now_ns() >= d) {
+                return Ok(ready);
+            }
+            wait_a_while(deadline.unwrap_or(0)).map_err(|_| EINTR)?;
         }
-        if ready > 0 || deadline.is_some_and(|d| platform::now_ns() >= d) {
-            return Ok(ready);
-        }
-        wait_a_while(deadline.unwrap_or(0)).map_err(|_| EINTR)?;
     })
 }
 
-fn select(count: u64, readfds: u64, writefds: u64, exceptfds: u64, timeout_ns: Option<u64>, mask: Option<u64>) -> R {
+fn select(
+    count: u64,
+    readfds: u64,
+    writefds: u64,
+    exceptfds: u64,
+    timeout_ns: Option<u64>,
+    mask: Option<u64>,
+) -> R {
     if count > task::MAX_FDS as u64 {
         return Err(EINVAL);
     }
@@ -1593,39 +1633,43 @@ fn select(count: u64, readfds: u64, writefds: u64, exceptfds: u64, timeout_ns: O
     };
     let (want_read, want_write) = (load(readfds)?, load(writefds)?);
     let deadline = timeout_ns.map(|t| platform::now_ns().saturating_add(t).max(1));
-    with_mask(mask, || loop {
-        let mut got_read = alloc::vec![0u64; words];
-        let mut got_write = alloc::vec![0u64; words];
-        let mut ready = 0;
-        for fd in 0..count {
-            let (w, b) = ((fd / 64) as usize, 1u64 << (fd % 64));
-            if (want_read[w] | want_write[w]) & b == 0 {
-                continue;
-            }
-            let r = readiness(fd);
-            if r & POLLNVAL != 0 {
-                return Err(EBADF);
-            }
-            if want_read[w] & b != 0 && r & (POLLIN | POLLHUP) != 0 {
-                got_read[w] |= b;
-                ready += 1;
-            }
-            if want_write[w] & b != 0 && r & (POLLOUT | POLLERR) != 0 {
-                got_write[w] |= b;
-                ready += 1;
-            }
-        }
-        if ready > 0 || deadline.is_some_and(|d| platform::now_ns() >= d) {
-            for (at, set) in [(readfds, &got_read), (writefds, &got_write), (exceptfds, &alloc::vec![0u64; words])] {
-                if at != 0 {
-                    for (i, w) in set.iter().enumerate() {
-                        put_u64(at + 8 * i as u64, *w)?;
-                    }
+    with_mask(mask, || {
+        loop {
+            let mut got_read = alloc::vec![0u64; words];
+            let mut got_write = alloc::vec![0u64; words];
+            let mut ready = 0;
+            for fd in 0..count {
+                let (w, b) = ((fd / 64) as usize, 1u64 << (fd % 64));
+                if (want_read[w] | want_write[w]) & b == 0 {
+                    continue;
+                }
+                let r = readiness(fd);
+                if r & POLLNVAL != 0 {
+                    return Err(EBADF);
+                }
+                if want_read[w] & b != 0 && r & (POLLIN | POLLHUP) != 0 {
+                    got_read[w] |= b;
+                    ready += 1;
+                }
+                if want_write[w] & b != 0 && r & (POLLOUT | POLLERR) != 0 {
+                    got_write[w] |= b;
+                    ready += 1;
                 }
             }
-            return Ok(ready);
+            if ready > 0 || deadline.is_some_and(|d| platform::now_ns() >= d) {
+                for (at, set) in
+                    [(readfds, &got_read), (writefds, &got_write), (exceptfds, &alloc::vec![0u64; words])]
+                {
+                    if at != 0 {
+                        for (i, w) in set.iter().enumerate() {
+                            put_u64(at + 8 * i as u64, *w)?;
+                        }
+                    }
+                }
+                return Ok(ready);
+            }
+            wait_a_while(deadline.unwrap_or(0)).map_err(|_| EINTR)?;
         }
-        wait_a_while(deadline.unwrap_or(0)).map_err(|_| EINTR)?;
     })
 }
 
@@ -1875,7 +1919,6 @@ fn unlinkat(dirfd: u64, path: u64, flags: u64) -> R {
     Ok(0)
 }
 
-
 fn renameat2(old_dir: u64, old: u64, new_dir: u64, new: u64, flags: u64) -> R {
     const RENAME_NOREPLACE: u64 = 1;
     if flags & !RENAME_NOREPLACE != 0 {
@@ -1996,7 +2039,8 @@ fn ftruncate(fd: u64, size: u64) -> R {
 
 fn uname(at: u64) -> R {
     let mut b = [0u8; 65 * 6];
-    for (i, field) in [b"Linux".as_slice(), b"umbra", b"6.1.0-umbra", b"#1 SMP", b"x86_64", b"(none)"].iter().enumerate()
+    for (i, field) in
+        [b"Linux".as_slice(), b"umbra", b"6.1.0-umbra", b"#1 SMP", b"x86_64", b"(none)"].iter().enumerate()
     {
         b[65 * i..65 * i + field.len()].copy_from_slice(field);
     }

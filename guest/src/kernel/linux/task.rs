@@ -96,7 +96,11 @@ pub enum Backing {
     /// A private mapping of file `ino`: the page at `vma.start` is the
     /// file's bytes from `offset`; bytes at or past `zero_from` (a user
     /// address) are zero (a segment's .bss).
-    File { ino: Ino, offset: u64, zero_from: u64 },
+    File {
+        ino: Ino,
+        offset: u64,
+        zero_from: u64,
+    },
 }
 
 pub struct Vma {
@@ -225,7 +229,8 @@ impl Task {
 
     /// The lowest free descriptor at or above `from`.
     pub fn install(&mut self, file: File, cloexec: bool, from: usize) -> Result<u64, i64> {
-        let slot = (from..MAX_FDS).find(|&i| self.fds.get(i).is_none_or(Option::is_none)).ok_or(super::EMFILE)?;
+        let slot =
+            (from..MAX_FDS).find(|&i| self.fds.get(i).is_none_or(Option::is_none)).ok_or(super::EMFILE)?;
         if slot >= self.fds.len() {
             self.fds.try_reserve(slot + 1 - self.fds.len()).map_err(|_| super::ENOMEM)?;
             self.fds.resize(slot + 1, None);
