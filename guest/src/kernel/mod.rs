@@ -17,6 +17,11 @@
 //! Everything a program prints is one line per write, prefixed with its
 //! name, and names are stable, so each program's transcript is the same
 //! on every run, however the timer interleaves them.
+//!
+//! With a root filesystem and no `test=` word the kernel runs Linux
+//! programs instead (`linux/`, with the filesystem in `fs.rs` and
+//! `cpio.rs` and the heap in `heap.rs`): a second personality on the same
+//! frames, address spaces, scheduler and trap path.
 
 mod cpio;
 mod elf;

@@ -15,6 +15,12 @@
 //! before that lands on the same kernel stack, from ring 1, and only sets
 //! flags, so it does no harm.
 //!
+//! A Linux program (`linux/`) takes other paths through the same
+//! handler: its `syscall` arrives as #UD and goes to `linux::sys`, its
+//! page faults are resolved against its mappings (`linux::mm`), and any
+//! other fault becomes a signal; signals are delivered on every way back
+//! to its user mode.
+//!
 //! Everything here runs in the kernel half: the stubs are installed at
 //! their kernel-half aliases, and RIP-relative references follow.
 

@@ -304,7 +304,6 @@ fn alive(index: usize) -> bool {
 }
 
 fn fork(frame: &TrapFrame, flags: u64, stack: u64, ptid: u64, ctid: u64) -> R {
-    let parent = me();
     let child_task = cur().clone();
     let Some(pid) = proc::fork(frame) else { return Err(EAGAIN) };
     let child = slot_of(pid).expect("the child was just made");
@@ -333,7 +332,6 @@ fn fork(frame: &TrapFrame, flags: u64, stack: u64, ptid: u64, ctid: u64) -> R {
     if stack != 0 {
         proc::set_user_stack(child, stack);
     }
-    let _ = parent;
     Ok(pid)
 }
 
@@ -787,7 +785,9 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
         }
         let size = fs().stat(ino).size;
         fs().open_ref(ino);
-        Backing::File { ino, offset, zero_from: 0 /* set below */ }.with_size(size)
+        // Until the mapping's start is known, `zero_from` counts from it:
+        // the bytes past the file's end read as zeros.
+        Backing::File { ino, offset, zero_from: size.saturating_sub(offset) }
     };
     let me = me();
     let root = k().procs[me].root;
@@ -821,23 +821,6 @@ fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: u64, offset: u64) -> R {
     let prot = prot & (PROT_READ | PROT_WRITE | PROT_EXEC);
     mm::insert(t, Vma { start, end: start + len, prot, backing })?;
     Ok(start)
-}
-
-trait WithSize {
-    fn with_size(self, size: u64) -> Backing;
-}
-
-impl WithSize for Backing {
-    /// A file mapping's `zero_from`, relative to the mapping's start until
-    /// the start is known: the bytes past the file's end.
-    fn with_size(self, size: u64) -> Backing {
-        match self {
-            Backing::File { ino, offset, .. } => {
-                Backing::File { ino, offset, zero_from: size.saturating_sub(offset) }
-            }
-            other => other,
-        }
-    }
 }
 
 fn user_range(addr: u64, len: u64) -> Result<(u64, u64), i64> {
