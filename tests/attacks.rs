@@ -98,6 +98,8 @@ const fn other_cpu(name: &'static str, second: &'static str, does: &'static str)
 
 const GP: &str = "#GP delivered to our handler (error 0x0)";
 
+const SSE_AT_RING3: &str = "SSE ran at ring 3: xmm3 holds 0x0000000000000000ffffffffffffffff";
+
 const FS_BASE_KEPT: &str = "fs:0 intact after 40 hypercalls, 40 traps and 40 clock ticks";
 
 const CATALOGUE: &[Attack] = &[
@@ -195,8 +197,8 @@ const CATALOGUE: &[Attack] = &[
     attack(
         "hypercall-first-free",
         "hypercall",
-        "call number 15, one past the last",
-        Killed("unknown hypercall 0xf"),
+        "call number 16, one past the last",
+        Killed("unknown hypercall 0x10"),
     ),
     attack("init-twice", "hypercall", "INIT again", Killed("INIT called twice")),
     attack(
@@ -758,12 +760,21 @@ const CATALOGUE: &[Attack] = &[
         "syscall at ring 3 (this nested KVM runs it to LSTAR, 0; Umbra turns the fault into the #UD)",
         Handled("#UD from ring 3 delivered to our handler, at the syscall: EFER.SCE is off"),
     ),
-    attack(
-        "sse-at-ring3",
-        "user-mode",
-        "pcmpeqd and psrldq on xmm3 at ring 3, read back with fxsave64 at ring 1",
-        Survives("SSE ran at ring 3: xmm3 holds 0x0000000000000000ffffffffffffffff"),
-    ),
+    Attack {
+        firmware: "guests=2 guest_mem=16M",
+        also: Some((
+            "[g2] guest: attack sse-at-ring3: ",
+            |l| l.ends_with(SSE_AT_RING3),
+            "the second guest, at the same time on the other CPU, ran SSE too",
+        )),
+        ..attack(
+            "sse-at-ring3",
+            "user-mode",
+            "pcmpeqd and psrldq on xmm3 at ring 3, read back with fxsave64 at ring 1, by two guests at once \
+             (one per CPU: every CPU has CR4.OSFXSR)",
+            Survives(SSE_AT_RING3),
+        )
+    },
     Attack {
         kvm: Some(Handled("#XM from ring 3 delivered to our handler")),
         ..attack(

@@ -272,6 +272,10 @@ impl Machine for ThisCpu {
         self.cpu.set_direct_gates(direct);
     }
 
+    fn set_guest_kernel_stack(&mut self, kernel_stack_top: u64) {
+        self.cpu.set_kernel_stack(kernel_stack_top);
+    }
+
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let page: *mut GuestRegs = regs;
         assert!(page == self.cpu.regs(), "the run loop's registers are not this CPU's registers page");

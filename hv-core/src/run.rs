@@ -175,6 +175,9 @@ pub trait Machine {
     /// gives the guest handler for each vector that has one) into this
     /// CPU's switcher pages.
     fn set_guest_gates(&mut self, kernel_stack_top: u64, direct: impl Fn(u8) -> Option<u64>);
+    /// Put a vCPU's kernel stack alone into this CPU's switcher pages: its
+    /// gates are there already.
+    fn set_guest_kernel_stack(&mut self, kernel_stack_top: u64);
 
     /// Run the guest from `regs` until its next trap or interrupt, with
     /// the host's timer armed to fire within `timer_ns`; `regs` then holds
@@ -705,8 +708,12 @@ fn run_slice<M: Machine>(
         if let Err(kill) = input.deliver::<M>(number, vcpu) {
             return SliceEnd::Finished(console.killed(machine, kill));
         }
-        if vcpu.take_switcher_changes() {
+        let changes = vcpu.take_switcher_changes();
+        if changes.gates {
             install_switcher_state(machine, vcpu);
+        } else if changes.kernel_stack {
+            // A context switch in the guest: one word, not 224 gates.
+            machine.set_guest_kernel_stack(vcpu.kernel_stack_top().unwrap_or(0));
         }
         if vcpu.fs_base_changed {
             machine.set_fs_base(vcpu.fs_base);

@@ -31,7 +31,7 @@ use paging::{Access, TranslateError};
 use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
 use umbra_abi::{self as abi, SharedPage};
 
-use crate::vcpu::{GuestRam, Kill, Vcpu};
+use crate::vcpu::{GuestRam, Kill, SwitcherChanges, Vcpu};
 use paging::FramePool;
 
 /// One entry of the guest's own IDT, as LOAD_IDT_ENTRY left it.
@@ -110,7 +110,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         let was_direct = self.direct_gate(index).is_some();
         self.idt[index as usize] = gate;
         if was_direct || self.direct_gate(index).is_some() {
-            self.switcher_changed = true;
+            self.switcher_changed.gates = true;
         }
         Ok(abi::RESULT_OK)
     }
@@ -133,8 +133,11 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             return Err(bad("outside the guest kernel"));
         }
         self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        // The first stack also opens the direct gates, which stay closed
+        // while there is none (they would push into nowhere).
+        self.switcher_changed.gates |= self.kernel_stack_top.is_none();
+        self.switcher_changed.kernel_stack = true;
         self.kernel_stack_top = Some(top);
-        self.switcher_changed = true;
         Ok(abi::RESULT_OK)
     }
 
@@ -151,9 +154,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.kernel_stack_top
     }
 
-    /// Whether the real IDT's direct gates or the TSS's ring-1 stack must
+    /// What of the real IDT's direct gates and the TSS's ring-1 stack must
     /// be rewritten before the next entry; asking clears it.
-    pub fn take_switcher_changes(&mut self) -> bool {
+    pub fn take_switcher_changes(&mut self) -> SwitcherChanges {
         core::mem::take(&mut self.switcher_changed)
     }
 

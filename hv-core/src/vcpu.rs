@@ -344,16 +344,34 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) pending: [u64; 4],
     /// SET_CLOCKEVENT's deadline, in the host's nanoseconds.
     pub(crate) clock_deadline_ns: Option<u64>,
-    /// The real IDT's direct gates or the TSS's ring-1 stack changed.
-    pub(crate) switcher_changed: bool,
+    /// What of the switcher pages' guest state changed since the run loop
+    /// last installed it.
+    pub(crate) switcher_changed: SwitcherChanges,
+    /// Console input bytes written into the shared page's ring since INIT
+    /// (wrapping): Umbra's own count, never the guest's copy.
+    input_written: u32,
     /// The guest's FS base: what SET_FS_BASE set, or what the CPU held
     /// when the guest last left it. The run loop puts it into the CPU.
     pub(crate) fs_base: u64,
     /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
     pub(crate) fs_base_changed: bool,
-    /// Console input bytes written into the shared page's ring since INIT
-    /// (wrapping): Umbra's own count, never the guest's copy.
-    input_written: u32,
+}
+
+/// What must be rewritten in this CPU's switcher pages before the next
+/// entry. The two are apart because they cost apart: the kernel stack is
+/// one word (TSS.RSP1) and changes at every context switch of the guest's
+/// processes; the direct gates are the real IDT's 224 upper gates, and
+/// change when the guest installs a handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitcherChanges {
+    pub kernel_stack: bool,
+    pub gates: bool,
+}
+
+impl SwitcherChanges {
+    pub fn any(self) -> bool {
+        self.kernel_stack || self.gates
+    }
 }
 
 /// A call's result, when it does not kill.
@@ -374,10 +392,10 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             kernel_stack_top: None,
             pending: [0; 4],
             clock_deadline_ns: None,
-            switcher_changed: false,
+            switcher_changed: SwitcherChanges::default(),
+            input_written: 0,
             fs_base: 0,
             fs_base_changed: false,
-            input_written: 0,
         }
     }
 

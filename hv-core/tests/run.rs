@@ -175,6 +175,7 @@ struct Sim {
     /// The shadow root the next entry loads.
     root: u64,
     gates_installed: usize,
+    stacks_installed: usize,
     next_fpu: u32,
     /// The x87 state in the CPU: whose, and how far its guest got with it.
     fpu_in_cpu: Option<Fpu>,
@@ -335,6 +336,9 @@ impl Machine for Sim {
     }
     fn set_guest_gates(&mut self, _kernel_stack_top: u64, _direct: impl Fn(u8) -> Option<u64>) {
         self.gates_installed += 1;
+    }
+    fn set_guest_kernel_stack(&mut self, _kernel_stack_top: u64) {
+        self.stacks_installed += 1;
     }
 
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
@@ -1050,6 +1054,9 @@ impl Machine for SimCpu<'_> {
     }
     fn set_guest_gates(&mut self, kernel_stack_top: u64, direct: impl Fn(u8) -> Option<u64>) {
         self.sim().set_guest_gates(kernel_stack_top, direct);
+    }
+    fn set_guest_kernel_stack(&mut self, kernel_stack_top: u64) {
+        self.sim().set_guest_kernel_stack(kernel_stack_top);
     }
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let (count, wait_for) = self.started;

@@ -8,7 +8,7 @@ mod common;
 
 use common::{Console, MEMORY, Pool, Ram};
 use hv_core::traps::HaltState;
-use hv_core::vcpu::{self, Kill, Next, Vcpu};
+use hv_core::vcpu::{self, Kill, Next, SwitcherChanges, Vcpu};
 use paging::{GuestMemory, ShadowMmu};
 use switcher_asm::layout::GuestRegs;
 use umbra_abi::{self as abi, SharedPage};
@@ -202,18 +202,18 @@ fn int_n_at_ring_1_gets_hardware_error_code() {
 #[test]
 fn a_user_vector_becomes_a_direct_gate() {
     let mut vcpu = guest();
-    assert!(!vcpu.take_switcher_changes());
+    assert!(!vcpu.take_switcher_changes().any());
     let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
     assert_eq!(load(&mut vcpu, 0x80, HANDLER, flags), Next::Resume);
     assert_eq!(vcpu.direct_gate(0x80).map(|g| g.handler), Some(HANDLER));
-    assert!(vcpu.take_switcher_changes());
-    assert!(!vcpu.take_switcher_changes());
+    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: false, gates: true });
+    assert!(!vcpu.take_switcher_changes().any());
     assert_eq!(load(&mut vcpu, 0x81, HANDLER, abi::IDT_PRESENT), Next::Resume);
     assert!(vcpu.direct_gate(0x81).is_none(), "kernel-only vectors stay with the host");
-    assert!(!vcpu.take_switcher_changes());
+    assert!(!vcpu.take_switcher_changes().any());
     // Removing a direct gate must reach the real IDT too.
     assert_eq!(load(&mut vcpu, 0x80, 0, 0), Next::Resume);
-    assert!(vcpu.take_switcher_changes());
+    assert!(vcpu.take_switcher_changes().gates);
 }
 
 #[test]
@@ -314,8 +314,13 @@ fn traps_from_user_mode_need_the_kernel_stack() {
     let kill = kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default()));
     assert_eq!(kill, Kill::NoKernelStack { vector: 0 });
 
+    let _ = vcpu.take_switcher_changes();
     assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
     assert_eq!(vcpu.kernel_stack_top(), Some(KERNEL_STACK_TOP));
+    // The first stack opens the direct gates; a later one is one word.
+    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: true });
+    assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
+    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: false });
     let mut regs = user_regs(0, 0);
     assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
     assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
