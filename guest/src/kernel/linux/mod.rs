@@ -137,6 +137,9 @@ pub fn now() -> (i64, u32) {
     ((EPOCH_AT_BOOT + ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32)
 }
 
+/// What poll and select sleep on: every change of a pipe wakes it.
+pub const POLL_CHANNEL: usize = 1;
+
 /// Makes every task sleeping on `channel` runnable.
 pub fn wake(channel: usize) {
     let kernel = k();
@@ -151,8 +154,46 @@ pub fn wake(channel: usize) {
     }
 }
 
+/// Ticks in a row with nobody to run, for `log=debug`'s report of a
+/// machine where everybody sleeps.
+static IDLE_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Under `log=debug`, what every process waits for, once it has been
+/// 5000 ticks since anybody could run.
+fn report_if_stuck() {
+    let kernel = k();
+    let busy = kernel.procs.iter().any(|p| matches!(p.state, State::Runnable | State::Running));
+    if busy {
+        IDLE_TICKS.store(0, Ordering::Relaxed);
+        return;
+    }
+    if IDLE_TICKS.fetch_add(1, Ordering::Relaxed) != 5000 || !debug_logging() {
+        return;
+    }
+    for index in 1..MAX_PROCS {
+        let p = &kernel.procs[index];
+        if p.state == State::Free || !p.linux {
+            continue;
+        }
+        match task::task_slot(index) {
+            Some(t) => say!(
+                "linux: stuck? pid {} ({:?}) parent slot {} channel {:#x} wake_at {} pending {:#x} mask {:#x}",
+                p.pid,
+                p.state,
+                p.parent,
+                t.channel,
+                t.wake_at,
+                t.pending,
+                t.mask
+            ),
+            None => say!("linux: stuck? pid {} ({:?}) without a task", p.pid, p.state),
+        }
+    }
+}
+
 /// The clock's tick: wakes the sleepers whose time has come.
 pub fn tick() {
+    report_if_stuck();
     let kernel = k();
     let now = platform::now_ns();
     for index in 1..MAX_PROCS {

@@ -53,7 +53,7 @@ const PATH_MAX: usize = 4096;
 /// What /proc/self/exe names: the running program.
 const SELF_EXE: &[u8] = b"/proc/self/exe";
 /// Channels for sleeps that no object names.
-const POLL_CHANNEL: usize = 1;
+use super::POLL_CHANNEL;
 const SLEEP_CHANNEL: usize = 2;
 const PAUSE_CHANNEL: usize = 3;
 /// A child's wait channel is its parent's slot plus this.

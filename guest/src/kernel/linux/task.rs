@@ -69,13 +69,17 @@ impl Drop for OpenFile {
             fs().close_ref(ino);
         }
         match &self.object {
+            // The other end's sleepers, and pollers: a closed end is news
+            // to both (EOF, EPIPE).
             Object::PipeRead(pipe) => {
                 pipe.borrow_mut().readers -= 1;
                 super::wake(Pipe::channel(pipe));
+                super::wake(super::POLL_CHANNEL);
             }
             Object::PipeWrite(pipe) => {
                 pipe.borrow_mut().writers -= 1;
                 super::wake(Pipe::channel(pipe));
+                super::wake(super::POLL_CHANNEL);
             }
             _ => {}
         }
