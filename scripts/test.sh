@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI checks: formatting, lints, host tests and boot tests.
+# Everything CI checks: formatting, lints, host tests and boot tests
+# (among them tests/linux.rs, which runs busybox three ways).
 # Installs what it needs first (the Rust target; QEMU and gdb when run as
 # root).
 set -euo pipefail
@@ -10,6 +11,10 @@ ensure_rust_target
 ensure_qemu
 ensure_gdb
 ensure_binutils
+# cpio and dpkg-deb, for scripts/rootfs.sh: the Linux suite (tests/linux.rs)
+# builds its root filesystems with it.
+ensure_from_debian cpio cpio
+ensure_from_debian dpkg-deb dpkg
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" ||
         rustup component add "$component" || { say "run: rustup component add $component"; exit 1; }
@@ -22,7 +27,7 @@ cargo fmt --all -- --check
 
 step "shell scripts (shellcheck)"
 ensure_shellcheck
-shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/linux/run-cases
 
 step "lints (host crates)"
 cargo clippy --all-targets -- -D warnings

@@ -52,6 +52,9 @@ fn main() {
 }
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 #[macro_use]
 mod platform;
 #[cfg(target_os = "none")]

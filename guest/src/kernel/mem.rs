@@ -92,6 +92,16 @@ impl Frames {
         start
     }
 
+    /// `count` frames in a row from the bump region, left as they are
+    /// (boot only): the kernel heap, which needs no zeros, and whose first
+    /// touch of every page is slow on a nested hypervisor.
+    pub fn take(&mut self, count: u64) -> u64 {
+        let start = self.next;
+        assert!(start + count * PAGE <= self.end, "out of memory at boot");
+        self.next += count * PAGE;
+        start
+    }
+
     /// Frames still to be had.
     pub fn available(&self) -> u64 {
         (self.end - self.next) / PAGE + self.free_listed
@@ -187,6 +197,7 @@ pub fn build_kernel_tables(frames: &mut Frames, memory_size: u64) -> u64 {
     let root = frames.alloc().expect("out of memory at boot");
     map_memory(frames, root, 0, memory_size);
     map_memory(frames, root, KERNEL_BASE, memory_size);
+    SHARED_IDENTITY.store(read(ptr::<u64>(root)), Ordering::Relaxed);
     root
 }
 
@@ -256,6 +267,92 @@ pub fn unmap_user(frames: &mut Frames, root: u64, va: u64) {
     }
 }
 
+/// Where Linux programs may live: from 4 MiB (busybox is linked at
+/// 0x400000) to the top of the lower half, less a guard page.
+pub const LINUX_USER_BASE: u64 = 0x40_0000;
+pub const LINUX_USER_TOP: u64 = 0x7fff_ffff_f000;
+/// The kernel image's own 2 MiB page (`link.ld`), which a Linux space
+/// keeps identity-mapped (supervisor-only): function pointers and vtables
+/// baked into the image point there.
+const IMAGE_PAGE: u64 = 0x20_0000;
+
+unsafe extern "C" {
+    static __image_end: u8;
+}
+
+// The image must fit in its 2 MiB page: user space starts right after.
+// (A link-time check would need the linker; this one runs at boot.)
+/// Checks the kernel image ends below `LINUX_USER_BASE`.
+pub fn image_fits_below_user() -> bool {
+    (&raw const __image_end as u64 & !KERNEL_BASE) <= LINUX_USER_BASE
+}
+
+/// The page just above user space, read-only in every Linux space: a
+/// `ud2` where a `syscall` that does not fault lands (see
+/// `platform::set_syscall_landing`).
+pub const SYSCALL_LANDING: u64 = LINUX_USER_TOP;
+static LANDING_FRAME: AtomicU64 = AtomicU64::new(0);
+
+/// Makes the landing page's frame (once, at boot).
+pub fn make_syscall_landing(frames: &mut Frames) {
+    let frame = frames.alloc().expect("out of memory at boot");
+    // SAFETY: a fresh frame of ours.
+    unsafe { ptr::<[u8; 2]>(frame).write([0x0f, 0x0b]) };
+    LANDING_FRAME.store(frame, Ordering::Relaxed);
+    platform::set_syscall_landing(SYSCALL_LANDING);
+}
+
+/// The PML4 slot-0 entry of the kernel's tables (the shared identity map),
+/// which walks of a user half must skip.
+static SHARED_IDENTITY: AtomicU64 = AtomicU64::new(0);
+
+/// A new address space for a Linux program: slot 0 is the process's own,
+/// holding only the image's 2 MiB page (supervisor-only) below user space.
+pub fn new_linux_space(frames: &mut Frames, kernel_root: u64) -> Option<u64> {
+    let root = new_space(frames, kernel_root)?;
+    write(ptr::<u64>(root), 0);
+    let Some(pd) = walk(frames, root, IMAGE_PAGE, 1, PRESENT | WRITABLE | USER) else {
+        free_root(frames, root);
+        return None;
+    };
+    write(pd, IMAGE_PAGE | PRESENT | WRITABLE | HUGE);
+    let landing = LANDING_FRAME.load(Ordering::Relaxed);
+    if landing != 0 {
+        frames.get(landing);
+        if map_user(frames, root, SYSCALL_LANDING, landing, 0).is_none() {
+            frames.put(landing);
+            free_space(frames, root);
+            free_root(frames, root);
+            return None;
+        }
+    }
+    Some(root)
+}
+
+/// Whether `root` is a Linux space (slot 0 its own). The table address
+/// tells: the entry's flags change (the CPU sets its accessed bit).
+pub fn is_linux_space(root: u64) -> bool {
+    read(ptr::<u64>(root)) & ADDRESS != SHARED_IDENTITY.load(Ordering::Relaxed) & ADDRESS
+}
+
+/// Frees the root of a space whose user half is already freed, with the
+/// tables a Linux space keeps for the image's page.
+pub fn free_root(frames: &mut Frames, root: u64) {
+    if is_linux_space(root) {
+        let pdpt_entry = read(ptr::<u64>(root));
+        if pdpt_entry & PRESENT != 0 {
+            let pdpt = pdpt_entry & ADDRESS;
+            let pd_entry = read(ptr::<u64>(pdpt));
+            if pd_entry & PRESENT != 0 {
+                frames.put(pd_entry & ADDRESS);
+            }
+            frames.put(pdpt);
+        }
+        write(ptr::<u64>(root), 0);
+    }
+    frames.put(root);
+}
+
 /// What [`walk_user_half`] shows its caller.
 enum Visit {
     /// A present leaf: its address and its entry.
@@ -266,8 +363,11 @@ enum Visit {
 
 /// Walks every present entry of the user half, depth first, telling
 /// `visit` about each leaf and, once its entries are done, each table.
+/// In a Linux space, slot 0 is walked too, except the image's large page
+/// and the two tables above it, which live as long as the root.
 fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
-    for l4 in 1..256u64 {
+    let first = if is_linux_space(root) { 0 } else { 1 };
+    for l4 in first..256u64 {
         let e4 = read(ptr::<u64>(root + 8 * l4));
         if e4 & PRESENT == 0 {
             continue;
@@ -279,7 +379,7 @@ fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
             }
             for l2 in 0..512u64 {
                 let e2 = read(ptr::<u64>((e3 & ADDRESS) + 8 * l2));
-                if e2 & PRESENT == 0 {
+                if e2 & PRESENT == 0 || e2 & HUGE != 0 {
                     continue;
                 }
                 for l1 in 0..512u64 {
@@ -290,9 +390,13 @@ fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
                 }
                 visit(Visit::TableDone(e2 & ADDRESS));
             }
-            visit(Visit::TableDone(e3 & ADDRESS));
+            if l4 != 0 || l3 != 0 {
+                visit(Visit::TableDone(e3 & ADDRESS));
+            }
         }
-        visit(Visit::TableDone(e4 & ADDRESS));
+        if l4 != 0 {
+            visit(Visit::TableDone(e4 & ADDRESS));
+        }
     }
 }
 
@@ -309,14 +413,18 @@ fn each_user_leaf(root: u64, mut f: impl FnMut(u64, *mut u64)) {
 /// the writable ones turned copy-on-write in both (and announced in the
 /// parent, whose shadow may hold them writable).
 pub fn fork_space(frames: &mut Frames, kernel_root: u64, parent: u64) -> Option<u64> {
-    let child = new_space(frames, kernel_root)?;
+    let child = if is_linux_space(parent) {
+        new_linux_space(frames, kernel_root)?
+    } else {
+        new_space(frames, kernel_root)?
+    };
     let mut pages = 0u64;
     each_user_leaf(parent, |_, _| pages += 1);
     // Every table the child needs, at most three per page, plus slack:
     // refuse the fork up front rather than fail half way.
     if frames.available() < 3 * pages + 8 {
         free_space(frames, child);
-        frames.put(child);
+        free_root(frames, child);
         return None;
     }
     each_user_leaf(parent, |va, entry| {
@@ -346,6 +454,19 @@ pub fn free_space(frames: &mut Frames, root: u64) {
     });
     for l4 in 1..256u64 {
         write(ptr::<u64>(root + 8 * l4), 0);
+    }
+    if is_linux_space(root) {
+        // Only the image's tables stay in slot 0.
+        let pdpt = read(ptr::<u64>(root)) & ADDRESS;
+        for l3 in 1..512u64 {
+            write(ptr::<u64>(pdpt + 8 * l3), 0);
+        }
+        let pd = read(ptr::<u64>(pdpt)) & ADDRESS;
+        for l2 in 0..512u64 {
+            if read(ptr::<u64>(pd + 8 * l2)) & HUGE == 0 {
+                write(ptr::<u64>(pd + 8 * l2), 0);
+            }
+        }
     }
 }
 

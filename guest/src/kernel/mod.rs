@@ -17,8 +17,19 @@
 //! Everything a program prints is one line per write, prefixed with its
 //! name, and names are stable, so each program's transcript is the same
 //! on every run, however the timer interleaves them.
+//!
+//! With a root filesystem and no `test=` word the kernel runs Linux
+//! programs instead (`linux/`, with the filesystem in `fs.rs` and
+//! `cpio.rs` and the heap in `heap.rs`): a second personality on the same
+//! frames, address spaces, scheduler and trap path.
 
+mod cpio;
 mod elf;
+// The filesystem is a library with a complete API (and its own host
+// tests); not every constant and call of it has a user in the kernel.
+#[allow(dead_code)]
+pub mod fs;
+mod heap;
 pub mod linux;
 // Public for its page-table entry bits and `KERNEL_BASE`, which the
 // probes' own tables (`probes/tables.rs`) share.
@@ -189,7 +200,7 @@ pub fn run(name: &[u8], memory_size: u64, free_start: u64, free_end: u64) -> ! {
     CHOSEN.store(index, Ordering::Relaxed);
     let kernel = k();
     kernel.frames.init(free_start, free_end);
-    kernel.kstacks = kernel.frames.contiguous(MAX_PROCS as u64 * KSTACK / mem::PAGE);
+    kernel.kstacks = kernel.frames.contiguous(kernel.slots as u64 * KSTACK / mem::PAGE);
     kernel.kernel_root = mem::build_kernel_tables(&mut kernel.frames, memory_size);
     mem::enter_kernel_tables(kernel.kernel_root);
     kernel.procs[0].state = State::Running;

@@ -28,7 +28,10 @@ use super::mem::{self, Frames, PAGE, USER_STACK_TOP};
 use super::trap::{self, TrapFrame};
 use crate::platform;
 
-pub const MAX_PROCS: usize = 32;
+pub const MAX_PROCS: usize = 128;
+/// The slots the built-in scenarios use: their kernel stacks must fit
+/// the smallest guests (4 MiB).
+pub const SCENARIO_PROCS: usize = 32;
 pub const KSTACK: u64 = 16 * 1024;
 /// The scheduler's time slice.
 pub const TICK_NS: u64 = 1_000_000;
@@ -107,6 +110,9 @@ pub struct Proc {
     pub status: u64,
     pub name: Name,
     forks: u64,
+    /// A Linux program (`kernel/linux/`), with its own FS base and FPU.
+    pub linux: bool,
+    pub fs_base: u64,
 }
 
 impl Proc {
@@ -122,7 +128,19 @@ impl Proc {
             status: 0,
             name: Name::empty(),
             forks: 0,
+            linux: false,
+            fs_base: 0,
         }
+    }
+
+    /// A free slot.
+    pub const fn vacant() -> Proc {
+        Proc::empty()
+    }
+
+    /// A runnable Linux process the kernel starts itself (init).
+    pub fn linux(pid: u64, root: u64, name: &[u8]) -> Proc {
+        Proc { state: State::Runnable, pid, root, name: Name::from(name), linux: true, ..Proc::empty() }
     }
 }
 
@@ -141,6 +159,10 @@ pub struct Kernel {
     /// measure the console instead of the kernel.
     pub quiet: bool,
     pub ticking: bool,
+    /// Who inherits orphans: slot 0 (kernel main), or Linux's init.
+    pub reaper: usize,
+    /// The slots in use, each with a kernel stack: up to `MAX_PROCS`.
+    pub slots: usize,
 }
 
 struct Cell(UnsafeCell<Kernel>);
@@ -160,7 +182,24 @@ static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
     preemptions: 0,
     quiet: false,
     ticking: false,
+    reaper: 0,
+    slots: SCENARIO_PROCS,
 }));
+
+/// Each slot's FPU/SSE registers while it is switched out (Linux programs
+/// only: the built-in ones and the kernel use none).
+struct FpuAreas(UnsafeCell<[platform::FpuArea; MAX_PROCS]>);
+
+// SAFETY: as for `Cell`.
+unsafe impl Sync for FpuAreas {}
+
+static FPU: FpuAreas = FpuAreas(UnsafeCell::new([const { platform::FpuArea([0; 512]) }; MAX_PROCS]));
+
+/// Slot `index`'s saved FPU state.
+pub fn fpu_area(index: usize) -> &'static mut platform::FpuArea {
+    // SAFETY: see `Cell`.
+    unsafe { &mut (*FPU.0.get())[index] }
+}
 
 /// The kernel's state. One CPU, interrupts off in the kernel: there is
 /// one user at a time. Callers do not hold the reference across a switch.
@@ -180,7 +219,7 @@ impl Kernel {
     }
 
     fn free_slot(&self) -> Option<usize> {
-        (1..MAX_PROCS).find(|&i| self.procs[i].state == State::Free)
+        (1..self.slots).find(|&i| self.procs[i].state == State::Free)
     }
 }
 
@@ -220,7 +259,7 @@ pub fn spawn(name: &[u8], image: &[u8], arg: u64) -> Result<u64, &'static str> {
         Ok(loaded) => loaded,
         Err(why) => {
             mem::free_space(&mut kernel.frames, root);
-            kernel.frames.put(root);
+            mem::free_root(&mut kernel.frames, root);
             return Err(why);
         }
     };
@@ -238,6 +277,8 @@ pub fn spawn(name: &[u8], image: &[u8], arg: u64) -> Result<u64, &'static str> {
         status: 0,
         name: Name::from(name),
         forks: 0,
+        linux: false,
+        fs_base: 0,
     };
     let frame = TrapFrame {
         rdi: arg,
@@ -265,7 +306,33 @@ pub fn fork(frame: &TrapFrame) -> Option<u64> {
     kernel.procs[index] =
         Proc { state: State::Runnable, pid, parent, root, name, forks: 0, ctx: 0, ..kernel.procs[parent] };
     prepare_stack(index, TrapFrame { rax: 0, ..*frame });
+    if kernel.procs[parent].linux {
+        // The live registers are the parent's: the child starts with them.
+        platform::fpu_save(fpu_area(index));
+    }
     Some(pid)
+}
+
+/// Points a freshly forked child's user stack at `stack` (clone with a
+/// stack of its own).
+pub fn set_user_stack(index: usize, stack: u64) {
+    // SAFETY: the frame `prepare_stack` wrote at the top of the child's
+    // kernel stack; the child has not run yet.
+    unsafe { (*frame_of(index)).rsp = stack };
+}
+
+/// Starts a process in slot `index` (already filled in) at `frame`.
+pub fn start(index: usize, frame: TrapFrame) {
+    prepare_stack(index, frame);
+}
+
+/// A free slot and a fresh pid, for a Linux program the kernel starts.
+pub fn new_slot() -> Option<(usize, u64)> {
+    let kernel = k();
+    let index = kernel.free_slot()?;
+    let pid = kernel.next_pid;
+    kernel.next_pid += 1;
+    Some((index, pid))
 }
 
 /// Ends the current process with `status`; never returns.
@@ -279,20 +346,21 @@ pub fn exit(status: u64) -> ! {
     platform::flush_user();
     kernel.procs[me].status = status;
     kernel.procs[me].state = State::Zombie;
+    let reaper = if kernel.reaper == me { 0 } else { kernel.reaper };
     for p in kernel.procs.iter_mut() {
         if p.parent == me && p.state != State::Free {
-            p.parent = 0;
+            p.parent = reaper;
         }
     }
     let parent = kernel.procs[me].parent;
     if kernel.procs[parent].state == State::Waiting {
         kernel.procs[parent].state = State::Runnable;
     }
-    // Orphaned zombies are the kernel's to reap now.
-    if kernel.procs.iter().any(|p| p.parent == 0 && p.state == State::Zombie)
-        && kernel.procs[0].state == State::Waiting
+    // Orphaned zombies are the reaper's now.
+    if kernel.procs.iter().any(|p| p.parent == reaper && p.state == State::Zombie)
+        && kernel.procs[reaper].state == State::Waiting
     {
-        kernel.procs[0].state = State::Runnable;
+        kernel.procs[reaper].state = State::Runnable;
     }
     schedule();
     unreachable!("a zombie was scheduled");
@@ -311,7 +379,7 @@ pub fn wait() -> Option<(u64, u64)> {
                 continue;
             }
             if p.state == State::Zombie {
-                kernel.frames.put(p.root);
+                mem::free_root(&mut kernel.frames, p.root);
                 kernel.procs[index] = Proc::empty();
                 return Some((p.pid, p.status));
             }
@@ -335,13 +403,32 @@ pub fn yield_now() {
 pub fn schedule() {
     let kernel = k();
     let me = kernel.current;
-    let next = (1..=MAX_PROCS)
-        .map(|step| (me + step) % MAX_PROCS)
-        .find(|&i| kernel.procs[i].state == State::Runnable)
-        .unwrap_or_else(|| panic!("nothing can run"));
+    let next = loop {
+        let found = (1..=MAX_PROCS)
+            .map(|step| (me + step) % MAX_PROCS)
+            .find(|&i| kernel.procs[i].state == State::Runnable);
+        match found {
+            Some(next) => break next,
+            // Everybody sleeps: wait for the clock (or another interrupt)
+            // to wake somebody. Without a clock nothing ever would.
+            None if kernel.ticking => {
+                platform::interrupts(true);
+                platform::halt();
+                platform::interrupts(false);
+            }
+            None => panic!("nothing can run"),
+        }
+    };
     kernel.procs[next].state = State::Running;
     if next == me {
         return;
+    }
+    if kernel.procs[me].linux && kernel.procs[me].state != State::Zombie {
+        platform::fpu_save(fpu_area(me));
+    }
+    if kernel.procs[next].linux {
+        platform::fpu_restore(fpu_area(next));
+        platform::set_fs_base(kernel.procs[next].fs_base);
     }
     kernel.current = next;
     if kernel.procs[next].root != kernel.procs[me].root {

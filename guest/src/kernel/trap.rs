@@ -15,6 +15,12 @@
 //! before that lands on the same kernel stack, from ring 1, and only sets
 //! flags, so it does no harm.
 //!
+//! A Linux program (`linux/`) takes other paths through the same
+//! handler: its `syscall` arrives as #UD and goes to `linux::sys`, its
+//! page faults are resolved against its mappings (`linux::mm`), and any
+//! other fault becomes a signal; signals are delivered on every way back
+//! to its user mode.
+//!
 //! Everything here runs in the kernel half: the stubs are installed at
 //! their kernel-half aliases, and RIP-relative references follow.
 
@@ -216,6 +222,10 @@ fn vector_name(vector: u64) -> &'static str {
 extern "C" fn kernel_trap(frame: &mut TrapFrame) {
     let from_user = frame.cs & 3 == 3;
     match frame.vector {
+        v if v == u64::from(SYSCALL_VECTOR) && k().cur().linux => {
+            // Linux's int 0x80 is the 32-bit ABI, which we do not offer.
+            frame.rax = (-super::linux::ENOSYS) as u64;
+        }
         v if v == u64::from(SYSCALL_VECTOR) => syscall(frame),
         v if v == u64::from(CLOCK_VECTOR) => {
             let kernel = k();
@@ -225,8 +235,26 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
                 if from_user {
                     kernel.preemptions += 1;
                 }
+                super::linux::tick();
             }
         }
+        6 if from_user && k().cur().linux && is_linux_syscall(frame.rip) => {
+            // `syscall` raises #UD (EFER.SCE is clear): do what it would
+            // have done, then the call.
+            frame.rip += 2;
+            frame.rcx = frame.rip;
+            frame.r11 = frame.rflags;
+            super::linux::sys::syscall(frame);
+        }
+        6 if from_user && k().cur().linux && frame.rip == mem::SYSCALL_LANDING => {
+            // A `syscall` that jumped to LSTAR (`platform::set_syscall_landing`):
+            // rcx holds the return address and r11 the flags.
+            const USER_FLAGS: u64 = 0xcd5 | 0x4_0000;
+            frame.rip = frame.rcx;
+            frame.rflags = (frame.rflags & !USER_FLAGS) | (frame.r11 & USER_FLAGS);
+            super::linux::sys::syscall(frame);
+        }
+        vector if from_user && k().cur().linux => linux_fault(frame, vector),
         14 => page_fault(frame, from_user),
         6 if from_user && is_syscall_instruction(frame.rip) => {
             // Some nested hypervisors (this project's KVM test machines
@@ -245,6 +273,62 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
     if from_user && core::mem::take(&mut k().need_resched) {
         proc::yield_now();
     }
+    if from_user && k().cur().linux {
+        super::linux::return_to_user(frame);
+    }
+}
+
+/// Whether a Linux program's code at `rip` is `syscall` (0f 05).
+fn is_linux_syscall(rip: u64) -> bool {
+    let mut bytes = [0u8; 2];
+    super::linux::mm::get(rip, &mut bytes).is_ok() && bytes == [0x0f, 0x05]
+}
+
+/// A fault in a Linux program: a page to fill, or a signal.
+fn linux_fault(frame: &TrapFrame, vector: u64) {
+    use super::linux::signal;
+    let sig = match vector {
+        14 => {
+            let va = platform::fault_address();
+            let kernel = k();
+            let root = kernel.procs[kernel.current].root;
+            let vmas = &super::linux::task::task(kernel.current).vmas;
+            match super::linux::mm::resolve(root, vmas, va, frame.error & 2 != 0) {
+                Ok(()) => return,
+                Err(Fault::OutOfMemory) => signal::SIGKILL,
+                Err(_) => signal::SIGSEGV,
+            }
+        }
+        0 | 16 | 19 => signal::SIGFPE,
+        6 => signal::SIGILL,
+        1 | 3 => signal::SIGTRAP,
+        17 => 7, // SIGBUS
+        _ => signal::SIGSEGV,
+    };
+    if super::linux::tracing() {
+        say!(
+            "linux: {} at {:#x} (error {:#x}, address {:#x}): signal {sig}",
+            vector_name(vector),
+            frame.rip,
+            frame.error,
+            platform::fault_address()
+        );
+        let mut words = [0u8; 32];
+        let _ = super::linux::mm::get(frame.rsp, &mut words);
+        say!(
+            "linux: rsp {:#x} {:x?} rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}",
+            frame.rsp,
+            words,
+            frame.rax,
+            frame.rbx,
+            frame.rcx,
+            frame.rdx,
+            frame.rsi,
+            frame.rdi,
+            frame.rbp
+        );
+    }
+    signal::force(sig);
 }
 
 /// Whether user code at `rip` is `int 0x80`. The address is the current

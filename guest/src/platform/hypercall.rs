@@ -203,7 +203,6 @@ fn slot_ready(slot: *mut abi::AsyncCall) -> bool {
 }
 
 /// SET_FS_BASE: the FS base we run with from now on, at every ring.
-#[cfg_attr(not(feature = "probes"), allow(dead_code))] // `platform::set_fs_base`, for the Linux layer
 pub fn set_fs_base(base: u64) {
     // SAFETY: Umbra only records the base; a non-canonical one kills us,
     // which the platform layer's caller has to avoid anyway.

@@ -105,9 +105,7 @@ pub fn flush_user() {
     }
 }
 
-/// The interrupt flag (virtual under Umbra). Part of the contract; the
-/// process kernel has no idle loop yet, so nothing calls it today.
-#[allow(dead_code)]
+/// The interrupt flag (virtual under Umbra).
 pub fn interrupts(on: bool) {
     if native() {
         native::interrupts(on);
@@ -116,8 +114,7 @@ pub fn interrupts(on: bool) {
     }
 }
 
-/// Sleeps until an interrupt arrives; interrupts must be on. As above.
-#[allow(dead_code)]
+/// Sleeps until an interrupt arrives; interrupts must be on.
 pub fn halt() {
     if native() {
         native::halt();
@@ -234,7 +231,6 @@ pub fn exits() -> u64 {
 /// thread-local storage (`%fs:0`): under Umbra a hypercall (Umbra keeps it
 /// with our registers), natively IA32_FS_BASE itself. `base` must be
 /// canonical: Umbra kills a guest that passes anything else.
-#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
 pub fn set_fs_base(base: u64) {
     if native() {
         native::set_fs_base(base);
@@ -245,7 +241,6 @@ pub fn set_fs_base(base: u64) {
 
 /// One program's x87, MMX and SSE registers, as `fxsave64` lays them out:
 /// the kernel keeps one per process and swaps them on a switch.
-#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
 #[repr(C, align(16))]
 #[derive(Clone)]
 pub struct FpuArea(pub [u8; 512]);
@@ -254,7 +249,6 @@ impl FpuArea {
     /// The state a new program starts with, as after a reset: FCW 0x37f
     /// (every x87 exception masked), MXCSR 0x1f80 (every SSE exception
     /// masked), every register zero and every x87 register empty.
-    #[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
     pub fn initial() -> FpuArea {
         let mut area = FpuArea([0; 512]);
         area.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
@@ -269,7 +263,6 @@ impl FpuArea {
 /// (and measured to work under TCG and this project's nested KVM, where
 /// x87 and SSE arithmetic at ring 1 stop the VM: see docs/security.md).
 /// Umbra swaps every guest's registers as a whole, so these are ours.
-#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
 pub fn fpu_save(area: &mut FpuArea) {
     // SAFETY: a 512-byte, 16-byte-aligned area of ours.
     unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
@@ -278,7 +271,6 @@ pub fn fpu_save(area: &mut FpuArea) {
 /// Loads the CPU's x87/SSE registers from `area`, which `fpu_save` or
 /// [`FpuArea::initial`] filled. An image with MXCSR's reserved bits set
 /// would raise #GP here, as on any CPU.
-#[allow(dead_code)] // the Linux layer's (kernel/linux/), which the stub there does not use
 pub fn fpu_restore(area: &FpuArea) {
     // SAFETY: a 512-byte, 16-byte-aligned area of ours; it only loads
     // registers, which belong to the running program.
@@ -288,4 +280,18 @@ pub fn fpu_restore(area: &FpuArea) {
 /// Stops the machine with `status`.
 pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
+}
+
+/// Where `syscall` lands on machines that run it although EFER.SCE is
+/// clear. The contract has the instruction raise #UD, which the kernel
+/// takes as a Linux system call; but the nested KVM this project's test
+/// machines use runs it, jumping to LSTAR without leaving ring 3. So
+/// LSTAR names a user page of the kernel's (`va`) whose `ud2` raises the
+/// #UD after all, at a known address, with rcx and r11 set as the
+/// instruction sets them. Natively that is an MSR write; under Umbra the
+/// CPU's LSTAR is Umbra's, which would have to point there itself.
+pub fn set_syscall_landing(va: u64) {
+    if native() {
+        native::set_syscall_landing(va);
+    }
 }

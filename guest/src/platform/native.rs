@@ -482,6 +482,18 @@ fn set_up_cpu_tables() {
     unsafe { asm!("lidt [{0}]", in(reg) pointer.as_ptr(), options(readonly, nostack)) };
 }
 
+/// Where a `syscall` that should have raised #UD jumps instead: see
+/// `platform::set_syscall_landing`.
+pub fn set_syscall_landing(va: u64) {
+    const LSTAR: u32 = 0xC000_0082;
+    // SAFETY: with EFER.SCE clear, LSTAR only matters to a CPU (or
+    // emulator) that runs `syscall` anyway; the address is a user page.
+    unsafe {
+        asm!("wrmsr", in("ecx") LSTAR, in("eax") va as u32, in("edx") (va >> 32) as u32,
+            options(nomem, nostack, preserves_flags));
+    }
+}
+
 /// Remaps the PIC to vectors 32-47, in auto-EOI mode, everything masked.
 /// (Its output reaches the CPU through the local APIC's LINT0, which the
 /// boot stub set to ExtINT.)
@@ -633,7 +645,6 @@ pub fn set_kernel_stack(top: u64) {
 }
 
 /// IA32_FS_BASE, written directly at ring 0.
-#[allow(dead_code)] // through `platform::set_fs_base`, for the Linux layer
 pub fn set_fs_base(base: u64) {
     // SAFETY: the caller passes a canonical base (a non-canonical one would
     // #GP here); FS is the running program's, nothing of ours uses it.

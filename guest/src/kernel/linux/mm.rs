@@ -1,0 +1,288 @@
+//! # User memory of a Linux process: faults, checked copies, mappings
+//!
+//! A Linux process's memory is its list of mappings (`Vma`s): the
+//! program's segments (pages of the file, copied in on first touch), the
+//! heap behind `brk`, anonymous and private file mappings from `mmap`,
+//! and the stack. Nothing is mapped until touched: a page fault inside a
+//! mapping gets a frame (zeros, or the file's bytes), a write to a page
+//! shared since fork gets its own copy, and anything else is SIGSEGV.
+//!
+//! The kernel itself never dereferences a user address. Every copy to or
+//! from user memory walks the process's tables in software, resolves a
+//! missing or copy-on-write page exactly as the fault handler would, and
+//! goes through the direct map. A bad pointer is therefore EFAULT and
+//! nothing worse, whatever the platform's ring and write-protect rules.
+
+use alloc::vec::Vec;
+
+use super::super::mem::{self, ADDRESS, COW, Fault, PAGE, PRESENT, USER, WRITABLE};
+use super::super::proc::k;
+use super::task::{Backing, PROT_READ, PROT_WRITE, Task, Vma};
+use super::{EFAULT, ENOMEM, fs};
+use crate::platform;
+
+/// Resolves a fault at `va` in the space `root` with mappings `vmas`.
+/// Returns whether the access may now go ahead.
+pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Fault> {
+    let Some(vma) = vmas.iter().find(|v| v.start <= va && va < v.end) else { return Err(Fault::Bad) };
+    if (write && vma.prot & PROT_WRITE == 0) || vma.prot == 0 {
+        return Err(Fault::Bad);
+    }
+    let frames = &mut k().frames;
+    let page = va & !(PAGE - 1);
+    let pte = mem::leaf(frames, root, page).map(|e| {
+        // SAFETY: a slot of our own tables.
+        unsafe { e.read_volatile() }
+    });
+    match pte {
+        Some(pte) if pte & PRESENT != 0 => {
+            if !write || pte & WRITABLE != 0 {
+                return Ok(());
+            }
+            match mem::handle_fault(frames, root, va, true, false) {
+                Fault::CopyOnWrite => Ok(()),
+                other => Err(other),
+            }
+        }
+        _ => {
+            let frame = frames.alloc().ok_or(Fault::OutOfMemory)?;
+            if let Backing::File { ino, offset, zero_from } = vma.backing {
+                let file_offset = offset + (page - vma.start);
+                let valid = zero_from.saturating_sub(page).min(PAGE) as usize;
+                if valid > 0 {
+                    // SAFETY: a fresh frame of ours, through the direct map.
+                    let dst = unsafe { core::slice::from_raw_parts_mut(mem::ptr::<u8>(frame), valid) };
+                    let _ = fs().read(ino, file_offset, dst);
+                }
+            }
+            let flags = if vma.prot & PROT_WRITE != 0 { WRITABLE } else { 0 };
+            if mem::map_user(frames, root, page, frame, flags).is_none() {
+                frames.put(frame);
+                return Err(Fault::OutOfMemory);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The guest-physical address of user byte `va`, ready for a read (or a
+/// write), or EFAULT.
+fn user_pa(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<u64, i64> {
+    for _ in 0..2 {
+        let entry = mem::leaf(&mut k().frames, root, va & !(PAGE - 1)).map(|e| {
+            // SAFETY: a slot of our own tables.
+            unsafe { e.read_volatile() }
+        });
+        if let Some(pte) = entry
+            && pte & (PRESENT | USER) == PRESENT | USER
+            && (!write || pte & WRITABLE != 0)
+        {
+            return Ok((pte & ADDRESS) + (va & (PAGE - 1)));
+        }
+        resolve(root, vmas, va, write).map_err(|_| EFAULT)?;
+    }
+    Err(EFAULT)
+}
+
+/// Copies `bytes` to user address `va` of the space `(root, vmas)`.
+pub fn copy_out_to(root: u64, vmas: &[Vma], va: u64, bytes: &[u8]) -> Result<(), i64> {
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let at = va.checked_add(done as u64).ok_or(EFAULT)?;
+        let chunk = ((PAGE - (at & (PAGE - 1))) as usize).min(bytes.len() - done);
+        let pa = user_pa(root, vmas, at, true)?;
+        // SAFETY: `chunk` bytes of one user frame, through the direct map.
+        unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), mem::ptr::<u8>(pa), chunk) };
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Copies user memory at `va` of the space `(root, vmas)` into `buf`.
+pub fn copy_in_from(root: u64, vmas: &[Vma], va: u64, buf: &mut [u8]) -> Result<(), i64> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = va.checked_add(done as u64).ok_or(EFAULT)?;
+        let chunk = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
+        let pa = user_pa(root, vmas, at, false)?;
+        // SAFETY: as above.
+        unsafe { core::ptr::copy_nonoverlapping(mem::ptr::<u8>(pa), buf[done..].as_mut_ptr(), chunk) };
+        done += chunk;
+    }
+    Ok(())
+}
+
+fn current() -> (u64, &'static Task) {
+    let kernel = k();
+    let me = kernel.current;
+    (kernel.procs[me].root, super::task::task(me))
+}
+
+/// Copies `bytes` out to the current process at `va`.
+pub fn put(va: u64, bytes: &[u8]) -> Result<(), i64> {
+    let (root, task) = current();
+    copy_out_to(root, &task.vmas, va, bytes)
+}
+
+/// Copies the current process's memory at `va` into `buf`.
+pub fn get(va: u64, buf: &mut [u8]) -> Result<(), i64> {
+    let (root, task) = current();
+    copy_in_from(root, &task.vmas, va, buf)
+}
+
+pub fn get_u64(va: u64) -> Result<u64, i64> {
+    let mut bytes = [0u8; 8];
+    get(va, &mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+pub fn put_u64(va: u64, value: u64) -> Result<(), i64> {
+    put(va, &value.to_le_bytes())
+}
+
+pub fn put_u32(va: u64, value: u32) -> Result<(), i64> {
+    put(va, &value.to_le_bytes())
+}
+
+/// A value of plain-data type `T` (all bit patterns valid) from user `va`.
+pub fn get_struct<T: Copy + Default>(va: u64) -> Result<T, i64> {
+    let mut value = T::default();
+    // SAFETY: T is plain data (callers use integer arrays and repr(C)
+    // structs of integers), so any bytes make a valid T.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(&mut value as *mut T as *mut u8, size_of::<T>()) };
+    get(va, bytes)?;
+    Ok(value)
+}
+
+/// A NUL-terminated string from user `va`, at most `max` bytes.
+pub fn get_cstring(va: u64, max: usize) -> Result<Vec<u8>, i64> {
+    let mut out = Vec::new();
+    let mut at = va;
+    loop {
+        let mut chunk = [0u8; 256];
+        let room = (PAGE - (at & (PAGE - 1))).min(256) as usize;
+        get(at, &mut chunk[..room])?;
+        if let Some(end) = chunk[..room].iter().position(|&b| b == 0) {
+            out.try_reserve(end).map_err(|_| ENOMEM)?;
+            out.extend_from_slice(&chunk[..end]);
+            return Ok(out);
+        }
+        out.try_reserve(room).map_err(|_| ENOMEM)?;
+        out.extend_from_slice(&chunk[..room]);
+        if out.len() > max {
+            return Err(super::ENAMETOOLONG);
+        }
+        at += room as u64;
+    }
+}
+
+/// Removes `[start, end)` (page-aligned) from the current process's map:
+/// its pages are freed and the mappings cut.
+pub fn unmap_range(root: u64, task: &mut Task, start: u64, end: u64) {
+    let frames = &mut k().frames;
+    let mut index = 0;
+    while index < task.vmas.len() {
+        let (vs, ve) = (task.vmas[index].start, task.vmas[index].end);
+        if ve <= start || vs >= end {
+            index += 1;
+            continue;
+        }
+        let (from, to) = (vs.max(start), ve.min(end));
+        for page in (from..to).step_by(PAGE as usize) {
+            mem::unmap_user(frames, root, page);
+        }
+        if vs < start && ve > end {
+            let tail = task.vmas[index].tail(end);
+            task.vmas[index].end = start;
+            task.vmas.insert(index + 1, tail);
+            index += 2;
+        } else if vs < start {
+            task.vmas[index].end = start;
+            index += 1;
+        } else if ve > end {
+            let tail = task.vmas[index].tail(end);
+            task.vmas[index] = tail;
+            index += 1;
+        } else {
+            task.vmas.remove(index);
+        }
+    }
+    platform::sync();
+}
+
+/// Changes the protection of `[start, end)`; ENOMEM if part of it is not
+/// mapped.
+pub fn protect_range(root: u64, task: &mut Task, start: u64, end: u64, prot: u32) -> Result<(), i64> {
+    // Every page must be mapped.
+    let mut at = start;
+    while at < end {
+        let vma = task.vma_at(at).ok_or(ENOMEM)?;
+        at = vma.end;
+    }
+    // Split at the edges, then change the ones inside.
+    let mut index = 0;
+    while index < task.vmas.len() {
+        let (vs, ve) = (task.vmas[index].start, task.vmas[index].end);
+        if vs < start && start < ve {
+            let tail = task.vmas[index].tail(start);
+            task.vmas[index].end = start;
+            task.vmas.insert(index + 1, tail);
+        } else if vs < end && end < ve {
+            let tail = task.vmas[index].tail(end);
+            task.vmas[index].end = end;
+            task.vmas.insert(index + 1, tail);
+        }
+        index += 1;
+    }
+    let frames = &mut k().frames;
+    for vma in task.vmas.iter_mut().filter(|v| v.start >= start && v.end <= end) {
+        vma.prot = prot;
+        for page in (vma.start..vma.end).step_by(PAGE as usize) {
+            let Some(entry) = mem::leaf(frames, root, page) else { continue };
+            // SAFETY: a slot of our own tables.
+            let pte = unsafe { entry.read_volatile() };
+            if pte & PRESENT == 0 {
+                continue;
+            }
+            // Writable pages become copy-on-write (which hands the page
+            // back writable to its only user); read-only ones lose the bit.
+            let new = if prot & PROT_WRITE != 0 {
+                if pte & WRITABLE != 0 { pte } else { pte | COW }
+            } else {
+                (pte & !WRITABLE) | if pte & (WRITABLE | COW) != 0 { COW } else { 0 }
+            };
+            let new = if prot & PROT_READ == 0 && prot & PROT_WRITE == 0 { new & !WRITABLE } else { new };
+            if new != pte {
+                // SAFETY: as above.
+                unsafe { entry.write_volatile(new) };
+                platform::set_pte(root, page, new, false);
+            }
+        }
+    }
+    platform::sync();
+    Ok(())
+}
+
+/// A free range of `len` bytes for mmap, from the top of the mmap area
+/// down.
+pub fn find_free(task: &Task, len: u64, below: u64) -> Option<u64> {
+    let mut top = below;
+    loop {
+        let start = top.checked_sub(len)?;
+        if start < task.brk.max(mem::LINUX_USER_BASE) + (64 << 20) {
+            return None;
+        }
+        match task.vmas.iter().filter(|v| v.start < top && v.end > start).map(|v| v.start).min() {
+            None => return Some(start),
+            Some(blocker) => top = blocker,
+        }
+    }
+}
+
+/// Adds a mapping, keeping the list sorted by address.
+pub fn insert(task: &mut Task, vma: Vma) -> Result<(), i64> {
+    task.vmas.try_reserve(1).map_err(|_| ENOMEM)?;
+    let at = task.vmas.iter().position(|v| v.start > vma.start).unwrap_or(task.vmas.len());
+    task.vmas.insert(at, vma);
+    Ok(())
+}
