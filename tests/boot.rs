@@ -1212,6 +1212,29 @@ fn console_input_to_another_guest() -> Case {
     })
 }
 
+/// HALT with no clock armed (`test=halt-forever`): nothing could ever wake
+/// a guest that does not own the console, so it is killed; the guest that
+/// owns the console waits for input instead, here until the watchdog.
+fn halt_with_no_clock(accel: Accel, owns_console: bool) -> Case {
+    let (name, words) = if owns_console {
+        ("console_owner_halts_until_the_watchdog", "guest_timeout=2 -- test=halt-forever")
+    } else {
+        ("kill_halt-forever", "console=none -- test=halt-forever")
+    };
+    let config = Boot::new("microvm", accel).append(words);
+    Case::boot(format!("{}_microvm_{name}", accel.name()), config, move |outcome| {
+        let killed = outcome.line_starting("guest killed: ").unwrap_or("");
+        let reason = if owns_console {
+            "watchdog: still running after guest_timeout=2 seconds"
+        } else {
+            "HALT with virtual interrupts off or no clock armed"
+        };
+        check!(outcome, killed.contains(reason), "expected 'guest killed: ...{reason}...', got {killed:?}");
+        check!(outcome, outcome.line_starting("umbra: crash").is_none(), "the host crashed");
+        check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
+    })
+}
+
 fn main() {
     let mut cases = vec![
         image_is_a_pvh_exec(),
@@ -1300,11 +1323,12 @@ fn main() {
             ("no-init", "first hypercall was CONSOLE_WRITE (0x2), not INIT"),
             ("first-init-at-switcher", "guest asked the host to access the switcher region"),
             ("bad-idt", "LOAD_IDT_ENTRY: vector 13, handler 0xffffffffffc00000: handler in the switcher"),
-            ("halt-forever", "HALT with virtual interrupts off or no clock armed"),
             ("fault-on-bad-stack", "double fault while delivering general protection fault (#GP)"),
         ] {
             cases.push(guest_killed(accel, test, reason));
         }
+        cases.push(halt_with_no_clock(accel, false));
+        cases.push(halt_with_no_clock(accel, true));
         cases.push(guest_proves(
             accel,
             "reflect",
