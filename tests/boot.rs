@@ -392,18 +392,16 @@ fn cpio_archive(size: usize) -> Vec<u8> {
     archive
 }
 
-/// What the guest says when it finds a root filesystem of `bytes` bytes
-/// and no `test=` word: the Linux layer's hand-off, `kernel/linux/`. While
-/// that is a stub, its one line, and status 97.
-fn linux_layer_ran(outcome: &Outcome, prefix: &str, bytes: usize) -> Verdict {
-    let line = format!(
-        "{prefix}guest: linux: a root filesystem of {bytes} bytes, but this guest kernel cannot run Linux \
-         programs yet"
-    );
+/// What the guest says when it finds a root filesystem and no `test=`
+/// word: its Linux layer (`kernel/linux/`) unpacks the archive and looks
+/// for the default init, `/init`, which these small archives lack: one
+/// line naming it (error 2, ENOENT), and status 1.
+fn linux_layer_ran(outcome: &Outcome, prefix: &str) -> Verdict {
+    let line = format!("{prefix}guest: linux: cannot run init /init: error 2");
     check!(outcome, outcome.has_line(&line), "expected the line {line:?}");
     Verdict::Pass
 }
-const LINUX_LAYER_STATUS: u8 = 97;
+const LINUX_LAYER_STATUS: u8 = 1;
 
 /// A cpio archive as module 0 is a root filesystem: the built-in guest
 /// runs, each copy with the archive in its memory, and hands it to its
@@ -426,7 +424,7 @@ fn rootfs_reaches_the_guest(accel: Accel) -> Case {
                 "the default guest should run"
             );
             for prefix in ["[g1] ", "[g2] "] {
-                if let Verdict::Fail(why) = linux_layer_ran(outcome, prefix, len) {
+                if let Verdict::Fail(why) = linux_layer_ran(outcome, prefix) {
                     return Verdict::Fail(why);
                 }
             }
@@ -505,7 +503,7 @@ fn native_rootfs(accel: Accel) -> Case {
         let config = Boot::new("microvm", accel).initrd(file.clone()).append("log=info");
         let verdict = native_judged(&config, name, |outcome| {
             check!(outcome, outcome.has_line("guest: hello from ring 0 (native)"), "the native entry");
-            if let Verdict::Fail(why) = linux_layer_ran(outcome, "", archive.len()) {
+            if let Verdict::Fail(why) = linux_layer_ran(outcome, "") {
                 return Verdict::Fail(why);
             }
             let expected = umbra_abi::status::qemu_exit_code(LINUX_LAYER_STATUS);
