@@ -166,6 +166,6 @@ boot_pd:    .skip 4096 * 4
 boot_stack_guard:               /* left unmapped by the host page tables */
     .skip 4096
 boot_stack_bottom:
-    .skip 512 * 1024                /* room for eight guests' state */
+    .skip 384 * 1024                /* room for eight guests' state: the boot tests load eight at once */
 boot_stack_top:
     .popsection
