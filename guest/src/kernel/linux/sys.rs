@@ -1262,27 +1262,20 @@ fn iovecs(iov: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
 }
 
 fn readv(fd: u64, iov: u64, count: u64) -> R {
-    let file = cur().file(fd)?;
-    let mut total = 0;
-    for (base, len) in iovecs(iov, count)? {
-        let n = match read_file(&file, base, len, None) {
-            Ok(n) => n,
-            Err(e) if total == 0 => return Err(e),
-            Err(_) => break,
-        };
-        total += n;
-        if n < len {
-            break;
-        }
-    }
-    Ok(total)
+    vectored(fd, iov, count, read_file)
 }
 
 fn writev(fd: u64, iov: u64, count: u64) -> R {
+    vectored(fd, iov, count, write_file)
+}
+
+/// readv and writev: `transfer` over each buffer in turn, stopping at the
+/// first short one; an error counts only if nothing moved before it.
+fn vectored(fd: u64, iov: u64, count: u64, transfer: fn(&File, u64, u64, Option<u64>) -> R) -> R {
     let file = cur().file(fd)?;
     let mut total = 0;
     for (base, len) in iovecs(iov, count)? {
-        let n = match write_file(&file, base, len, None) {
+        let n = match transfer(&file, base, len, None) {
             Ok(n) => n,
             Err(e) if total == 0 => return Err(e),
             Err(_) => break,
