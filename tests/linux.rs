@@ -30,7 +30,7 @@
 //!
 //! Everything runs under TCG. Under this machine's nested KVM, Linux
 //! programs in the guest run far slower, so there only two cases boot
-//! (alone, under Umbra: see `alone` for why not natively); the rest is
+//! alone, natively and under Umbra; the rest is
 //! skipped there by name, with the reason ([`NOT_UNDER_KVM`]).
 //! `cargo test -p boot-tests --test linux -- host` runs only the host leg
 //! (no QEMU): every case twice, which must agree with itself.
@@ -640,11 +640,7 @@ fn alone(accel: Accel, shell: Shell, name: &str, case_name: &str) -> Verdict {
         Err(error) => return Verdict::Fail(error),
     };
     let init = format!("{} /tests/{name}.sh", shell.in_guest());
-    // Under KVM the guest kernel booted natively is left out: since it is
-    // built for size (opt-level z), its Linux programs hang there after
-    // `guest: linux: start` (both cases, twice, machine idle), while the
-    // same image under Umbra passes. Not explained yet; TCG runs both.
-    let legs: &[Leg] = if accel == Accel::Kvm { &[Leg::Umbra] } else { &[Leg::Native, Leg::Umbra] };
+    let legs = [Leg::Native, Leg::Umbra];
     let outcomes: Vec<_> = thread::scope(|scope| {
         let boots: Vec<_> = legs
             .iter()
