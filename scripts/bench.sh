@@ -4,6 +4,7 @@
 #   scripts/bench.sh [--modes "tcg icount kvm"] [--machine microvm|pc|q35]
 #                    [--tcg-counts SPEC] [--kvm-counts SPEC]
 #                    [--no-scaling | --only-scaling] [--no-boot | --only-boot]
+#                    [--no-linux | --only-linux]
 #
 # The guest kernel boots twice per mode, from the same ELF: natively (QEMU
 # runs it as a PVH kernel at ring 0) and nested (Umbra runs it at ring 1),
@@ -31,12 +32,16 @@
 # and Umbra with its default guest (the showcase); and when the guest's
 # first line ("hello from ring ...") appeared.
 #
+# Last, the linux table: Debian's kernel, the guest kernel natively and
+# Umbra running the same shell workloads (scripts/bench-linux.sh, which
+# --only-linux runs alone, in the given modes).
+#
 # These are measurements, not tests: no run fails for being slow. Serial
 # logs go to target/bench/.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-modes="tcg icount kvm" machine=microvm scaling=yes boots=yes only=""
+modes="tcg icount kvm" machine=microvm scaling=yes boots=yes linux=yes only=""
 tcg_counts="compute=2000000,syscall=20000,yield=5000,touch=4096,fork=200,mixed=50"
 # This machine's nested KVM is slow at every kernel entry (see
 # docs/performance.md), natively too, so it gets smaller counts.
@@ -44,7 +49,7 @@ kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
 # The scaling table's work per guest.
 scaling_tcg="compute=200000000 mixed=100"
 scaling_kvm="compute=200000000 mixed=8"
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --modes) modes=${2:?}; shift 2 ;;
@@ -55,11 +60,16 @@ while [ $# -gt 0 ]; do
         --only-scaling) only=scaling; shift ;;
         --no-boot) boots=no; shift ;;
         --only-boot) only=boot; shift ;;
+        --no-linux) linux=no; shift ;;
+        --only-linux) only=linux; shift ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
     esac
 done
 
+if [ "$only" = linux ]; then
+    exec "$(dirname "$0")/bench-linux.sh" --modes "$modes"
+fi
 ensure_qemu
 build_image >&2
 (cd "$UMBRA_ROOT" && cargo build --release --target "$UMBRA_TARGET" -p guest) >&2 || exit 1
@@ -229,3 +239,7 @@ fi
 echo
 echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts; scaling, per guest, tcg $scaling_tcg, kvm $scaling_kvm."
 echo "Logs in target/bench/."
+if [ "$linux" = yes ] && [ -z "$only" ]; then
+    echo
+    "$(dirname "$0")/bench-linux.sh" --modes "$modes"
+fi
