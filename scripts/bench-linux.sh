@@ -173,14 +173,39 @@ result() {
     fi
 }
 
+# ratio A B: A / B when both are numbers, else a dash.
+ratio() {
+    if [[ "$1" =~ ^[0-9.]+$ && "$2" =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+    else
+        echo "-"
+    fi
+}
+
+# table MODE: the mode's table, printed as soon as its runs are done.
+table() {
+    local mode=$1 unit=seconds name l n u
+    [ "$mode" = icount ] && unit="10^9 insns"
+    echo
+    echo "### $mode ($machine, 1 CPU, 512 MiB; $unit per workload)"
+    echo
+    echo "| workload | linux | native | umbra | umbra/native | umbra/linux |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for name in $workloads; do
+        l=${seconds[$mode.linux.$name]} n=${seconds[$mode.native.$name]} u=${seconds[$mode.umbra.$name]}
+        echo "| $name | $l | $n | $u | $(ratio "$u" "$n") | $(ratio "$u" "$l") |"
+    done
+}
+
+echo "# Linux, the guest kernel and Umbra ($(date -u +%Y-%m-%d), QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), $(basename "$vmlinuz"))"
+echo
+echo "Host: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)."
 declare -A seconds
-ran_modes=""
 for mode in $modes; do
     if [ "$mode" = kvm ] && ! kvm_opens; then
         say "skipping kvm: /dev/kvm does not open here"
         continue
     fi
-    ran_modes+=" $mode"
     for kernel in linux native umbra; do
         if [ "$mode" = kvm ] && [ "$kernel" != linux ]; then
             for name in $workloads; do
@@ -196,30 +221,7 @@ for mode in $modes; do
             done
         fi
     done
-done
-
-# ratio A B: A / B when both are numbers, else a dash.
-ratio() {
-    if [[ "$1" =~ ^[0-9.]+$ && "$2" =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
-        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
-    else
-        echo "-"
-    fi
-}
-
-echo "# Linux, the guest kernel and Umbra ($(date -u +%Y-%m-%d), QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), $(basename "$vmlinuz"))"
-for mode in $ran_modes; do
-    unit=seconds
-    [ "$mode" = icount ] && unit="10^9 insns"
-    echo
-    echo "### $mode ($machine, 1 CPU, 512 MiB; $unit per workload)"
-    echo
-    echo "| workload | linux | native | umbra | umbra/native | umbra/linux |"
-    echo "|---|---:|---:|---:|---:|---:|"
-    for name in $workloads; do
-        l=${seconds[$mode.linux.$name]} n=${seconds[$mode.native.$name]} u=${seconds[$mode.umbra.$name]}
-        echo "| $name | $l | $n | $u | $(ratio "$u" "$n") | $(ratio "$u" "$l") |"
-    done
+    table "$mode"
 done
 echo
 echo "Times from inside each guest (busybox time -p: its monotonic clock, 10 ms steps); logs in target/bench/linux/."
