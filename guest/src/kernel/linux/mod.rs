@@ -23,6 +23,7 @@ pub mod mm;
 pub mod signal;
 pub mod sys;
 pub mod task;
+pub mod terminal;
 
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -103,7 +104,8 @@ pub fn count_enosys(number: u64) {
 /// The last byte a program wrote to the console, for the framing line.
 static CONSOLE_LAST: AtomicU8 = AtomicU8::new(b'\n');
 
-/// Writes user bytes to the console, raw.
+/// Writes bytes to the console as they are: the terminal's output, after
+/// its processing (`terminal.rs`).
 pub fn console_write(bytes: &[u8]) {
     if let Some(&last) = bytes.last() {
         CONSOLE_LAST.store(last, Ordering::Relaxed);
@@ -191,8 +193,10 @@ fn report_if_stuck() {
     }
 }
 
-/// The clock's tick: wakes the sleepers whose time has come.
+/// The clock's tick: wakes the sleepers whose time has come, and takes
+/// what was typed.
 pub fn tick() {
+    terminal::pump();
     report_if_stuck();
     let kernel = k();
     let now = platform::now_ns();
@@ -398,6 +402,7 @@ extern "C" fn linux_main() -> ! {
         }
     };
     k().reaper = init;
+    terminal::start(k().procs[init].pid as u32);
     say!("linux: start");
     trap::start_clock();
     // Kernel main's child is init; orphans go to init, and only init's
