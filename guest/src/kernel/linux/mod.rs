@@ -315,19 +315,41 @@ fn split_words(line: &[u8]) -> Vec<Vec<u8>> {
     words
 }
 
+/// Where the word `init=` starts in the command line.
+fn init_word(cmdline: &[u8]) -> Option<usize> {
+    (0..cmdline.len())
+        .find(|&i| cmdline[i..].starts_with(b"init=") && (i == 0 || cmdline[i - 1].is_ascii_whitespace()))
+}
+
 /// init's argv from the command line: everything after `init=`.
 fn init_argv(cmdline: &[u8]) -> Vec<Vec<u8>> {
-    let mut at = None;
-    for i in 0..cmdline.len() {
-        if cmdline[i..].starts_with(b"init=") && (i == 0 || cmdline[i - 1].is_ascii_whitespace()) {
-            at = Some(i + 5);
-            break;
-        }
-    }
-    match at {
-        Some(at) => split_words(&cmdline[at..]),
+    match init_word(cmdline) {
+        Some(at) => split_words(&cmdline[at + 5..]),
         None => alloc::vec![Vec::from(b"/init".as_slice())],
     }
+}
+
+/// init's environment: `HOME=/`, a `PATH` and `TERM=linux`, then every
+/// `NAME=value` word before `init=` whose name is in capitals, which adds
+/// to them or replaces one (Linux, too, hands init the words it does not
+/// know that hold a `=`): `TERM=vt100 PS1='\w \$ ' init=/bin/sh`.
+fn init_envp(cmdline: &[u8]) -> Vec<Vec<u8>> {
+    let mut envp: Vec<Vec<u8>> = [b"HOME=/".as_slice(), b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"TERM=linux"]
+        .iter()
+        .map(|s| Vec::from(*s))
+        .collect();
+    let before = &cmdline[..init_word(cmdline).unwrap_or(cmdline.len())];
+    for word in split_words(before) {
+        let Some(eq) = word.iter().position(|&b| b == b'=') else { continue };
+        let name = &word[..eq];
+        let capital = |b: &u8| b.is_ascii_uppercase() || *b == b'_';
+        if !name.first().is_some_and(capital) || !name.iter().all(|b| capital(b) || b.is_ascii_digit()) {
+            continue;
+        }
+        envp.retain(|old| !(old.starts_with(name) && old.get(eq) == Some(&b'=')));
+        envp.push(word);
+    }
+    envp
 }
 
 /// `log=strace`: every system call and its result on the console.
@@ -390,10 +412,7 @@ extern "C" fn linux_main() -> ! {
         say!("linux: init= names no program");
         platform::shutdown(STATUS_NO_INIT, "no init")
     };
-    let envp: Vec<Vec<u8>> = [b"HOME=/".as_slice(), b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"TERM=linux"]
-        .iter()
-        .map(|s| Vec::from(*s))
-        .collect();
+    let envp = init_envp(&cmdline);
     let init = match start_init(&path, argv, envp) {
         Ok(index) => index,
         Err(e) => {
