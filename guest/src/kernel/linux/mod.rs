@@ -374,6 +374,11 @@ fn debug_logging() -> bool {
 /// Stops the machine after init, or when init cannot start.
 fn finish(status: u64) -> ! {
     trap::stop_clock();
+    let dropped = terminal::dropped();
+    if dropped > 0 {
+        let longest = super::tty::INPUT_SIZE - 1;
+        say!("linux: terminal: {dropped} typed bytes dropped (lines longer than its {longest} bytes)");
+    }
     if debug_logging() {
         for (number, &count) in globals().enosys.iter().enumerate() {
             if count > 0 {

@@ -95,6 +95,12 @@ pub fn pump() {
     }
 }
 
+/// How many typed bytes the terminal had to drop: only those of a line
+/// too long for it, since a full terminal leaves the rest waiting.
+pub fn dropped() -> u64 {
+    terminal().map_or(0, |tty| tty.dropped())
+}
+
 /// Whether a read would return at once (`poll`'s POLLIN).
 pub fn readable() -> bool {
     pump();
