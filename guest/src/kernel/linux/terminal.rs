@@ -71,24 +71,57 @@ fn to_console(bytes: &[u8]) {
     super::console_write(bytes);
 }
 
+/// Output gathered before it goes to the console: the discipline hands
+/// it over in small pieces (a line, then its `\r\n`; one echo per typed
+/// byte), and under Umbra each console write is a hypercall.
+struct Batch {
+    bytes: [u8; 1024],
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch { bytes: [0; 1024], len: 0 }
+    }
+
+    fn push(&mut self, out: &[u8]) {
+        if self.len + out.len() > self.bytes.len() {
+            self.flush();
+        }
+        if out.len() > self.bytes.len() {
+            to_console(out);
+            return;
+        }
+        self.bytes[self.len..self.len + out.len()].copy_from_slice(out);
+        self.len += out.len();
+    }
+
+    fn flush(&mut self) {
+        to_console(&self.bytes[..self.len]);
+        self.len = 0;
+    }
+}
+
 /// Takes what the console has delivered, as much as the terminal will
 /// take, and runs it through the line discipline.
 pub fn pump() {
     let Some(tty) = terminal() else { return };
     let mut got_any = false;
     let mut byte = [0u8; 1];
+    let mut echo = Batch::new();
     // One byte at a time: whether the next one is taken depends on what
     // the ones before it did (a line's end frees a full terminal).
     while tty.accepting() && platform::console_read(&mut byte) == 1 {
         got_any = true;
         let foreground = u64::from(tty.foreground());
-        match tty.receive(byte[0], &mut to_console) {
+        match tty.receive(byte[0], &mut |out| echo.push(out)) {
             Some(Signal::Interrupt) => signal::send_group(foreground, SIGINT),
             Some(Signal::Quit) => signal::send_group(foreground, SIGQUIT),
             Some(Signal::Suspend) => signal::send_group(foreground, SIGTSTP),
             None => false,
         };
     }
+    echo.flush();
     if got_any {
         wake(READ_CHANNEL);
         wake(POLL_CHANNEL);
@@ -151,10 +184,10 @@ pub fn read(buf: u64, len: u64, nonblocking: bool) -> Result<u64, i64> {
 
 /// write(2) to the terminal: output processing, then the console.
 pub fn write(bytes: &[u8]) {
-    match terminal() {
-        Some(tty) => tty.write(bytes, &mut to_console),
-        None => to_console(bytes),
-    }
+    let Some(tty) = terminal() else { return to_console(bytes) };
+    let mut out = Batch::new();
+    tty.write(bytes, &mut |piece| out.push(piece));
+    out.flush();
 }
 
 // The requests, as Linux numbers them on x86-64.
