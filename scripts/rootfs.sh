@@ -3,11 +3,12 @@
 # archive (newc) holding Debian's static busybox, a link for each of its
 # applets, a tiny /init, and the shell-script cases of tests/linux/.
 #
-#   scripts/rootfs.sh [--bash] [--fuzz] [-o OUT]
+#   scripts/rootfs.sh [--bash] [--c-programs] [-o OUT]
 #
 # OUT defaults to target/rootfs.cpio. --bash adds Debian's bash-static as
-# /bin/bash. --fuzz adds the Linux-ABI fuzzer (tests/linux-fuzz/fuzz.c,
-# built with musl-gcc -static) as /bin/linux-fuzz.
+# /bin/bash. --c-programs adds the C test programs of tests/linux-c/,
+# built with musl-gcc -static: the Linux-ABI fuzzer as /bin/linux-fuzz
+# and the XMM isolation check as /bin/xmm-isolation.
 #
 # The Debian packages are fetched once with `apt-get download` into
 # target/rootfs-cache/ and reused from there; they are never committed.
@@ -17,12 +18,12 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-out="" with_bash=0 with_fuzz=0
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+out="" with_bash=0 with_c=0
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --bash) with_bash=1; shift ;;
-        --fuzz) with_fuzz=1; shift ;;
+        --c-programs|--fuzz) with_c=1; shift ;;
         -o) out=${2:?}; shift 2 ;;
         -h|--help) usage ;;
         *) say "unknown option '$1'"; usage ;;
@@ -93,10 +94,12 @@ if [ "$with_bash" = 1 ]; then
     chmod 755 "$tree/bin/bash"
 fi
 
-if [ "$with_fuzz" = 1 ]; then
+if [ "$with_c" = 1 ]; then
     ensure_from_debian musl-gcc musl-tools
-    musl-gcc -static -O2 -Wall -Wextra -o "$tree/bin/linux-fuzz" "$UMBRA_ROOT/tests/linux-fuzz/fuzz.c"
-    chmod 755 "$tree/bin/linux-fuzz"
+    for program in linux-fuzz:fuzz.c xmm-isolation:xmm.c; do
+        musl-gcc -static -O2 -Wall -Wextra -o "$tree/bin/${program%%:*}" "$UMBRA_ROOT/tests/linux-c/${program#*:}"
+        chmod 755 "$tree/bin/${program%%:*}"
+    done
 fi
 
 cat > "$tree/init" <<'EOF'

@@ -46,14 +46,6 @@ const NOT_UNDER_KVM: (&str, &str) = (
      it runs under TCG",
 );
 
-/// Scenarios whose native run hangs under this nested KVM since the guest
-/// kernel is built for size (opt-level z): the memory tests stop after
-/// their start, natively only; under Umbra and under TCG they pass. Not
-/// explained yet.
-const NATIVE_HANGS_UNDER_KVM: [&str; 3] = ["scenario:demand-zero", "scenario:sbrk", "scenario:churn"];
-const NATIVE_HANG: &str = "natively under this nested KVM the memory-test scenarios hang after their start since the \
-     guest kernel is built for size (measured 2026-11-26; not explained yet); they run under TCG";
-
 /// Every process's lines, in its own order, keyed by its name.
 fn per_process(outcome: &Outcome) -> BTreeMap<String, Vec<String>> {
     let mut processes: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -161,9 +153,6 @@ fn main() {
                 }
                 if accel == Accel::Kvm && scenario == NOT_UNDER_KVM.0 {
                     return Verdict::Skip(NOT_UNDER_KVM.1.into());
-                }
-                if accel == Accel::Kvm && NATIVE_HANGS_UNDER_KVM.contains(&scenario) {
-                    return Verdict::Skip(NATIVE_HANG.into());
                 }
                 compare(accel, scenario, name)
             }));

@@ -31,7 +31,7 @@
 //!
 //! Everything runs under TCG. Under this machine's nested KVM, Linux
 //! programs in the guest run far slower, so there only two cases boot
-//! (alone, under Umbra: see `alone` for why not natively); the rest is
+//! alone, natively and under Umbra; the rest is
 //! skipped there by name, with the reason ([`NOT_UNDER_KVM`]).
 //! `cargo test -p boot-tests --test linux -- host` runs only the host leg
 //! (no QEMU): every case twice, which must agree with itself.
@@ -154,12 +154,13 @@ fn make_inputs() -> Result<Inputs, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let rootfs = dir.join("rootfs.cpio");
     let rootfs_bash = dir.join("rootfs-bash.cpio");
-    for (archive, extra) in [(&rootfs, None), (&rootfs_bash, Some("--bash"))] {
+    // The bash archive also carries the C programs (`fuzz`, `xmm_processes`).
+    for (archive, extra) in [(&rootfs, &[][..]), (&rootfs_bash, &["--bash", "--c-programs"][..])] {
         let mut script = Command::new("bash");
         script.arg(root.join("scripts/rootfs.sh")).args(extra).arg("-o").arg(archive);
         let status = script.status().map_err(|e| format!("cannot run scripts/rootfs.sh: {e}"))?;
         if !status.success() {
-            return Err(format!("scripts/rootfs.sh {} failed ({status})", extra.unwrap_or("")));
+            return Err(format!("scripts/rootfs.sh {} failed ({status})", extra.join(" ")));
         }
     }
     let cache = root.join("target/rootfs-cache");
@@ -426,6 +427,70 @@ fn check_boot_exit(leg: Leg, outcome: &Outcome, status: i32) -> Result<(), Strin
     }
 }
 
+/// The Linux-ABI fuzzer's seeds the suite runs, and the calls each makes
+/// (`tests/linux-c/fuzz.c`, in the bash archive); the million-call
+/// campaign is `scripts/linux-fuzz.sh`. Its verdict is its last line: the
+/// guest kernel answered every call and the program reached its end.
+const FUZZ_SEEDS: [u64; 2] = [1, 2];
+const FUZZ_CALLS: u64 = 20_000;
+
+/// One fuzzer seed, natively and under Umbra.
+fn fuzz(accel: Accel, seed: u64, case_name: &str) -> Verdict {
+    let done = format!("linux-fuzz: seed {seed}: ");
+    c_program(
+        accel,
+        &format!("fuzz:{seed}"),
+        &format!("/bin/linux-fuzz -g {seed} {FUZZ_CALLS}"),
+        case_name,
+        |line| line.starts_with(&done) && line.ends_with(" skipped, done"),
+    )
+}
+
+/// Two processes, each checking its XMM registers and MXCSR survive the
+/// other's turns (`tests/linux-c/xmm.c`).
+fn xmm_processes(accel: Accel, case_name: &str) -> Verdict {
+    c_program(accel, "xmm", "/bin/xmm-isolation 2000", case_name, |line| {
+        line == "xmm: 2000 rounds in each of 2 processes, every XMM register and MXCSR kept"
+    })
+}
+
+/// A C program of the bash archive as init, natively and under Umbra: a
+/// line that `passed` accepts, then status 0.
+fn c_program(
+    accel: Accel,
+    what: &str,
+    init: &str,
+    case_name: &str,
+    passed: impl Fn(&str) -> bool,
+) -> Verdict {
+    if let Some(skip) = guest_skip(accel, what) {
+        return skip;
+    }
+    let inputs = match inputs() {
+        Ok(inputs) => inputs,
+        Err(error) => return Verdict::Fail(error),
+    };
+    let mut failures = Vec::new();
+    for leg in [Leg::Native, Leg::Umbra] {
+        let log = format!("{case_name}_{}", leg.name());
+        let checked =
+            boot(leg, accel, inputs.rootfs(Shell::Bash), init, ALONE_TIMEOUT, &log).and_then(|outcome| {
+                if !outcome.lines().iter().any(|line| passed(line)) {
+                    return Err(format!(
+                        "no passing line; last: {}; log {}",
+                        outcome.last_line(),
+                        outcome.log.display()
+                    ));
+                }
+                check_boot_exit(leg, &outcome, 0)
+            });
+        if let Err(why) = checked {
+            failures.push(format!("{}: {why}", leg.name()));
+        }
+    }
+    if failures.is_empty() { Verdict::Pass } else { Verdict::Fail(failures.join("\n      ")) }
+}
+
 /// One boot that ran many cases through `/tests/run-cases`.
 struct SharedBoot {
     outcome: Result<Outcome, String>,
@@ -641,11 +706,7 @@ fn alone(accel: Accel, shell: Shell, name: &str, case_name: &str) -> Verdict {
         Err(error) => return Verdict::Fail(error),
     };
     let init = format!("{} /tests/{name}.sh", shell.in_guest());
-    // Under KVM the guest kernel booted natively is left out: since it is
-    // built for size (opt-level z), its Linux programs hang there after
-    // `guest: linux: start` (both cases, twice, machine idle), while the
-    // same image under Umbra passes. Not explained yet; TCG runs both.
-    let legs: &[Leg] = if accel == Accel::Kvm { &[Leg::Umbra] } else { &[Leg::Native, Leg::Umbra] };
+    let legs = [Leg::Native, Leg::Umbra];
     let outcomes: Vec<_> = thread::scope(|scope| {
         let boots: Vec<_> = legs
             .iter()
@@ -727,6 +788,12 @@ fn main() {
         for (shell, name) in ALONE {
             let case_name = format!("linux_{}_{}_alone_{name}", accel.name(), shell.name());
             cases.push(Case::new(case_name, move |case_name| alone(accel, shell, name, case_name)));
+        }
+        let case_name = format!("linux_{}_xmm_processes", accel.name());
+        cases.push(Case::new(case_name, move |case_name| xmm_processes(accel, case_name)));
+        for seed in FUZZ_SEEDS {
+            let case_name = format!("linux_{}_fuzz_seed{seed}", accel.name());
+            cases.push(Case::new(case_name, move |case_name| fuzz(accel, seed, case_name)));
         }
     }
     run_cases(cases, 2)

@@ -361,10 +361,24 @@ impl FileData {
 
 /// A zeroed page, allocated without aborting when the heap is full.
 fn zeroed_page() -> Result<Page> {
-    let mut bytes: Vec<u8> = Vec::new();
-    bytes.try_reserve_exact(PAGE_SIZE).map_err(|_| ENOSPC)?;
-    bytes.resize(PAGE_SIZE, 0);
-    bytes.into_boxed_slice().try_into().map_err(|_| ENOSPC)
+    zeroed(PAGE_SIZE).ok_or(ENOSPC)?.into_boxed_slice().try_into().map_err(|_| ENOSPC)
+}
+
+/// `len` zero bytes, or None when the heap is full.
+///
+/// Not `Vec::resize`: in the kernel's build for size that is a loop that
+/// stores one byte at a time, and a nested hypervisor that emulates the
+/// kernel's instructions made every page of every file cost seconds.
+/// Copying from a block of zeros is a `memcpy`, a few string instructions.
+pub fn zeroed(len: usize) -> Option<Vec<u8>> {
+    static ZEROS: [u8; 256] = [0; 256];
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).ok()?;
+    while bytes.len() < len {
+        let n = (len - bytes.len()).min(ZEROS.len());
+        bytes.extend_from_slice(&ZEROS[..n]);
+    }
+    Some(bytes)
 }
 
 /// A copy of a name, allocated without aborting when the heap is full.

@@ -163,6 +163,9 @@ pub struct Kernel {
     pub reaper: usize,
     /// The slots in use, each with a kernel stack: up to `MAX_PROCS`.
     pub slots: usize,
+    /// One past the highest slot ever handed out: the scheduler and the
+    /// clock, which run on every tick, look no further.
+    pub live: usize,
 }
 
 struct Cell(UnsafeCell<Kernel>);
@@ -184,6 +187,7 @@ static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
     ticking: false,
     reaper: 0,
     slots: SCENARIO_PROCS,
+    live: 1,
 }));
 
 /// Each slot's FPU/SSE registers while it is switched out (Linux programs
@@ -218,8 +222,10 @@ impl Kernel {
         &mut self.procs[self.current]
     }
 
-    fn free_slot(&self) -> Option<usize> {
-        (1..self.slots).find(|&i| self.procs[i].state == State::Free)
+    fn free_slot(&mut self) -> Option<usize> {
+        let index = (1..self.slots).find(|&i| self.procs[i].state == State::Free)?;
+        self.live = self.live.max(index + 1);
+        Some(index)
     }
 }
 
@@ -399,15 +405,34 @@ pub fn yield_now() {
     schedule();
 }
 
+/// The first runnable slot after `me`, round the table (`me` itself last).
+///
+/// A plain loop on purpose: it runs on every clock tick, and on a nested
+/// hypervisor that emulates the kernel's instructions one at a time the
+/// iterator chain it replaced (not inlined in a build for size) cost
+/// several times as many, enough to starve the programs.
+fn next_runnable(procs: &[Proc], me: usize) -> Option<usize> {
+    let mut index = me;
+    loop {
+        index += 1;
+        if index == procs.len() {
+            index = 0;
+        }
+        if procs[index].state == State::Runnable {
+            return Some(index);
+        }
+        if index == me {
+            return None;
+        }
+    }
+}
+
 /// Runs the next runnable process (maybe this one again).
 pub fn schedule() {
     let kernel = k();
     let me = kernel.current;
     let next = loop {
-        let found = (1..=MAX_PROCS)
-            .map(|step| (me + step) % MAX_PROCS)
-            .find(|&i| kernel.procs[i].state == State::Runnable);
-        match found {
+        match next_runnable(&kernel.procs[..kernel.live], me) {
             Some(next) => break next,
             // Everybody sleeps: wait for the clock (or another interrupt)
             // to wake somebody. Without a clock nothing ever would.

@@ -55,9 +55,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Reads `len` bytes of file `ino` at `offset`.
 fn read_exact(ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>, i64> {
-    let mut buf = Vec::new();
-    buf.try_reserve(len).map_err(|_| ENOMEM)?;
-    buf.resize(len, 0);
+    let mut buf = crate::kernel::fs::zeroed(len).ok_or(ENOMEM)?;
     let got = fs().read(ino, offset, &mut buf).map_err(|e| e.abs())?;
     if got != len {
         return Err(ENOEXEC);

@@ -68,6 +68,11 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
 /// The guest-physical address of user byte `va`, ready for a read (or a
 /// write), or EFAULT.
 fn user_pa(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<u64, i64> {
+    // Outside the user range the walk would reach the kernel's own
+    // tables (large pages among them), never a program's memory.
+    if !(mem::LINUX_USER_BASE..mem::LINUX_USER_TOP).contains(&va) {
+        return Err(EFAULT);
+    }
     for _ in 0..2 {
         let entry = mem::leaf(&mut k().frames, root, va & !(PAGE - 1)).map(|e| {
             // SAFETY: a slot of our own tables.

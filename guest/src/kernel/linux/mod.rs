@@ -163,13 +163,16 @@ static IDLE_TICKS: AtomicU64 = AtomicU64::new(0);
 /// Under `log=debug`, what every process waits for, once it has been
 /// 5000 ticks since anybody could run.
 fn report_if_stuck() {
+    if !debug_logging() {
+        return;
+    }
     let kernel = k();
     let busy = kernel.procs.iter().any(|p| matches!(p.state, State::Runnable | State::Running));
     if busy {
         IDLE_TICKS.store(0, Ordering::Relaxed);
         return;
     }
-    if IDLE_TICKS.fetch_add(1, Ordering::Relaxed) != 5000 || !debug_logging() {
+    if IDLE_TICKS.fetch_add(1, Ordering::Relaxed) != 5000 {
         return;
     }
     for index in 1..MAX_PROCS {
@@ -193,23 +196,52 @@ fn report_if_stuck() {
     }
 }
 
-/// The clock's tick: wakes the sleepers whose time has come, and takes
-/// what was typed.
+/// The earliest deadline a sleeper has set (0: nobody has one), so that
+/// most ticks look at no process at all. It may be stale-early (that
+/// sleeper was woken otherwise), never late.
+static NEXT_WAKE: AtomicU64 = AtomicU64::new(0);
+
+/// The current task sleeps until `deadline` (ns) at the latest; 0 clears it.
+pub fn set_wake_at(deadline: u64) {
+    task::task(k().current).wake_at = deadline;
+    let next = NEXT_WAKE.load(Ordering::Relaxed);
+    if deadline != 0 && (next == 0 || deadline < next) {
+        NEXT_WAKE.store(deadline, Ordering::Relaxed);
+    }
+}
+
+/// The clock's tick: takes what was typed, and wakes the sleepers whose
+/// time has come.
+///
+/// It runs a thousand times a second, and on a nested hypervisor that
+/// emulates the guest kernel's instructions one by one every one of them
+/// counts: a walk over all the slots on every tick starved the programs
+/// there. So the walk happens only when a deadline has passed.
 pub fn tick() {
     terminal::pump();
     report_if_stuck();
-    let kernel = k();
+    let next = NEXT_WAKE.load(Ordering::Relaxed);
     let now = platform::now_ns();
-    for index in 1..MAX_PROCS {
-        if kernel.procs[index].state == State::Waiting
-            && kernel.procs[index].linux
-            && let Some(task) = task::task_slot(index)
-            && task.wake_at != 0
-            && task.wake_at <= now
-        {
+    if next == 0 || now < next {
+        return;
+    }
+    let kernel = k();
+    let mut earliest = 0;
+    for index in 1..kernel.live {
+        if kernel.procs[index].state != State::Waiting || !kernel.procs[index].linux {
+            continue;
+        }
+        let Some(task) = task::task_slot(index) else { continue };
+        if task.wake_at == 0 {
+            continue;
+        }
+        if task.wake_at <= now {
             kernel.procs[index].state = State::Runnable;
+        } else if earliest == 0 || task.wake_at < earliest {
+            earliest = task.wake_at;
         }
     }
+    NEXT_WAKE.store(earliest, Ordering::Relaxed);
 }
 
 /// Sleeps the current task on `channel` until woken; Err(ERESTART) if a
@@ -367,8 +399,16 @@ pub fn tracing() -> bool {
 }
 
 fn debug_logging() -> bool {
-    let g = globals();
-    g.cmdline[..g.cmdline_len].split(u8::is_ascii_whitespace).any(|w| w == b"log=debug")
+    static DEBUG: AtomicU8 = AtomicU8::new(2);
+    match DEBUG.load(Ordering::Relaxed) {
+        2 => {
+            let g = globals();
+            let on = g.cmdline[..g.cmdline_len].split(u8::is_ascii_whitespace).any(|w| w == b"log=debug");
+            DEBUG.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        on => on == 1,
+    }
 }
 
 /// Stops the machine after init, or when init cannot start.

@@ -1043,11 +1043,7 @@ fn writable(file: &OpenFile) -> bool {
 
 /// A kernel buffer for `len` bytes of a transfer, at most 64 KiB.
 fn buffer(len: u64) -> Result<Vec<u8>, i64> {
-    let n = len.min(64 * 1024) as usize;
-    let mut v = Vec::new();
-    v.try_reserve(n).map_err(|_| ENOMEM)?;
-    v.resize(n, 0);
-    Ok(v)
+    crate::kernel::fs::zeroed(len.min(64 * 1024) as usize).ok_or(ENOMEM)
 }
 
 /// Reads up to `len` bytes from `file` at `offset` (None: the file's own
@@ -1533,9 +1529,9 @@ fn readiness(fd: u64) -> u16 {
 
 /// Sleeps until woken or `deadline` (ns, 0 for none); Err on a signal.
 fn wait_a_while(deadline: u64) -> Result<(), i64> {
-    cur().wake_at = deadline;
+    super::set_wake_at(deadline);
     let outcome = sleep_on(POLL_CHANNEL);
-    cur().wake_at = 0;
+    super::set_wake_at(0);
     outcome
 }
 
@@ -2157,9 +2153,9 @@ fn nanosleep(clock: u64, flags: u64, request: u64, remain: u64) -> R {
         if now_ns >= deadline {
             return Ok(0);
         }
-        cur().wake_at = deadline;
+        super::set_wake_at(deadline);
         let outcome = sleep_on(SLEEP_CHANNEL);
-        cur().wake_at = 0;
+        super::set_wake_at(0);
         if outcome.is_err() {
             if remain != 0 && flags & TIMER_ABSTIME == 0 {
                 let left = deadline.saturating_sub(platform::now_ns());

@@ -174,10 +174,9 @@ pub fn read(buf: u64, len: u64, nonblocking: bool) -> Result<u64, i64> {
                 return Ok(n as u64);
             }
         }
-        let me = k().current;
-        task(me).wake_at = deadline;
+        super::set_wake_at(deadline);
         let slept = sleep_on(READ_CHANNEL);
-        task(me).wake_at = 0;
+        super::set_wake_at(0);
         slept?;
     }
 }

@@ -415,8 +415,8 @@ int main(int argc, char **argv)
 			skipped++;
 			continue;
 		}
-		long ret = dry ? 0 : raw_syscall(call, a[0], a[1], a[2], a[3], a[4], a[5]);
-		made++;
+		/* The call is printed before it is made, so a kernel that dies
+		 * in it has named it. */
 		if (verbose) {
 			out("#");
 			out_num((long)i);
@@ -427,6 +427,10 @@ int main(int argc, char **argv)
 				out_hex((unsigned long)a[k]);
 				out(k < 5 ? ", " : ")");
 			}
+		}
+		long ret = dry ? 0 : raw_syscall(call, a[0], a[1], a[2], a[3], a[4], a[5]);
+		made++;
+		if (verbose) {
 			if (!dry) {
 				out(" = ");
 				out_num(ret);
