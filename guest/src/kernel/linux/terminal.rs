@@ -104,15 +104,21 @@ impl Batch {
 
 /// Takes what the console has delivered, as much as the terminal will
 /// take, and runs it through the line discipline.
+///
+/// It runs at every tick, so finding nothing costs one look (under a
+/// nested hypervisor that emulates the kernel's instructions, each one
+/// counts).
 pub fn pump() {
     let Some(tty) = terminal() else { return };
-    let mut got_any = false;
     let mut byte = [0u8; 1];
-    let mut echo = Batch::new();
     // One byte at a time: whether the next one is taken depends on what
     // the ones before it did (a line's end frees a full terminal).
-    while tty.accepting() && platform::console_read(&mut byte) == 1 {
-        got_any = true;
+    let next = |tty: &Tty, byte: &mut [u8; 1]| tty.accepting() && platform::console_read(byte) == 1;
+    if !next(tty, &mut byte) {
+        return;
+    }
+    let mut echo = Batch::new();
+    loop {
         let foreground = u64::from(tty.foreground());
         match tty.receive(byte[0], &mut |out| echo.push(out)) {
             Some(Signal::Interrupt) => signal::send_group(foreground, SIGINT),
@@ -120,12 +126,13 @@ pub fn pump() {
             Some(Signal::Suspend) => signal::send_group(foreground, SIGTSTP),
             None => false,
         };
+        if !next(tty, &mut byte) {
+            break;
+        }
     }
     echo.flush();
-    if got_any {
-        wake(READ_CHANNEL);
-        wake(POLL_CHANNEL);
-    }
+    wake(READ_CHANNEL);
+    wake(POLL_CHANNEL);
 }
 
 /// How many typed bytes the terminal had to drop: only those of a line
