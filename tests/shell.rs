@@ -12,7 +12,8 @@
 //!   editor and one in the kernel's canonical mode, history (up arrow),
 //!   the window size, a pipeline, `^C` on a `sleep 100` (timed in guest
 //!   time by busybox's `time`, against the same command not interrupted),
-//!   and `exit 3`, which must come out as Umbra's status 3. Under Umbra
+//!   `^\` (SIGQUIT, status 131), a terminal read a signal interrupts, `^C`
+//!   at the prompt, and `exit 3`, which must come out as Umbra's status 3. Under Umbra
 //!   it runs through `scripts/run.sh --shell` itself, so the status is
 //!   checked all the way: init's, the guest's, Umbra's, QEMU's and the
 //!   script's;
@@ -399,6 +400,20 @@ fn session_steps(s: &mut Session) -> Result<(), String> {
             "^C took {interrupted} s of guest time to end sleep 100, {baseline} s without it: more than a second"
         ));
     }
+    // ^\ quits the foreground job (SIGQUIT, status 128 + 3).
+    let from = s.mark();
+    s.run("sh -c 'echo started; exec sleep 100'", "\r\nstarted\r\n")?;
+    s.type_keys(b"\x1c")?;
+    s.prompt(s.expect(b"^\\Quit\r\n", from)?)?;
+    s.run("echo status $?", "\r\nstatus 131\r\n")?;
+    // A read of the terminal that a signal interrupts ends (EINTR): the
+    // shell runs its trap and goes on.
+    let echoed = s.run(
+        "trap 'echo caught' INT; echo ready; read x; echo \"read ended $?\"; trap - INT",
+        "\r\nready\r\n",
+    )?;
+    s.type_keys(b"\x03")?;
+    s.prompt(s.expect(b"^Ccaught\r\nread ended 1\r\n", echoed)?)?;
     // ^C at the prompt discards the line being typed.
     let from = s.mark();
     s.type_keys(b"echo never\x03")?;
