@@ -400,20 +400,26 @@ fn session_steps(s: &mut Session) -> Result<(), String> {
             "^C took {interrupted} s of guest time to end sleep 100, {baseline} s without it: more than a second"
         ));
     }
-    // ^\ quits the foreground job (SIGQUIT, status 128 + 3).
+    // ^\ quits the foreground job (SIGQUIT, status 128 + 3): a `tr` that
+    // has shown it is reading, by what it wrote. (Not `sh -c '...; exec
+    // sleep'`: a shell ignores SIGQUIT until its `exec` builtin, so an
+    // early ^\ would be lost there, as on Linux.)
     let from = s.mark();
-    s.run("sh -c 'echo started; exec sleep 100'", "\r\nstarted\r\n")?;
+    s.type_keys(b"tr a-z A-Z\r")?;
+    let echoed = s.expect(b"\r\n", from)?;
+    s.type_keys(b"ping\r")?;
+    let reading = s.expect(b"PING\r\n", echoed)?;
     s.type_keys(b"\x1c")?;
-    s.prompt(s.expect(b"^\\Quit\r\n", from)?)?;
+    s.prompt(s.expect(b"^\\Quit\r\n", reading)?)?;
     s.run("echo status $?", "\r\nstatus 131\r\n")?;
     // A read of the terminal that a signal interrupts ends (EINTR): the
-    // shell runs its trap and goes on.
-    let echoed = s.run(
-        "trap 'echo caught' INT; echo ready; read x; echo \"read ended $?\"; trap - INT",
-        "\r\nready\r\n",
-    )?;
+    // shell runs its trap and goes on. `read -p` writes its prompt just
+    // before it reads, so ^C comes while the read waits.
+    let from = s.mark();
+    s.type_keys(b"trap 'echo caught' INT; read -p 'waiting> ' x; echo \"read ended $?\"; trap - INT\r")?;
+    let waiting = s.expect(b"waiting> ", s.expect(b"\r\n", from)?)?;
     s.type_keys(b"\x03")?;
-    s.prompt(s.expect(b"^Ccaught\r\nread ended 1\r\n", echoed)?)?;
+    s.prompt(s.expect(b"^Ccaught\r\nread ended 1\r\n", waiting)?)?;
     // ^C at the prompt discards the line being typed.
     let from = s.mark();
     s.type_keys(b"echo never\x03")?;
