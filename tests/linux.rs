@@ -23,9 +23,10 @@
 //! (init's status becomes the guest's, and QEMU's exit code follows it)
 //! are checked on real statuses too.
 //!
-//! Umbra's console prints `?` for bytes other than tab, newline and
-//! printable ASCII, and the serial line ends lines with `\r\n`; every
-//! output is brought to that form before comparing (the cases print
+//! Consoles differ on bytes other than tab, newline and printable ASCII
+//! (Umbra prints `?` for them unless the guest owns the terminal), and
+//! the serial line ends lines with `\r\n`; every output is brought to one
+//! form before comparing, those bytes as `?` and no `\r` (the cases print
 //! ASCII anyway). A program output not ending in a newline gets one.
 //!
 //! Everything runs under TCG. Under this machine's nested KVM, Linux

@@ -207,6 +207,10 @@ impl Machine for ThisCpu {
         crate::serial::write_bytes(bytes);
     }
 
+    fn write_terminal_bytes(&mut self, bytes: &[u8]) {
+        crate::serial::write_terminal_bytes(bytes);
+    }
+
     fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
         crate::serial::write_guest_line(number, bytes);
     }

@@ -10,6 +10,7 @@
 //! printed, and `log` records, filtered by `log=` on the command line.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use spin::Mutex;
 use x86_64::instructions::port::Port;
@@ -140,6 +141,27 @@ pub fn write_bytes(bytes: &[u8]) {
     put_guest_bytes(bytes);
 }
 
+/// The last byte of the terminal owner's output, so that its `\r\n`
+/// (a guest kernel's terminal does `ONLCR`) does not become `\r\r\n`.
+static TERMINAL_LAST: AtomicU8 = AtomicU8::new(b'\n');
+
+/// The console owner's output, when it runs alone: the bytes as they are,
+/// escape sequences included, for it owns the terminal (a shell's line
+/// editor needs them); only a line feed without its carriage return gets
+/// one, as Umbra's own lines and a guest's `\n` need on a serial line.
+pub fn write_terminal_bytes(bytes: &[u8]) {
+    let _console = CONSOLE.lock();
+    let mut last = TERMINAL_LAST.load(Ordering::Relaxed);
+    for &byte in bytes {
+        if byte == b'\n' && last != b'\r' {
+            Serial::put(b'\r');
+        }
+        Serial::put(byte);
+        last = byte;
+    }
+    TERMINAL_LAST.store(last, Ordering::Relaxed);
+}
+
 /// `[gN] ` and a piece of guest N's output, under one hold of the lock,
 /// so no other CPU's output lands inside the line.
 pub fn write_guest_line(number: usize, bytes: &[u8]) {
@@ -148,6 +170,9 @@ pub fn write_guest_line(number: usize, bytes: &[u8]) {
     put_guest_bytes(bytes);
 }
 
+/// A carriage return is dropped, since a guest's terminal ends its
+/// lines with `\r\n` and the `\n` brings its own; alone it could only
+/// serve to write over the start of a line (a `[gN] ` prefix, say).
 fn put_guest_bytes(bytes: &[u8]) {
     for &byte in bytes {
         match byte {
@@ -155,6 +180,7 @@ fn put_guest_bytes(bytes: &[u8]) {
                 Serial::put(b'\r');
                 Serial::put(b'\n');
             }
+            b'\r' => {}
             b'\t' | b' '..=b'~' => Serial::put(byte),
             _ => Serial::put(b'?'),
         }

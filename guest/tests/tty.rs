@@ -648,3 +648,46 @@ fn ixany_restarts_output_on_any_key() {
     echo_of(&mut tty, b"z");
     assert!(!tty.output_stopped());
 }
+
+#[test]
+fn a_full_input_waits_for_a_reader_instead_of_dropping() {
+    let mut tty = Tty::new();
+    // Finished lines fill the input: the kernel stops taking bytes, so
+    // they wait where they are (nothing dropped) until a read makes room.
+    let line = [b'x'; 63];
+    let mut typed = 0;
+    while tty.accepting() {
+        let (_, signals) = type_keys(&mut tty, if typed % 64 == 63 { b"\n" } else { &line[..1] });
+        assert!(signals.is_empty());
+        typed += 1;
+    }
+    assert_eq!(tty.dropped(), 0);
+    assert_eq!(typed, INPUT_SIZE - 1, "the slot kept for a line's end is not taken by data");
+    assert_eq!(read_all(&mut tty).map(|l| l.len()), Ok(64));
+    assert!(tty.accepting());
+    // Raw mode: every slot is data.
+    let mut tty = Tty::new();
+    let mut t = tty.termios();
+    t.lflag &= !(ICANON | ECHO);
+    tty.set_termios(t, false);
+    let mut typed = 0;
+    while tty.accepting() {
+        type_keys(&mut tty, b"y");
+        typed += 1;
+    }
+    assert_eq!((typed, tty.dropped()), (INPUT_SIZE, 0));
+}
+
+#[test]
+fn a_line_too_long_to_finish_is_still_taken_so_its_newline_gets_in() {
+    let mut tty = Tty::new();
+    let (_, _) = type_keys(&mut tty, &[b'z'; INPUT_SIZE - 1]);
+    // Full, and nothing finished to read: bytes are taken and dropped...
+    assert!(tty.accepting());
+    type_keys(&mut tty, b"zz");
+    assert_eq!(tty.dropped(), 2);
+    // ...until the newline, which takes the kept slot and ends the line.
+    type_keys(&mut tty, b"\n");
+    assert!(!tty.accepting());
+    assert_eq!(read_all(&mut tty).map(|l| l.len()), Ok(INPUT_SIZE));
+}

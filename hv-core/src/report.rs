@@ -6,7 +6,12 @@
 //! - a guest's console: its bytes go out as they come, but when several
 //!   guests share the one serial line, each of their lines starts with
 //!   `[gN] ` and goes out whole, so that output from guests on different
-//!   CPUs can still be told apart;
+//!   CPUs can still be told apart. A guest alone that owns the console
+//!   (its input goes there) owns the terminal too: its bytes reach it as
+//!   they are, escape sequences and all, so a shell's line editor works.
+//!   Every other guest's bytes are made harmless (the machine's
+//!   `write_guest_bytes`), and so are the lines of several guests: no
+//!   guest may rewrite another's lines, or their prefixes;
 //! - a guest's closing line: `guest exited with status N` or
 //!   `guest killed: <reason>`, always a whole line of its own, even after
 //!   a guest that left half a line unfinished;
@@ -33,6 +38,14 @@ use crate::vcpu::{Kill, Stats};
 /// holds back; a longer line goes out in pieces, each with its prefix.
 const LINE_MAX: usize = 200;
 
+/// What the host writes before its closing line when the terminal's
+/// owner sent control bytes: CAN ends any escape sequence or string left
+/// open (a title being set would swallow the host's text), SGR 0 drops
+/// attributes (invisible text, colours), `ESC ( B` and SI bring back
+/// ASCII. Nothing visible, so the closing line reads as always, and the
+/// guest cannot make it hide or read differently.
+pub const TERMINAL_RESET: &[u8] = b"\x18\x1b[0m\x1b(B\x0f";
+
 /// One guest's side of the console: whether its lines carry a `[gN] `
 /// prefix, and, when they do, the line it is writing. With several
 /// guests, possibly on several CPUs, a line goes out only when it is
@@ -40,15 +53,28 @@ const LINE_MAX: usize = 200;
 /// guest's words land in the middle of it.
 pub(crate) struct GuestConsole {
     prefix: Option<usize>,
+    /// Its bytes go to the terminal as they are: it runs alone and owns
+    /// the console.
+    terminal: bool,
+    /// It sent the terminal a control byte that may leave state behind
+    /// (an escape sequence, a character set): the host resets it first.
+    terminal_touched: bool,
     at_line_start: bool,
     line: heapless::Vec<u8, LINE_MAX>,
 }
 
 impl GuestConsole {
     /// Guest `number`'s console; its lines are prefixed when `several`
-    /// guests run.
-    pub(crate) fn new(number: usize, several: bool) -> GuestConsole {
-        GuestConsole { prefix: several.then_some(number), at_line_start: true, line: heapless::Vec::new() }
+    /// guests run. Alone, the console's `owner` writes to the terminal
+    /// as it is.
+    pub(crate) fn new(number: usize, several: bool, owner: bool) -> GuestConsole {
+        GuestConsole {
+            prefix: several.then_some(number),
+            terminal: owner && !several,
+            terminal_touched: false,
+            at_line_start: true,
+            line: heapless::Vec::new(),
+        }
     }
 
     pub(crate) fn prefix(&self) -> Option<usize> {
@@ -59,7 +85,14 @@ impl GuestConsole {
     /// line at a time, prefixed, when several guests run.
     pub(crate) fn write(&mut self, machine: &mut impl Machine, bytes: &[u8]) {
         let Some(number) = self.prefix else {
-            machine.write_guest_bytes(bytes);
+            if self.terminal {
+                machine.write_terminal_bytes(bytes);
+                self.terminal_touched |= bytes
+                    .iter()
+                    .any(|&b| (b < 0x20 && !b"\t\n\r\x07\x08".contains(&b)) || (0x7f..0xa0).contains(&b));
+            } else {
+                machine.write_guest_bytes(bytes);
+            }
             if let Some(&last) = bytes.last() {
                 self.at_line_start = last == b'\n';
             }
@@ -86,6 +119,9 @@ impl GuestConsole {
     /// a line of its own even when the guest left half a line unfinished
     /// (a fuzzer's random bytes), so the reason is always one whole line.
     pub(crate) fn finish(&mut self, machine: &mut impl Machine, status: u8, line: fmt::Arguments) -> u8 {
+        if core::mem::take(&mut self.terminal_touched) {
+            machine.write_terminal_bytes(TERMINAL_RESET);
+        }
         if let Some(number) = self.prefix.filter(|_| !self.line.is_empty()) {
             let _ = self.line.push(b'\n');
             machine.write_guest_line(number, &self.line);

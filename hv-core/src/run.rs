@@ -126,6 +126,11 @@ pub trait Machine {
 
     /// A guest's console bytes, made harmless for the host's terminal.
     fn write_guest_bytes(&mut self, bytes: &[u8]);
+    /// The console owner's bytes, when it runs alone: as they are (escape
+    /// sequences, `\r`, `\b`, BEL), since it owns the terminal, except
+    /// that a line feed no carriage return precedes gets one, as on any
+    /// serial line.
+    fn write_terminal_bytes(&mut self, bytes: &[u8]);
     /// `[gN] ` and then a piece of guest `number`'s console (a line, most
     /// often), made harmless, in one go: no other CPU's output may land
     /// inside it.
@@ -407,7 +412,7 @@ impl<'g, M: Machine> Run<'g, M> {
     /// Load guest `index` into the place [`Run::next_turn`] reserved.
     fn load_guest(&self, machine: &mut M, index: usize) {
         let number = index + 1;
-        let mut console = GuestConsole::new(number, self.several);
+        let mut console = GuestConsole::new(number, self.several, number == self.config.console_owner);
         let loaded = self
             .guests
             .get(index)

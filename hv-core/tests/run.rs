@@ -158,6 +158,9 @@ struct Sim {
     /// Everything printed: the guests' bytes, the host's lines, and the
     /// log lines `log=` lets through, as the firmware prints them.
     out: String,
+    /// What went to the terminal as it is: the console owner's bytes,
+    /// when it runs alone.
+    terminal: Vec<u8>,
     log_level: Option<Level>,
     /// Each guest's script, by number.
     scripts: BTreeMap<usize, VecDeque<Step>>,
@@ -259,6 +262,10 @@ impl Machine for Sim {
     }
 
     fn write_guest_bytes(&mut self, bytes: &[u8]) {
+        self.out.push_str(&String::from_utf8_lossy(bytes));
+    }
+    fn write_terminal_bytes(&mut self, bytes: &[u8]) {
+        self.terminal.extend_from_slice(bytes);
         self.out.push_str(&String::from_utf8_lossy(bytes));
     }
     fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
@@ -913,6 +920,30 @@ fn several_guests_lines_carry_their_numbers_and_a_closing_line_starts_its_own() 
 }
 
 #[test]
+fn the_console_owner_alone_writes_to_the_terminal_as_it_is() {
+    let line = "\x1b[1mbold\x1b[0m\r\n\x07";
+    let script = [INIT, Write(line), shutdown(0)];
+    let mut sim = Sim::new().script(1, &script);
+    assert_eq!(run(&mut sim, with_console(1, 1)), status::SUCCESS, "{}", sim.out);
+    // Escape sequences touch the terminal, so the host resets it before
+    // its closing line (which starts a line of its own, as always).
+    let mut expected = line.as_bytes().to_vec();
+    expected.extend_from_slice(hv_core::report::TERMINAL_RESET);
+    assert_eq!(sim.terminal, expected);
+    assert_printed(&sim, "\x07\x18\x1b[0m\x1b(B\x0f\nguest exited with status 0\n");
+    // Plain text and line ends leave the terminal as it was: no reset.
+    let mut sim = Sim::new().script(1, &[INIT, Write("plain\r\n\tline\x08\n"), shutdown(0)]);
+    run(&mut sim, with_console(1, 1));
+    assert_eq!(sim.terminal, b"plain\r\n\tline\x08\n");
+    // Not the owner (console=none), or not alone: made harmless instead.
+    for (total, owner) in [(1, 0), (2, 1)] {
+        let mut sim = Sim::new().script(1, &script).script(2, &[INIT, shutdown(0)]);
+        run(&mut sim, with_console(total, owner));
+        assert!(sim.terminal.is_empty(), "{total} guests, owner {owner}: {:?}", sim.terminal);
+    }
+}
+
+#[test]
 fn each_guest_statistics_block_counts_its_own_exits() {
     let mut sim = Sim::new().script(1, &[INIT, Tick, Tick, shutdown(0)]).script(2, &[INIT, shutdown(0)]);
     assert_eq!(run(&mut sim, config(2)), status::SUCCESS);
@@ -1000,6 +1031,9 @@ impl Machine for SimCpu<'_> {
     }
     fn write_guest_bytes(&mut self, bytes: &[u8]) {
         self.sim().write_guest_bytes(bytes);
+    }
+    fn write_terminal_bytes(&mut self, bytes: &[u8]) {
+        self.sim().write_terminal_bytes(bytes);
     }
     fn write_guest_line(&mut self, number: usize, bytes: &[u8]) {
         self.sim().write_guest_line(number, bytes);

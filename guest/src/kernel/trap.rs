@@ -31,6 +31,11 @@ use crate::platform::{self, Gate};
 pub const RFLAGS_IF: u64 = 1 << 9;
 pub const SYSCALL_VECTOR: u8 = 0x80;
 const CLOCK_VECTOR: u8 = 32;
+/// Umbra's console input (`CONSOLE_IRQ`); natively the UART's interrupt
+/// stays off, and nothing raises it.
+const CONSOLE_VECTOR: u8 = (umbra_abi::IRQ_BASE + umbra_abi::CONSOLE_IRQ) as u8;
+// The stub below pushes it as a number.
+const _: () = assert!(CONSOLE_VECTOR == 36);
 
 /// The registers of the interrupted code, as the stubs save them.
 #[repr(C)]
@@ -60,7 +65,8 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-// The stubs: vectors 0 to 32 at 16-byte steps, then the system call.
+// The stubs: vectors 0 to 32 at 16-byte steps, then the system call,
+// then the console's interrupt.
 // `kernel_switch(from, to)` saves the callee-saved registers and the stack
 // pointer in `*from` and resumes the stack `to`.
 core::arch::global_asm!(
@@ -83,6 +89,10 @@ kernel_vectors:
     .balign 16
     pushq $0
     pushq $0x80
+    jmp kernel_trap_common
+    .balign 16
+    pushq $0
+    pushq $(32 + 4)
     jmp kernel_trap_common
 
     .global kernel_trap_common, kernel_trap_return, kernel_noirq_iret
@@ -184,6 +194,9 @@ pub fn install() {
     }
     platform::set_trap_handler(CLOCK_VECTOR, stub(32), interrupt);
     platform::set_trap_handler(SYSCALL_VECTOR, stub(33), Gate { trap: true, user: true });
+    // Without a handler, console input would stay pending and wake every
+    // HALT at once.
+    platform::set_trap_handler(CONSOLE_VECTOR, stub(34), interrupt);
     platform::set_interrupt_return(mem::high(kernel_noirq_iret as *const () as u64));
 }
 
@@ -238,6 +251,7 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
                 super::linux::tick();
             }
         }
+        v if v == u64::from(CONSOLE_VECTOR) => super::linux::terminal::pump(),
         6 if from_user && k().cur().linux && is_linux_syscall(frame.rip) => {
             // `syscall` raises #UD (EFER.SCE is clear): do what it would
             // have done, then the call.

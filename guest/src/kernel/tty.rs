@@ -426,6 +426,17 @@ impl Tty {
         self.termios.cc[VTIME]
     }
 
+    /// Whether the kernel should hand over the next typed byte now. While
+    /// the input is full it should leave bytes where they wait (in the
+    /// VMM's UART, or Umbra's queue), so that a paste or a fast typist
+    /// loses nothing as long as programs read. One case takes them anyway:
+    /// a canonical line too long to ever finish, with no finished line to
+    /// read before it. Its bytes are then taken and dropped (and counted),
+    /// as Linux drops them, so that the newline ending it still gets in.
+    pub fn accepting(&self) -> bool {
+        self.has_room() || (self.canonical() && self.tail == self.canon_head && self.len() < INPUT_SIZE)
+    }
+
     /// Whether `VSTOP` (`^S`) asked output to stop and `VSTART` (`^Q`)
     /// has not restarted it.
     pub fn output_stopped(&self) -> bool {

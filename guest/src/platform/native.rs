@@ -28,7 +28,7 @@
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::platform::console::Printable;
 use crate::platform::{self, Backend, Gate};
@@ -597,13 +597,23 @@ pub fn set_timer(delta_ns: u64) {
     outb(PIC1_DATA, 0xfe); // IRQ 0 only
 }
 
+/// The last byte sent, so a `\r\n` from the terminal's output processing
+/// does not become `\r\r\n`.
+static LAST_SENT: AtomicU8 = AtomicU8::new(b'\n');
+
+/// Bytes as they are, but a line feed that no carriage return precedes
+/// gets one: the kernel's own lines end in `\n` alone. Umbra does the
+/// same for the console's owner.
 pub fn console(bytes: &[u8]) {
+    let mut last = LAST_SENT.load(Ordering::Relaxed);
     for &byte in bytes {
-        if byte == b'\n' {
+        if byte == b'\n' && last != b'\r' {
             serial_byte(b'\r');
         }
         serial_byte(byte);
+        last = byte;
     }
+    LAST_SENT.store(last, Ordering::Relaxed);
 }
 
 /// Bytes typed on COM1 that have arrived, up to `buf`'s length; never

@@ -23,6 +23,7 @@ pub mod mm;
 pub mod signal;
 pub mod sys;
 pub mod task;
+pub mod terminal;
 
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -103,7 +104,8 @@ pub fn count_enosys(number: u64) {
 /// The last byte a program wrote to the console, for the framing line.
 static CONSOLE_LAST: AtomicU8 = AtomicU8::new(b'\n');
 
-/// Writes user bytes to the console, raw.
+/// Writes bytes to the console as they are: the terminal's output, after
+/// its processing (`terminal.rs`).
 pub fn console_write(bytes: &[u8]) {
     if let Some(&last) = bytes.last() {
         CONSOLE_LAST.store(last, Ordering::Relaxed);
@@ -208,13 +210,15 @@ pub fn set_wake_at(deadline: u64) {
     }
 }
 
-/// The clock's tick: wakes the sleepers whose time has come.
+/// The clock's tick: takes what was typed, and wakes the sleepers whose
+/// time has come.
 ///
 /// It runs a thousand times a second, and on a nested hypervisor that
 /// emulates the guest kernel's instructions one by one every one of them
 /// counts: a walk over all the slots on every tick starved the programs
 /// there. So the walk happens only when a deadline has passed.
 pub fn tick() {
+    terminal::pump();
     report_if_stuck();
     let next = NEXT_WAKE.load(Ordering::Relaxed);
     let now = platform::now_ns();
@@ -343,19 +347,41 @@ fn split_words(line: &[u8]) -> Vec<Vec<u8>> {
     words
 }
 
+/// Where the word `init=` starts in the command line.
+fn init_word(cmdline: &[u8]) -> Option<usize> {
+    (0..cmdline.len())
+        .find(|&i| cmdline[i..].starts_with(b"init=") && (i == 0 || cmdline[i - 1].is_ascii_whitespace()))
+}
+
 /// init's argv from the command line: everything after `init=`.
 fn init_argv(cmdline: &[u8]) -> Vec<Vec<u8>> {
-    let mut at = None;
-    for i in 0..cmdline.len() {
-        if cmdline[i..].starts_with(b"init=") && (i == 0 || cmdline[i - 1].is_ascii_whitespace()) {
-            at = Some(i + 5);
-            break;
-        }
-    }
-    match at {
-        Some(at) => split_words(&cmdline[at..]),
+    match init_word(cmdline) {
+        Some(at) => split_words(&cmdline[at + 5..]),
         None => alloc::vec![Vec::from(b"/init".as_slice())],
     }
+}
+
+/// init's environment: `HOME=/`, a `PATH` and `TERM=linux`, then every
+/// `NAME=value` word before `init=` whose name is in capitals, which adds
+/// to them or replaces one (Linux, too, hands init the words it does not
+/// know that hold a `=`): `TERM=vt100 PS1='\w \$ ' init=/bin/sh`.
+fn init_envp(cmdline: &[u8]) -> Vec<Vec<u8>> {
+    let mut envp: Vec<Vec<u8>> = [b"HOME=/".as_slice(), b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"TERM=linux"]
+        .iter()
+        .map(|s| Vec::from(*s))
+        .collect();
+    let before = &cmdline[..init_word(cmdline).unwrap_or(cmdline.len())];
+    for word in split_words(before) {
+        let Some(eq) = word.iter().position(|&b| b == b'=') else { continue };
+        let name = &word[..eq];
+        let capital = |b: &u8| b.is_ascii_uppercase() || *b == b'_';
+        if !name.first().is_some_and(capital) || !name.iter().all(|b| capital(b) || b.is_ascii_digit()) {
+            continue;
+        }
+        envp.retain(|old| !(old.starts_with(name) && old.get(eq) == Some(&b'=')));
+        envp.push(word);
+    }
+    envp
 }
 
 /// `log=strace`: every system call and its result on the console.
@@ -388,6 +414,11 @@ fn debug_logging() -> bool {
 /// Stops the machine after init, or when init cannot start.
 fn finish(status: u64) -> ! {
     trap::stop_clock();
+    let dropped = terminal::dropped();
+    if dropped > 0 {
+        let longest = super::tty::INPUT_SIZE - 1;
+        say!("linux: terminal: {dropped} typed bytes dropped (lines longer than its {longest} bytes)");
+    }
     if debug_logging() {
         for (number, &count) in globals().enosys.iter().enumerate() {
             if count > 0 {
@@ -426,10 +457,7 @@ extern "C" fn linux_main() -> ! {
         say!("linux: init= names no program");
         platform::shutdown(STATUS_NO_INIT, "no init")
     };
-    let envp: Vec<Vec<u8>> = [b"HOME=/".as_slice(), b"PATH=/bin:/sbin:/usr/bin:/usr/sbin", b"TERM=linux"]
-        .iter()
-        .map(|s| Vec::from(*s))
-        .collect();
+    let envp = init_envp(&cmdline);
     let init = match start_init(&path, argv, envp) {
         Ok(index) => index,
         Err(e) => {
@@ -438,6 +466,7 @@ extern "C" fn linux_main() -> ! {
         }
     };
     k().reaper = init;
+    terminal::start(k().procs[init].pid as u32);
     say!("linux: start");
     trap::start_clock();
     // Kernel main's child is init; orphans go to init, and only init's

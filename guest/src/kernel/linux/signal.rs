@@ -23,6 +23,8 @@ use super::task::{SIG_DFL, SIG_IGN, task, task_slot};
 use super::{EINTR, mm, sys};
 use crate::platform;
 
+pub const SIGINT: u64 = 2;
+pub const SIGQUIT: u64 = 3;
 pub const SIGILL: u64 = 4;
 pub const SIGTRAP: u64 = 5;
 pub const SIGFPE: u64 = 8;

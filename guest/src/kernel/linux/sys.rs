@@ -27,6 +27,7 @@ use super::task::{
     Backing, Fd, File, Object, OpenFile, PIPE_CAPACITY, PROT_EXEC, PROT_READ, PROT_WRITE, Pipe, SigAction,
     Task, Vma, task, task_slot,
 };
+use super::terminal;
 use super::*;
 use crate::platform;
 
@@ -1084,9 +1085,18 @@ fn read_file(file: &File, buf: u64, len: u64, offset: Option<u64>) -> R {
             sleep_on(Pipe::channel(&pipe))?;
         }
     }
+    if matches!(file.borrow().object, Object::Console) {
+        if offset.is_some() {
+            return Err(ESPIPE);
+        }
+        // Not under the open file's borrow: the read may sleep, and others
+        // share the description.
+        let nonblocking = file.borrow().flags & O_NONBLOCK != 0;
+        return terminal::read(buf, len, nonblocking);
+    }
     let mut f = file.borrow_mut();
     match f.object {
-        Object::Console | Object::Null => Ok(0),
+        Object::Null => Ok(0),
         // Both fill the whole request, in kernel-buffer-sized steps, as
         // Linux does (dd counts a short read as a partial record).
         Object::Zero | Object::Random => {
@@ -1181,7 +1191,7 @@ fn write_file(file: &File, buf: u64, len: u64, offset: Option<u64>) -> R {
             while done < len {
                 let mut data = buffer(len - done)?;
                 get(buf + done, &mut data)?;
-                console_write(&data);
+                terminal::write(&data);
                 done += data.len() as u64;
             }
             Ok(len)
@@ -1388,50 +1398,12 @@ fn fcntl(fd: u64, command: u64, arg: u64) -> R {
     }
 }
 
-/// The console's foreground process group (TIOCGPGRP/TIOCSPGRP).
-static FOREGROUND: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
-
 fn ioctl(fd: u64, request: u64, arg: u64) -> R {
     let file = cur().file(fd)?;
     let f = file.borrow();
-    const TCGETS: u64 = 0x5401;
-    const TCSETS: u64 = 0x5402;
-    const TCSETSF: u64 = 0x5404;
-    const TIOCGPGRP: u64 = 0x540f;
-    const TIOCSPGRP: u64 = 0x5410;
-    const TIOCGWINSZ: u64 = 0x5413;
     const FIONREAD: u64 = 0x541b;
     match (&f.object, request) {
-        (Object::Console, TCGETS) => {
-            // A cooked console: ICRNL, OPOST|ONLCR, B38400|CS8|CREAD, ISIG|ICANON|ECHO...
-            let mut termios = [0u8; 36];
-            termios[0..4].copy_from_slice(&0x0500u32.to_le_bytes());
-            termios[4..8].copy_from_slice(&0x0005u32.to_le_bytes());
-            termios[8..12].copy_from_slice(&0x00bfu32.to_le_bytes());
-            termios[12..16].copy_from_slice(&0x8a3bu32.to_le_bytes());
-            let cc = [3u8, 28, 127, 21, 4, 0, 1, 0, 17, 19, 26, 0, 18, 15, 23, 22];
-            termios[17..17 + cc.len()].copy_from_slice(&cc);
-            put(arg, &termios)?;
-            Ok(0)
-        }
-        (Object::Console, TCSETS..=TCSETSF) => {
-            // The console has no line discipline to set; reading the
-            // request's memory is all there is to check.
-            let mut termios = [0u8; 36];
-            get(arg, &mut termios)?;
-            Ok(0)
-        }
-        (Object::Console, TIOCGWINSZ) => put(arg, &[24, 0, 80, 0, 0, 0, 0, 0]).map(|_| 0),
-        (Object::Console, TIOCGPGRP) => {
-            put_u32(arg, FOREGROUND.load(core::sync::atomic::Ordering::Relaxed) as u32).map(|_| 0)
-        }
-        (Object::Console, TIOCSPGRP) => {
-            let mut bytes = [0u8; 4];
-            get(arg, &mut bytes)?;
-            FOREGROUND.store(u64::from(u32::from_le_bytes(bytes)), core::sync::atomic::Ordering::Relaxed);
-            Ok(0)
-        }
-        (Object::Console, FIONREAD) => put_u32(arg, 0).map(|_| 0),
+        (Object::Console, _) => terminal::ioctl(request, arg),
         (Object::PipeRead(pipe), FIONREAD) => put_u32(arg, pipe.borrow().buffer.len() as u32).map(|_| 0),
         _ => Err(ENOTTY),
     }
@@ -1509,7 +1481,7 @@ fn write_kernel(file: &File, data: &[u8]) -> R {
     match f.object {
         Object::Null | Object::Zero | Object::Random => Ok(data.len() as u64),
         Object::Console => {
-            console_write(data);
+            terminal::write(data);
             Ok(data.len() as u64)
         }
         Object::Inode(ino) if fs().kind(ino) == Kind::Regular => {
@@ -1550,6 +1522,7 @@ fn readiness(fd: u64) -> u16 {
                 0
             }
         }
+        Object::Console => (if terminal::readable() { POLLIN } else { 0 }) | POLLOUT,
         _ => POLLIN | POLLOUT,
     }
 }
