@@ -707,20 +707,23 @@ fn guests_on_every_cpu(accel: Accel, smp: u32, guests: usize) -> Case {
 }
 
 /// Isolation: guest A fills its memory with a secret; B scans every page
-/// it can map while A runs; A is killed; C starts in A's frames, scrubbed,
-/// and scans too. Each scanner plants one control page of its own, so
-/// finding exactly 1 proves the scan could see the secret; neither may
-/// find more. Then both try to map past their memory and are killed.
+/// it can map while A runs; A is killed; a later scanner (C or D) starts
+/// in A's frames, scrubbed, and scans too. Each scanner plants one control
+/// page of its own, so finding exactly 1 proves the scan could see the
+/// secret; none may find more. Then each tries to map past its memory and
+/// is killed. Which scanner lands in A's frames depends on whether A or B
+/// ends first (two CPUs, and the host's load decides): with three
+/// scanners one always does, unless both later ones end before A.
 fn isolation(accel: Accel) -> Case {
     let config = Boot::new("microvm", accel)
         .mem("512M")
         // 16 MiB each: enough pages to prove the point, few enough that
         // the scans stay quick under a nested KVM.
-        .append("log=debug guests=3 guests_at_once=2 guest_mem=16M -- test=secret -- test=scan");
+        .append("log=debug guests=4 guests_at_once=2 guest_mem=16M -- test=secret -- test=scan");
     Case::boot(format!("{}_microvm_isolation", accel.name()), config, move |outcome| {
         let written = outcome.line_starting("[g1] guest: secret written to ").unwrap_or("");
         check!(outcome, written.ends_with(" pages"), "guest A should write its secret: {written:?}");
-        for scanner in ["[g2]", "[g3]"] {
+        for scanner in ["[g2]", "[g3]", "[g4]"] {
             let scanned = format!(
                 "{scanner} guest: scanned 4096 pages of its memory: the secret in 1 (1 is our own control page)"
             );
@@ -735,9 +738,11 @@ fn isolation(accel: Accel) -> Case {
         };
         check!(
             outcome,
-            memory_of("3").is_some() && memory_of("3") == memory_of("1"),
-            "guest C should reuse guest A's frames: {:?} vs {:?}",
+            memory_of("1").is_some()
+                && (memory_of("3") == memory_of("1") || memory_of("4") == memory_of("1")),
+            "guest C or D should reuse guest A's frames: {:?} and {:?} vs {:?}",
             memory_of("3"),
+            memory_of("4"),
             memory_of("1")
         );
         check!(
@@ -754,7 +759,7 @@ fn isolation(accel: Accel) -> Case {
             .collect();
         check!(
             outcome,
-            placements.len() == 3 && cpus.len() == 2,
+            placements.len() == 4 && cpus.len() == 2,
             "the guests should run on both CPUs: {placements:?}"
         );
         check_exit(outcome, GUEST_KILLED, Exit::DebugExit)
