@@ -28,7 +28,7 @@
 use core::mem::offset_of;
 
 use paging::{Access, TranslateError};
-use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
+use switcher_asm::layout::{GuestRegs, PAGE_SIZE, SWITCHER_BASE};
 use umbra_abi::{self as abi, SharedPage};
 
 use crate::vcpu::{GuestRam, Kill, SwitcherChanges, Vcpu};
@@ -212,10 +212,25 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         // Long mode aligns the stack to 16 bytes before pushing.
         let top = stack & !0xf;
         let bottom = top.wrapping_sub(words as u64 * 8);
+        // One walk of the guest's tables per page the frame touches (one,
+        // unless it straddles a page boundary), not one per word.
+        let mut page: Option<(u64, u64)> = None;
         for (index, word) in frame[..words].iter().enumerate() {
             let at = top.wrapping_sub((index as u64 + 1) * 8);
-            self.write_guest_u64(at, *word)
-                .map_err(|reason| reason.unwrap_or(Kill::DoubleFault { vector, stack: at }))?;
+            let page_va = at & !(PAGE_SIZE - 1);
+            let gpa_page = match page {
+                Some((va, gpa)) if va == page_va => gpa,
+                _ => {
+                    let gpa = self
+                        .translate_stack_word(at)
+                        .map_err(|reason| reason.unwrap_or(Kill::DoubleFault { vector, stack: at }))?;
+                    page = Some((page_va, gpa & !(PAGE_SIZE - 1)));
+                    gpa & !(PAGE_SIZE - 1)
+                }
+            };
+            if !self.mmu.memory_mut().write_u64(gpa_page + (at & (PAGE_SIZE - 1)), *word) {
+                return Err(Kill::DoubleFault { vector, stack: at });
+            }
         }
         regs.rsp = bottom;
         regs.rip = gate.handler;
@@ -229,15 +244,15 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(())
     }
 
-    /// Write a word of the guest's stack through its own page tables, as a
-    /// kernel write; `Err(None)` when the tables do not allow it.
-    fn write_guest_u64(&mut self, va: u64, value: u64) -> Result<(), Option<Kill>> {
-        let gpa = match self.mmu.translate(va, Access::KERNEL_WRITE) {
-            Ok(gpa) => gpa,
-            Err(TranslateError::Kill(reason)) => return Err(Some(Kill::Paging(reason))),
-            Err(TranslateError::PageFault { .. }) => return Err(None),
-        };
-        if self.mmu.memory_mut().write_u64(gpa, value) { Ok(()) } else { Err(None) }
+    /// Where a word of the guest's stack lies, through its own page
+    /// tables, for a kernel write; `Err(None)` when the tables do not
+    /// allow it.
+    fn translate_stack_word(&self, va: u64) -> Result<u64, Option<Kill>> {
+        match self.mmu.translate(va, Access::KERNEL_WRITE) {
+            Ok(gpa) => Ok(gpa),
+            Err(TranslateError::Kill(reason)) => Err(Some(Kill::Paging(reason))),
+            Err(TranslateError::PageFault { .. }) => Err(None),
+        }
     }
 
     /// A page fault that is the guest's own: CR2 goes in the shared page,
@@ -340,17 +355,27 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
     }
 
-    /// The lowest pending vector the guest can take now, if any.
+    /// The lowest pending vector the guest can take now, if any. Nothing
+    /// pending is the common case, and costs one look at four words: this
+    /// runs before every entry.
     fn deliverable(&self, rip: u64) -> Option<u8> {
-        if !self.virtual_interrupts_on() {
+        if !any_bit(&self.pending) || !self.virtual_interrupts_on() {
             return None;
         }
         if self.shared_field(offset_of!(SharedPage, noirq_iret)) == Some(rip) {
             return None;
         }
-        (0..256u16)
-            .map(|v| v as u8)
-            .find(|&v| self.pending[v as usize / 64] & (1 << (v % 64)) != 0 && self.idt[v as usize].present())
+        for (index, &word) in self.pending.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let vector = index * 64 + bits.trailing_zeros() as usize;
+                if self.idt[vector].present() {
+                    return Some(vector as u8);
+                }
+                bits &= bits - 1;
+            }
+        }
+        None
     }
 
     /// Before every entry: update the guest's clock, fire its clock event
@@ -361,11 +386,17 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             self.clock_deadline_ns = None;
             self.raise_irq(abi::CLOCK_IRQ);
         }
-        for (index, word) in self.pending.iter().enumerate() {
-            let offset = offset_of!(SharedPage, irq_pending) + index * 8;
-            if let Some(page) = self.shared_page {
+        // The guest's copy of the pending bits is written when ours
+        // change: Umbra never reads it back, so bits the guest scribbles
+        // there deliver nothing, and an unchanged bitmap costs no writes.
+        if any_bit(&core::array::from_fn::<u64, 4, _>(|i| self.pending[i] ^ self.pending_mirrored[i]))
+            && let Some(page) = self.shared_page
+        {
+            for (index, word) in self.pending.iter().enumerate() {
+                let offset = offset_of!(SharedPage, irq_pending) + index * 8;
                 self.mmu.memory_mut().write_u64(page + offset as u64, *word);
             }
+            self.pending_mirrored = self.pending;
         }
         if let Some(vector) = self.deliverable(regs.rip) {
             self.pending[vector as usize / 64] &= !(1 << (vector % 64));
@@ -394,6 +425,12 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             (None, None) => HaltState::Forever,
         }
     }
+}
+
+/// Whether any bit of a 256-bit vector set is set (a plain `==` on the
+/// array becomes a call to `memcmp`, on a path taken before every entry).
+fn any_bit(words: &[u64; 4]) -> bool {
+    (words[0] | words[1] | words[2] | words[3]) != 0
 }
 
 /// What a halted guest waits for.

@@ -20,6 +20,7 @@
 //! The guest's registers, its memory and the host's console are reached
 //! through traits, so everything here runs, and is tested, on the host.
 
+use core::cell::Cell;
 use core::fmt;
 use core::mem::offset_of;
 
@@ -342,6 +343,8 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) kernel_stack_top: Option<u64>,
     /// Interrupts raised and not yet delivered, one bit per vector.
     pub(crate) pending: [u64; 4],
+    /// What the shared page's `irq_pending` was last given.
+    pub(crate) pending_mirrored: [u64; 4],
     /// SET_CLOCKEVENT's deadline, in the host's nanoseconds.
     pub(crate) clock_deadline_ns: Option<u64>,
     /// What of the switcher pages' guest state changed since the run loop
@@ -355,6 +358,8 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) fs_base: u64,
     /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
     pub(crate) fs_base_changed: bool,
+    /// The last instruction fetch checked, kept for the next.
+    fetch_cache: Cell<Option<FetchCache>>,
 }
 
 /// What must be rewritten in this CPU's switcher pages before the next
@@ -374,6 +379,17 @@ impl SwitcherChanges {
     }
 }
 
+/// The last instruction fetch the host checked for the guest (see
+/// `Vcpu::fetch_address`): the page, the ring, the shadow leaf that mapped
+/// it then, and the guest-physical page the guest's tables named.
+#[derive(Clone, Copy, Debug)]
+struct FetchCache {
+    page_va: u64,
+    user: bool,
+    leaf: u64,
+    gpa_page: u64,
+}
+
 /// A call's result, when it does not kill.
 enum Done {
     Value(u64),
@@ -391,11 +407,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             idt: [GuestGate::default(); 256],
             kernel_stack_top: None,
             pending: [0; 4],
+            pending_mirrored: [0; 4],
             clock_deadline_ns: None,
             switcher_changed: SwitcherChanges::default(),
             input_written: 0,
             fs_base: 0,
             fs_base_changed: false,
+            fetch_cache: Cell::new(None),
         }
     }
 
@@ -487,10 +505,15 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// the guest's own tables as the CPU would at that ring; None where
     /// they do not allow it.
     pub(crate) fn instruction_bytes(&self, rip: u64, user: bool) -> Option<[u8; 2]> {
-        let fetch = Access { write: false, user, fetch: true };
         let mut bytes = [0u8; 2];
-        for (offset, byte) in bytes.iter_mut().enumerate() {
-            let gpa = self.mmu.translate(rip.wrapping_add(offset as u64), fetch).ok()?;
+        let first = self.fetch_address(rip, user)?;
+        let second = rip.wrapping_add(1);
+        if second & (PAGE_SIZE - 1) != 0 {
+            // Both bytes on one page: one read.
+            return self.mmu.memory().read_bytes(first, &mut bytes).then_some(bytes);
+        }
+        let second = self.fetch_address(second, user)?;
+        for (gpa, byte) in [first, second].into_iter().zip(bytes.iter_mut()) {
             let mut one = [0u8];
             if !self.mmu.memory().read_bytes(gpa, &mut one) {
                 return None;
@@ -498,6 +521,33 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             *byte = one[0];
         }
         Some(bytes)
+    }
+
+    /// Where the guest's tables send an instruction fetch from `va`, at
+    /// ring 3 (`user`) or ring 1. Every hypercall asks this for its own
+    /// `ud2`, almost always on the page the last one was on, so the last
+    /// answer is kept, with the shadow leaf the CPU ran through: while
+    /// the current shadow still maps that page to the same frame with the
+    /// same rights, the CPU fetched from that very frame, and the walk of
+    /// the guest's tables (a few hundred instructions) is not repeated.
+    /// A change the guest announces drops the leaf, so the next fetch
+    /// walks again.
+    fn fetch_address(&self, va: u64, user: bool) -> Option<u64> {
+        let page_va = va & !(PAGE_SIZE - 1);
+        let offset = va & (PAGE_SIZE - 1);
+        let leaf = self.mmu.shadow_entry(va);
+        if let (Some(cached), Some(leaf)) = (self.fetch_cache.get(), leaf)
+            && cached.page_va == page_va
+            && cached.user == user
+            && cached.leaf == leaf
+        {
+            return Some(cached.gpa_page + offset);
+        }
+        let gpa = self.mmu.translate(va, Access { write: false, user, fetch: true }).ok()?;
+        if let Some(leaf) = leaf {
+            self.fetch_cache.set(Some(FetchCache { page_va, user, leaf, gpa_page: gpa - offset }));
+        }
+        Some(gpa)
     }
 
     fn deliver_exception(&mut self, regs: &mut GuestRegs, vector: u8) -> Result<(), Kill> {
@@ -571,6 +621,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if !written {
             return Err(bad);
         }
+        // Umbra's pending bits as they stand; from here on the page gets
+        // them again whenever they change (`prepare_entry`).
+        for (index, word) in self.pending.iter().enumerate() {
+            let offset = offset_of!(SharedPage, irq_pending) + index * 8;
+            memory.write_u64(gpa + offset as u64, *word);
+        }
+        self.pending_mirrored = self.pending;
         self.shared_page = Some(gpa);
         Ok(abi::RESULT_OK)
     }
@@ -633,6 +690,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// rewrites it meanwhile only changes what it asked for.
     fn drain_async_ring(&mut self, host: &mut impl Host) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
+        let ran_before = self.stats.async_calls;
         for _ in 0..abi::ASYNC_SLOTS {
             let slot = self.async_cursor;
             let base = page + ASYNC_RING_OFFSET + slot as u64 * ASYNC_CALL_SIZE;
@@ -658,8 +716,10 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             self.stats.async_calls += 1;
             self.async_cursor = (slot + 1) % abi::ASYNC_SLOTS;
         }
-        let completed = self.stats.async_calls;
-        self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, async_completed) as u64, completed);
+        if self.stats.async_calls != ran_before {
+            let completed = self.stats.async_calls;
+            self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, async_completed) as u64, completed);
+        }
         Ok(())
     }
 

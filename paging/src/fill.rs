@@ -44,6 +44,18 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             Ok(outcome) => outcome,
             Err(Exhausted) => self.fill_after_clearing(va, access),
         };
+        let outcome = match outcome {
+            // A fill may have replaced a page of the pinned stack with a
+            // leaf that allows less (a user read of a page the guest made
+            // user-accessible behind our back maps it read-only): the
+            // stack must stay writable, for traps from user mode land on
+            // it with no chance to fault.
+            FaultOutcome::Fixed if self.in_pinned_range(va & !(PAGE_SIZE - 1)) => match self.repin() {
+                Ok(()) => FaultOutcome::Fixed,
+                Err(reason) => FaultOutcome::Kill(reason),
+            },
+            outcome => outcome,
+        };
         match outcome {
             FaultOutcome::Fixed => {}
             FaultOutcome::Reflect => self.counters.reflects += 1,
@@ -178,12 +190,18 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         Ok((first, pages))
     }
 
-    /// Pins the remembered kernel stack again, if there is one.
+    /// Pins the remembered kernel stack again, if there is one. A root
+    /// that was found holding it, with no leaf removed or replaced
+    /// anywhere since, still holds it: every context switch of the guest
+    /// comes here, and the check would find nothing to do.
     pub(crate) fn repin(&mut self) -> Result<(), KillReason> {
-        match self.pinned {
-            Some((first, pages)) => self.pin_pages(first, pages, true),
-            None => Ok(()),
+        let Some((first, pages)) = self.pinned else { return Ok(()) };
+        if self.roots[self.current].pins_checked == Some((first, pages, self.leaf_epoch)) {
+            return Ok(());
         }
+        self.pin_pages(first, pages, true)?;
+        self.roots[self.current].pins_checked = Some((first, pages, self.leaf_epoch));
+        Ok(())
     }
 
     /// Pins pages, clearing the current root once if the pool runs dry.

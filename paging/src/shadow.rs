@@ -60,6 +60,11 @@ pub(crate) struct RootSlot {
     pub last_used: u64,
     /// The host CPU whose switcher tables are installed in this root.
     pub prepared_cpu: Option<u32>,
+    /// The pinned range (first page, page count) found mapped writable
+    /// in this root, and the [`ShadowMmu::leaf_epoch`] it was found at:
+    /// while neither has moved, pinning it again would find every page
+    /// already there.
+    pub pins_checked: Option<(u64, u64, u64)>,
 }
 
 /// A cached root, as reported by [`ShadowMmu::roots`].
@@ -94,6 +99,10 @@ pub struct ShadowMmu<M: GuestMemory, P: FramePool> {
     pub(crate) clock: u64,
     /// The guest kernel stack: first page and page count, kept mapped.
     pub(crate) pinned: Option<(u64, u64)>,
+    /// Moves on whenever a shadow leaf may have been removed or replaced,
+    /// in any root: a pinned range checked at an older epoch must be
+    /// checked again.
+    pub(crate) leaf_epoch: u64,
     pub(crate) counters: Counters,
 }
 
@@ -121,11 +130,11 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             kernel_flat: address::flat(address::KERNEL_HALF_START),
             clock: 0,
             pinned: None,
+            leaf_epoch: 0,
             counters: Counters::default(),
         };
         let skeleton = mmu.build_skeleton().ok_or(SetupError::PoolRefused)?;
-        mmu.roots[0] =
-            RootSlot { skeleton: Some(skeleton), guest_cr3: None, last_used: 0, prepared_cpu: None };
+        mmu.roots[0] = RootSlot { skeleton: Some(skeleton), guest_cr3: None, ..RootSlot::default() };
         Ok(mmu)
     }
 
@@ -317,7 +326,12 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
                 child
             };
         }
-        self.pool.write_entry(table, Level::Pt.index(va), leaf);
+        let index = Level::Pt.index(va);
+        if self.pool.read_entry(table, index) & PRESENT != 0 {
+            // A leaf replaced may have allowed more than its successor.
+            self.leaf_epoch += 1;
+        }
+        self.pool.write_entry(table, index, leaf);
         Ok(())
     }
 
@@ -368,6 +382,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
                 continue;
             }
             let entry_base = base + index as u64 * span;
+            self.leaf_epoch += 1;
             let Some(child_level) = level.next() else {
                 self.pool.write_entry(table, index, 0);
                 continue;

@@ -69,6 +69,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             return;
         };
         self.pool.write_entry(table, index, 0);
+        self.leaf_epoch += 1;
 
         if pte & PRESENT == 0 || pte & (ACCESSED | DIRTY) == 0 {
             return;
@@ -194,7 +195,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         if self.linear { None } else { self.slot_for(cr3) }
     }
 
-    fn in_pinned_range(&self, page_va: u64) -> bool {
+    pub(crate) fn in_pinned_range(&self, page_va: u64) -> bool {
         let flat_va = address::flat(page_va);
         self.pinned_overlaps(flat_va, flat_va + address::PAGE_SIZE)
     }

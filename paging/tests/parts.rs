@@ -830,6 +830,51 @@ mod pinning {
         mmu.memory_mut().set(pte, 0);
         assert_eq!(mmu.set_pte(CR3_B, KERNEL_VA, 0), Err(KillReason::PinNotMapped));
     }
+
+    #[test]
+    fn a_root_that_holds_the_stack_is_not_searched_again() {
+        let (mut mmu, mut b) = paged();
+        map(&mut mmu, &mut b, CR3, KERNEL_VA, DATA, PRESENT | WRITABLE);
+        let shared = mmu.memory().get(CR3 + 8 * 256);
+        mmu.memory_mut().set(CR3_B + 8 * 256, shared);
+        mmu.set_kernel_stack(KERNEL_VA, 0x1000).unwrap();
+        mmu.new_pagetable(CR3_B).unwrap();
+        mmu.new_pagetable(CR3).unwrap();
+        let pins = mmu.counters().pins;
+        // Back and forth: both roots hold the stack, and nothing changed.
+        for _ in 0..3 {
+            mmu.new_pagetable(CR3_B).unwrap();
+            mmu.new_pagetable(CR3).unwrap();
+        }
+        assert_eq!(mmu.counters().pins, pins);
+        // An update drops the stack from every root; each gets it back
+        // when it is next current.
+        mmu.set_pte(CR3, KERNEL_VA, DATA | PRESENT | WRITABLE).unwrap();
+        assert!(mmu.shadow_entry(KERNEL_VA).is_some());
+        mmu.new_pagetable(CR3_B).unwrap();
+        assert!(mmu.shadow_entry(KERNEL_VA).is_some(), "re-pinned in the other root");
+        assert!(mmu.counters().pins > pins);
+    }
+
+    #[test]
+    fn a_fill_that_would_leave_the_stack_read_only_pins_it_again() {
+        let (mut mmu, mut b) = paged();
+        let pte = map(&mut mmu, &mut b, CR3, KERNEL_VA, DATA, PRESENT | WRITABLE);
+        mmu.set_kernel_stack(KERNEL_VA, 0x1000).unwrap();
+        assert_ne!(mmu.shadow_entry(KERNEL_VA).unwrap() & WRITABLE, 0);
+        // Behind Umbra's back: user-accessible at every level, not dirty.
+        for level in [Level::Pml4, Level::Pdpt, Level::Pd] {
+            let entry = b.entry_addr(mmu.memory_mut(), CR3, KERNEL_VA, level, TABLE);
+            let value = mmu.memory().get(entry);
+            mmu.memory_mut().set(entry, value | USER);
+        }
+        let value = mmu.memory().get(pte);
+        mmu.memory_mut().set(pte, (value | USER) & !DIRTY);
+        // A user read faults on the supervisor leaf, and the fill alone
+        // would map the page read-only.
+        assert_eq!(mmu.demand_fill(KERNEL_VA, USER_READ), FaultOutcome::Fixed);
+        assert_ne!(mmu.shadow_entry(KERNEL_VA).unwrap() & WRITABLE, 0, "the stack stays writable");
+    }
 }
 
 mod translate {
