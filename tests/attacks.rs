@@ -197,8 +197,8 @@ const CATALOGUE: &[Attack] = &[
     attack(
         "hypercall-first-free",
         "hypercall",
-        "call number 16, one past the last",
-        Killed("unknown hypercall 0x10"),
+        "call number 18, one past the last",
+        Killed("unknown hypercall 0x12"),
     ),
     attack("init-twice", "hypercall", "INIT again", Killed("INIT called twice")),
     attack(

@@ -119,6 +119,29 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// page multiple) below a page-aligned `top`. Umbra keeps it mapped,
     /// so delivering a trap never faults on it.
     pub(crate) fn set_stack(&mut self, top: u64, len: u64) -> Result<u64, Kill> {
+        let bottom = self.check_stack(top, len)?;
+        self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        self.stack_installed(top);
+        Ok(abi::RESULT_OK)
+    }
+
+    /// SWITCH_CONTEXT: NEW_PGTABLE(cr3), then SET_STACK(top, len), in one
+    /// exit. The stack is checked as SET_STACK checks it, against the
+    /// kernel boundary the switch may have just adopted, and pinned once,
+    /// in the new address space: the old stack, which NEW_PGTABLE alone
+    /// would pin there first, is of no more use.
+    pub(crate) fn switch_context(&mut self, cr3: u64, top: u64, len: u64) -> Result<u64, Kill> {
+        if self.mmu.is_linear() {
+            self.adopt_kernel_boundary()?;
+        }
+        let bottom = self.check_stack(top, len)?;
+        self.mmu.switch_context(cr3, bottom, len).map_err(Kill::Paging)?;
+        self.stack_installed(top);
+        Ok(abi::RESULT_OK)
+    }
+
+    /// The checks of SET_STACK; the stack's bottom.
+    fn check_stack(&self, top: u64, len: u64) -> Result<u64, Kill> {
         let bad = |why| Kill::BadStack { top, len, why };
         // A page-aligned top keeps the stack to len / 4096 whole pages, the
         // ones Umbra pins; any other top would straddle one more.
@@ -132,13 +155,16 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if bottom < self.mmu.kernel_boundary() {
             return Err(bad("outside the guest kernel"));
         }
-        self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        Ok(bottom)
+    }
+
+    /// A new kernel stack is pinned: the switcher pages must learn of it.
+    fn stack_installed(&mut self, top: u64) {
         // The first stack also opens the direct gates, which stay closed
         // while there is none (they would push into nowhere).
         self.switcher_changed.gates |= self.kernel_stack_top.is_none();
         self.switcher_changed.kernel_stack = true;
         self.kernel_stack_top = Some(top);
-        Ok(abi::RESULT_OK)
     }
 
     /// The handler of a vector the real IDT should route straight to the

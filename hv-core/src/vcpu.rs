@@ -772,6 +772,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             abi::FLUSH_ASYNC => abi::RESULT_OK,
             abi::LOAD_IDT_ENTRY => self.load_idt_entry(args[0], args[1], args[2])?,
             abi::SET_STACK => self.set_stack(args[0], args[1])?,
+            abi::SWITCH_CONTEXT => self.switch_context(args[0], args[1], args[2])?,
             abi::SET_CLOCKEVENT => self.set_clock_event(args[0], host.now_ns()),
             // `sti; hlt`, as one step: a guest that checked for work with
             // its flag off loses no interrupt raised in between.
@@ -800,7 +801,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
 
     /// The kernel boundary the guest wrote into its shared page, taken
     /// once, as the guest leaves linear mode.
-    fn adopt_kernel_boundary(&mut self) -> Result<(), Kill> {
+    pub(crate) fn adopt_kernel_boundary(&mut self) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
         let boundary =
             self.mmu.memory().read_u64(page + offset_of!(SharedPage, kernel_boundary) as u64).unwrap_or(0);

@@ -347,6 +347,37 @@ fn set_stack_is_checked() {
     assert!(matches!(kill, Kill::BadStack { .. } | Kill::Paging(_)), "{kill:?}");
 }
 
+#[test]
+fn switch_context_is_new_pgtable_and_set_stack_in_one() {
+    let mut vcpu = guest();
+    // A second address space with the same kernel half.
+    const CR3_B: u64 = 0x1_6000;
+    for index in [0, 256] {
+        let entry = read(&vcpu, CR3 + index * 8);
+        write(&mut vcpu, CR3_B + index * 8, entry);
+    }
+    let (stack_a, stack_b) = (KERNEL_STACK_TOP, KERNEL_STACK_TOP + 0x8000);
+    assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [stack_a, 4096, 0]), Next::Resume);
+    let _ = vcpu.take_switcher_changes();
+    assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 8192]), Next::Resume);
+    assert_eq!(vcpu.kernel_stack_top(), Some(stack_b));
+    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: false });
+    assert!(vcpu.shadow_entry(stack_b - 4096).is_some() && vcpu.shadow_entry(stack_b - 8192).is_some());
+    assert_eq!(vcpu.shadow_entry(stack_a - 4096), None, "the old stack is not pinned into the new root");
+    assert_eq!(vcpu.stats.hypercalls[abi::SWITCH_CONTEXT as usize], 1);
+    // Back, and the first root is found again.
+    assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3, stack_a, 4096]), Next::Resume);
+    assert!(vcpu.shadow_entry(stack_a - 4096).is_some());
+    assert_eq!(vcpu.counters().root_hits, 1);
+
+    // Each half is checked as its own call would be.
+    let kill = kill_of(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 100]));
+    assert!(matches!(kill, Kill::BadStack { .. }), "{kill:?}");
+    let mut vcpu = guest();
+    let kill = kill_of(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B + 8, stack_b, 4096]));
+    assert!(matches!(kill, Kill::Paging(paging::KillReason::Cr3NotAligned)), "{kill:?}");
+}
+
 fn put_bytes(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, bytes: &[u8]) {
     assert!(vcpu::GuestRam::write_bytes(vcpu.memory_mut(), gpa, bytes));
 }

@@ -165,6 +165,16 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         self.repin().inspect_err(|_| self.counters.kills += 1)
     }
 
+    /// Switches to the tables at `cr3` (as [`ShadowMmu::new_pagetable`])
+    /// with a new kernel stack (as [`ShadowMmu::set_kernel_stack`]): the
+    /// new stack is the only one pinned, in the new root.
+    pub fn switch_context(&mut self, cr3: u64, start: u64, len: u64) -> Result<(), KillReason> {
+        let range = self.check_pin_range(start, len);
+        let (first, pages) = range.inspect_err(|_| self.counters.kills += 1)?;
+        self.pinned = (pages > 0).then_some((first, pages));
+        self.new_pagetable(cr3)
+    }
+
     /// First page and page count of a range to pin, if it is acceptable.
     fn check_pin_range(&self, start: u64, len: u64) -> Result<(u64, u64), KillReason> {
         if len == 0 {

@@ -95,6 +95,24 @@ pub unsafe fn switch_root(root: u64) {
     }
 }
 
+/// Switches to the address space rooted at `root` and names the kernel
+/// stack traps from user mode land on (`len` bytes below `top`): a
+/// context switch. Under Umbra one call (SWITCH_CONTEXT), not two.
+///
+/// # Safety
+/// As [`switch_root`]; and the stack is the kernel's, which stays
+/// allocated.
+pub unsafe fn switch_context(root: u64, top: u64, len: u64) {
+    if native() {
+        // SAFETY: the caller vouches for the tables.
+        unsafe { native::switch_root(root) };
+        native::set_kernel_stack(top);
+    } else {
+        // SAFETY: as above.
+        unsafe { hypercall(abi::SWITCH_CONTEXT, root, top, len, 0, 0) };
+    }
+}
+
 /// Forgets every translation of the current address space's user half.
 pub fn flush_user() {
     if native() {
