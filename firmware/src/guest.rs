@@ -75,6 +75,13 @@ impl GuestMemory for GuestRam {
     fn guest_to_host(&self, gpa: u64) -> u64 {
         self.base + gpa
     }
+
+    fn host_large_pages(&self) -> bool {
+        // One contiguous run, taken 2 MiB-aligned (`take_guest_memory`),
+        // under the host's identity map: any 2 MiB of it the guest maps
+        // as a large page may be one shadow leaf.
+        self.base.is_multiple_of(2 << 20)
+    }
 }
 
 impl vcpu::GuestRam for GuestRam {

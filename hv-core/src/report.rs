@@ -192,10 +192,11 @@ pub(crate) fn print_stats(
     machine.log(
         Level::Info,
         format_args!(
-            "stats: paging: fills {} (linear {}), prefills {}, reflects {}, roots hit {} missed {} evicted {}, \
-             flushes {} user {} full, frames now {} peak {}",
+            "stats: paging: fills {} (linear {}, 2 MiB {}), prefills {}, reflects {}, roots hit {} missed {} \
+             evicted {}, flushes {} user {} full, frames now {} peak {}",
             paging.fills,
             paging.linear_fills,
+            paging.large_fills,
             paging.prefills,
             paging.reflects,
             paging.root_hits,

@@ -924,7 +924,7 @@ fn each_guest_statistics_block_counts_its_own_exits() {
     assert!(
         stats[3].starts_with("stats: delivered to the guest's handlers 0 (int n delivered by the host 0):")
     );
-    assert!(stats[4].starts_with("stats: paging: fills 0 (linear 0)"), "{}", stats[4]);
+    assert!(stats[4].starts_with("stats: paging: fills 0 (linear 0, 2 MiB 0)"), "{}", stats[4]);
     assert_eq!(
         stats[5],
         format!(

@@ -19,11 +19,11 @@
 //! mapped writable in the current root, so that a trap pushing its frame
 //! there cannot fault inside the fault.
 
-use crate::address::{self, PAGE_SIZE};
-use crate::entry::{ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::address::{self, Level, PAGE_SIZE};
+use crate::entry::{ACCESSED, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
 use crate::memory::{FramePool, GuestMemory};
 use crate::outcome::{Access, FaultOutcome, KillReason, Rights};
-use crate::shadow::{Exhausted, MAX_PINNED_PAGES, ShadowMmu};
+use crate::shadow::{Exhausted, LARGE_PAGE, MAX_PINNED_PAGES, ShadowMmu};
 use crate::walk::{self, WalkStop};
 
 /// The linear-mode pretence: the guest kernel may read, write and run its
@@ -47,10 +47,12 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         let outcome = match outcome {
             // A fill may have replaced a page of the pinned stack with a
             // leaf that allows less (a user read of a page the guest made
-            // user-accessible behind our back maps it read-only): the
-            // stack must stay writable, for traps from user mode land on
-            // it with no chance to fault.
-            FaultOutcome::Fixed if self.in_pinned_range(va & !(PAGE_SIZE - 1)) => match self.repin() {
+            // user-accessible behind our back maps it read-only; a 4 KiB
+            // fill can take the place of a 2 MiB leaf around the stack):
+            // the stack must stay writable, for traps from user mode land
+            // on it with no chance to fault. Unless a leaf was replaced,
+            // the root's record of its pins says there is nothing to do.
+            FaultOutcome::Fixed => match self.repin() {
                 Ok(()) => FaultOutcome::Fixed,
                 Err(reason) => FaultOutcome::Kill(reason),
             },
@@ -92,11 +94,11 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         };
         let page_va = va & !(PAGE_SIZE - 1);
 
-        let (page, rights, writable) = if self.linear {
+        let (page, rights, writable, leaf_level) = if self.linear {
             if access.user || page_va >= self.limit {
                 return Ok(FaultOutcome::Reflect);
             }
-            (page_va, LINEAR_RIGHTS, true)
+            (page_va, LINEAR_RIGHTS, true, Level::Pt)
         } else {
             let Some(cr3) = self.roots[self.current].guest_cr3 else {
                 return Ok(FaultOutcome::Reflect);
@@ -114,9 +116,21 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             }
             // Writable only once the guest's dirty bit is honestly set.
             let writable = mapping.rights.writable && (access.write || mapping.leaf_dirty());
-            (mapping.page, mapping.rights, writable)
+            (mapping.page, mapping.rights, writable, mapping.leaf_level)
         };
 
+        if leaf_level != Level::Pt && self.large_leaf_fits(va) {
+            // The 2 MiB piece of the guest's large page around `va`: one
+            // leaf, the same rights throughout (they come from one walk).
+            let large_va = va & !(LARGE_PAGE - 1);
+            let large_page = page & !(LARGE_PAGE - 1);
+            let leaf = self.shadow_leaf_value(large_page, rights, writable) | HUGE;
+            if self.install_large_leaf(skeleton.pml4, large_va, leaf)? {
+                self.counters.fills += 1;
+                self.counters.large_fills += 1;
+                return Ok(FaultOutcome::Fixed);
+            }
+        }
         let leaf = self.shadow_leaf_value(page, rights, writable);
         self.install_leaf(skeleton.pml4, page_va, leaf)?;
         if self.linear {
@@ -125,6 +139,17 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             self.counters.fills += 1;
         }
         Ok(FaultOutcome::Fixed)
+    }
+
+    /// Whether the 2 MiB around `va` may be one shadow leaf: the host
+    /// backs guest memory with 2 MiB pages of its own, and the 2 MiB lies
+    /// wholly on one side of the kernel boundary (which roots share it
+    /// must not depend on the byte). The guest's large page lies inside
+    /// guest memory: the walk checked all of it.
+    fn large_leaf_fits(&self, va: u64) -> bool {
+        let start = address::flat(va) & !(LARGE_PAGE - 1);
+        let one_side = start >= self.kernel_flat || start + LARGE_PAGE <= self.kernel_flat;
+        self.memory.host_large_pages() && one_side
     }
 
     /// The shadow PTE for guest page `page` with `rights`. The guest's
