@@ -28,6 +28,7 @@ use hv_core::vcpu;
 use paging::{FramePool, GuestMemory, SwitcherEntries};
 use switcher_asm::layout::{self, GuestRegs};
 use x86_64::registers::control::Cr2;
+use x86_64::registers::model_specific::{Efer, EferFlags};
 
 use crate::lapic;
 use crate::memory::FRAMES;
@@ -196,12 +197,15 @@ pub struct ThisCpu {
     /// When the APIC timer, as last armed, fires (on the guests' clock),
     /// while it has not fired yet as far as the host knows.
     timer_armed_until: Option<u64>,
+    /// Whether EFER.SCE is on: the running guest has a syscall entry.
+    syscall_on: bool,
 }
 
 impl ThisCpu {
     fn new(cpu: CpuPages, tsc_khz: u64, boot_tsc: u64) -> ThisCpu {
         let ns_per_tick_q32 = ((1_000_000u128 << 32) / u128::from(tsc_khz.max(1))) as u64;
-        ThisCpu { cpu, tsc_khz, boot_tsc, ns_per_tick_q32, timer_armed_until: None }
+        let syscall_on = Efer::read().contains(EferFlags::SYSTEM_CALL_EXTENSIONS);
+        ThisCpu { cpu, tsc_khz, boot_tsc, ns_per_tick_q32, timer_armed_until: None, syscall_on }
     }
 
     /// Make sure the timer fires within `ns`. A timer already armed to
@@ -319,6 +323,20 @@ impl Machine for ThisCpu {
         self.cpu.set_kernel_stack(kernel_stack_top);
     }
 
+    fn set_guest_syscall_entry(&mut self, entry: Option<u64>, kernel_stack_top: u64) {
+        self.cpu.set_syscall_entry(entry.unwrap_or(0), kernel_stack_top);
+        let on = entry.is_some();
+        if on != self.syscall_on {
+            // SAFETY: EFER.SCE only makes `syscall` and `sysret` valid
+            // instructions; the host runs neither, and the MSRs they use
+            // point at the switcher's direct path (switcher::attach).
+            unsafe {
+                Efer::update(|flags| flags.set(EferFlags::SYSTEM_CALL_EXTENSIONS, on));
+            }
+            self.syscall_on = on;
+        }
+    }
+
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let page: *mut GuestRegs = regs;
         assert!(page == self.cpu.regs(), "the run loop's registers are not this CPU's registers page");
@@ -341,6 +359,15 @@ impl Machine for ThisCpu {
         // The timer stays armed: the host runs with interrupts off, so a
         // tick due meanwhile waits, and ends the next entry at once.
         let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
+        if regs.cs & 3 == 0
+            && layout::in_syscall_path(regs.rip)
+            && !matches!(regs.rip, layout::SYSCALL_VA | layout::SYSCALL_CLOSED_VA)
+        {
+            // A trap interrupted the direct syscall path after its first
+            // instruction, which put the user's stack pointer in this
+            // CPU's scratch word: hv-core finds it in `rsp`.
+            regs.rsp = self.cpu.syscall_user_rsp();
+        }
         let host_tick = regs.vector == u64::from(lapic::TIMER_VECTOR);
         if host_tick {
             lapic::eoi();

@@ -28,7 +28,7 @@
 use core::mem::offset_of;
 
 use paging::{Access, TranslateError};
-use switcher_asm::layout::{GuestRegs, PAGE_SIZE, SWITCHER_BASE};
+use switcher_asm::layout::{self, GuestRegs, PAGE_SIZE, SWITCHER_BASE};
 use umbra_abi::{self as abi, SharedPage};
 
 use crate::vcpu::{GuestRam, Kill, SwitcherChanges, Vcpu};
@@ -74,6 +74,15 @@ fn software_interrupt_error(vector: u8) -> u64 {
 
 /// `syscall`.
 const SYSCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x05];
+
+/// A user-mode `syscall`, as the instruction left things: the address
+/// after it (`rcx`), the user's flags (`r11`) and its stack pointer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UserSyscall {
+    pub rip_after: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+}
 
 fn is_canonical(va: u64) -> bool {
     let top = va >> 47;
@@ -167,6 +176,32 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.kernel_stack_top = Some(top);
     }
 
+    /// SET_SYSCALL_ENTRY: where `syscall` from user mode enters the guest
+    /// kernel, checked as a handler of LOAD_IDT_ENTRY is; 0 closes the
+    /// direct path again.
+    pub(crate) fn set_syscall_entry(&mut self, handler: u64) -> Result<u64, Kill> {
+        let bad = |why| Kill::BadSyscallEntry { handler, why };
+        if handler != 0 {
+            if !is_canonical(handler) {
+                return Err(bad("non-canonical handler"));
+            }
+            if handler >= SWITCHER_BASE {
+                return Err(bad("handler in the switcher"));
+            }
+            if handler < self.mmu.kernel_boundary() {
+                return Err(bad("handler outside the guest kernel"));
+            }
+        }
+        self.syscall_entry = (handler != 0).then_some(handler);
+        self.switcher_changed.syscall = true;
+        Ok(abi::RESULT_OK)
+    }
+
+    /// The guest kernel's syscall entry, once SET_SYSCALL_ENTRY named one.
+    pub fn syscall_entry(&self) -> Option<u64> {
+        self.syscall_entry
+    }
+
     /// The handler of a vector the real IDT should route straight to the
     /// guest kernel: present, user-raisable, from 32 up, and never one of
     /// the host's (LOAD_IDT_ENTRY refuses those; this is the second lock).
@@ -235,29 +270,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         } else {
             5
         };
-        // Long mode aligns the stack to 16 bytes before pushing.
-        let top = stack & !0xf;
-        let bottom = top.wrapping_sub(words as u64 * 8);
-        // One walk of the guest's tables per page the frame touches (one,
-        // unless it straddles a page boundary), not one per word.
-        let mut page: Option<(u64, u64)> = None;
-        for (index, word) in frame[..words].iter().enumerate() {
-            let at = top.wrapping_sub((index as u64 + 1) * 8);
-            let page_va = at & !(PAGE_SIZE - 1);
-            let gpa_page = match page {
-                Some((va, gpa)) if va == page_va => gpa,
-                _ => {
-                    let gpa = self
-                        .translate_stack_word(at)
-                        .map_err(|reason| reason.unwrap_or(Kill::DoubleFault { vector, stack: at }))?;
-                    page = Some((page_va, gpa & !(PAGE_SIZE - 1)));
-                    gpa & !(PAGE_SIZE - 1)
-                }
-            };
-            if !self.mmu.memory_mut().write_u64(gpa_page + (at & (PAGE_SIZE - 1)), *word) {
-                return Err(Kill::DoubleFault { vector, stack: at });
-            }
-        }
+        let bottom = self
+            .push_frame(stack, &frame[..words])
+            .map_err(|at| at.unwrap_or_else(|at| Kill::DoubleFault { vector, stack: at }))?;
         regs.rsp = bottom;
         regs.rip = gate.handler;
         regs.cs = u64::from(abi::GUEST_KERNEL_CS);
@@ -268,6 +283,34 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         self.stats.delivered[vector as usize] += 1;
         Ok(())
+    }
+
+    /// Push `frame` (outermost word first) below `stack`, aligned down to
+    /// 16 bytes as long mode does, through the guest's own tables as
+    /// kernel writes; returns the new stack pointer. On failure, the kill
+    /// the tables call for, or the address that could not be written.
+    fn push_frame(&mut self, stack: u64, frame: &[u64]) -> Result<u64, Result<Kill, u64>> {
+        let top = stack & !0xf;
+        let bottom = top.wrapping_sub(frame.len() as u64 * 8);
+        // One walk of the guest's tables per page the frame touches (one,
+        // unless it straddles a page boundary), not one per word.
+        let mut page: Option<(u64, u64)> = None;
+        for (index, word) in frame.iter().enumerate() {
+            let at = top.wrapping_sub((index as u64 + 1) * 8);
+            let page_va = at & !(PAGE_SIZE - 1);
+            let gpa_page = match page {
+                Some((va, gpa)) if va == page_va => gpa,
+                _ => {
+                    let gpa = self.translate_stack_word(at).map_err(|reason| reason.ok_or(at))?;
+                    page = Some((page_va, gpa & !(PAGE_SIZE - 1)));
+                    gpa & !(PAGE_SIZE - 1)
+                }
+            };
+            if !self.mmu.memory_mut().write_u64(gpa_page + (at & (PAGE_SIZE - 1)), *word) {
+                return Err(Err(at));
+            }
+        }
+        Ok(bottom)
     }
 
     /// Where a word of the guest's stack lies, through its own page
@@ -318,33 +361,86 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(true)
     }
 
-    /// Is this page fault a `syscall` that should have been a #UD? With
-    /// EFER.SCE clear, `syscall` is an invalid opcode on every CPU, and
-    /// guest kernels take their system calls from that #UD. This
-    /// machine's nested KVM runs it anyway, as it runs `sysretq` at ring
-    /// 1: `rcx` gets the address after it and `r11` the flags, and it
-    /// jumps to LSTAR, which the host leaves at 0, without leaving ring 3;
-    /// the fetch there faults. So a user-mode fetch fault at address 0,
-    /// with `rip` 0 and the two bytes before `rcx` being `syscall`
-    /// (`0f 05`, read through the guest's own tables as user code), is
-    /// that instruction.
+    /// Is this page fault a `syscall` that did not go where the CPU
+    /// should have sent it? This machine's nested KVM runs `syscall`
+    /// whatever EFER.SCE says, as it runs `sysretq` at ring 1: `rcx` gets
+    /// the address after it and `r11` the flags, and it jumps to LSTAR
+    /// without leaving ring 3; the fetch there faults, the direct path's
+    /// code being supervisor-only (or, with LSTAR at 0 as it was, nothing
+    /// at all). So a user-mode fetch fault at LSTAR (or 0), with `rip`
+    /// there and the two bytes before `rcx` being `syscall` (`0f 05`,
+    /// read through the guest's own tables as user code), is that
+    /// instruction.
     pub(crate) fn is_stray_syscall(&self, regs: &GuestRegs, cr2: u64) -> bool {
         const USER_FETCH: u64 = 1 << 2 | 1 << 4;
-        regs.rip == 0
-            && cr2 == 0
+        matches!(regs.rip, 0 | layout::SYSCALL_VA)
+            && cr2 == regs.rip
             && regs.error_code & USER_FETCH == USER_FETCH
             && regs.rcx >= 2
-            && self.instruction_bytes(regs.rcx - 2, true) == Some(SYSCALL_INSTRUCTION)
+            && self.is_syscall_at(regs.rcx - 2)
     }
 
-    /// Deliver the #UD the CPU owed a stray `syscall` (above), at the
-    /// instruction, as a CPU that follows the manual raises it. `rcx` and
-    /// `r11` keep what the stray run put there, as a real `syscall` would
-    /// have: the Linux ABI gives them to the kernel anyway.
+    /// Whether user code at `rip` is `syscall`.
+    pub(crate) fn is_syscall_at(&self, rip: u64) -> bool {
+        self.instruction_bytes(rip, true) == Some(SYSCALL_INSTRUCTION)
+    }
+
+    /// A stray `syscall` (above): what the direct path would have done
+    /// when the guest has a syscall entry; otherwise the #UD the CPU
+    /// owed, at the instruction, as a CPU that follows the manual raises
+    /// it. `rcx` and `r11` keep what the stray run put there, as a real
+    /// `syscall` would have: the Linux ABI gives them to the kernel anyway.
     pub(crate) fn deliver_stray_syscall(&mut self, regs: &mut GuestRegs) -> Result<(), Kill> {
-        let at = regs.rcx - 2;
         self.stats.stray_syscalls += 1;
+        if self.syscall_entry.is_some() {
+            let user = UserSyscall { rip_after: regs.rcx, rflags: regs.r11, rsp: regs.rsp };
+            return self.syscall_by_host(regs, user);
+        }
+        let at = regs.rcx - 2;
         self.deliver(regs, 6, None, at)
+    }
+
+    /// A user-mode `syscall` that did not take the direct path, made by
+    /// hand: the guest kernel's entry gets exactly what the switcher's
+    /// direct path gives it (the frame `int n` pushes from ring 3 on its
+    /// kernel stack, `rcx` the user's RIP after the instruction, `r11` its
+    /// RFLAGS, interrupts on). Without an entry it is the #UD it was; with
+    /// an entry and no kernel stack, a kill.
+    pub(crate) fn syscall_by_host(&mut self, regs: &mut GuestRegs, user: UserSyscall) -> Result<(), Kill> {
+        let Some(entry) = self.syscall_entry else {
+            *regs = GuestRegs {
+                rip: user.rip_after.wrapping_sub(2),
+                cs: u64::from(abi::GUEST_USER_CS),
+                rflags: user.rflags,
+                rsp: user.rsp,
+                ss: u64::from(abi::GUEST_USER_SS),
+                ..*regs
+            };
+            return self.deliver(regs, 6, None, regs.rip);
+        };
+        let stack = self.kernel_stack_top.ok_or(Kill::SyscallBeforeStack)?;
+        let frame = [
+            u64::from(abi::GUEST_USER_SS),
+            user.rsp,
+            user.rflags,
+            u64::from(abi::GUEST_USER_CS),
+            user.rip_after,
+        ];
+        let bottom = self
+            .push_frame(stack, &frame)
+            .map_err(|at| at.unwrap_or_else(|at| Kill::SyscallStackFault { stack: at }))?;
+        *regs = GuestRegs {
+            rip: entry,
+            cs: u64::from(abi::GUEST_KERNEL_CS),
+            rflags: layout::SYSCALL_ENTRY_RFLAGS,
+            rsp: bottom,
+            ss: u64::from(abi::GUEST_KERNEL_SS),
+            rcx: user.rip_after,
+            r11: user.rflags,
+            ..*regs
+        };
+        self.stats.syscalls_by_host += 1;
+        Ok(())
     }
 
     /// A #GP from the guest kernel. When an `int n` at ring 1 raised it

@@ -31,7 +31,7 @@ use paging::{
 use switcher_asm::layout::{self, GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
 use umbra_abi::{self as abi, AsyncCall, SharedPage};
 
-use crate::traps::GuestGate;
+use crate::traps::{GuestGate, UserSyscall};
 
 /// Guest memory as the hypervisor reaches it, with byte copies on top of
 /// the shadow MMU's word access.
@@ -132,6 +132,18 @@ pub enum Kill {
     NoKernelStack {
         vector: u8,
     },
+    /// SET_SYSCALL_ENTRY with a handler no guest kernel may have.
+    BadSyscallEntry {
+        handler: u64,
+        why: &'static str,
+    },
+    /// `syscall` from user mode to a registered entry, before SET_STACK.
+    SyscallBeforeStack,
+    /// Delivering a `syscall` by hand faulted: the guest kernel's stack
+    /// is not writable.
+    SyscallStackFault {
+        stack: u64,
+    },
     /// HALT with nothing that could ever wake the guest.
     HaltForever,
     /// SET_FS_BASE with an address no CPU could use as a base.
@@ -222,6 +234,16 @@ impl fmt::Display for Kill {
             Kill::NoKernelStack { vector } => {
                 write!(f, "{} from user mode before SET_STACK", trap_name(vector))
             }
+            Kill::BadSyscallEntry { handler, why } => {
+                write!(f, "SET_SYSCALL_ENTRY: handler {handler:#x}: {why}")
+            }
+            Kill::SyscallBeforeStack => write!(f, "syscall from user mode before SET_STACK"),
+            Kill::SyscallStackFault { stack } => {
+                write!(
+                    f,
+                    "double fault while delivering syscall: the guest stack at {stack:#x} is not writable"
+                )
+            }
             Kill::HaltForever => {
                 write!(f, "HALT with virtual interrupts off or no clock armed: it would never wake")
             }
@@ -267,6 +289,10 @@ pub struct Stats {
     /// `syscall`s a nested KVM ran instead of raising #UD, delivered as
     /// the #UD.
     pub stray_syscalls: u64,
+    /// `syscall`s from user mode to the guest's syscall entry that the
+    /// host delivered itself, because they did not take the direct path:
+    /// a KVM that does not run it, or a trap that interrupted it.
+    pub syscalls_by_host: u64,
     /// Console input bytes put in the guest's input ring.
     pub console_input: u64,
 }
@@ -281,6 +307,7 @@ impl Default for Stats {
             delivered: [0; 256],
             emulated_software_interrupts: 0,
             stray_syscalls: 0,
+            syscalls_by_host: 0,
             console_input: 0,
         }
     }
@@ -341,6 +368,9 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) idt: [GuestGate; 256],
     /// From SET_STACK: where traps from user mode land.
     pub(crate) kernel_stack_top: Option<u64>,
+    /// From SET_SYSCALL_ENTRY: where `syscall` from user mode enters the
+    /// guest kernel.
+    pub(crate) syscall_entry: Option<u64>,
     /// Interrupts raised and not yet delivered, one bit per vector.
     pub(crate) pending: [u64; 4],
     /// What the shared page's `irq_pending` was last given.
@@ -363,19 +393,21 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
 }
 
 /// What must be rewritten in this CPU's switcher pages before the next
-/// entry. The two are apart because they cost apart: the kernel stack is
-/// one word (TSS.RSP1) and changes at every context switch of the guest's
-/// processes; the direct gates are the real IDT's 224 upper gates, and
-/// change when the guest installs a handler.
+/// entry. They are apart because they cost apart: the kernel stack is
+/// two words (TSS.RSP1, and the direct syscall path's stack) and changes
+/// at every context switch of the guest's processes; the direct gates are
+/// the real IDT's 224 upper gates, and change when the guest installs a
+/// handler; the syscall entry is a word and EFER.SCE, once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitcherChanges {
     pub kernel_stack: bool,
     pub gates: bool,
+    pub syscall: bool,
 }
 
 impl SwitcherChanges {
     pub fn any(self) -> bool {
-        self.kernel_stack || self.gates
+        self.kernel_stack || self.gates || self.syscall
     }
 }
 
@@ -388,6 +420,13 @@ struct FetchCache {
     user: bool,
     leaf: u64,
     gpa_page: u64,
+}
+
+fn resume_or_kill(result: Result<(), Kill>) -> Next {
+    match result {
+        Ok(()) => Next::Resume,
+        Err(kill) => Next::Kill(kill),
+    }
 }
 
 /// A call's result, when it does not kill.
@@ -406,6 +445,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             stats: Stats::default(),
             idt: [GuestGate::default(); 256],
             kernel_stack_top: None,
+            syscall_entry: None,
             pending: [0; 4],
             pending_mirrored: [0; 4],
             clock_deadline_ns: None,
@@ -463,13 +503,30 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.stats.exits_by_vector[vector as usize] += 1;
         self.stats.exits += 1;
         if regs.cs & 3 == 0 {
+            // A trap that interrupted the direct syscall path, at ring 0
+            // on its way from user mode to the guest kernel (a debug trap
+            // a `mov ss` left pending, a fault on the guest kernel's
+            // stack): the call is made again, by hand. The machine has
+            // put the user's stack pointer back in `rsp`; `rcx` and `r11`
+            // are as `syscall` left them, since the path changes neither.
+            if layout::in_syscall_path(regs.rip) {
+                let user = UserSyscall { rip_after: regs.rcx, rflags: regs.r11, rsp: regs.rsp };
+                return resume_or_kill(self.syscall_by_host(regs, user));
+            }
             return Next::SwitcherFault;
         }
         let from_user = regs.cs & 3 == 3;
         let result = match vector {
-            // A `syscall` this machine's nested KVM ran when it owed a #UD:
-            // the #UD it owed, for the guest's handler.
+            // A `syscall` this machine's nested KVM ran at ring 3 to where
+            // LSTAR points: what the direct path would have done, or the
+            // #UD it owed.
             14 if from_user && self.is_stray_syscall(regs, cr2) => self.deliver_stray_syscall(regs),
+            // `syscall` exited as a #UD (the direct path was closed) while
+            // the guest has a syscall entry: no kernel stack yet.
+            6 if from_user && self.syscall_entry.is_some() && self.is_syscall_at(regs.rip) => {
+                let user = UserSyscall { rip_after: regs.rip + 2, rflags: regs.rflags, rsp: regs.rsp };
+                self.syscall_by_host(regs, user)
+            }
             14 => return self.page_fault(regs, cr2),
             6 if !from_user && self.is_hypercall_instruction(regs.rip) => return self.hypercall(regs, host),
             // `int n` the CPU would not run directly: as #GP where the gate
@@ -488,10 +545,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             // No guest may cause these: #DF, a bad TSS or segment, #MC.
             _ => Err(Kill::UnhandledTrap { vector, error_code: regs.error_code, rip: regs.rip }),
         };
-        match result {
-            Ok(()) => Next::Resume,
-            Err(kill) => Next::Kill(kill),
-        }
+        resume_or_kill(result)
     }
 
     /// Is the instruction at `rip` really `ud2`? Any other invalid opcode
@@ -773,6 +827,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             abi::LOAD_IDT_ENTRY => self.load_idt_entry(args[0], args[1], args[2])?,
             abi::SET_STACK => self.set_stack(args[0], args[1])?,
             abi::SWITCH_CONTEXT => self.switch_context(args[0], args[1], args[2])?,
+            abi::SET_SYSCALL_ENTRY => self.set_syscall_entry(args[0])?,
             abi::SET_CLOCKEVENT => self.set_clock_event(args[0], host.now_ns()),
             // `sti; hlt`, as one step: a guest that checked for work with
             // its flag off loses no interrupt raised in between.

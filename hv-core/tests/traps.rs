@@ -206,7 +206,10 @@ fn a_user_vector_becomes_a_direct_gate() {
     let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
     assert_eq!(load(&mut vcpu, 0x80, HANDLER, flags), Next::Resume);
     assert_eq!(vcpu.direct_gate(0x80).map(|g| g.handler), Some(HANDLER));
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: false, gates: true });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: false, gates: true, syscall: false }
+    );
     assert!(!vcpu.take_switcher_changes().any());
     assert_eq!(load(&mut vcpu, 0x81, HANDLER, abi::IDT_PRESENT), Next::Resume);
     assert!(vcpu.direct_gate(0x81).is_none(), "kernel-only vectors stay with the host");
@@ -318,9 +321,15 @@ fn traps_from_user_mode_need_the_kernel_stack() {
     assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
     assert_eq!(vcpu.kernel_stack_top(), Some(KERNEL_STACK_TOP));
     // The first stack opens the direct gates; a later one is one word.
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: true });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: true, syscall: false }
+    );
     assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: false });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: false, syscall: false }
+    );
     let mut regs = user_regs(0, 0);
     assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
     assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
@@ -361,7 +370,10 @@ fn switch_context_is_new_pgtable_and_set_stack_in_one() {
     let _ = vcpu.take_switcher_changes();
     assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 8192]), Next::Resume);
     assert_eq!(vcpu.kernel_stack_top(), Some(stack_b));
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: false });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: false, syscall: false }
+    );
     assert!(vcpu.shadow_entry(stack_b - 4096).is_some() && vcpu.shadow_entry(stack_b - 8192).is_some());
     assert_eq!(vcpu.shadow_entry(stack_a - 4096), None, "the old stack is not pinned into the new root");
     assert_eq!(vcpu.stats.hypercalls[abi::SWITCH_CONTEXT as usize], 1);

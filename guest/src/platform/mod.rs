@@ -300,6 +300,17 @@ pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
 }
 
+/// Where `syscall` from user mode enters the kernel, at ring 1 on the
+/// kernel stack, with the frame `int n` would push: under Umbra, its
+/// direct path (SET_SYSCALL_ENTRY), with no exit. Natively `syscall`
+/// stays a #UD (see `set_syscall_landing`), and this does nothing.
+pub fn set_syscall_entry(handler: u64) {
+    if !native() {
+        // SAFETY: the handler is ours, in the kernel half.
+        unsafe { hypercall(abi::SET_SYSCALL_ENTRY, handler, 0, 0, 0, 0) };
+    }
+}
+
 /// Where `syscall` lands on machines that run it although EFER.SCE is
 /// clear. The contract has the instruction raise #UD, which the kernel
 /// takes as a Linux system call; but the nested KVM this project's test
