@@ -20,9 +20,9 @@ use core::sync::atomic::Ordering;
 use umbra_abi::{self as abi, SharedPage};
 
 use super::{
-    ATTACK_CS, ATTACK_KERNEL_RSP, ATTACK_RESUME, ATTACK_RFLAGS, ATTACK_RIP, ATTACK_STEPS, ATTACK_TRAPS,
-    ATTACK_VECTOR, Attack, KERNEL_STACK, NON_CANONICAL, STATE_PAGE, SWITCHER_CODE_1, USER_CODE, attack_table,
-    install_handlers, run_at_ring3, works,
+    ATTACK_CS, ATTACK_RFLAGS, ATTACK_RIP, ATTACK_STEPS, ATTACK_TRAPS, ATTACK_VECTOR, Attack, KERNEL_STACK,
+    NON_CANONICAL, STATE_PAGE, SWITCHER_CODE_1, USER_CODE, attack_table, install_handlers, run_at_ring3,
+    works,
 };
 use crate::platform::hypercall::{self, hypercall, shutdown};
 use crate::probes::tables::{self, Frames, KERNEL_BASE, PAGE_SIZE};
