@@ -24,7 +24,7 @@ use super::{
     NON_CANONICAL, STATE_PAGE, SWITCHER_CODE_1, USER_CODE, attack_table, install_handlers, run_at_ring3,
     works,
 };
-use crate::platform::hypercall::{self, hypercall, shutdown};
+use crate::platform::hypercall::{hypercall, shutdown};
 use crate::probes::tables::{self, Frames, KERNEL_BASE, PAGE_SIZE};
 use crate::probes::traps::{alias, handler_statics, load_idt_entry};
 
