@@ -420,6 +420,9 @@ struct FetchCache {
     user: bool,
     leaf: u64,
     gpa_page: u64,
+    /// The shadow root and leaf epoch the leaf was last seen under.
+    root: u64,
+    epoch: u64,
 }
 
 fn resume_or_kill(result: Result<(), Kill>) -> Next {
@@ -585,21 +588,35 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// same rights, the CPU fetched from that very frame, and the walk of
     /// the guest's tables (a few hundred instructions) is not repeated.
     /// A change the guest announces drops the leaf, so the next fetch
-    /// walks again.
+    /// walks again. While the root is the same and no leaf has gone
+    /// anywhere (the MMU's leaf epoch), even the shadow is not looked at.
     fn fetch_address(&self, va: u64, user: bool) -> Option<u64> {
         let page_va = va & !(PAGE_SIZE - 1);
         let offset = va & (PAGE_SIZE - 1);
+        let (root, epoch) = (self.mmu.current_root(), self.mmu.leaf_epoch());
+        let cached = self.fetch_cache.get().filter(|c| c.page_va == page_va && c.user == user);
+        // Same root, and no leaf removed or replaced anywhere since: the
+        // leaf is the one looked up last time, without looking again.
+        if let Some(cached) = cached.filter(|c| c.root == root && c.epoch == epoch) {
+            return Some(cached.gpa_page + offset);
+        }
         let leaf = self.mmu.shadow_entry(va);
-        if let (Some(cached), Some(leaf)) = (self.fetch_cache.get(), leaf)
-            && cached.page_va == page_va
-            && cached.user == user
+        if let (Some(cached), Some(leaf)) = (cached, leaf)
             && cached.leaf == leaf
         {
+            self.fetch_cache.set(Some(FetchCache { root, epoch, ..cached }));
             return Some(cached.gpa_page + offset);
         }
         let gpa = self.mmu.translate(va, Access { write: false, user, fetch: true }).ok()?;
         if let Some(leaf) = leaf {
-            self.fetch_cache.set(Some(FetchCache { page_va, user, leaf, gpa_page: gpa - offset }));
+            self.fetch_cache.set(Some(FetchCache {
+                page_va,
+                user,
+                leaf,
+                gpa_page: gpa - offset,
+                root,
+                epoch,
+            }));
         }
         Some(gpa)
     }

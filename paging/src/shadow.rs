@@ -226,6 +226,15 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         self.shadow_leaf(skeleton.pml4, va)
     }
 
+    /// A number that moves on whenever a shadow leaf may have been
+    /// removed or replaced, in any root (and never otherwise): while it
+    /// and the current root stay the same, a leaf the host looked up
+    /// still maps what it mapped, so the host may keep what it learned
+    /// from it.
+    pub fn leaf_epoch(&self) -> u64 {
+        self.leaf_epoch
+    }
+
     /// The first guest page of the pinned kernel stack and its page count.
     pub fn pinned_range(&self) -> Option<(u64, u64)> {
         self.pinned
