@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the instructions of one guest operation go, function by function.
 #
-#   scripts/profile.sh [--native] [--top K] [--per OPS] [--extra WORDS] TEST N1 N2
+#   scripts/profile.sh [--native] [--top K] [--per OPS] [--extra WORDS] [--initrd FILE] TEST N1 N2
 #
 # TEST is the guest's test word with {N} where the count goes, e.g.
 # "test=bench:yield={N}" or "test=null-hypercalls:{N}". The script boots
@@ -18,11 +18,13 @@
 # Blocks that fault half-way are charged whole, so figures are good to a
 # few instructions. The log is read as QEMU writes it (through a pipe),
 # never stored: a run of a few hundred operations logs gigabytes.
-# --extra passes firmware words (Umbra only), e.g. "guest_mem=16M".
+# --extra passes firmware words (Umbra only), e.g. "guest_mem=16M";
+# --initrd a root filesystem, for a Linux program's loop: e.g.
+# --initrd target/bench/getpid.cpio "init=/getpid {N}" 1000 2000.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-native=no top=40 per=1 extra=""
+native=no top=40 per=1 extra="" initrd=()
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
         --top) top=${2:?}; shift 2 ;;
         --per) per=${2:?}; shift 2 ;;
         --extra) extra=${2:?}; shift 2 ;;
+        --initrd) initrd=(-initrd "${2:?}"); shift 2 ;;
         -h|--help) usage ;;
         -*) say "unknown option '$1'"; usage ;;
         *) break ;;
@@ -69,7 +72,7 @@ count() {
     QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
     rm -f "$work/log"
     mkfifo "$work/log"
-    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" -icount shift=0 \
+    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${initrd[@]}" -icount shift=0 \
         -d exec,nochain,in_asm -D "$work/log" -append "$append" >/dev/null 2>&1 &
     local qemu=$!
     # A block is logged as IN: (its instructions, when translated), then
@@ -89,7 +92,7 @@ count() {
         END { for (key in execs) { split(key, k, " "); n = (key in size) ? size[key] : bypc[k[1]]; print k[1], n, execs[key] } }
     ' <"$work/log"
     wait "$qemu" || true
-    grep -q "benchmark: done\|exit status 0\|exited with status 0" "$work/serial-$n.log" ||
+    grep -q "benchmark: done\|exit status 0\|exited with status 0\|bench " "$work/serial-$n.log" ||
         say "the run with $n did not end cleanly; see its serial log in $work (kept)" 
 }
 
