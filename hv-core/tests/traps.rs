@@ -448,6 +448,123 @@ fn a_syscall_a_nested_kvm_ran_is_the_invalid_opcode_it_owed() {
 }
 
 #[test]
+fn the_syscall_entry_is_checked_as_a_handler() {
+    for (handler, why) in [
+        (0x0000_8000_0000_0000, "non-canonical handler"),
+        (0xFFFF_FFFF_FFC0_1000, "handler in the switcher"),
+        (0x4_0000, "handler outside the guest kernel"),
+    ] {
+        let mut vcpu = guest();
+        let kill = kill_of(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [handler, 0, 0]));
+        assert_eq!(kill, Kill::BadSyscallEntry { handler, why });
+    }
+    let mut vcpu = guest();
+    let _ = vcpu.take_switcher_changes();
+    assert_eq!(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]), Next::Resume);
+    assert_eq!(vcpu.syscall_entry(), Some(HANDLER));
+    assert!(vcpu.take_switcher_changes().syscall, "the switcher pages must learn of it");
+    assert_eq!(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [0, 0, 0]), Next::Resume);
+    assert_eq!(vcpu.syscall_entry(), None, "0 closes the path");
+}
+
+/// The frame the direct path (or the host, in its place) leaves on the
+/// kernel stack for a `syscall` at USER_RIP, and the registers the entry
+/// starts with.
+fn assert_syscall_delivered(vcpu: &Vcpu<Ram, Pool>, regs: &GuestRegs, user_rsp: u64, user_rflags: u64) {
+    let after = USER_RIP + 2;
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS));
+    assert_eq!(regs.ss, u64::from(abi::GUEST_KERNEL_SS));
+    assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
+    assert_eq!((regs.rcx, regs.r11), (after, user_rflags), "rcx and r11 as syscall sets them");
+    let frame: Vec<u64> = (0..5).map(|i| read(vcpu, kernel_gpa(KERNEL_STACK_TOP - 40 + i * 8))).collect();
+    assert_eq!(
+        frame,
+        [after, u64::from(abi::GUEST_USER_CS), user_rflags, user_rsp, u64::from(abi::GUEST_USER_SS)],
+        "RIP, CS, RFLAGS, RSP, SS"
+    );
+}
+
+#[test]
+fn a_syscall_the_direct_path_did_not_take_is_made_by_the_host() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    // This nested KVM: syscall ran at ring 3 to LSTAR, and the fetch of
+    // the switcher's code there faulted.
+    let lstar = switcher_asm::layout::SYSCALL_VA;
+    let mut regs = GuestRegs { rip: lstar, rcx: USER_RIP + 2, r11: 0x246, ..user_regs(14, 0x15) };
+    assert_eq!(vcpu.handle_exit(&mut regs, lstar, &mut Console::default()), Next::Resume);
+    assert_syscall_delivered(&vcpu, &regs, 0x8_0000, 0x246);
+    assert_eq!((vcpu.stats.stray_syscalls, vcpu.stats.syscalls_by_host), (1, 1));
+
+    // A trap that interrupted the direct path at ring 0: the machine has
+    // put the user's RSP back; rcx and r11 are syscall's.
+    let mut regs = GuestRegs {
+        rip: lstar + 0x10,
+        cs: u64::from(switcher_asm::layout::SWITCHER_CS),
+        rsp: 0x7_0000,
+        rcx: USER_RIP + 2,
+        r11: 0x202 | 0x100,
+        vector: 1,
+        ..GuestRegs::default()
+    };
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_syscall_delivered(&vcpu, &regs, 0x7_0000, 0x302);
+    assert_eq!(vcpu.stats.syscalls_by_host, 2);
+
+    // A ring-0 exit anywhere else is still the switcher's own fault.
+    let mut regs = GuestRegs { rip: lstar - 0x10, cs: 0x08, vector: 14, ..GuestRegs::default() };
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::SwitcherFault);
+}
+
+#[test]
+fn a_closed_direct_path_is_the_invalid_opcode_or_a_kill() {
+    // An entry but no stack: the stub exits as a #UD at the syscall.
+    let mut vcpu = guest();
+    load(&mut vcpu, 6, HANDLER + 0x100, abi::IDT_PRESENT);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let mut regs = user_regs(6, 0);
+    assert_eq!(kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default())), Kill::SyscallBeforeStack);
+
+    // No entry: the #UD it always was, for the guest's own handler.
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 6, HANDLER + 0x100, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let mut regs = user_regs(6, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER + 0x100);
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP, "at the syscall, as a fault");
+}
+
+#[test]
+fn a_syscall_whose_stack_cannot_be_written_kills_the_guest_not_the_host() {
+    let mut vcpu = guest();
+    // A kernel stack the tables stop mapping after SET_STACK pinned it.
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    let pt_high = 0x1_5000;
+    let index = (KERNEL_STACK_TOP - 4096 - KERNEL) / 4096;
+    write(&mut vcpu, pt_high + index * 8, 0);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let lstar = switcher_asm::layout::SYSCALL_VA;
+    let mut regs = GuestRegs {
+        rip: lstar + 0x20,
+        cs: 0x08,
+        rsp: 0x8_0000,
+        rcx: USER_RIP + 2,
+        r11: 0x202,
+        vector: 14,
+        ..GuestRegs::default()
+    };
+    let kill = kill_of(vcpu.handle_exit(&mut regs, KERNEL_STACK_TOP - 8, &mut Console::default()));
+    assert_eq!(kill, Kill::SyscallStackFault { stack: KERNEL_STACK_TOP - 8 });
+}
+
+#[test]
 fn int_n_on_a_kernel_only_vector_is_a_general_protection_fault() {
     let mut vcpu = guest();
     hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
