@@ -13,6 +13,13 @@
 # mixed (see guest/user/bench.rs). Each workload times itself with the
 # guest's TSC clock and counts the exits it caused to Umbra.
 #
+# One more row, linux-getpid, is a Linux program (tests/linux-bench/
+# getpid.c, built here with gcc into a one-file root filesystem): getpid
+# with the `syscall` instruction in a loop, which under Umbra takes the
+# direct path into the guest kernel, and natively the guest kernel's #UD.
+# It cannot count its exits; the row's are Umbra's whole run's, over its
+# operations (an upper bound). Without gcc the row is left out.
+#
 # Modes: tcg (QEMU's translator), icount (TCG with -icount shift=0, where
 # a nanosecond of guest time is one instruction, so its figures are
 # instruction counts and reproducible anywhere) and kvm (when /dev/kvm
@@ -46,6 +53,8 @@ tcg_counts="compute=2000000,syscall=20000,yield=5000,touch=4096,fork=200,mixed=5
 # This machine's nested KVM is slow at every kernel entry (see
 # docs/performance.md), natively too, so it gets smaller counts.
 kvm_counts="compute=2000000,syscall=200,yield=100,touch=128,fork=10,mixed=4"
+# linux-getpid's calls, per mode.
+tcg_getpid=20000 kvm_getpid=200
 # The scaling table's work per guest.
 scaling_tcg="compute=200000000 mixed=100"
 scaling_kvm="compute=200000000 mixed=8"
@@ -99,6 +108,42 @@ results() {
     sed -n 's/.*bench \([a-z]*\): \([0-9]*\) ops, \([0-9]*\) ns, \([0-9]*\) exits.*/\1 \2 \3 \4/p' "$1"
 }
 
+# The linux-getpid program in a root filesystem of its own, when gcc is
+# here: target/bench/getpid.cpio.
+getpid_cpio=""
+if command -v gcc >/dev/null && command -v cpio >/dev/null; then
+    mkdir -p "$out/getpid-root"
+    if gcc -static -nostdlib -O2 -fno-stack-protector -fno-pie -no-pie \
+        -o "$out/getpid-root/getpid" "$UMBRA_ROOT/tests/linux-bench/getpid.c" &&
+        (cd "$out/getpid-root" && echo getpid | cpio --quiet -o -H newc >"$out/getpid.cpio"); then
+        getpid_cpio="$out/getpid.cpio"
+    fi
+fi
+[ -n "$getpid_cpio" ] || say "no gcc or cpio: the linux-getpid row is left out"
+
+# linux_getpid MODE KERNEL APPEND LOG: one boot of the Linux getpid
+# loop; prints "linux-getpid OPS NS EXITS" (EXITS: all of Umbra's, 0
+# natively).
+linux_getpid() {
+    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg extra=() rc=0
+    case "$mode" in
+        icount) extra=(-icount shift=0) ;;
+        kvm) accel=kvm ;;
+    esac
+    qemu_args "$accel" "$machine" 2 256M
+    QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
+    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${extra[@]}" -initrd "$getpid_cpio" \
+        -append "$append" >"$log" 2>&1 || rc=$?
+    local line exits
+    line=$(tr -d '\r' <"$log" | sed -n 's/.*bench linux-getpid: \([0-9]*\) ops, \([0-9]*\) ns.*/\1 \2/p')
+    if [ -z "$line" ]; then
+        say "the $mode linux-getpid run of $kernel did not finish (exit code $rc); see $log"
+        return 1
+    fi
+    exits=$(tr -d '\r' <"$log" | sed -n 's/^stats: exits \([0-9]*\).*/\1/p' | head -n 1)
+    echo "linux-getpid $line ${exits:-0}"
+}
+
 declare -A native nested
 for mode in $modes; do
     if [ "$mode" = kvm ] && ! kvm_opens; then
@@ -114,6 +159,13 @@ for mode in $modes; do
     boot "$mode" "$UMBRA_IMAGE" "-- test=bench:$counts" "$out/$mode-nested.log" || exit 1
     native[$mode]=$(results "$out/$mode-native.log")
     nested[$mode]=$(results "$out/$mode-nested.log")
+    if [ -n "$getpid_cpio" ]; then
+        calls=$tcg_getpid
+        [ "$mode" = kvm ] && calls=$kvm_getpid
+        say "$mode: linux-getpid, native and nested"
+        native[$mode]+=$'\n'$(linux_getpid "$mode" "$guest_elf" "init=/getpid $calls" "$out/$mode-getpid-native.log") || exit 1
+        nested[$mode]+=$'\n'$(linux_getpid "$mode" "$UMBRA_IMAGE" "-- init=/getpid $calls" "$out/$mode-getpid-nested.log") || exit 1
+    fi
 done
 
 # scaled MODE CPUS SMP GUESTS WORK LOG: Umbra runs GUESTS guests of the
@@ -204,7 +256,7 @@ table() {
     echo "| workload | ops | native $unit | nested $unit | nested/native | exits |"
     echo "|---|---:|---:|---:|---:|---:|"
     local name
-    for name in compute syscall yield touch fork mixed; do
+    for name in compute syscall yield touch fork mixed linux-getpid; do
         join <(echo "${native[$mode]}" | grep "^$name ") <(echo "${nested[$mode]}" | grep "^$name ") || true
     done | awk '{ n = $3 / $2; v = $6 / $5
         printf "| %s | %d | %.0f | %.0f | %.2f | %.2f |\n", $1, $2, n, v, v / n, $7 / $5 }'
@@ -237,7 +289,8 @@ if [ ${#boot_rows[@]} -gt 0 ]; then
     echo "bare: the guest kernel booted natively with test=exit:0; exit: Umbra with -- test=exit:0; showcase: Umbra's default guest."
 fi
 echo
-echo "Counts: tcg and icount $tcg_counts; kvm $kvm_counts; scaling, per guest, tcg $scaling_tcg, kvm $scaling_kvm."
+echo "Counts: tcg and icount $tcg_counts, linux-getpid $tcg_getpid; kvm $kvm_counts, linux-getpid $kvm_getpid;"
+echo "scaling, per guest, tcg $scaling_tcg, kvm $scaling_kvm. linux-getpid's exits are Umbra's whole run's."
 echo "Logs in target/bench/."
 if [ "$linux" = yes ] && [ -z "$only" ]; then
     echo

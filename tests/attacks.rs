@@ -197,8 +197,8 @@ const CATALOGUE: &[Attack] = &[
     attack(
         "hypercall-first-free",
         "hypercall",
-        "call number 16, one past the last",
-        Killed("unknown hypercall 0x10"),
+        "call number 18, one past the last",
+        Killed("unknown hypercall 0x12"),
     ),
     attack("init-twice", "hypercall", "INIT again", Killed("INIT called twice")),
     attack(
@@ -753,11 +753,12 @@ const CATALOGUE: &[Attack] = &[
         Killed("SET_FS_BASE: 0xfff0800000000000 is not a canonical address"),
     ),
     // Ring 3 as Linux programs use it: SSE and #XM work, `syscall` is a
-    // #UD for the guest kernel.
+    // #UD for a guest kernel that registered no syscall entry.
     attack(
         "syscall-from-user",
         "user-mode",
-        "syscall at ring 3 (this nested KVM runs it to LSTAR, 0; Umbra turns the fault into the #UD)",
+        "syscall at ring 3 with no syscall entry (EFER.SCE off; this nested KVM runs it to LSTAR; Umbra turns \
+         the fault into the #UD)",
         Handled("#UD from ring 3 delivered to our handler, at the syscall: EFER.SCE is off"),
     ),
     Attack {
@@ -784,6 +785,71 @@ const CATALOGUE: &[Attack] = &[
             Handled("no #XM: divss did not fault, and the ud2 after it came back"),
         )
     },
+    // The direct path for `syscall` (SET_SYSCALL_ENTRY): the switcher's
+    // ring-0 stub, given the worst a user program can hand it.
+    Attack {
+        kvm: Some(Survives(
+            "the entry got the frame int n pushes at ring 1, rcx and r11 set: made by the host (the CPU did not \
+             take the direct path)",
+        )),
+        ..attack(
+            "syscall-direct",
+            "syscall",
+            "syscall at ring 3 with a syscall entry and a kernel stack (this nested KVM runs it at ring 3 to \
+             LSTAR; Umbra makes the call)",
+            Survives("the entry got the frame int n pushes at ring 1, rcx and r11 set: no exit"),
+        )
+    },
+    attack(
+        "syscall-noncanonical-rsp",
+        "syscall",
+        "syscall with rsp 0x0000_8000_0000_0000, which the ring-0 stub runs on for one instruction",
+        Survives("rsp 0x800000000000 reached the entry in the frame, untouched"),
+    ),
+    attack(
+        "syscall-rsp-at-switcher",
+        "syscall",
+        "syscall with rsp in the switcher's state page",
+        Survives(
+            "rsp 0xffffffffffc03800, in the switcher's state page, reached the entry in the frame, untouched",
+        ),
+    ),
+    attack(
+        "syscall-trap-flag",
+        "syscall",
+        "popfq with TF, then syscall (a single-step trap at ring 0 would strike the stub)",
+        Survives("TF set in the frame's rflags, and no single-step trap on the way in"),
+    ),
+    attack(
+        "syscall-mov-ss-trap-flag",
+        "syscall",
+        "TF, then mov ss and syscall: the debug trap mov ss holds back comes due in the stub on hardware",
+        Survives("the entry got the frame, TF set in its rflags"),
+    ),
+    attack(
+        "syscall-no-stack",
+        "syscall",
+        "syscall with a syscall entry but no SET_STACK",
+        Killed("syscall from user mode before SET_STACK"),
+    ),
+    attack(
+        "syscall-entry-switcher",
+        "syscall",
+        "SET_SYSCALL_ENTRY in the switcher's code",
+        Killed("SET_SYSCALL_ENTRY: handler 0xffffffffffc01000: handler in the switcher"),
+    ),
+    attack(
+        "syscall-entry-user-half",
+        "syscall",
+        "SET_SYSCALL_ENTRY below the kernel boundary",
+        Killed("SET_SYSCALL_ENTRY: handler 0x100000000000: handler outside the guest kernel"),
+    ),
+    attack(
+        "syscall-entry-noncanonical",
+        "syscall",
+        "SET_SYSCALL_ENTRY at a non-canonical address",
+        Killed("SET_SYSCALL_ENTRY: handler 0x800000000000: non-canonical handler"),
+    ),
 ];
 
 /// The line std-console writes with DF set.

@@ -49,7 +49,7 @@ pub mod rng;
 pub mod status;
 
 /// Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The hypercall instruction, `ud2`, and its length.
 pub const HYPERCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x0b];
@@ -103,8 +103,19 @@ pub const SEND_INTERRUPTS: u64 = 14;
 /// before entering the guest wherever it may differ. A non-canonical base
 /// kills the guest.
 pub const SET_FS_BASE: u64 = 15;
+/// SWITCH_CONTEXT(cr3, top, len): NEW_PGTABLE(cr3) and SET_STACK(top,
+/// len) in one call, checked as each would be: a context switch of the
+/// guest's processes, one exit where the two calls take two. Only the new
+/// stack is pinned, in the new address space.
+pub const SWITCH_CONTEXT: u64 = 16;
+/// SET_SYSCALL_ENTRY(handler): where `syscall` from guest user mode
+/// enters the guest kernel, at ring 1, on the stack SET_STACK named,
+/// with no exit to Umbra (a kernel-half address, as LOAD_IDT_ENTRY's
+/// handlers); 0 turns the direct path off, and `syscall` raises #UD
+/// again. `docs/abi.md` has the frame.
+pub const SET_SYSCALL_ENTRY: u64 = 17;
 /// One past the last call number.
-pub const CALL_COUNT: u64 = 16;
+pub const CALL_COUNT: u64 = 18;
 
 /// Names for statistics and messages.
 pub fn call_name(number: u64) -> &'static str {
@@ -125,6 +136,8 @@ pub fn call_name(number: u64) -> &'static str {
         HALT => "HALT",
         SEND_INTERRUPTS => "SEND_INTERRUPTS",
         SET_FS_BASE => "SET_FS_BASE",
+        SWITCH_CONTEXT => "SWITCH_CONTEXT",
+        SET_SYSCALL_ENTRY => "SET_SYSCALL_ENTRY",
         _ => "unknown",
     }
 }

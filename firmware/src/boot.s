@@ -11,9 +11,10 @@
  * Two settings are for the guests, which run on the host's CR4 and EFER:
  * CR4.OSFXSR and OSXMMEXCPT turn SSE on (the host itself is soft-float
  * and never touches the XMM registers; guest.rs swaps them per guest),
- * and EFER.SCE stays clear, so `syscall` at any ring is an invalid
- * opcode, which the guest's own #UD handler sees. The other CPUs copy
- * both from this one (smp.rs).
+ * and EFER.SCE starts clear, so `syscall` at any ring is an invalid
+ * opcode, which the guest's own #UD handler sees; the run loop sets it
+ * only while a guest that named a syscall entry runs (the switcher's
+ * direct path). The other CPUs copy both from this one (smp.rs).
  *
  * The first 4 GiB is enough to read everything the VMM gave us; Rust
  * replaces these tables with ones that map all of RAM once it knows

@@ -28,6 +28,7 @@ use hv_core::vcpu;
 use paging::{FramePool, GuestMemory, SwitcherEntries};
 use switcher_asm::layout::{self, GuestRegs};
 use x86_64::registers::control::Cr2;
+use x86_64::registers::model_specific::{Efer, EferFlags};
 
 use crate::lapic;
 use crate::memory::FRAMES;
@@ -74,6 +75,13 @@ impl GuestMemory for GuestRam {
 
     fn guest_to_host(&self, gpa: u64) -> u64 {
         self.base + gpa
+    }
+
+    fn host_large_pages(&self) -> bool {
+        // One contiguous run, taken 2 MiB-aligned (`take_guest_memory`),
+        // under the host's identity map: any 2 MiB of it the guest maps
+        // as a large page may be one shadow leaf.
+        self.base.is_multiple_of(2 << 20)
     }
 }
 
@@ -183,6 +191,45 @@ pub struct ThisCpu {
     tsc_khz: u64,
     /// The TSC when the run started: the guests' clock counts from here.
     boot_tsc: u64,
+    /// Nanoseconds per TSC tick, times 2^32: the clock is read before
+    /// every entry, and a multiply is far cheaper than a 128-bit division.
+    ns_per_tick_q32: u64,
+    /// When the APIC timer, as last armed, fires (on the guests' clock),
+    /// while it has not fired yet as far as the host knows.
+    timer_armed_until: Option<u64>,
+    /// Whether EFER.SCE is on: the running guest has a syscall entry.
+    syscall_on: bool,
+}
+
+impl ThisCpu {
+    fn new(cpu: CpuPages, tsc_khz: u64, boot_tsc: u64) -> ThisCpu {
+        let ns_per_tick_q32 = ((1_000_000u128 << 32) / u128::from(tsc_khz.max(1))) as u64;
+        let syscall_on = Efer::read().contains(EferFlags::SYSTEM_CALL_EXTENSIONS);
+        ThisCpu { cpu, tsc_khz, boot_tsc, ns_per_tick_q32, timer_armed_until: None, syscall_on }
+    }
+
+    /// Make sure the timer fires within `ns`. A timer already armed to
+    /// fire by then is left alone: under a nested hypervisor every write
+    /// to the APIC is a trip to the outer one, and the run loop asks
+    /// before every entry, almost always for the same moment (the end of
+    /// the time slice, or the guest's clock event). It may then fire a
+    /// little before the run loop would have asked, which only ends a
+    /// slice at the host tick it was armed for.
+    fn arm_timer_within(&mut self, ns: u64) {
+        let wanted = self.now_ns().saturating_add(ns);
+        if self.timer_armed_until.is_some_and(|armed| armed <= wanted) {
+            return;
+        }
+        lapic::arm_ns(ns);
+        self.timer_armed_until = Some(wanted);
+    }
+
+    /// Stop the timer: this CPU leaves the run, or the host's own code is
+    /// about to arm it for something else.
+    fn disarm_timer(&mut self) {
+        lapic::disarm();
+        self.timer_armed_until = None;
+    }
 }
 
 impl Machine for ThisCpu {
@@ -192,7 +239,7 @@ impl Machine for ThisCpu {
 
     fn now_ns(&self) -> u64 {
         let ticks = rdtsc().wrapping_sub(self.boot_tsc);
-        (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz.max(1))) as u64
+        ((u128::from(ticks) * u128::from(self.ns_per_tick_q32)) >> 32) as u64
     }
 
     fn tsc(&self) -> u64 {
@@ -280,10 +327,24 @@ impl Machine for ThisCpu {
         self.cpu.set_kernel_stack(kernel_stack_top);
     }
 
+    fn set_guest_syscall_entry(&mut self, entry: Option<u64>, kernel_stack_top: u64) {
+        self.cpu.set_syscall_entry(entry.unwrap_or(0), kernel_stack_top);
+        let on = entry.is_some();
+        if on != self.syscall_on {
+            // SAFETY: EFER.SCE only makes `syscall` and `sysret` valid
+            // instructions; the host runs neither, and the MSRs they use
+            // point at the switcher's direct path (switcher::attach).
+            unsafe {
+                Efer::update(|flags| flags.set(EferFlags::SYSTEM_CALL_EXTENSIONS, on));
+            }
+            self.syscall_on = on;
+        }
+    }
+
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let page: *mut GuestRegs = regs;
         assert!(page == self.cpu.regs(), "the run loop's registers are not this CPU's registers page");
-        lapic::arm_ns(timer_ns);
+        self.arm_timer_within(timer_ns);
         let entered = rdtsc();
         // SAFETY: the switcher pages are set up (switcher::init), the state
         // page names the current shadow root, which the run loop has just
@@ -299,11 +360,22 @@ impl Machine for ThisCpu {
         if flags != layout::HOST_RFLAGS & layout::HOST_SYSTEM_FLAGS {
             panic!("the switcher's exit path left RFLAGS {flags:#x}, not the host's");
         }
-        lapic::disarm();
+        // The timer stays armed: the host runs with interrupts off, so a
+        // tick due meanwhile waits, and ends the next entry at once.
         let cr2 = if regs.vector == 14 { Cr2::read_raw() } else { 0 };
+        if regs.cs & 3 == 0
+            && layout::in_syscall_path(regs.rip)
+            && !matches!(regs.rip, layout::SYSCALL_VA | layout::SYSCALL_CLOSED_VA)
+        {
+            // A trap interrupted the direct syscall path after its first
+            // instruction, which put the user's stack pointer in this
+            // CPU's scratch word: hv-core finds it in `rsp`.
+            regs.rsp = self.cpu.syscall_user_rsp();
+        }
         let host_tick = regs.vector == u64::from(lapic::TIMER_VECTOR);
         if host_tick {
             lapic::eoi();
+            self.timer_armed_until = None;
         }
         Exit { cr2, host_tick, guest_cycles: exited - entered }
     }
@@ -311,6 +383,9 @@ impl Machine for ThisCpu {
     fn sleep(&mut self, ns: u64) {
         lapic::arm_ns(ns);
         lapic::wait_for_interrupt();
+        // Woken by the timer or by another interrupt: either way the next
+        // entry arms it afresh.
+        self.timer_armed_until = None;
     }
 
     fn read_console(&mut self) -> Option<u8> {
@@ -343,7 +418,7 @@ const _: () = {
 /// then waits for all of them to finish before it prints the totals.
 pub fn run(guests: &[GuestImage], config: &RunConfig, tsc_khz: u64) -> u8 {
     let boot_tsc = rdtsc();
-    let mut this_cpu = ThisCpu { cpu: switcher::for_cpu(0), tsc_khz, boot_tsc };
+    let mut this_cpu = ThisCpu::new(switcher::for_cpu(0), tsc_khz, boot_tsc);
     log::debug!("tsc: a 2000-instruction loop takes {} ticks", ticks_per_2000_instructions());
     let cpus = 1 + crate::smp::online_aps();
     let shared = run::Run::new(guests, config, cpus, this_cpu.free_frames());
@@ -356,6 +431,7 @@ pub fn run(guests: &[GuestImage], config: &RunConfig, tsc_khz: u64) -> u8 {
     // ThisCpu::enter hands this very page.
     let regs = unsafe { &mut *this_cpu.cpu.regs() };
     run::serve(&shared, &mut this_cpu, regs);
+    this_cpu.disarm_timer();
     // Every CPU leaves `serve` before the run may go.
     crate::smp::wait_for_aps();
     *CURRENT_RUN.lock() = None;
@@ -374,11 +450,12 @@ pub fn serve_on_this_ap(number: usize) {
     // that run goes away; `Run` is Sync, so a shared reference on
     // another CPU is sound.
     let run = unsafe { &*run.cast::<run::Run<'static, ThisCpu>>() };
-    let mut this_cpu = ThisCpu { cpu: switcher::for_cpu(number), tsc_khz, boot_tsc };
+    let mut this_cpu = ThisCpu::new(switcher::for_cpu(number), tsc_khz, boot_tsc);
     // SAFETY: as for the boot CPU's: this CPU's own registers page,
     // touched by nothing else while it serves the run.
     let regs = unsafe { &mut *this_cpu.cpu.regs() };
     run::serve(run, &mut this_cpu, regs);
+    this_cpu.disarm_timer();
 }
 
 fn rdtsc() -> u64 {

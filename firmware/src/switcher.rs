@@ -53,6 +53,12 @@ static CPUS: Mutex<Vec<CpuPages, MAX_CPUS>> = Mutex::new(Vec::new());
 /// PD[510] and PD[511] under PML4[511] -> PDPT[511].
 const SLOT_PD_INDEX: usize = 510;
 
+/// The MSRs `syscall` reads.
+const IA32_STAR: u32 = 0xc000_0081;
+const IA32_LSTAR: u32 = 0xc000_0082;
+const IA32_CSTAR: u32 = 0xc000_0083;
+const IA32_FMASK: u32 = 0xc000_0084;
+
 fn zeroed_frame() -> Option<u64> {
     let frame = FRAMES.lock().as_mut()?.alloc()?;
     // SAFETY: a fresh frame from the pool, identity-mapped, ours alone.
@@ -136,10 +142,27 @@ pub fn attach(cpu: usize, root: HostRoot) -> Result<(), &'static str> {
         guest_idt: TablePointer { padding: [0; 3], limit: (PAGE_SIZE - 1) as u16, base: IDT_PAGE },
         gdt: layout::guest_gdt(),
         tss: layout::guest_tss(),
+        syscall_stack: 0,
+        syscall_entry: 0,
     };
     // SAFETY: the state frame is this CPU's, page-sized and identity-
     // mapped; the struct fits in a page (asserted in the layout).
     unsafe { core::ptr::write_volatile(pages.state as *mut SwitcherState, switcher_state) };
+    // Where `syscall` goes once a guest opens the direct path (EFER.SCE,
+    // set per guest by the run loop): the switcher's code, with the flags
+    // it must not run with masked. The host itself never runs `syscall`.
+    for (msr, value) in [
+        (IA32_STAR, layout::STAR),
+        (IA32_LSTAR, layout::SYSCALL_VA),
+        (IA32_CSTAR, layout::SYSCALL_CLOSED_VA),
+        (IA32_FMASK, layout::SYSCALL_FLAGS_MASK),
+    ] {
+        // SAFETY: architectural MSRs present on every x86-64 CPU; the
+        // values are canonical addresses and selectors of our own GDTs,
+        // used only by `syscall`, which EFER.SCE keeps off until a guest
+        // that registered an entry runs.
+        unsafe { x86_64::registers::model_specific::Msr::new(msr).write(value) };
+    }
     write_entry(root.switcher_pd, SLOT_PD_INDEX, pages.host_view | PRESENT | WRITABLE);
     x86_64::instructions::tlb::flush_all();
     Ok(())
@@ -162,6 +185,14 @@ impl CpuPages {
         (self.regs + GUEST_REGS_OFFSET) as *mut GuestRegs
     }
 
+    /// The user's stack pointer as the direct syscall path last kept it.
+    pub fn syscall_user_rsp(&self) -> u64 {
+        // SAFETY: a word of this CPU's registers page, identity-mapped
+        // and 8-aligned; the guest is not running here while the host
+        // reads it.
+        unsafe { core::ptr::read_volatile((self.regs + layout::SYSCALL_USER_RSP_OFFSET) as *const u64) }
+    }
+
     /// Tell this CPU's switcher which shadow root to load.
     pub fn set_guest_cr3(&self, root: u64) {
         let state = self.state as *mut SwitcherState;
@@ -171,12 +202,33 @@ impl CpuPages {
     }
 
     /// The stack the CPU switches to when guest user code enters the
-    /// guest kernel through a direct gate: TSS.RSP1.
+    /// guest kernel through a direct gate: TSS.RSP1; and the direct
+    /// `syscall` path's, the same stack while the guest has a syscall
+    /// entry.
     pub fn set_kernel_stack(&self, top: u64) {
         let state = self.state as *mut SwitcherState;
         // SAFETY: the state page is ours and identity-mapped; the guest is
-        // not running on this CPU while the host writes it.
-        unsafe { core::ptr::write_volatile(&raw mut (*state).tss.rsp[1], top) };
+        // not running on this CPU while the host writes it. The TSS is
+        // packed, so RSP1 is written unaligned; the switcher reads these
+        // words only inside `switcher_asm::enter`, an asm block the
+        // compiler must assume reads all memory.
+        unsafe {
+            (&raw mut (*state).tss.rsp[1]).write_unaligned(top);
+            let open = core::ptr::read_volatile(&raw const (*state).syscall_entry) != 0;
+            core::ptr::write_volatile(&raw mut (*state).syscall_stack, if open { top } else { 0 });
+        }
+    }
+
+    /// The guest kernel's syscall entry (0 for none) and its kernel stack
+    /// (0 for none): the direct path is open while there are both.
+    pub fn set_syscall_entry(&self, entry: u64, kernel_stack_top: u64) {
+        let state = self.state as *mut SwitcherState;
+        let stack = if entry != 0 { kernel_stack_top } else { 0 };
+        // SAFETY: as for set_kernel_stack.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*state).syscall_entry, entry);
+            core::ptr::write_volatile(&raw mut (*state).syscall_stack, stack);
+        }
     }
 
     /// Route vectors 32-255 of the real IDT: a direct gate for each vector
@@ -193,7 +245,8 @@ impl CpuPages {
                     type_attributes: DIRECT_TRAP_GATE,
                     ..layout::Gate::interrupt(handler, umbra_abi::GUEST_KERNEL_CS, 0)
                 },
-                None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 0),
+                // IST1, as every exit gate (`layout::guest_idt`).
+                None => layout::Gate::interrupt(layout::stub_address(vector), layout::SWITCHER_CS, 1),
             };
             // SAFETY: the IDT page is ours, identity-mapped, 256 gates long.
             unsafe { core::ptr::write_volatile(idt.add(vector as usize), gate) };

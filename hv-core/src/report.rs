@@ -218,7 +218,10 @@ pub(crate) fn print_stats(
         let _ = write!(line, " v{vector}={count}");
     }
     if stats.stray_syscalls > 0 {
-        let _ = write!(line, "; {} of the #UDs were syscalls a nested KVM ran", stats.stray_syscalls);
+        let _ = write!(line, "; {} syscalls a nested KVM ran", stats.stray_syscalls);
+    }
+    if stats.syscalls_by_host > 0 {
+        let _ = write!(line, "; {} syscalls made by the host for the direct path", stats.syscalls_by_host);
     }
     machine.log(Level::Info, format_args!("{line}"));
     if stats.console_input > 0 {
@@ -228,10 +231,11 @@ pub(crate) fn print_stats(
     machine.log(
         Level::Info,
         format_args!(
-            "stats: paging: fills {} (linear {}), prefills {}, reflects {}, roots hit {} missed {} evicted {}, \
-             flushes {} user {} full, frames now {} peak {}",
+            "stats: paging: fills {} (linear {}, 2 MiB {}), prefills {}, reflects {}, roots hit {} missed {} \
+             evicted {}, flushes {} user {} full, frames now {} peak {}",
             paging.fills,
             paging.linear_fills,
+            paging.large_fills,
             paging.prefills,
             paging.reflects,
             paging.root_hits,

@@ -181,8 +181,14 @@ pub trait Machine {
     /// CPU's switcher pages.
     fn set_guest_gates(&mut self, kernel_stack_top: u64, direct: impl Fn(u8) -> Option<u64>);
     /// Put a vCPU's kernel stack alone into this CPU's switcher pages: its
-    /// gates are there already.
+    /// gates are there already. Where the vCPU has a syscall entry, the
+    /// direct `syscall` path takes the same stack.
     fn set_guest_kernel_stack(&mut self, kernel_stack_top: u64);
+    /// Open the direct `syscall` path to a vCPU's syscall entry on its
+    /// kernel stack (0 for none), or close it (`None`): EFER.SCE on this
+    /// CPU follows it, so a guest without an entry sees `syscall` and
+    /// `sysret` fault as they always have.
+    fn set_guest_syscall_entry(&mut self, entry: Option<u64>, kernel_stack_top: u64);
 
     /// Run the guest from `regs` until its next trap or interrupt, with
     /// the host's timer armed to fire within `timer_ns`; `regs` then holds
@@ -668,6 +674,7 @@ fn install_switcher_state<M: Machine>(machine: &mut M, vcpu: &MachineVcpu<M>) {
     machine.set_guest_gates(stack.unwrap_or(0), |v| {
         vcpu.direct_gate(v).filter(|_| stack.is_some()).map(|g| g.handler)
     });
+    machine.set_guest_syscall_entry(vcpu.syscall_entry(), stack.unwrap_or(0));
 }
 
 /// The vCPU's view of the host while it handles one exit: the machine's
@@ -714,10 +721,10 @@ fn run_slice<M: Machine>(
             return SliceEnd::Finished(console.killed(machine, kill));
         }
         let changes = vcpu.take_switcher_changes();
-        if changes.gates {
+        if changes.gates || changes.syscall {
             install_switcher_state(machine, vcpu);
         } else if changes.kernel_stack {
-            // A context switch in the guest: one word, not 224 gates.
+            // A context switch in the guest: a word or two, not 224 gates.
             machine.set_guest_kernel_stack(vcpu.kernel_stack_top().unwrap_or(0));
         }
         if vcpu.fs_base_changed {

@@ -28,7 +28,7 @@
 use core::mem::offset_of;
 
 use paging::{Access, TranslateError};
-use switcher_asm::layout::{GuestRegs, SWITCHER_BASE};
+use switcher_asm::layout::{self, GuestRegs, PAGE_SIZE, SWITCHER_BASE};
 use umbra_abi::{self as abi, SharedPage};
 
 use crate::vcpu::{GuestRam, Kill, SwitcherChanges, Vcpu};
@@ -75,6 +75,15 @@ fn software_interrupt_error(vector: u8) -> u64 {
 /// `syscall`.
 const SYSCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x05];
 
+/// A user-mode `syscall`, as the instruction left things: the address
+/// after it (`rcx`), the user's flags (`r11`) and its stack pointer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UserSyscall {
+    pub rip_after: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+}
+
 fn is_canonical(va: u64) -> bool {
     let top = va >> 47;
     top == 0 || top == 0x1_ffff
@@ -119,6 +128,29 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// page multiple) below a page-aligned `top`. Umbra keeps it mapped,
     /// so delivering a trap never faults on it.
     pub(crate) fn set_stack(&mut self, top: u64, len: u64) -> Result<u64, Kill> {
+        let bottom = self.check_stack(top, len)?;
+        self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        self.stack_installed(top);
+        Ok(abi::RESULT_OK)
+    }
+
+    /// SWITCH_CONTEXT: NEW_PGTABLE(cr3), then SET_STACK(top, len), in one
+    /// exit. The stack is checked as SET_STACK checks it, against the
+    /// kernel boundary the switch may have just adopted, and pinned once,
+    /// in the new address space: the old stack, which NEW_PGTABLE alone
+    /// would pin there first, is of no more use.
+    pub(crate) fn switch_context(&mut self, cr3: u64, top: u64, len: u64) -> Result<u64, Kill> {
+        if self.mmu.is_linear() {
+            self.adopt_kernel_boundary()?;
+        }
+        let bottom = self.check_stack(top, len)?;
+        self.mmu.switch_context(cr3, bottom, len).map_err(Kill::Paging)?;
+        self.stack_installed(top);
+        Ok(abi::RESULT_OK)
+    }
+
+    /// The checks of SET_STACK; the stack's bottom.
+    fn check_stack(&self, top: u64, len: u64) -> Result<u64, Kill> {
         let bad = |why| Kill::BadStack { top, len, why };
         // A page-aligned top keeps the stack to len / 4096 whole pages, the
         // ones Umbra pins; any other top would straddle one more.
@@ -132,13 +164,42 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if bottom < self.mmu.kernel_boundary() {
             return Err(bad("outside the guest kernel"));
         }
-        self.mmu.set_kernel_stack(bottom, len).map_err(Kill::Paging)?;
+        Ok(bottom)
+    }
+
+    /// A new kernel stack is pinned: the switcher pages must learn of it.
+    fn stack_installed(&mut self, top: u64) {
         // The first stack also opens the direct gates, which stay closed
         // while there is none (they would push into nowhere).
         self.switcher_changed.gates |= self.kernel_stack_top.is_none();
         self.switcher_changed.kernel_stack = true;
         self.kernel_stack_top = Some(top);
+    }
+
+    /// SET_SYSCALL_ENTRY: where `syscall` from user mode enters the guest
+    /// kernel, checked as a handler of LOAD_IDT_ENTRY is; 0 closes the
+    /// direct path again.
+    pub(crate) fn set_syscall_entry(&mut self, handler: u64) -> Result<u64, Kill> {
+        let bad = |why| Kill::BadSyscallEntry { handler, why };
+        if handler != 0 {
+            if !is_canonical(handler) {
+                return Err(bad("non-canonical handler"));
+            }
+            if handler >= SWITCHER_BASE {
+                return Err(bad("handler in the switcher"));
+            }
+            if handler < self.mmu.kernel_boundary() {
+                return Err(bad("handler outside the guest kernel"));
+            }
+        }
+        self.syscall_entry = (handler != 0).then_some(handler);
+        self.switcher_changed.syscall = true;
         Ok(abi::RESULT_OK)
+    }
+
+    /// The guest kernel's syscall entry, once SET_SYSCALL_ENTRY named one.
+    pub fn syscall_entry(&self) -> Option<u64> {
+        self.syscall_entry
     }
 
     /// The handler of a vector the real IDT should route straight to the
@@ -209,14 +270,9 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         } else {
             5
         };
-        // Long mode aligns the stack to 16 bytes before pushing.
-        let top = stack & !0xf;
-        let bottom = top.wrapping_sub(words as u64 * 8);
-        for (index, word) in frame[..words].iter().enumerate() {
-            let at = top.wrapping_sub((index as u64 + 1) * 8);
-            self.write_guest_u64(at, *word)
-                .map_err(|reason| reason.unwrap_or(Kill::DoubleFault { vector, stack: at }))?;
-        }
+        let bottom = self
+            .push_frame(stack, &frame[..words])
+            .map_err(|at| at.unwrap_or_else(|at| Kill::DoubleFault { vector, stack: at }))?;
         regs.rsp = bottom;
         regs.rip = gate.handler;
         regs.cs = u64::from(abi::GUEST_KERNEL_CS);
@@ -229,15 +285,43 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(())
     }
 
-    /// Write a word of the guest's stack through its own page tables, as a
-    /// kernel write; `Err(None)` when the tables do not allow it.
-    fn write_guest_u64(&mut self, va: u64, value: u64) -> Result<(), Option<Kill>> {
-        let gpa = match self.mmu.translate(va, Access::KERNEL_WRITE) {
-            Ok(gpa) => gpa,
-            Err(TranslateError::Kill(reason)) => return Err(Some(Kill::Paging(reason))),
-            Err(TranslateError::PageFault { .. }) => return Err(None),
-        };
-        if self.mmu.memory_mut().write_u64(gpa, value) { Ok(()) } else { Err(None) }
+    /// Push `frame` (outermost word first) below `stack`, aligned down to
+    /// 16 bytes as long mode does, through the guest's own tables as
+    /// kernel writes; returns the new stack pointer. On failure, the kill
+    /// the tables call for, or the address that could not be written.
+    fn push_frame(&mut self, stack: u64, frame: &[u64]) -> Result<u64, Result<Kill, u64>> {
+        let top = stack & !0xf;
+        let bottom = top.wrapping_sub(frame.len() as u64 * 8);
+        // One walk of the guest's tables per page the frame touches (one,
+        // unless it straddles a page boundary), not one per word.
+        let mut page: Option<(u64, u64)> = None;
+        for (index, word) in frame.iter().enumerate() {
+            let at = top.wrapping_sub((index as u64 + 1) * 8);
+            let page_va = at & !(PAGE_SIZE - 1);
+            let gpa_page = match page {
+                Some((va, gpa)) if va == page_va => gpa,
+                _ => {
+                    let gpa = self.translate_stack_word(at).map_err(|reason| reason.ok_or(at))?;
+                    page = Some((page_va, gpa & !(PAGE_SIZE - 1)));
+                    gpa & !(PAGE_SIZE - 1)
+                }
+            };
+            if !self.mmu.memory_mut().write_u64(gpa_page + (at & (PAGE_SIZE - 1)), *word) {
+                return Err(Err(at));
+            }
+        }
+        Ok(bottom)
+    }
+
+    /// Where a word of the guest's stack lies, through its own page
+    /// tables, for a kernel write; `Err(None)` when the tables do not
+    /// allow it.
+    fn translate_stack_word(&self, va: u64) -> Result<u64, Option<Kill>> {
+        match self.mmu.translate(va, Access::KERNEL_WRITE) {
+            Ok(gpa) => Ok(gpa),
+            Err(TranslateError::Kill(reason)) => Err(Some(Kill::Paging(reason))),
+            Err(TranslateError::PageFault { .. }) => Err(None),
+        }
     }
 
     /// A page fault that is the guest's own: CR2 goes in the shared page,
@@ -277,33 +361,86 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         Ok(true)
     }
 
-    /// Is this page fault a `syscall` that should have been a #UD? With
-    /// EFER.SCE clear, `syscall` is an invalid opcode on every CPU, and
-    /// guest kernels take their system calls from that #UD. This
-    /// machine's nested KVM runs it anyway, as it runs `sysretq` at ring
-    /// 1: `rcx` gets the address after it and `r11` the flags, and it
-    /// jumps to LSTAR, which the host leaves at 0, without leaving ring 3;
-    /// the fetch there faults. So a user-mode fetch fault at address 0,
-    /// with `rip` 0 and the two bytes before `rcx` being `syscall`
-    /// (`0f 05`, read through the guest's own tables as user code), is
-    /// that instruction.
+    /// Is this page fault a `syscall` that did not go where the CPU
+    /// should have sent it? This machine's nested KVM runs `syscall`
+    /// whatever EFER.SCE says, as it runs `sysretq` at ring 1: `rcx` gets
+    /// the address after it and `r11` the flags, and it jumps to LSTAR
+    /// without leaving ring 3; the fetch there faults, the direct path's
+    /// code being supervisor-only (or, with LSTAR at 0 as it was, nothing
+    /// at all). So a user-mode fetch fault at LSTAR (or 0), with `rip`
+    /// there and the two bytes before `rcx` being `syscall` (`0f 05`,
+    /// read through the guest's own tables as user code), is that
+    /// instruction.
     pub(crate) fn is_stray_syscall(&self, regs: &GuestRegs, cr2: u64) -> bool {
         const USER_FETCH: u64 = 1 << 2 | 1 << 4;
-        regs.rip == 0
-            && cr2 == 0
+        matches!(regs.rip, 0 | layout::SYSCALL_VA)
+            && cr2 == regs.rip
             && regs.error_code & USER_FETCH == USER_FETCH
             && regs.rcx >= 2
-            && self.instruction_bytes(regs.rcx - 2, true) == Some(SYSCALL_INSTRUCTION)
+            && self.is_syscall_at(regs.rcx - 2)
     }
 
-    /// Deliver the #UD the CPU owed a stray `syscall` (above), at the
-    /// instruction, as a CPU that follows the manual raises it. `rcx` and
-    /// `r11` keep what the stray run put there, as a real `syscall` would
-    /// have: the Linux ABI gives them to the kernel anyway.
+    /// Whether user code at `rip` is `syscall`.
+    pub(crate) fn is_syscall_at(&self, rip: u64) -> bool {
+        self.instruction_bytes(rip, true) == Some(SYSCALL_INSTRUCTION)
+    }
+
+    /// A stray `syscall` (above): what the direct path would have done
+    /// when the guest has a syscall entry; otherwise the #UD the CPU
+    /// owed, at the instruction, as a CPU that follows the manual raises
+    /// it. `rcx` and `r11` keep what the stray run put there, as a real
+    /// `syscall` would have: the Linux ABI gives them to the kernel anyway.
     pub(crate) fn deliver_stray_syscall(&mut self, regs: &mut GuestRegs) -> Result<(), Kill> {
-        let at = regs.rcx - 2;
         self.stats.stray_syscalls += 1;
+        if self.syscall_entry.is_some() {
+            let user = UserSyscall { rip_after: regs.rcx, rflags: regs.r11, rsp: regs.rsp };
+            return self.syscall_by_host(regs, user);
+        }
+        let at = regs.rcx - 2;
         self.deliver(regs, 6, None, at)
+    }
+
+    /// A user-mode `syscall` that did not take the direct path, made by
+    /// hand: the guest kernel's entry gets exactly what the switcher's
+    /// direct path gives it (the frame `int n` pushes from ring 3 on its
+    /// kernel stack, `rcx` the user's RIP after the instruction, `r11` its
+    /// RFLAGS, interrupts on). Without an entry it is the #UD it was; with
+    /// an entry and no kernel stack, a kill.
+    pub(crate) fn syscall_by_host(&mut self, regs: &mut GuestRegs, user: UserSyscall) -> Result<(), Kill> {
+        let Some(entry) = self.syscall_entry else {
+            *regs = GuestRegs {
+                rip: user.rip_after.wrapping_sub(2),
+                cs: u64::from(abi::GUEST_USER_CS),
+                rflags: user.rflags,
+                rsp: user.rsp,
+                ss: u64::from(abi::GUEST_USER_SS),
+                ..*regs
+            };
+            return self.deliver(regs, 6, None, regs.rip);
+        };
+        let stack = self.kernel_stack_top.ok_or(Kill::SyscallBeforeStack)?;
+        let frame = [
+            u64::from(abi::GUEST_USER_SS),
+            user.rsp,
+            user.rflags,
+            u64::from(abi::GUEST_USER_CS),
+            user.rip_after,
+        ];
+        let bottom = self
+            .push_frame(stack, &frame)
+            .map_err(|at| at.unwrap_or_else(|at| Kill::SyscallStackFault { stack: at }))?;
+        *regs = GuestRegs {
+            rip: entry,
+            cs: u64::from(abi::GUEST_KERNEL_CS),
+            rflags: layout::SYSCALL_ENTRY_RFLAGS,
+            rsp: bottom,
+            ss: u64::from(abi::GUEST_KERNEL_SS),
+            rcx: user.rip_after,
+            r11: user.rflags,
+            ..*regs
+        };
+        self.stats.syscalls_by_host += 1;
+        Ok(())
     }
 
     /// A #GP from the guest kernel. When an `int n` at ring 1 raised it
@@ -340,17 +477,27 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
     }
 
-    /// The lowest pending vector the guest can take now, if any.
+    /// The lowest pending vector the guest can take now, if any. Nothing
+    /// pending is the common case, and costs one look at four words: this
+    /// runs before every entry.
     fn deliverable(&self, rip: u64) -> Option<u8> {
-        if !self.virtual_interrupts_on() {
+        if !any_bit(&self.pending) || !self.virtual_interrupts_on() {
             return None;
         }
         if self.shared_field(offset_of!(SharedPage, noirq_iret)) == Some(rip) {
             return None;
         }
-        (0..256u16)
-            .map(|v| v as u8)
-            .find(|&v| self.pending[v as usize / 64] & (1 << (v % 64)) != 0 && self.idt[v as usize].present())
+        for (index, &word) in self.pending.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let vector = index * 64 + bits.trailing_zeros() as usize;
+                if self.idt[vector].present() {
+                    return Some(vector as u8);
+                }
+                bits &= bits - 1;
+            }
+        }
+        None
     }
 
     /// Before every entry: update the guest's clock, fire its clock event
@@ -361,11 +508,17 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             self.clock_deadline_ns = None;
             self.raise_irq(abi::CLOCK_IRQ);
         }
-        for (index, word) in self.pending.iter().enumerate() {
-            let offset = offset_of!(SharedPage, irq_pending) + index * 8;
-            if let Some(page) = self.shared_page {
+        // The guest's copy of the pending bits is written when ours
+        // change: Umbra never reads it back, so bits the guest scribbles
+        // there deliver nothing, and an unchanged bitmap costs no writes.
+        if any_bit(&core::array::from_fn::<u64, 4, _>(|i| self.pending[i] ^ self.pending_mirrored[i]))
+            && let Some(page) = self.shared_page
+        {
+            for (index, word) in self.pending.iter().enumerate() {
+                let offset = offset_of!(SharedPage, irq_pending) + index * 8;
                 self.mmu.memory_mut().write_u64(page + offset as u64, *word);
             }
+            self.pending_mirrored = self.pending;
         }
         if let Some(vector) = self.deliverable(regs.rip) {
             self.pending[vector as usize / 64] &= !(1 << (vector % 64));
@@ -394,6 +547,12 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             (None, None) => HaltState::Forever,
         }
     }
+}
+
+/// Whether any bit of a 256-bit vector set is set (a plain `==` on the
+/// array becomes a call to `memcmp`, on a path taken before every entry).
+fn any_bit(words: &[u64; 4]) -> bool {
+    (words[0] | words[1] | words[2] | words[3]) != 0
 }
 
 /// What a halted guest waits for.

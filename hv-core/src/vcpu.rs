@@ -20,6 +20,7 @@
 //! The guest's registers, its memory and the host's console are reached
 //! through traits, so everything here runs, and is tested, on the host.
 
+use core::cell::Cell;
 use core::fmt;
 use core::mem::offset_of;
 
@@ -30,7 +31,7 @@ use paging::{
 use switcher_asm::layout::{self, GuestRegs, IDT_PAGE, PAGE_SIZE, STATE_PAGE, SWITCHER_BASE};
 use umbra_abi::{self as abi, AsyncCall, SharedPage};
 
-use crate::traps::GuestGate;
+use crate::traps::{GuestGate, UserSyscall};
 
 /// Guest memory as the hypervisor reaches it, with byte copies on top of
 /// the shadow MMU's word access.
@@ -131,6 +132,18 @@ pub enum Kill {
     NoKernelStack {
         vector: u8,
     },
+    /// SET_SYSCALL_ENTRY with a handler no guest kernel may have.
+    BadSyscallEntry {
+        handler: u64,
+        why: &'static str,
+    },
+    /// `syscall` from user mode to a registered entry, before SET_STACK.
+    SyscallBeforeStack,
+    /// Delivering a `syscall` by hand faulted: the guest kernel's stack
+    /// is not writable.
+    SyscallStackFault {
+        stack: u64,
+    },
     /// HALT with nothing that could ever wake the guest.
     HaltForever,
     /// SET_FS_BASE with an address no CPU could use as a base.
@@ -221,6 +234,16 @@ impl fmt::Display for Kill {
             Kill::NoKernelStack { vector } => {
                 write!(f, "{} from user mode before SET_STACK", trap_name(vector))
             }
+            Kill::BadSyscallEntry { handler, why } => {
+                write!(f, "SET_SYSCALL_ENTRY: handler {handler:#x}: {why}")
+            }
+            Kill::SyscallBeforeStack => write!(f, "syscall from user mode before SET_STACK"),
+            Kill::SyscallStackFault { stack } => {
+                write!(
+                    f,
+                    "double fault while delivering syscall: the guest stack at {stack:#x} is not writable"
+                )
+            }
             Kill::HaltForever => {
                 write!(f, "HALT with virtual interrupts off or no clock armed: it would never wake")
             }
@@ -266,6 +289,10 @@ pub struct Stats {
     /// `syscall`s a nested KVM ran instead of raising #UD, delivered as
     /// the #UD.
     pub stray_syscalls: u64,
+    /// `syscall`s from user mode to the guest's syscall entry that the
+    /// host delivered itself, because they did not take the direct path:
+    /// a KVM that does not run it, or a trap that interrupted it.
+    pub syscalls_by_host: u64,
     /// Console input bytes put in the guest's input ring.
     pub console_input: u64,
 }
@@ -280,6 +307,7 @@ impl Default for Stats {
             delivered: [0; 256],
             emulated_software_interrupts: 0,
             stray_syscalls: 0,
+            syscalls_by_host: 0,
             console_input: 0,
         }
     }
@@ -340,8 +368,13 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) idt: [GuestGate; 256],
     /// From SET_STACK: where traps from user mode land.
     pub(crate) kernel_stack_top: Option<u64>,
+    /// From SET_SYSCALL_ENTRY: where `syscall` from user mode enters the
+    /// guest kernel.
+    pub(crate) syscall_entry: Option<u64>,
     /// Interrupts raised and not yet delivered, one bit per vector.
     pub(crate) pending: [u64; 4],
+    /// What the shared page's `irq_pending` was last given.
+    pub(crate) pending_mirrored: [u64; 4],
     /// SET_CLOCKEVENT's deadline, in the host's nanoseconds.
     pub(crate) clock_deadline_ns: Option<u64>,
     /// What of the switcher pages' guest state changed since the run loop
@@ -355,22 +388,47 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     pub(crate) fs_base: u64,
     /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
     pub(crate) fs_base_changed: bool,
+    /// The last instruction fetch checked, kept for the next.
+    fetch_cache: Cell<Option<FetchCache>>,
 }
 
 /// What must be rewritten in this CPU's switcher pages before the next
-/// entry. The two are apart because they cost apart: the kernel stack is
-/// one word (TSS.RSP1) and changes at every context switch of the guest's
-/// processes; the direct gates are the real IDT's 224 upper gates, and
-/// change when the guest installs a handler.
+/// entry. They are apart because they cost apart: the kernel stack is
+/// two words (TSS.RSP1, and the direct syscall path's stack) and changes
+/// at every context switch of the guest's processes; the direct gates are
+/// the real IDT's 224 upper gates, and change when the guest installs a
+/// handler; the syscall entry is a word and EFER.SCE, once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwitcherChanges {
     pub kernel_stack: bool,
     pub gates: bool,
+    pub syscall: bool,
 }
 
 impl SwitcherChanges {
     pub fn any(self) -> bool {
-        self.kernel_stack || self.gates
+        self.kernel_stack || self.gates || self.syscall
+    }
+}
+
+/// The last instruction fetch the host checked for the guest (see
+/// `Vcpu::fetch_address`): the page, the ring, the shadow leaf that mapped
+/// it then, and the guest-physical page the guest's tables named.
+#[derive(Clone, Copy, Debug)]
+struct FetchCache {
+    page_va: u64,
+    user: bool,
+    leaf: u64,
+    gpa_page: u64,
+    /// The shadow root and leaf epoch the leaf was last seen under.
+    root: u64,
+    epoch: u64,
+}
+
+fn resume_or_kill(result: Result<(), Kill>) -> Next {
+    match result {
+        Ok(()) => Next::Resume,
+        Err(kill) => Next::Kill(kill),
     }
 }
 
@@ -390,12 +448,15 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             stats: Stats::default(),
             idt: [GuestGate::default(); 256],
             kernel_stack_top: None,
+            syscall_entry: None,
             pending: [0; 4],
+            pending_mirrored: [0; 4],
             clock_deadline_ns: None,
             switcher_changed: SwitcherChanges::default(),
             input_written: 0,
             fs_base: 0,
             fs_base_changed: false,
+            fetch_cache: Cell::new(None),
         }
     }
 
@@ -445,13 +506,30 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.stats.exits_by_vector[vector as usize] += 1;
         self.stats.exits += 1;
         if regs.cs & 3 == 0 {
+            // A trap that interrupted the direct syscall path, at ring 0
+            // on its way from user mode to the guest kernel (a debug trap
+            // a `mov ss` left pending, a fault on the guest kernel's
+            // stack): the call is made again, by hand. The machine has
+            // put the user's stack pointer back in `rsp`; `rcx` and `r11`
+            // are as `syscall` left them, since the path changes neither.
+            if layout::in_syscall_path(regs.rip) {
+                let user = UserSyscall { rip_after: regs.rcx, rflags: regs.r11, rsp: regs.rsp };
+                return resume_or_kill(self.syscall_by_host(regs, user));
+            }
             return Next::SwitcherFault;
         }
         let from_user = regs.cs & 3 == 3;
         let result = match vector {
-            // A `syscall` this machine's nested KVM ran when it owed a #UD:
-            // the #UD it owed, for the guest's handler.
+            // A `syscall` this machine's nested KVM ran at ring 3 to where
+            // LSTAR points: what the direct path would have done, or the
+            // #UD it owed.
             14 if from_user && self.is_stray_syscall(regs, cr2) => self.deliver_stray_syscall(regs),
+            // `syscall` exited as a #UD (the direct path was closed) while
+            // the guest has a syscall entry: no kernel stack yet.
+            6 if from_user && self.syscall_entry.is_some() && self.is_syscall_at(regs.rip) => {
+                let user = UserSyscall { rip_after: regs.rip + 2, rflags: regs.rflags, rsp: regs.rsp };
+                self.syscall_by_host(regs, user)
+            }
             14 => return self.page_fault(regs, cr2),
             6 if !from_user && self.is_hypercall_instruction(regs.rip) => return self.hypercall(regs, host),
             // `int n` the CPU would not run directly: as #GP where the gate
@@ -470,10 +548,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             // No guest may cause these: #DF, a bad TSS or segment, #MC.
             _ => Err(Kill::UnhandledTrap { vector, error_code: regs.error_code, rip: regs.rip }),
         };
-        match result {
-            Ok(()) => Next::Resume,
-            Err(kill) => Next::Kill(kill),
-        }
+        resume_or_kill(result)
     }
 
     /// Is the instruction at `rip` really `ud2`? Any other invalid opcode
@@ -487,10 +562,15 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// the guest's own tables as the CPU would at that ring; None where
     /// they do not allow it.
     pub(crate) fn instruction_bytes(&self, rip: u64, user: bool) -> Option<[u8; 2]> {
-        let fetch = Access { write: false, user, fetch: true };
         let mut bytes = [0u8; 2];
-        for (offset, byte) in bytes.iter_mut().enumerate() {
-            let gpa = self.mmu.translate(rip.wrapping_add(offset as u64), fetch).ok()?;
+        let first = self.fetch_address(rip, user)?;
+        let second = rip.wrapping_add(1);
+        if second & (PAGE_SIZE - 1) != 0 {
+            // Both bytes on one page: one read.
+            return self.mmu.memory().read_bytes(first, &mut bytes).then_some(bytes);
+        }
+        let second = self.fetch_address(second, user)?;
+        for (gpa, byte) in [first, second].into_iter().zip(bytes.iter_mut()) {
             let mut one = [0u8];
             if !self.mmu.memory().read_bytes(gpa, &mut one) {
                 return None;
@@ -498,6 +578,47 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             *byte = one[0];
         }
         Some(bytes)
+    }
+
+    /// Where the guest's tables send an instruction fetch from `va`, at
+    /// ring 3 (`user`) or ring 1. Every hypercall asks this for its own
+    /// `ud2`, almost always on the page the last one was on, so the last
+    /// answer is kept, with the shadow leaf the CPU ran through: while
+    /// the current shadow still maps that page to the same frame with the
+    /// same rights, the CPU fetched from that very frame, and the walk of
+    /// the guest's tables (a few hundred instructions) is not repeated.
+    /// A change the guest announces drops the leaf, so the next fetch
+    /// walks again. While the root is the same and no leaf has gone
+    /// anywhere (the MMU's leaf epoch), even the shadow is not looked at.
+    fn fetch_address(&self, va: u64, user: bool) -> Option<u64> {
+        let page_va = va & !(PAGE_SIZE - 1);
+        let offset = va & (PAGE_SIZE - 1);
+        let (root, epoch) = (self.mmu.current_root(), self.mmu.leaf_epoch());
+        let cached = self.fetch_cache.get().filter(|c| c.page_va == page_va && c.user == user);
+        // Same root, and no leaf removed or replaced anywhere since: the
+        // leaf is the one looked up last time, without looking again.
+        if let Some(cached) = cached.filter(|c| c.root == root && c.epoch == epoch) {
+            return Some(cached.gpa_page + offset);
+        }
+        let leaf = self.mmu.shadow_entry(va);
+        if let (Some(cached), Some(leaf)) = (cached, leaf)
+            && cached.leaf == leaf
+        {
+            self.fetch_cache.set(Some(FetchCache { root, epoch, ..cached }));
+            return Some(cached.gpa_page + offset);
+        }
+        let gpa = self.mmu.translate(va, Access { write: false, user, fetch: true }).ok()?;
+        if let Some(leaf) = leaf {
+            self.fetch_cache.set(Some(FetchCache {
+                page_va,
+                user,
+                leaf,
+                gpa_page: gpa - offset,
+                root,
+                epoch,
+            }));
+        }
+        Some(gpa)
     }
 
     fn deliver_exception(&mut self, regs: &mut GuestRegs, vector: u8) -> Result<(), Kill> {
@@ -571,6 +692,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         if !written {
             return Err(bad);
         }
+        // Umbra's pending bits as they stand; from here on the page gets
+        // them again whenever they change (`prepare_entry`).
+        for (index, word) in self.pending.iter().enumerate() {
+            let offset = offset_of!(SharedPage, irq_pending) + index * 8;
+            memory.write_u64(gpa + offset as u64, *word);
+        }
+        self.pending_mirrored = self.pending;
         self.shared_page = Some(gpa);
         Ok(abi::RESULT_OK)
     }
@@ -633,6 +761,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// rewrites it meanwhile only changes what it asked for.
     fn drain_async_ring(&mut self, host: &mut impl Host) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
+        let ran_before = self.stats.async_calls;
         for _ in 0..abi::ASYNC_SLOTS {
             let slot = self.async_cursor;
             let base = page + ASYNC_RING_OFFSET + slot as u64 * ASYNC_CALL_SIZE;
@@ -658,8 +787,10 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             self.stats.async_calls += 1;
             self.async_cursor = (slot + 1) % abi::ASYNC_SLOTS;
         }
-        let completed = self.stats.async_calls;
-        self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, async_completed) as u64, completed);
+        if self.stats.async_calls != ran_before {
+            let completed = self.stats.async_calls;
+            self.mmu.memory_mut().write_u64(page + offset_of!(SharedPage, async_completed) as u64, completed);
+        }
         Ok(())
     }
 
@@ -712,6 +843,8 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             abi::FLUSH_ASYNC => abi::RESULT_OK,
             abi::LOAD_IDT_ENTRY => self.load_idt_entry(args[0], args[1], args[2])?,
             abi::SET_STACK => self.set_stack(args[0], args[1])?,
+            abi::SWITCH_CONTEXT => self.switch_context(args[0], args[1], args[2])?,
+            abi::SET_SYSCALL_ENTRY => self.set_syscall_entry(args[0])?,
             abi::SET_CLOCKEVENT => self.set_clock_event(args[0], host.now_ns()),
             // `sti; hlt`, as one step: a guest that checked for work with
             // its flag off loses no interrupt raised in between.
@@ -740,7 +873,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
 
     /// The kernel boundary the guest wrote into its shared page, taken
     /// once, as the guest leaves linear mode.
-    fn adopt_kernel_boundary(&mut self) -> Result<(), Kill> {
+    pub(crate) fn adopt_kernel_boundary(&mut self) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
         let boundary =
             self.mmu.memory().read_u64(page + offset_of!(SharedPage, kernel_boundary) as u64).unwrap_or(0);

@@ -348,6 +348,8 @@ impl Machine for Sim {
         self.stacks_installed += 1;
     }
 
+    fn set_guest_syscall_entry(&mut self, _entry: Option<u64>, _kernel_stack_top: u64) {}
+
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let guest = self.entering_guest();
         assert!(timer_ns <= HOST_TICK_NS, "the host's timer armed for {timer_ns} ns");
@@ -955,7 +957,7 @@ fn each_guest_statistics_block_counts_its_own_exits() {
     assert!(
         stats[3].starts_with("stats: delivered to the guest's handlers 0 (int n delivered by the host 0):")
     );
-    assert!(stats[4].starts_with("stats: paging: fills 0 (linear 0)"), "{}", stats[4]);
+    assert!(stats[4].starts_with("stats: paging: fills 0 (linear 0, 2 MiB 0)"), "{}", stats[4]);
     assert_eq!(
         stats[5],
         format!(
@@ -1091,6 +1093,9 @@ impl Machine for SimCpu<'_> {
     }
     fn set_guest_kernel_stack(&mut self, kernel_stack_top: u64) {
         self.sim().set_guest_kernel_stack(kernel_stack_top);
+    }
+    fn set_guest_syscall_entry(&mut self, entry: Option<u64>, kernel_stack_top: u64) {
+        self.sim().set_guest_syscall_entry(entry, kernel_stack_top);
     }
     fn enter(&mut self, regs: &mut GuestRegs, timer_ns: u64) -> Exit {
         let (count, wait_for) = self.started;

@@ -206,7 +206,10 @@ fn a_user_vector_becomes_a_direct_gate() {
     let flags = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
     assert_eq!(load(&mut vcpu, 0x80, HANDLER, flags), Next::Resume);
     assert_eq!(vcpu.direct_gate(0x80).map(|g| g.handler), Some(HANDLER));
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: false, gates: true });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: false, gates: true, syscall: false }
+    );
     assert!(!vcpu.take_switcher_changes().any());
     assert_eq!(load(&mut vcpu, 0x81, HANDLER, abi::IDT_PRESENT), Next::Resume);
     assert!(vcpu.direct_gate(0x81).is_none(), "kernel-only vectors stay with the host");
@@ -318,9 +321,15 @@ fn traps_from_user_mode_need_the_kernel_stack() {
     assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
     assert_eq!(vcpu.kernel_stack_top(), Some(KERNEL_STACK_TOP));
     // The first stack opens the direct gates; a later one is one word.
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: true });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: true, syscall: false }
+    );
     assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 8192, 0]), Next::Resume);
-    assert_eq!(vcpu.take_switcher_changes(), SwitcherChanges { kernel_stack: true, gates: false });
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: false, syscall: false }
+    );
     let mut regs = user_regs(0, 0);
     assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
     assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
@@ -345,6 +354,40 @@ fn set_stack_is_checked() {
     let mut vcpu = guest();
     let kill = kill_of(hypercall(&mut vcpu, abi::SET_STACK, [0xFFFF_FFFF_FFC0_2000, 4096, 0]));
     assert!(matches!(kill, Kill::BadStack { .. } | Kill::Paging(_)), "{kill:?}");
+}
+
+#[test]
+fn switch_context_is_new_pgtable_and_set_stack_in_one() {
+    let mut vcpu = guest();
+    // A second address space with the same kernel half.
+    const CR3_B: u64 = 0x1_6000;
+    for index in [0, 256] {
+        let entry = read(&vcpu, CR3 + index * 8);
+        write(&mut vcpu, CR3_B + index * 8, entry);
+    }
+    let (stack_a, stack_b) = (KERNEL_STACK_TOP, KERNEL_STACK_TOP + 0x8000);
+    assert_eq!(hypercall(&mut vcpu, abi::SET_STACK, [stack_a, 4096, 0]), Next::Resume);
+    let _ = vcpu.take_switcher_changes();
+    assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 8192]), Next::Resume);
+    assert_eq!(vcpu.kernel_stack_top(), Some(stack_b));
+    assert_eq!(
+        vcpu.take_switcher_changes(),
+        SwitcherChanges { kernel_stack: true, gates: false, syscall: false }
+    );
+    assert!(vcpu.shadow_entry(stack_b - 4096).is_some() && vcpu.shadow_entry(stack_b - 8192).is_some());
+    assert_eq!(vcpu.shadow_entry(stack_a - 4096), None, "the old stack is not pinned into the new root");
+    assert_eq!(vcpu.stats.hypercalls[abi::SWITCH_CONTEXT as usize], 1);
+    // Back, and the first root is found again.
+    assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3, stack_a, 4096]), Next::Resume);
+    assert!(vcpu.shadow_entry(stack_a - 4096).is_some());
+    assert_eq!(vcpu.counters().root_hits, 1);
+
+    // Each half is checked as its own call would be.
+    let kill = kill_of(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 100]));
+    assert!(matches!(kill, Kill::BadStack { .. }), "{kill:?}");
+    let mut vcpu = guest();
+    let kill = kill_of(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B + 8, stack_b, 4096]));
+    assert!(matches!(kill, Kill::Paging(paging::KillReason::Cr3NotAligned)), "{kill:?}");
 }
 
 fn put_bytes(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, bytes: &[u8]) {
@@ -402,6 +445,123 @@ fn a_syscall_a_nested_kvm_ran_is_the_invalid_opcode_it_owed() {
     }
     assert_eq!(vcpu.stats.stray_syscalls, 1);
     assert_eq!(vcpu.stats.delivered[6], 1);
+}
+
+#[test]
+fn the_syscall_entry_is_checked_as_a_handler() {
+    for (handler, why) in [
+        (0x0000_8000_0000_0000, "non-canonical handler"),
+        (0xFFFF_FFFF_FFC0_1000, "handler in the switcher"),
+        (0x4_0000, "handler outside the guest kernel"),
+    ] {
+        let mut vcpu = guest();
+        let kill = kill_of(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [handler, 0, 0]));
+        assert_eq!(kill, Kill::BadSyscallEntry { handler, why });
+    }
+    let mut vcpu = guest();
+    let _ = vcpu.take_switcher_changes();
+    assert_eq!(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]), Next::Resume);
+    assert_eq!(vcpu.syscall_entry(), Some(HANDLER));
+    assert!(vcpu.take_switcher_changes().syscall, "the switcher pages must learn of it");
+    assert_eq!(hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [0, 0, 0]), Next::Resume);
+    assert_eq!(vcpu.syscall_entry(), None, "0 closes the path");
+}
+
+/// The frame the direct path (or the host, in its place) leaves on the
+/// kernel stack for a `syscall` at USER_RIP, and the registers the entry
+/// starts with.
+fn assert_syscall_delivered(vcpu: &Vcpu<Ram, Pool>, regs: &GuestRegs, user_rsp: u64, user_rflags: u64) {
+    let after = USER_RIP + 2;
+    assert_eq!(regs.rip, HANDLER);
+    assert_eq!(regs.cs, u64::from(abi::GUEST_KERNEL_CS));
+    assert_eq!(regs.ss, u64::from(abi::GUEST_KERNEL_SS));
+    assert_eq!(regs.rsp, KERNEL_STACK_TOP - 40);
+    assert_eq!((regs.rcx, regs.r11), (after, user_rflags), "rcx and r11 as syscall sets them");
+    let frame: Vec<u64> = (0..5).map(|i| read(vcpu, kernel_gpa(KERNEL_STACK_TOP - 40 + i * 8))).collect();
+    assert_eq!(
+        frame,
+        [after, u64::from(abi::GUEST_USER_CS), user_rflags, user_rsp, u64::from(abi::GUEST_USER_SS)],
+        "RIP, CS, RFLAGS, RSP, SS"
+    );
+}
+
+#[test]
+fn a_syscall_the_direct_path_did_not_take_is_made_by_the_host() {
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    // This nested KVM: syscall ran at ring 3 to LSTAR, and the fetch of
+    // the switcher's code there faulted.
+    let lstar = switcher_asm::layout::SYSCALL_VA;
+    let mut regs = GuestRegs { rip: lstar, rcx: USER_RIP + 2, r11: 0x246, ..user_regs(14, 0x15) };
+    assert_eq!(vcpu.handle_exit(&mut regs, lstar, &mut Console::default()), Next::Resume);
+    assert_syscall_delivered(&vcpu, &regs, 0x8_0000, 0x246);
+    assert_eq!((vcpu.stats.stray_syscalls, vcpu.stats.syscalls_by_host), (1, 1));
+
+    // A trap that interrupted the direct path at ring 0: the machine has
+    // put the user's RSP back; rcx and r11 are syscall's.
+    let mut regs = GuestRegs {
+        rip: lstar + 0x10,
+        cs: u64::from(switcher_asm::layout::SWITCHER_CS),
+        rsp: 0x7_0000,
+        rcx: USER_RIP + 2,
+        r11: 0x202 | 0x100,
+        vector: 1,
+        ..GuestRegs::default()
+    };
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_syscall_delivered(&vcpu, &regs, 0x7_0000, 0x302);
+    assert_eq!(vcpu.stats.syscalls_by_host, 2);
+
+    // A ring-0 exit anywhere else is still the switcher's own fault.
+    let mut regs = GuestRegs { rip: lstar - 0x10, cs: 0x08, vector: 14, ..GuestRegs::default() };
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::SwitcherFault);
+}
+
+#[test]
+fn a_closed_direct_path_is_the_invalid_opcode_or_a_kill() {
+    // An entry but no stack: the stub exits as a #UD at the syscall.
+    let mut vcpu = guest();
+    load(&mut vcpu, 6, HANDLER + 0x100, abi::IDT_PRESENT);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let mut regs = user_regs(6, 0);
+    assert_eq!(kill_of(vcpu.handle_exit(&mut regs, 0, &mut Console::default())), Kill::SyscallBeforeStack);
+
+    // No entry: the #UD it always was, for the guest's own handler.
+    let mut vcpu = guest();
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    load(&mut vcpu, 6, HANDLER + 0x100, abi::IDT_PRESENT);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let mut regs = user_regs(6, 0);
+    assert_eq!(vcpu.handle_exit(&mut regs, 0, &mut Console::default()), Next::Resume);
+    assert_eq!(regs.rip, HANDLER + 0x100);
+    assert_eq!(read(&vcpu, kernel_gpa(KERNEL_STACK_TOP - 40)), USER_RIP, "at the syscall, as a fault");
+}
+
+#[test]
+fn a_syscall_whose_stack_cannot_be_written_kills_the_guest_not_the_host() {
+    let mut vcpu = guest();
+    // A kernel stack the tables stop mapping after SET_STACK pinned it.
+    hypercall(&mut vcpu, abi::SET_STACK, [KERNEL_STACK_TOP, 4096, 0]);
+    hypercall(&mut vcpu, abi::SET_SYSCALL_ENTRY, [HANDLER, 0, 0]);
+    let pt_high = 0x1_5000;
+    let index = (KERNEL_STACK_TOP - 4096 - KERNEL) / 4096;
+    write(&mut vcpu, pt_high + index * 8, 0);
+    put_bytes(&mut vcpu, USER_RIP, &[0x0f, 0x05]);
+    let lstar = switcher_asm::layout::SYSCALL_VA;
+    let mut regs = GuestRegs {
+        rip: lstar + 0x20,
+        cs: 0x08,
+        rsp: 0x8_0000,
+        rcx: USER_RIP + 2,
+        r11: 0x202,
+        vector: 14,
+        ..GuestRegs::default()
+    };
+    let kill = kill_of(vcpu.handle_exit(&mut regs, KERNEL_STACK_TOP - 8, &mut Console::default()));
+    assert_eq!(kill, Kill::SyscallStackFault { stack: KERNEL_STACK_TOP - 8 });
 }
 
 #[test]

@@ -10,6 +10,8 @@ pub struct Counters {
     pub fills: u64,
     /// Faults fixed from the fake 1:1 map of linear mode.
     pub linear_fills: u64,
+    /// Of `fills`, those that mapped 2 MiB of a guest large page at once.
+    pub large_fills: u64,
     /// Faults handed back to the guest.
     pub reflects: u64,
     /// Operations that ended in a kill.

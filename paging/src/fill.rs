@@ -19,11 +19,11 @@
 //! mapped writable in the current root, so that a trap pushing its frame
 //! there cannot fault inside the fault.
 
-use crate::address::{self, PAGE_SIZE};
-use crate::entry::{ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::address::{self, Level, PAGE_SIZE};
+use crate::entry::{ACCESSED, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
 use crate::memory::{FramePool, GuestMemory};
 use crate::outcome::{Access, FaultOutcome, KillReason, Rights};
-use crate::shadow::{Exhausted, MAX_PINNED_PAGES, ShadowMmu};
+use crate::shadow::{Exhausted, LARGE_PAGE, MAX_PINNED_PAGES, ShadowMmu};
 use crate::walk::{self, WalkStop};
 
 /// The linear-mode pretence: the guest kernel may read, write and run its
@@ -43,6 +43,20 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         let outcome = match self.fill_once(va, access) {
             Ok(outcome) => outcome,
             Err(Exhausted) => self.fill_after_clearing(va, access),
+        };
+        let outcome = match outcome {
+            // A fill may have replaced a page of the pinned stack with a
+            // leaf that allows less (a user read of a page the guest made
+            // user-accessible behind our back maps it read-only; a 4 KiB
+            // fill can take the place of a 2 MiB leaf around the stack):
+            // the stack must stay writable, for traps from user mode land
+            // on it with no chance to fault. Unless a leaf was replaced,
+            // the root's record of its pins says there is nothing to do.
+            FaultOutcome::Fixed => match self.repin() {
+                Ok(()) => FaultOutcome::Fixed,
+                Err(reason) => FaultOutcome::Kill(reason),
+            },
+            outcome => outcome,
         };
         match outcome {
             FaultOutcome::Fixed => {}
@@ -80,11 +94,11 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         };
         let page_va = va & !(PAGE_SIZE - 1);
 
-        let (page, rights, writable) = if self.linear {
+        let (page, rights, writable, leaf_level) = if self.linear {
             if access.user || page_va >= self.limit {
                 return Ok(FaultOutcome::Reflect);
             }
-            (page_va, LINEAR_RIGHTS, true)
+            (page_va, LINEAR_RIGHTS, true, Level::Pt)
         } else {
             let Some(cr3) = self.roots[self.current].guest_cr3 else {
                 return Ok(FaultOutcome::Reflect);
@@ -102,9 +116,21 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             }
             // Writable only once the guest's dirty bit is honestly set.
             let writable = mapping.rights.writable && (access.write || mapping.leaf_dirty());
-            (mapping.page, mapping.rights, writable)
+            (mapping.page, mapping.rights, writable, mapping.leaf_level)
         };
 
+        if leaf_level != Level::Pt && self.large_leaf_fits(va) {
+            // The 2 MiB piece of the guest's large page around `va`: one
+            // leaf, the same rights throughout (they come from one walk).
+            let large_va = va & !(LARGE_PAGE - 1);
+            let large_page = page & !(LARGE_PAGE - 1);
+            let leaf = self.shadow_leaf_value(large_page, rights, writable) | HUGE;
+            if self.install_large_leaf(skeleton.pml4, large_va, leaf)? {
+                self.counters.fills += 1;
+                self.counters.large_fills += 1;
+                return Ok(FaultOutcome::Fixed);
+            }
+        }
         let leaf = self.shadow_leaf_value(page, rights, writable);
         self.install_leaf(skeleton.pml4, page_va, leaf)?;
         if self.linear {
@@ -113,6 +139,17 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             self.counters.fills += 1;
         }
         Ok(FaultOutcome::Fixed)
+    }
+
+    /// Whether the 2 MiB around `va` may be one shadow leaf: the host
+    /// backs guest memory with 2 MiB pages of its own, and the 2 MiB lies
+    /// wholly on one side of the kernel boundary (which roots share it
+    /// must not depend on the byte). The guest's large page lies inside
+    /// guest memory: the walk checked all of it.
+    fn large_leaf_fits(&self, va: u64) -> bool {
+        let start = address::flat(va) & !(LARGE_PAGE - 1);
+        let one_side = start >= self.kernel_flat || start + LARGE_PAGE <= self.kernel_flat;
+        self.memory.host_large_pages() && one_side
     }
 
     /// The shadow PTE for guest page `page` with `rights`. The guest's
@@ -153,6 +190,16 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         self.repin().inspect_err(|_| self.counters.kills += 1)
     }
 
+    /// Switches to the tables at `cr3` (as [`ShadowMmu::new_pagetable`])
+    /// with a new kernel stack (as [`ShadowMmu::set_kernel_stack`]): the
+    /// new stack is the only one pinned, in the new root.
+    pub fn switch_context(&mut self, cr3: u64, start: u64, len: u64) -> Result<(), KillReason> {
+        let range = self.check_pin_range(start, len);
+        let (first, pages) = range.inspect_err(|_| self.counters.kills += 1)?;
+        self.pinned = (pages > 0).then_some((first, pages));
+        self.new_pagetable(cr3)
+    }
+
     /// First page and page count of a range to pin, if it is acceptable.
     fn check_pin_range(&self, start: u64, len: u64) -> Result<(u64, u64), KillReason> {
         if len == 0 {
@@ -178,12 +225,18 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         Ok((first, pages))
     }
 
-    /// Pins the remembered kernel stack again, if there is one.
+    /// Pins the remembered kernel stack again, if there is one. A root
+    /// that was found holding it, with no leaf removed or replaced
+    /// anywhere since, still holds it: every context switch of the guest
+    /// comes here, and the check would find nothing to do.
     pub(crate) fn repin(&mut self) -> Result<(), KillReason> {
-        match self.pinned {
-            Some((first, pages)) => self.pin_pages(first, pages, true),
-            None => Ok(()),
+        let Some((first, pages)) = self.pinned else { return Ok(()) };
+        if self.roots[self.current].pins_checked == Some((first, pages, self.leaf_epoch)) {
+            return Ok(());
         }
+        self.pin_pages(first, pages, true)?;
+        self.roots[self.current].pins_checked = Some((first, pages, self.leaf_epoch));
+        Ok(())
     }
 
     /// Pins pages, clearing the current root once if the pool runs dry.

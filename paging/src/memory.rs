@@ -22,6 +22,15 @@ pub trait GuestMemory {
     /// address below `limit()`). The firmware's guest memory is one
     /// contiguous host range, so this is a base plus `gpa`.
     fn guest_to_host(&self, gpa: u64) -> u64;
+
+    /// Whether every 2 MiB-aligned 2 MiB of guest memory is 2 MiB of
+    /// host memory, contiguous and 2 MiB-aligned: then the shadow may map
+    /// a piece of a guest large page with one 2 MiB leaf, where it would
+    /// otherwise take 512 faults and a table. False unless the memory
+    /// says so.
+    fn host_large_pages(&self) -> bool {
+        false
+    }
 }
 
 /// A pool of 4 KiB frames for shadow page tables, named by their
@@ -58,6 +67,9 @@ impl<T: GuestMemory + ?Sized> GuestMemory for &mut T {
     }
     fn guest_to_host(&self, gpa: u64) -> u64 {
         (**self).guest_to_host(gpa)
+    }
+    fn host_large_pages(&self) -> bool {
+        (**self).host_large_pages()
     }
 }
 

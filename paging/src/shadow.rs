@@ -9,11 +9,16 @@
 //! switcher slots, the switcher stays mapped through every flush, and
 //! installing it never needs a frame.
 //!
-//! The shadow never uses large pages and always puts the restrictions in
-//! the leaf: upper shadow entries allow everything, and each 4 KiB leaf
-//! carries the rights combined from the guest's whole walk. That way one
-//! shadow table can hold leaves with different rights, which it must when it
-//! shadows the pieces of a guest large page or entries with mixed flags.
+//! The shadow always puts the restrictions in the leaf: upper shadow
+//! entries allow everything, and each leaf carries the rights combined
+//! from the guest's whole walk. That way one shadow table can hold leaves
+//! with different rights, which it must when it shadows entries with
+//! mixed flags. A leaf maps 4 KiB, or 2 MiB where it shadows a piece of a
+//! guest large page over memory the host backs with 2 MiB pages of its
+//! own (`GuestMemory::host_large_pages`): a guest kernel's direct map of
+//! all its memory then costs a fault per 2 MiB, not per page. A 2 MiB
+//! leaf is only ever put in an empty page-directory slot or over another
+//! 2 MiB leaf, and anything that drops part of one drops all of it.
 //!
 //! Frames come from the pool. When the pool runs dry, we first give up the
 //! least recently used other roots; if that is not enough the caller clears
@@ -22,7 +27,7 @@
 
 use crate::address::{self, FLAT_END, Level, SWITCHER_FLAT, SWITCHER_PD_SLOTS};
 use crate::counters::Counters;
-use crate::entry::{ACCESSED, ADDRESS_MASK, PRESENT, USER, WRITABLE};
+use crate::entry::{ACCESSED, ADDRESS_MASK, HUGE, PRESENT, USER, WRITABLE};
 use crate::memory::{FramePool, GuestMemory};
 use crate::outcome::SetupError;
 
@@ -42,6 +47,18 @@ pub const MIN_POOL_FRAMES: usize = 16;
 /// Flags of every upper shadow entry: the leaf decides.
 pub(crate) const SHADOW_TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER | ACCESSED;
 
+/// The span of a 2 MiB shadow leaf.
+pub(crate) const LARGE_PAGE: u64 = 1 << 21;
+
+/// Where a shadow leaf sits: its table, its index there, and whether it
+/// is a 2 MiB leaf in a page directory rather than a 4 KiB one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeafSlot {
+    pub table: u64,
+    pub index: usize,
+    pub large: bool,
+}
+
 /// The frames every root is born with.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Skeleton {
@@ -60,6 +77,11 @@ pub(crate) struct RootSlot {
     pub last_used: u64,
     /// The host CPU whose switcher tables are installed in this root.
     pub prepared_cpu: Option<u32>,
+    /// The pinned range (first page, page count) found mapped writable
+    /// in this root, and the [`ShadowMmu::leaf_epoch`] it was found at:
+    /// while neither has moved, pinning it again would find every page
+    /// already there.
+    pub pins_checked: Option<(u64, u64, u64)>,
 }
 
 /// A cached root, as reported by [`ShadowMmu::roots`].
@@ -94,6 +116,10 @@ pub struct ShadowMmu<M: GuestMemory, P: FramePool> {
     pub(crate) clock: u64,
     /// The guest kernel stack: first page and page count, kept mapped.
     pub(crate) pinned: Option<(u64, u64)>,
+    /// Moves on whenever a shadow leaf may have been removed or replaced,
+    /// in any root: a pinned range checked at an older epoch must be
+    /// checked again.
+    pub(crate) leaf_epoch: u64,
     pub(crate) counters: Counters,
 }
 
@@ -121,11 +147,11 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             kernel_flat: address::flat(address::KERNEL_HALF_START),
             clock: 0,
             pinned: None,
+            leaf_epoch: 0,
             counters: Counters::default(),
         };
         let skeleton = mmu.build_skeleton().ok_or(SetupError::PoolRefused)?;
-        mmu.roots[0] =
-            RootSlot { skeleton: Some(skeleton), guest_cr3: None, last_used: 0, prepared_cpu: None };
+        mmu.roots[0] = RootSlot { skeleton: Some(skeleton), guest_cr3: None, ..RootSlot::default() };
         Ok(mmu)
     }
 
@@ -198,6 +224,15 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
     pub fn shadow_entry(&self, va: u64) -> Option<u64> {
         let skeleton = self.roots[self.current].skeleton?;
         self.shadow_leaf(skeleton.pml4, va)
+    }
+
+    /// A number that moves on whenever a shadow leaf may have been
+    /// removed or replaced, in any root (and never otherwise): while it
+    /// and the current root stay the same, a leaf the host looked up
+    /// still maps what it mapped, so the host may keep what it learned
+    /// from it.
+    pub fn leaf_epoch(&self) -> u64 {
+        self.leaf_epoch
     }
 
     /// The first guest page of the pinned kernel stack and its page count.
@@ -302,11 +337,42 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
     // ---- shadow tables -----------------------------------------------
 
     /// Writes `leaf` as the shadow PTE for `va` under `pml4`, building the
-    /// tables on the way. Tables built before an exhaustion stay linked and
-    /// are released with the root.
+    /// tables on the way (a 2 MiB leaf in the way gives its slot to a new
+    /// table). Tables built before an exhaustion stay linked and are
+    /// released with the root.
     pub(crate) fn install_leaf(&mut self, pml4: u64, va: u64, leaf: u64) -> Result<(), Exhausted> {
         let mut table = pml4;
         for level in [Level::Pml4, Level::Pdpt, Level::Pd] {
+            let index = level.index(va);
+            let entry = self.pool.read_entry(table, index);
+            table = if entry & PRESENT != 0 && entry & HUGE == 0 {
+                entry & ADDRESS_MASK
+            } else {
+                let child = self.frame_for_table()?;
+                if entry & PRESENT != 0 {
+                    // A 2 MiB leaf goes, all of it.
+                    self.leaf_epoch += 1;
+                }
+                self.pool.write_entry(table, index, child | SHADOW_TABLE_FLAGS);
+                child
+            };
+        }
+        let index = Level::Pt.index(va);
+        if self.pool.read_entry(table, index) & PRESENT != 0 {
+            // A leaf replaced may have allowed more than its successor.
+            self.leaf_epoch += 1;
+        }
+        self.pool.write_entry(table, index, leaf);
+        Ok(())
+    }
+
+    /// Writes `leaf`, a 2 MiB leaf, into the page-directory slot for `va`
+    /// under `pml4`, building the tables above it. False, with nothing
+    /// written there, when that slot holds a page table: its 4 KiB leaves
+    /// stay, and the caller maps a 4 KiB piece among them instead.
+    pub(crate) fn install_large_leaf(&mut self, pml4: u64, va: u64, leaf: u64) -> Result<bool, Exhausted> {
+        let mut table = pml4;
+        for level in [Level::Pml4, Level::Pdpt] {
             let index = level.index(va);
             let entry = self.pool.read_entry(table, index);
             table = if entry & PRESENT != 0 {
@@ -317,13 +383,21 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
                 child
             };
         }
-        self.pool.write_entry(table, Level::Pt.index(va), leaf);
-        Ok(())
+        let index = Level::Pd.index(va);
+        let entry = self.pool.read_entry(table, index);
+        if entry & PRESENT != 0 {
+            if entry & HUGE == 0 {
+                return Ok(false);
+            }
+            self.leaf_epoch += 1;
+        }
+        self.pool.write_entry(table, index, leaf);
+        Ok(true)
     }
 
-    /// The shadow page table and index holding `va`'s leaf under `pml4`,
-    /// if the tables on the way exist.
-    pub(crate) fn shadow_leaf_slot(&self, pml4: u64, va: u64) -> Option<(u64, usize)> {
+    /// Where `va`'s leaf sits under `pml4`, if the tables on the way exist:
+    /// a 4 KiB slot in a page table, or the 2 MiB leaf that covers `va`.
+    pub(crate) fn shadow_leaf_slot(&self, pml4: u64, va: u64) -> Option<LeafSlot> {
         // The switcher slots point at the host's own tables, not at pool
         // frames: never follow them.
         if !address::is_canonical(va) || address::in_switcher(va) {
@@ -331,20 +405,28 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         }
         let mut table = pml4;
         for level in [Level::Pml4, Level::Pdpt, Level::Pd] {
-            let entry = self.pool.read_entry(table, level.index(va));
+            let index = level.index(va);
+            let entry = self.pool.read_entry(table, index);
             if entry & PRESENT == 0 {
                 return None;
             }
+            if level == Level::Pd && entry & HUGE != 0 {
+                return Some(LeafSlot { table, index, large: true });
+            }
             table = entry & ADDRESS_MASK;
         }
-        Some((table, Level::Pt.index(va)))
+        Some(LeafSlot { table, index: Level::Pt.index(va), large: false })
     }
 
-    /// The present shadow leaf for `va` under `pml4`.
+    /// The present shadow leaf for `va` under `pml4`. Where a 2 MiB leaf
+    /// covers `va`, the 4 KiB leaf that would say the same of its page.
     pub(crate) fn shadow_leaf(&self, pml4: u64, va: u64) -> Option<u64> {
-        let (table, index) = self.shadow_leaf_slot(pml4, va)?;
-        let leaf = self.pool.read_entry(table, index);
-        (leaf & PRESENT != 0).then_some(leaf)
+        let slot = self.shadow_leaf_slot(pml4, va)?;
+        let leaf = self.pool.read_entry(slot.table, slot.index);
+        if leaf & PRESENT == 0 {
+            return None;
+        }
+        Some(if slot.large { (leaf & !HUGE) + (va & (LARGE_PAGE - 1) & ADDRESS_MASK) } else { leaf })
     }
 
     /// Removes every shadow mapping of flat addresses `start..end` from the
@@ -368,10 +450,16 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
                 continue;
             }
             let entry_base = base + index as u64 * span;
+            self.leaf_epoch += 1;
             let Some(child_level) = level.next() else {
                 self.pool.write_entry(table, index, 0);
                 continue;
             };
+            if level == Level::Pd && entry & HUGE != 0 {
+                // A 2 MiB leaf: clipped or not, it goes whole.
+                self.pool.write_entry(table, index, 0);
+                continue;
+            }
             let child = entry & ADDRESS_MASK;
             if start <= entry_base && entry_base + span <= end {
                 self.free_table(child, child_level);
@@ -387,7 +475,9 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         if let Some(child_level) = level.next() {
             for index in 0..512 {
                 let entry = self.pool.read_entry(table, index);
-                if entry & PRESENT != 0 {
+                // A 2 MiB leaf points at guest memory, not at a table.
+                let large = level == Level::Pd && entry & HUGE != 0;
+                if entry & PRESENT != 0 && !large {
                     self.free_table(entry & ADDRESS_MASK, child_level);
                 }
             }

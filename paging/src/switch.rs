@@ -49,7 +49,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             self.linear = false;
             let skeleton = self.build_skeleton().ok_or(KillReason::ShadowPoolExhausted)?;
             self.roots[0] =
-                RootSlot { skeleton: Some(skeleton), guest_cr3: Some(cr3), last_used: 0, prepared_cpu: None };
+                RootSlot { skeleton: Some(skeleton), guest_cr3: Some(cr3), ..RootSlot::default() };
             self.current = 0;
             self.counters.root_misses += 1;
         } else if let Some(slot) = self.slot_for(cr3) {
@@ -75,7 +75,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             && let Some(skeleton) = self.build_skeleton()
         {
             self.roots[empty] =
-                RootSlot { skeleton: Some(skeleton), guest_cr3: Some(cr3), last_used: 0, prepared_cpu: None };
+                RootSlot { skeleton: Some(skeleton), guest_cr3: Some(cr3), ..RootSlot::default() };
             return empty;
         }
         // There is always at least the current root to reuse.

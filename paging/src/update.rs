@@ -20,7 +20,7 @@ use crate::address::{self, FLAT_END, Level, SWITCHER_FLAT};
 use crate::entry::{self, ACCESSED, DIRTY, PRESENT};
 use crate::memory::{FramePool, GuestMemory};
 use crate::outcome::KillReason;
-use crate::shadow::{ROOT_CACHE_SIZE, ShadowMmu};
+use crate::shadow::{LARGE_PAGE, ROOT_CACHE_SIZE, ShadowMmu};
 use crate::walk;
 
 impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
@@ -46,50 +46,60 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             }
         }
         let page_va = va & !(address::PAGE_SIZE - 1);
-        let mut touched_current = false;
+        let mut pinned_dropped = false;
         for slot in self.slots_concerned(cr3, address::flat(va)) {
-            self.update_leaf(slot, page_va, pte);
-            touched_current |= slot == self.current;
+            let span = self.update_leaf(slot, page_va, pte);
+            let flat = address::flat(page_va) & !(span - 1);
+            pinned_dropped |= slot == self.current && self.pinned_overlaps(flat, flat + span);
         }
-        if touched_current && self.in_pinned_range(page_va) {
+        if pinned_dropped {
             self.repin()?;
         }
         Ok(())
     }
 
     /// Replaces one root's shadow leaf for `va` after an announced `pte`:
-    /// dropped, or filled at once if the guest marked it used.
-    fn update_leaf(&mut self, slot: usize, va: u64, pte: u64) {
+    /// dropped, or filled at once if the guest marked it used. Returns the
+    /// span the leaf dropped there covered: 4 KiB, or 2 MiB.
+    fn update_leaf(&mut self, slot: usize, va: u64, pte: u64) -> u64 {
         let Some(skeleton) = self.roots[slot].skeleton else {
-            return;
+            return address::PAGE_SIZE;
         };
         // No shadow table reaches this address: nothing to drop, and a
         // prefill is not worth building tables for.
-        let Some((table, index)) = self.shadow_leaf_slot(skeleton.pml4, va) else {
-            return;
+        let Some(slot_of_leaf) = self.shadow_leaf_slot(skeleton.pml4, va) else {
+            return address::PAGE_SIZE;
         };
+        let (table, index) = (slot_of_leaf.table, slot_of_leaf.index);
         self.pool.write_entry(table, index, 0);
+        self.leaf_epoch += 1;
+        if slot_of_leaf.large {
+            // The PTE lies under a 2 MiB leaf of ours, which is dropped
+            // whole; the next fault maps what the tables say now.
+            return LARGE_PAGE;
+        }
 
         if pte & PRESENT == 0 || pte & (ACCESSED | DIRTY) == 0 {
-            return;
+            return address::PAGE_SIZE;
         }
         let Some(cr3) = self.roots[slot].guest_cr3 else {
-            return;
+            return address::PAGE_SIZE;
         };
         // The rights come from the whole walk, so walk; and prefill only if
         // the walk ends at exactly the PTE announced. Anything else (a large
         // page, a table that no longer leads here, a stale announcement) is
         // left to the next fault to sort out.
         let Ok(mapping) = walk::walk(&self.memory, self.limit, cr3, va) else {
-            return;
+            return address::PAGE_SIZE;
         };
         if mapping.leaf_level != Level::Pt || mapping.leaf().value != pte {
-            return;
+            return address::PAGE_SIZE;
         }
         let writable = mapping.rights.writable && pte & DIRTY != 0;
         let leaf = self.shadow_leaf_value(mapping.page, mapping.rights, writable);
         self.pool.write_entry(table, index, leaf);
         self.counters.prefills += 1;
+        address::PAGE_SIZE
     }
 
     /// The guest changed the entry at `level` that covers `va` in the
@@ -135,7 +145,8 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
                 self.clear_root_range(slot, kernel_start, end);
             }
         }
-        if self.pinned_overlaps(start, end) {
+        // A 2 MiB leaf the range only clips goes whole: look a little wider.
+        if self.pinned_overlaps(start & !(LARGE_PAGE - 1), end.next_multiple_of(LARGE_PAGE)) {
             self.repin()?;
         }
         Ok(())
@@ -192,11 +203,6 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
     /// root shadows any guest CR3.
     fn known_slot(&self, cr3: u64) -> Option<usize> {
         if self.linear { None } else { self.slot_for(cr3) }
-    }
-
-    fn in_pinned_range(&self, page_va: u64) -> bool {
-        let flat_va = address::flat(page_va);
-        self.pinned_overlaps(flat_va, flat_va + address::PAGE_SIZE)
     }
 
     /// Whether the pinned stack meets flat `start..end`.

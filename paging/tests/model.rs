@@ -335,6 +335,17 @@ enum Op {
         leaf: u64,
         announce: bool,
     },
+    /// The guest maps the 2 MiB around an address with a large page
+    /// (its upper tables as MapPath builds them), then maybe announces
+    /// the page-directory entry.
+    MapLarge {
+        cr3: usize,
+        va: usize,
+        tables: [usize; 2],
+        upper: [u16; 2],
+        leaf: u64,
+        announce: bool,
+    },
     /// The guest rewrites the PTE for an address (if its tables reach one)
     /// and announces it.
     WriteAndAnnounce {
@@ -445,6 +456,25 @@ fn lower_table() -> impl Strategy<Value = usize> {
     prop_oneof![7 => GOOD_CR3S..TABLE_PAGES, 1 => 0..TABLE_PAGES]
 }
 
+/// A 2 MiB page: a good leaf's rights over one of a few 2 MiB-aligned
+/// bases, the last at the very end of guest memory.
+fn map_large() -> impl Strategy<Value = Op> {
+    (
+        cr3_sel(),
+        0..MAPPABLE,
+        [lower_table(), lower_table()],
+        any::<[u16; 2]>(),
+        good_leaf(),
+        0..4u64,
+        any::<bool>(),
+    )
+        .prop_map(|(cr3, va, tables, upper, leaf, base, announce)| {
+            let base = [0x20_0000, 0x40_0000, 0x60_0000, LIMIT - 0x20_0000][base as usize];
+            let leaf = (leaf & !ADDRESS_MASK) | base | HUGE;
+            Op::MapLarge { cr3, va, tables, upper, leaf, announce }
+        })
+}
+
 fn map_path() -> impl Strategy<Value = Op> {
     (
         cr3_sel(),
@@ -523,6 +553,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..TABLE_PAGES, 0..n, value()).prop_map(|(table, index, value)| Op::Write { table, index, value }),
         6 => map_path(),
+        3 => map_large(),
         3 => (cr3_sel(), va_choice(), leaf()).prop_map(|(cr3, va, pte)| Op::WriteAndAnnounce { cr3, va, pte }),
         1 => (cr3_sel(), va_choice(), leaf()).prop_map(|(cr3, va, pte)| Op::Announce { cr3, va, pte }),
         2 => (cr3_sel(), va_choice(), 0..4usize).prop_map(|(cr3, va, level)| Op::Invalidate { cr3, va, level }),
@@ -556,9 +587,11 @@ enum Step {
 }
 
 impl Run {
-    fn new() -> Self {
+    /// `large`: the host backs guest memory with 2 MiB pages, so the MMU
+    /// may shadow guest large pages with 2 MiB leaves.
+    fn new(large: bool) -> Self {
         Run {
-            mmu: mmu_with(LIMIT, 1000),
+            mmu: if large { mmu_large(LIMIT, 1000) } else { mmu_with(LIMIT, 1000) },
             model: Model {
                 mem: SimMemory::new(LIMIT),
                 linear: true,
@@ -583,6 +616,49 @@ impl Run {
             (CURRENT, None) => table_page(0),
             (sel, _) => cr3_choice(sel),
         }
+    }
+
+    /// MapPath's way of building the tables above a leaf, for the first
+    /// `tables.len()` levels: usually extending what is there, as a kernel
+    /// would; now and then overwriting it. Returns the table it reached.
+    fn upper_path(&mut self, cr3: u64, va: u64, tables: &[usize], upper: &[u16]) -> u64 {
+        let mut table = cr3;
+        for depth in 0..tables.len() {
+            table = self.path_step(table, va, depth, tables[depth], upper[depth]);
+        }
+        table
+    }
+
+    /// One level of MapPath's walk down: the entry for `va` at `depth` in
+    /// `table`, kept or rewritten to point at `tables`' page.
+    fn path_step(&mut self, table: u64, va: u64, depth: usize, next_table: usize, u: u16) -> u64 {
+        let u = u as u64;
+        let mut flags = PRESENT;
+        if u & 0b111 != 0 {
+            flags |= WRITABLE;
+        }
+        if u & 0b111_000 != 0 {
+            flags |= USER;
+        }
+        if u & 0b11_1100_0000 == 0 {
+            flags |= NO_EXECUTE;
+        }
+        if u & (0b11 << 10) == 0 {
+            flags |= ACCESSED;
+        }
+        let slot = table + ((va >> (39 - 9 * depth)) & 0x1FF) * 8;
+        let existing = self.model.mem.get(slot);
+        let usable = existing & PRESENT != 0
+            && (depth == 0 || existing & HUGE == 0)
+            && existing & ADDRESS_MASK < LIMIT;
+        // Usually extend what is there, as a kernel would; now and then
+        // overwrite it.
+        if usable && u & (0b1111 << 12) != 0 {
+            return existing & ADDRESS_MASK;
+        }
+        let next = table_page(next_table);
+        self.write(slot, next | flags);
+        next
     }
 
     fn cached_cr3s(&self) -> Vec<u64> {
@@ -632,39 +708,23 @@ impl Run {
                 self.write(slot, value);
                 Ok(Step::Alive)
             }
+            Op::MapLarge { cr3, va, tables, upper, leaf, announce } => {
+                let (cr3, va) = (self.cr3(cr3), address(va));
+                let table = self.upper_path(cr3, va, &tables, &upper);
+                self.write(table + ((va >> 21) & 0x1FF) * 8, leaf);
+                if !announce {
+                    return Ok(Step::Alive);
+                }
+                let got = self.mmu.invalidate_entry(cr3, va, Level::Pd);
+                let expected = in_switcher(va & !0x1F_FFFF).then_some(KillReason::SwitcherInvalidation);
+                if expected.is_none() {
+                    self.announce_range(cr3, va & !0x1F_FFFF, 0x20_0000);
+                }
+                self.expect_kill(expected, got, "map-large announce")
+            }
             Op::MapPath { cr3, va, tables, upper, leaf, announce } => {
                 let (cr3, va) = (self.cr3(cr3), address(va));
-                let mut table = cr3;
-                for depth in 0..3 {
-                    let u = upper[depth] as u64;
-                    let mut flags = PRESENT;
-                    if u & 0b111 != 0 {
-                        flags |= WRITABLE;
-                    }
-                    if u & 0b111_000 != 0 {
-                        flags |= USER;
-                    }
-                    if u & 0b11_1100_0000 == 0 {
-                        flags |= NO_EXECUTE;
-                    }
-                    if u & (0b11 << 10) == 0 {
-                        flags |= ACCESSED;
-                    }
-                    let slot = table + ((va >> (39 - 9 * depth)) & 0x1FF) * 8;
-                    let existing = self.model.mem.get(slot);
-                    let usable = existing & PRESENT != 0
-                        && (depth == 0 || existing & HUGE == 0)
-                        && existing & ADDRESS_MASK < LIMIT;
-                    // Usually extend what is there, as a kernel would;
-                    // now and then overwrite it.
-                    if usable && u & (0b1111 << 12) != 0 {
-                        table = existing & ADDRESS_MASK;
-                        continue;
-                    }
-                    let next = table_page(tables[depth]);
-                    self.write(slot, next | flags);
-                    table = next;
-                }
+                let table = self.upper_path(cr3, va, &tables, &upper);
                 self.write(table + ((va >> 12) & 0x1FF) * 8, leaf);
                 if announce { self.set_pte(cr3, va, leaf, "map-path announce") } else { Ok(Step::Alive) }
             }
@@ -977,6 +1037,34 @@ impl Run {
         Ok(if got.is_ok() { Step::Alive } else { Step::Killed })
     }
 
+    /// The shadow leaves under `root` as 4 KiB pieces the ledger can
+    /// judge: a 4 KiB leaf as it is; a 2 MiB leaf checked whole for its
+    /// alignment and its place in guest memory, then as the pieces that
+    /// hold an address the sequences use (the others are the same leaf).
+    fn leaf_pieces(&self, root: u64) -> Vec<(u64, u64)> {
+        let mut pieces = Vec::new();
+        for (va, e) in shadow_leaves(self.mmu.pool(), root) {
+            if e & HUGE == 0 {
+                pieces.push((va, e));
+                continue;
+            }
+            let host = e & ADDRESS_MASK;
+            assert!(!self.model.linear, "a 2 MiB leaf in linear mode");
+            assert_eq!(va % 0x20_0000, 0, "a 2 MiB leaf at {va:#x}");
+            assert_eq!(host % 0x20_0000, 0, "2 MiB leaf {va:#x} -> {host:#x} misaligned");
+            assert!(
+                host >= HOST_OFFSET && host - HOST_OFFSET + 0x20_0000 <= LIMIT,
+                "2 MiB leaf {va:#x} -> {host:#x} runs outside guest memory"
+            );
+            for &address in &ADDRESSES[..MAPPABLE] {
+                if (va..va + 0x20_0000).contains(&address) {
+                    pieces.push((address, (e & !HUGE) + (address - va)));
+                }
+            }
+        }
+        pieces
+    }
+
     /// The invariants, after every step.
     fn check(&mut self) -> Result<(), TestCaseError> {
         prop_assert_eq!(&self.mmu.memory().words, &self.model.mem.words, "guest memory");
@@ -993,7 +1081,7 @@ impl Run {
         prop_assert_eq!(tags.len(), roots.len(), "one root per CR3");
 
         for root in &roots {
-            for (va, e) in shadow_leaves(self.mmu.pool(), root.root) {
+            for (va, e) in self.leaf_pieces(root.root) {
                 let host = e & ADDRESS_MASK;
                 prop_assert!(
                     host >= HOST_OFFSET && host - HOST_OFFSET < LIMIT,
@@ -1050,8 +1138,8 @@ impl Run {
 
 /// Runs one sequence, checking after every step; returns the MMU's
 /// counters and whether the guest was killed.
-fn run_sequence(ops: &[Op]) -> Result<(Counters, bool), TestCaseError> {
-    let mut run = Run::new();
+fn run_sequence(ops: &[Op], large: bool) -> Result<(Counters, bool), TestCaseError> {
+    let mut run = Run::new(large);
     let mut killed = false;
     for op in ops {
         let step = run.apply(op)?;
@@ -1080,7 +1168,12 @@ proptest! {
 
     #[test]
     fn shadow_mmu_matches_the_model(ops in sequence()) {
-        run_sequence(&ops)?;
+        run_sequence(&ops, false)?;
+    }
+
+    #[test]
+    fn shadow_mmu_with_2_mib_leaves_matches_the_model(ops in sequence()) {
+        run_sequence(&ops, true)?;
     }
 }
 
@@ -1094,7 +1187,7 @@ fn the_generator_reaches_every_path() {
     let (mut sequences, mut kills) = (0, 0);
     for _ in 0..300 {
         let ops = sequence().new_tree(&mut runner).expect("generate").current();
-        let (c, killed) = run_sequence(&ops).expect("sequence holds");
+        let (c, killed) = run_sequence(&ops, false).expect("sequence holds");
         sequences += 1;
         kills += killed as u32;
         total.fills += c.fills;
@@ -1121,6 +1214,22 @@ fn the_generator_reaches_every_path() {
     assert!(kills > 20 && kills < sequences * 9 / 10, "{kills} of {sequences} killed");
 }
 
+/// With 2 MiB leaves allowed, the sequences must reach them too.
+#[test]
+fn the_generator_reaches_2_mib_leaves() {
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let (mut large, mut fills) = (0, 0);
+    for _ in 0..300 {
+        let ops = sequence().new_tree(&mut runner).expect("generate").current();
+        let (c, _) = run_sequence(&ops, true).expect("sequence holds");
+        large += c.large_fills;
+        fills += c.fills;
+    }
+    println!("{fills} fills, {large} of them 2 MiB");
+    assert!(large > 40, "{large} 2 MiB fills of {fills}");
+}
+
 /// A fixed sequence through the same harness, so the model itself is known
 /// to see deep walks, fills and kills.
 #[test]
@@ -1145,7 +1254,7 @@ fn the_model_harness_exercises_deep_walks() {
         Op::NewPagetable { cr3: 1 },
         Op::Fault { va: 18, offset: 0, code: 0 },
     ];
-    let mut run = Run::new();
+    let mut run = Run::new(false);
     let mut outcomes = Vec::new();
     for op in &ops {
         let step = run.apply(op).expect("step");

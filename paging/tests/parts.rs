@@ -787,6 +787,136 @@ mod kills {
     }
 }
 
+mod large_leaves {
+    use super::*;
+
+    /// An MMU past linear mode whose memory the host backs with 2 MiB
+    /// pages.
+    fn large() -> (Mmu, Builder) {
+        let mut mmu = mmu_large(LIMIT, 256);
+        mmu.new_pagetable(CR3).unwrap();
+        (mmu, Builder::new())
+    }
+
+    const REGION: u64 = 0xFFFF_8000_0000_0000;
+    const BASE: u64 = 0x40_0000;
+
+    #[test]
+    fn a_2_mib_guest_page_is_one_leaf() {
+        let (mut mmu, mut b) = large();
+        let pde = b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION + 0x5_0123, READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().large_fills, 1);
+        // Every piece is mapped by the one fill, read-only until written.
+        for offset in [0, 0x5_0000, 0x1F_F000] {
+            let leaf = mmu.shadow_entry(REGION + offset).unwrap();
+            assert_eq!(leaf & 0x000F_FFFF_FFFF_F000, HOST_OFFSET + BASE + offset);
+            assert_eq!(leaf & (WRITABLE | HUGE), 0, "{leaf:#x}");
+        }
+        assert_eq!(mmu.demand_fill(REGION + 0x1000, WRITE), FaultOutcome::Fixed);
+        assert_ne!(mmu.shadow_entry(REGION + 0x1F_F000).unwrap() & WRITABLE, 0);
+        assert_eq!(mmu.memory().get(pde) & (ACCESSED | DIRTY), ACCESSED | DIRTY);
+        assert_eq!(mmu.counters().large_fills, 2);
+        // The root's tables: PML4, its PDPT and PD, the switcher path's
+        // two, and no page table.
+        assert_eq!(reachable_frames(&mmu), 5);
+    }
+
+    #[test]
+    fn one_gib_pages_are_shadowed_in_2_mib_pieces() {
+        let (mut mmu, mut b) = large();
+        let va = 0x0000_0040_0000_0000;
+        b.map_large(mmu.memory_mut(), CR3, va, Level::Pdpt, 0, PRESENT | USER);
+        assert_eq!(mmu.demand_fill(va + 0x1234_5678, USER_READ), FaultOutcome::Fixed);
+        let leaf = mmu.shadow_entry(va + 0x1220_0000).unwrap();
+        assert_eq!(leaf & 0x000F_FFFF_FFFF_F000, HOST_OFFSET + 0x1220_0000);
+        assert!(mmu.shadow_entry(va + 0x1240_0000).is_none(), "one 2 MiB piece only");
+        assert_eq!(mmu.counters().large_fills, 1);
+    }
+
+    #[test]
+    fn memory_the_host_backs_with_4k_pages_keeps_4k_leaves() {
+        let (mut mmu, mut b) = paged();
+        b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().large_fills, 0);
+        assert!(mmu.shadow_entry(REGION + 0x1000).is_none());
+    }
+
+    #[test]
+    fn an_update_under_it_drops_the_whole_leaf() {
+        let (mut mmu, mut b) = large();
+        b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        mmu.set_pte(CR3, REGION + 0x3000, 0).unwrap();
+        assert!(mmu.shadow_entry(REGION).is_none());
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        mmu.invalidate_entry(CR3, REGION + 0x10_0000, Level::Pt).unwrap();
+        assert!(mmu.shadow_entry(REGION + 0x1F_F000).is_none(), "clipped, and still dropped whole");
+        assert_eq!(reachable_frames(&mmu), 5);
+    }
+
+    #[test]
+    fn a_table_in_the_slot_keeps_its_4k_leaves() {
+        let (mut mmu, mut b) = large();
+        map(&mut mmu, &mut b, CR3, REGION, DATA, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        // The guest puts a 2 MiB page there behind Umbra's back.
+        let pde = b.entry_addr(mmu.memory_mut(), CR3, REGION, Level::Pd, TABLE);
+        mmu.memory_mut().set(pde, BASE | PRESENT | WRITABLE | HUGE);
+        assert_eq!(mmu.demand_fill(REGION + 0x2000, READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().large_fills, 0);
+        assert_eq!(
+            mmu.shadow_entry(REGION + 0x2000).unwrap() & 0x000F_FFFF_FFFF_F000,
+            HOST_OFFSET + BASE + 0x2000
+        );
+        assert!(mmu.shadow_entry(REGION).is_some(), "the old leaf stays, a stale TLB entry's worth");
+    }
+
+    #[test]
+    fn a_4k_fill_takes_the_place_of_a_2m_leaf() {
+        let (mut mmu, mut b) = large();
+        b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        // The guest breaks the page into 4 KiB pages behind Umbra's back,
+        // then writes: the read-only 2 MiB leaf faults.
+        let pde = b.entry_addr(mmu.memory_mut(), CR3, REGION, Level::Pd, TABLE);
+        mmu.memory_mut().set(pde, 0);
+        map(&mut mmu, &mut b, CR3, REGION + 0x1000, DATA, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION + 0x1000, WRITE), FaultOutcome::Fixed);
+        assert_eq!(mmu.shadow_entry(REGION + 0x1000).unwrap() & 0x000F_FFFF_FFFF_F000, HOST_OFFSET + DATA);
+        assert!(mmu.shadow_entry(REGION).is_none(), "the rest of the 2 MiB leaf went with it");
+        assert_eq!(reachable_frames(&mmu), 6);
+    }
+
+    #[test]
+    fn no_leaf_straddles_the_kernel_boundary() {
+        let mut mmu = mmu_large(LIMIT, 256);
+        mmu.set_kernel_boundary(REGION + 0x10_0000).unwrap();
+        mmu.new_pagetable(CR3).unwrap();
+        let mut b = Builder::new();
+        b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        assert_eq!(mmu.demand_fill(REGION, READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().large_fills, 0);
+    }
+
+    #[test]
+    fn the_pinned_stack_stays_when_the_leaf_around_it_goes() {
+        let (mut mmu, mut b) = large();
+        b.map_large(mmu.memory_mut(), CR3, REGION, Level::Pd, BASE, PRESENT | WRITABLE);
+        mmu.set_kernel_stack(REGION + 0x8000, 0x2000).unwrap();
+        assert_eq!(mmu.counters().large_fills, 1);
+        // An update elsewhere in the 2 MiB drops the leaf; the stack is
+        // pinned again at once.
+        mmu.set_pte(CR3, REGION + 0x10_0000, 0).unwrap();
+        for va in [REGION + 0x8000, REGION + 0x9000] {
+            assert_ne!(mmu.shadow_entry(va).unwrap() & WRITABLE, 0);
+        }
+        mmu.invalidate_entry(CR3, REGION + 0x18_0000, Level::Pt).unwrap();
+        assert!(mmu.shadow_entry(REGION + 0x8000).is_some());
+    }
+}
+
 mod pinning {
     use super::*;
 
@@ -829,6 +959,51 @@ mod pinning {
         let pte = b.entry_addr(mmu.memory_mut(), CR3, KERNEL_VA, Level::Pt, TABLE);
         mmu.memory_mut().set(pte, 0);
         assert_eq!(mmu.set_pte(CR3_B, KERNEL_VA, 0), Err(KillReason::PinNotMapped));
+    }
+
+    #[test]
+    fn a_root_that_holds_the_stack_is_not_searched_again() {
+        let (mut mmu, mut b) = paged();
+        map(&mut mmu, &mut b, CR3, KERNEL_VA, DATA, PRESENT | WRITABLE);
+        let shared = mmu.memory().get(CR3 + 8 * 256);
+        mmu.memory_mut().set(CR3_B + 8 * 256, shared);
+        mmu.set_kernel_stack(KERNEL_VA, 0x1000).unwrap();
+        mmu.new_pagetable(CR3_B).unwrap();
+        mmu.new_pagetable(CR3).unwrap();
+        let pins = mmu.counters().pins;
+        // Back and forth: both roots hold the stack, and nothing changed.
+        for _ in 0..3 {
+            mmu.new_pagetable(CR3_B).unwrap();
+            mmu.new_pagetable(CR3).unwrap();
+        }
+        assert_eq!(mmu.counters().pins, pins);
+        // An update drops the stack from every root; each gets it back
+        // when it is next current.
+        mmu.set_pte(CR3, KERNEL_VA, DATA | PRESENT | WRITABLE).unwrap();
+        assert!(mmu.shadow_entry(KERNEL_VA).is_some());
+        mmu.new_pagetable(CR3_B).unwrap();
+        assert!(mmu.shadow_entry(KERNEL_VA).is_some(), "re-pinned in the other root");
+        assert!(mmu.counters().pins > pins);
+    }
+
+    #[test]
+    fn a_fill_that_would_leave_the_stack_read_only_pins_it_again() {
+        let (mut mmu, mut b) = paged();
+        let pte = map(&mut mmu, &mut b, CR3, KERNEL_VA, DATA, PRESENT | WRITABLE);
+        mmu.set_kernel_stack(KERNEL_VA, 0x1000).unwrap();
+        assert_ne!(mmu.shadow_entry(KERNEL_VA).unwrap() & WRITABLE, 0);
+        // Behind Umbra's back: user-accessible at every level, not dirty.
+        for level in [Level::Pml4, Level::Pdpt, Level::Pd] {
+            let entry = b.entry_addr(mmu.memory_mut(), CR3, KERNEL_VA, level, TABLE);
+            let value = mmu.memory().get(entry);
+            mmu.memory_mut().set(entry, value | USER);
+        }
+        let value = mmu.memory().get(pte);
+        mmu.memory_mut().set(pte, (value | USER) & !DIRTY);
+        // A user read faults on the supervisor leaf, and the fill alone
+        // would map the page read-only.
+        assert_eq!(mmu.demand_fill(KERNEL_VA, USER_READ), FaultOutcome::Fixed);
+        assert_ne!(mmu.shadow_entry(KERNEL_VA).unwrap() & WRITABLE, 0, "the stack stays writable");
     }
 }
 

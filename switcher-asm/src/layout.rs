@@ -55,6 +55,47 @@ const _: () = assert!(umbra_abi::SWITCHER_RESERVED == SWITCHER_BASE + (2 << 20))
 /// Where the switcher's own code is entered from the host.
 pub const ENTRY_VA: u64 = SWITCHER_BASE + ENTRY_OFFSET;
 
+/// Where `syscall` from guest user mode lands (IA32_LSTAR): the direct
+/// path into the guest kernel, in the second code page after the world
+/// switch's two paths.
+pub const SYSCALL_OFFSET: u64 = ENTRY_OFFSET + 0x400;
+pub const SYSCALL_VA: u64 = SWITCHER_BASE + SYSCALL_OFFSET;
+/// Where a `syscall` from compatibility mode would land (IA32_CSTAR):
+/// no guest can reach that mode (every code segment it may use is
+/// 64-bit), and were it to, the call would exit as the #UD it was before
+/// EFER.SCE: the direct path's closed branch.
+pub const SYSCALL_CLOSED_OFFSET: u64 = SYSCALL_OFFSET + 0x100;
+pub const SYSCALL_CLOSED_VA: u64 = SWITCHER_BASE + SYSCALL_CLOSED_OFFSET;
+/// The end of the direct path's code: an exit whose RIP lies in
+/// `SYSCALL_VA..SYSCALL_END_VA` at ring 0 interrupted it (see hv-core).
+pub const SYSCALL_END_OFFSET: u64 = SYSCALL_CLOSED_OFFSET + 0x100;
+pub const SYSCALL_END_VA: u64 = SWITCHER_BASE + SYSCALL_END_OFFSET;
+
+/// Whether `rip`, at ring 0, lies in the direct path's code.
+pub const fn in_syscall_path(rip: u64) -> bool {
+    rip >= SYSCALL_VA && rip < SYSCALL_END_VA
+}
+
+/// IA32_STAR: `syscall` loads CS 0x08 and SS 0x10, the switcher's ring-0
+/// selectors (the direct path runs there, briefly); `sysret` would load
+/// the guest's user selectors, 0x33 and 0x2b, but nothing here runs it.
+pub const STAR: u64 = (SYSRET_SELECTOR_BASE as u64) << 48 | (SWITCHER_CS as u64) << 32;
+const SYSRET_SELECTOR_BASE: u16 = umbra_abi::GUEST_USER_CS - 16;
+/// IA32_FMASK: the flags `syscall` clears on the way to the direct path:
+/// TF (no single-step trap at ring 0), IF (no interrupt before the stack
+/// is the guest kernel's), DF and AC (nor the string or alignment
+/// behaviour a user left), IOPL and NT.
+pub const SYSCALL_FLAGS_MASK: u64 = 0x100 | 0x200 | 0x400 | 0x3000 | 0x4000 | 0x4_0000;
+/// The flags the guest kernel's syscall handler starts with: interrupts
+/// on (the real flag, which stays on at ring 1 so that the host keeps
+/// its timer), nothing else but the always-one bit.
+pub const SYSCALL_ENTRY_RFLAGS: u64 = 0x202;
+
+// `sysret`'s selectors are the guest's user ones; `syscall`'s are the
+// switcher's (STAR's SS is CS + 8 both ways).
+const _: () = assert!((SYSRET_SELECTOR_BASE + 8) | 3 == umbra_abi::GUEST_USER_SS);
+const _: () = assert!(SWITCHER_CS + 8 == SWITCHER_DS);
+
 /// The guest's registers, as the exit path leaves them: the general
 /// registers the stub pushes, the vector and error code, then the frame
 /// the CPU pushed on the way in. It sits at the very end of the registers
@@ -90,6 +131,12 @@ pub struct GuestRegs {
 /// Offset of [`GuestRegs`] within the registers page.
 pub const GUEST_REGS_OFFSET: u64 = PAGE_SIZE - size_of::<GuestRegs>() as u64;
 pub const GUEST_REGS_VA: u64 = REGS_PAGE + GUEST_REGS_OFFSET;
+/// The word just below [`GuestRegs`], where the direct `syscall` path
+/// keeps the user's stack pointer while it builds the guest kernel's
+/// frame: it is this CPU's, writable at ring 0, and no exit writes
+/// there, so after an exit that interrupted the path the host finds it.
+pub const SYSCALL_USER_RSP_OFFSET: u64 = GUEST_REGS_OFFSET - 8;
+pub const SYSCALL_USER_RSP_VA: u64 = REGS_PAGE + SYSCALL_USER_RSP_OFFSET;
 /// Where traps from the guest start pushing: TSS.RSP0, and the IST stack
 /// for NMI, #DF and #MC (so even a trap in the switcher itself, whatever
 /// RSP holds, lands in a known place).
@@ -190,6 +237,12 @@ pub struct SwitcherState {
     pub guest_idt: TablePointer,
     pub gdt: [u64; GDT_ENTRIES],
     pub tss: Tss,
+    /// The direct `syscall` path's stack: the guest kernel stack (as in
+    /// TSS.RSP1) while the guest has a syscall entry and a kernel stack,
+    /// else 0, which closes the path (`syscall` exits as a #UD).
+    pub syscall_stack: u64,
+    /// The guest kernel's syscall entry (SET_SYSCALL_ENTRY).
+    pub syscall_entry: u64,
 }
 
 const _: () = assert!(size_of::<SwitcherState>() as u64 <= PAGE_SIZE);
@@ -211,6 +264,8 @@ pub const STATE_GUEST_IDT: u64 = STATE_PAGE + offset_of!(SwitcherState, guest_id
 pub const STATE_GUEST_TSS_ACCESS: u64 =
     STATE_PAGE + offset_of!(SwitcherState, gdt) as u64 + TSS_SLOT as u64 * 8 + 5;
 pub const GUEST_GDT_VA: u64 = STATE_PAGE + offset_of!(SwitcherState, gdt) as u64;
+pub const STATE_SYSCALL_STACK: u64 = STATE_PAGE + offset_of!(SwitcherState, syscall_stack) as u64;
+pub const STATE_SYSCALL_ENTRY: u64 = STATE_PAGE + offset_of!(SwitcherState, syscall_entry) as u64;
 pub const GUEST_TSS_VA: u64 = STATE_PAGE + offset_of!(SwitcherState, tss) as u64;
 
 /// The exceptions that push an error code, one bit per vector (all are
@@ -277,13 +332,19 @@ pub const fn stub_address(vector: u8) -> u64 {
     SWITCHER_BASE + vector as u64 * STUB_SIZE
 }
 
-/// The IDT the guest runs under: every vector exits to the host. NMI,
-/// #DF and #MC use IST1, the registers page's trap stack.
+/// The IDT the guest runs under: every vector exits to the host, on
+/// IST1, the registers page's trap stack. From ring 1 or 3 that is where
+/// TSS.RSP0 would put the frame anyway; what IST adds is the same place
+/// for a trap taken at ring 0, whatever RSP holds: in the switcher (NMI,
+/// #DF, #MC) or on the direct `syscall` path, which runs at ring 0 on
+/// the guest's stack pointer for an instruction and then on the guest
+/// kernel's stack (a pending debug trap, a fault while it pushes). Such
+/// an exit lands in `GuestRegs` like any other, and the host sees where
+/// it came from.
 pub fn guest_idt() -> [Gate; 256] {
     let mut idt = [Gate::default(); 256];
     for (vector, gate) in idt.iter_mut().enumerate() {
-        let ist = if matches!(vector, 2 | 8 | 18) { 1 } else { 0 };
-        *gate = Gate::interrupt(stub_address(vector as u8), SWITCHER_CS, ist);
+        *gate = Gate::interrupt(stub_address(vector as u8), SWITCHER_CS, 1);
     }
     idt
 }
@@ -331,8 +392,7 @@ mod tests {
         let idt = guest_idt();
         assert_eq!(idt[0].handler(), SWITCHER_BASE);
         assert_eq!(idt[255].handler(), SWITCHER_BASE + 255 * 16);
-        assert_eq!(idt[8].ist, 1);
-        assert_eq!(idt[14].ist, 0);
+        assert!(idt.iter().all(|gate| gate.ist == 1));
         const { assert!(stub_address(255) + STUB_SIZE <= SWITCHER_BASE + ENTRY_OFFSET) };
     }
 
@@ -351,6 +411,18 @@ mod tests {
         assert_eq!((low >> 40) & 0xff, 0x89);
         assert_eq!(low >> 56, 0xff);
         assert_eq!(high, 0xffff_ffff);
+    }
+
+    #[test]
+    fn the_syscall_path_fits_its_page() {
+        const { assert!(SYSCALL_END_VA <= SWITCHER_BASE + CODE_PAGES * PAGE_SIZE) };
+        const { assert!(SYSCALL_USER_RSP_VA >= REGS_PAGE) };
+        assert!(in_syscall_path(SYSCALL_VA) && in_syscall_path(SYSCALL_CLOSED_VA));
+        assert!(!in_syscall_path(ENTRY_VA) && !in_syscall_path(SYSCALL_END_VA));
+        // sysret would go to the guest's user selectors.
+        assert_eq!(((STAR >> 48) as u16 + 16) | 3, umbra_abi::GUEST_USER_CS);
+        assert_eq!(((STAR >> 48) as u16 + 8) | 3, umbra_abi::GUEST_USER_SS);
+        assert_eq!((STAR >> 32) as u16, SWITCHER_CS);
     }
 
     #[test]

@@ -123,6 +123,18 @@ mod image {
         ERROR_CODE_VECTORS = const ERROR_CODE_VECTORS,
         HOST_RFLAGS = const HOST_RFLAGS,
         GUEST_REGS_VA = const GUEST_REGS_VA,
+        SYSCALL_OFFSET = const SYSCALL_OFFSET,
+        SYSCALL_CLOSED_OFFSET = const SYSCALL_CLOSED_OFFSET,
+        SYSCALL_END_OFFSET = const SYSCALL_END_OFFSET,
+        SYSCALL_USER_RSP = const SYSCALL_USER_RSP_VA,
+        STATE_SYSCALL_STACK = const STATE_SYSCALL_STACK,
+        STATE_SYSCALL_ENTRY = const STATE_SYSCALL_ENTRY,
+        SYSCALL_ENTRY_RFLAGS = const SYSCALL_ENTRY_RFLAGS,
+        TRAP_STACK_TOP = const TRAP_STACK_TOP,
+        USER_SS = const umbra_abi::GUEST_USER_SS,
+        USER_CS = const umbra_abi::GUEST_USER_CS,
+        KERNEL_SS = const umbra_abi::GUEST_KERNEL_SS,
+        KERNEL_CS = const umbra_abi::GUEST_KERNEL_CS,
         options(att_syntax)
     );
 

@@ -21,6 +21,12 @@
  *   memory and nothing of the host is mapped;
  *   pop the guest's registers from the registers page and iretq to it.
  *
+ * syscall_direct (guest user mode's `syscall`, when EFER.SCE is on):
+ *   keep the user's stack pointer, take the guest kernel's stack from the
+ *   state page, push the frame `int n` would push from ring 3 and return
+ *   to the guest kernel's syscall entry at ring 1: no exit, no CR3
+ *   switch. With no entry or no stack it exits as the #UD it was.
+ *
  * exit (any trap or interrupt while the guest runs):
  *   the CPU has switched to TSS.RSP0 (or IST1), the end of the registers
  *   page, and pushed its frame there; the stub adds an error code where
@@ -100,6 +106,61 @@ exit_common:
     pop %rbx
     ret
 
+    .org switcher_start + {SYSCALL_OFFSET}
+syscall_direct:
+    /* `syscall` from guest user mode (IA32_LSTAR): CPL 0, CS and SS the
+     * switcher's (IA32_STAR), RFLAGS masked by IA32_FMASK (interrupts,
+     * single-step, DF, AC, NT and IOPL clear). rcx holds the user's RIP
+     * after the instruction, r11 its RFLAGS. RSP is still the user's: any
+     * value at all, which is never used as an address here. It is kept
+     * in this CPU's scratch word, then the stack becomes the guest
+     * kernel's, from the state page the guest cannot write (0 while the
+     * path is closed: no entry, or no kernel stack). */
+    mov %rsp, {SYSCALL_USER_RSP}
+    mov {STATE_SYSCALL_STACK}, %rsp
+    test %rsp, %rsp
+    jz syscall_closed
+    /* The frame `int n` pushes from ring 3, on the guest kernel stack
+     * (pinned, so these writes cannot fault; page-aligned, as an
+     * interrupt would align it): SS, RSP, RFLAGS, CS, RIP. */
+    push ${USER_SS}
+    pushq {SYSCALL_USER_RSP}
+    push %r11
+    push ${USER_CS}
+    push %rcx
+    /* Then down to ring 1, into the guest kernel's entry, with that frame
+     * on its stack, interrupts on and no other flag: the `iretq` frame
+     * goes below it, written in place so that no register changes (rcx
+     * and r11 stay as `syscall` left them, for the guest kernel and for
+     * the host, should anything interrupt this path). */
+    movq ${KERNEL_SS}, -8(%rsp)
+    mov %rsp, -16(%rsp)
+    movq ${SYSCALL_ENTRY_RFLAGS}, -24(%rsp)
+    movq ${KERNEL_CS}, -32(%rsp)
+    sub $32, %rsp
+    pushq {STATE_SYSCALL_ENTRY}
+    iretq
+
+    .org switcher_start + {SYSCALL_CLOSED_OFFSET}
+syscall_compat:
+    /* IA32_CSTAR: `syscall` from compatibility mode, which no guest can
+     * reach; were it to, this exits like the closed path. */
+    mov %rsp, {SYSCALL_USER_RSP}
+syscall_closed:
+    /* Exit to the host with the frame a #UD at the `syscall` would have
+     * pushed, as when EFER.SCE was clear. */
+    mov ${TRAP_STACK_TOP}, %rsp
+    push ${USER_SS}
+    pushq {SYSCALL_USER_RSP}
+    push %r11
+    push ${USER_CS}
+    push %rcx
+    subq $2, (%rsp)
+    push $0
+    push $6
+    jmp exit_common
+
+    .org switcher_start + {SYSCALL_END_OFFSET}
     .org switcher_start + {CODE_BYTES}
 switcher_end:
     .popsection

@@ -456,12 +456,15 @@ pub fn schedule() {
         platform::set_fs_base(kernel.procs[next].fs_base);
     }
     kernel.current = next;
-    if kernel.procs[next].root != kernel.procs[me].root {
+    let root = kernel.procs[next].root;
+    match (root != kernel.procs[me].root, next != 0) {
+        // SAFETY: every address space maps the kernel identically, and the
+        // stack is the slot's own.
+        (true, true) => unsafe { platform::switch_context(root, kernel.kstack_top(next), KSTACK) },
         // SAFETY: every address space maps the kernel identically.
-        unsafe { platform::switch_root(kernel.procs[next].root) };
-    }
-    if next != 0 {
-        platform::set_kernel_stack(kernel.kstack_top(next), KSTACK);
+        (true, false) => unsafe { platform::switch_root(root) },
+        (false, true) => platform::set_kernel_stack(kernel.kstack_top(next), KSTACK),
+        (false, false) => {}
     }
     let from = &raw mut kernel.procs[me].ctx;
     let to = kernel.procs[next].ctx;

@@ -30,6 +30,9 @@ use crate::platform::{self, Gate};
 
 pub const RFLAGS_IF: u64 = 1 << 9;
 pub const SYSCALL_VECTOR: u8 = 0x80;
+/// What the direct `syscall` entry's frame says for its vector: above
+/// every real one.
+const DIRECT_SYSCALL: u64 = 0x100;
 const CLOCK_VECTOR: u8 = 32;
 /// Umbra's console input (`CONSOLE_IRQ`); natively the UART's interrupt
 /// stays off, and nothing raises it.
@@ -93,6 +96,16 @@ kernel_vectors:
     .balign 16
     pushq $0
     pushq $(32 + 4)
+    jmp kernel_trap_common
+
+    /* `syscall` from user mode, by Umbra's direct path: the frame `int n`
+       pushes is on the stack, rcx and r11 as the instruction left them.
+       Its vector is one no gate has. */
+    .balign 16
+    .global kernel_syscall_entry
+kernel_syscall_entry:
+    pushq $0
+    pushq $0x100
     jmp kernel_trap_common
 
     .global kernel_trap_common, kernel_trap_return, kernel_noirq_iret
@@ -169,6 +182,7 @@ kernel_switch:
 
 unsafe extern "C" {
     fn kernel_vectors();
+    fn kernel_syscall_entry();
     fn kernel_trap_return();
     fn kernel_noirq_iret();
     /// Saves the current kernel context in `*from` and resumes `to`.
@@ -198,6 +212,7 @@ pub fn install() {
     // HALT at once.
     platform::set_trap_handler(CONSOLE_VECTOR, stub(34), interrupt);
     platform::set_interrupt_return(mem::high(kernel_noirq_iret as *const () as u64));
+    platform::set_syscall_entry(mem::high(kernel_syscall_entry as *const () as u64));
 }
 
 /// Starts the scheduler's clock.
@@ -268,6 +283,13 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
             frame.rflags = (frame.rflags & !USER_FLAGS) | (frame.r11 & USER_FLAGS);
             super::linux::sys::syscall(frame);
         }
+        // A Linux program's `syscall`, straight from user mode (Umbra's
+        // direct path): rip, rcx and r11 are already as the instruction
+        // leaves them.
+        DIRECT_SYSCALL if k().cur().linux => super::linux::sys::syscall(frame),
+        // Anyone else's: no system call of ours, and an invalid opcode,
+        // as it is natively.
+        DIRECT_SYSCALL => kill(vector_name(6), frame.rip - 2, None, 128 + 6),
         vector if from_user && k().cur().linux => linux_fault(frame, vector),
         14 => page_fault(frame, from_user),
         6 if from_user && is_syscall_instruction(frame.rip) => {

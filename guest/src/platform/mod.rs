@@ -95,6 +95,24 @@ pub unsafe fn switch_root(root: u64) {
     }
 }
 
+/// Switches to the address space rooted at `root` and names the kernel
+/// stack traps from user mode land on (`len` bytes below `top`): a
+/// context switch. Under Umbra one call (SWITCH_CONTEXT), not two.
+///
+/// # Safety
+/// As [`switch_root`]; and the stack is the kernel's, which stays
+/// allocated.
+pub unsafe fn switch_context(root: u64, top: u64, len: u64) {
+    if native() {
+        // SAFETY: the caller vouches for the tables.
+        unsafe { native::switch_root(root) };
+        native::set_kernel_stack(top);
+    } else {
+        // SAFETY: as above.
+        unsafe { hypercall(abi::SWITCH_CONTEXT, root, top, len, 0, 0) };
+    }
+}
+
 /// Forgets every translation of the current address space's user half.
 pub fn flush_user() {
     if native() {
@@ -280,6 +298,17 @@ pub fn fpu_restore(area: &FpuArea) {
 /// Stops the machine with `status`.
 pub fn shutdown(status: u64, message: &str) -> ! {
     if native() { native::shutdown(status, message) } else { hypercall::shutdown(status, message) }
+}
+
+/// Where `syscall` from user mode enters the kernel, at ring 1 on the
+/// kernel stack, with the frame `int n` would push: under Umbra, its
+/// direct path (SET_SYSCALL_ENTRY), with no exit. Natively `syscall`
+/// stays a #UD (see `set_syscall_landing`), and this does nothing.
+pub fn set_syscall_entry(handler: u64) {
+    if !native() {
+        // SAFETY: the handler is ours, in the kernel half.
+        unsafe { hypercall(abi::SET_SYSCALL_ENTRY, handler, 0, 0, 0, 0) };
+    }
 }
 
 /// Where `syscall` lands on machines that run it although EFER.SCE is

@@ -325,7 +325,14 @@ fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring:
                 touch(va);
             }
         }
-        5 => calm_call(abi::NEW_PGTABLE, space.root, edgy(rng), edgy(rng), edgy(rng), edgy(rng)),
+        5 if rng.below(2) == 0 => {
+            calm_call(abi::NEW_PGTABLE, space.root, edgy(rng), edgy(rng), edgy(rng), edgy(rng))
+        }
+        // The same switch, and a kernel stack, in one call.
+        5 => {
+            let (top, len) = calm_stack(rng, memory_size);
+            calm_call(abi::SWITCH_CONTEXT, space.root, top, len, edgy(rng), edgy(rng))
+        }
         6 => {
             let number = [abi::SET_PMD, abi::SET_PUD, abi::SET_PGD][rng.below(3) as usize];
             let va = calm_address(rng, memory_size);
@@ -369,11 +376,15 @@ fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring:
                 calm_call(abi::LOAD_IDT_ENTRY, vector, edgy(rng), flags, edgy(rng), edgy(rng));
             }
         }
-        10 => {
-            let len = (1 + rng.below(abi::KERNEL_STACK_MAX / 4096)) * 4096;
-            let alias_end = memory_size.min(KERNEL_ALIAS_SIZE);
-            let top = KERNEL_BASE + len + rng.below((alias_end - len) / 4096 + 1) * 4096;
+        10 if rng.below(3) != 0 => {
+            let (top, len) = calm_stack(rng, memory_size);
             calm_call(abi::SET_STACK, top, len, edgy(rng), edgy(rng), edgy(rng));
+        }
+        // A syscall entry of ours (nothing here runs `syscall`), or none.
+        10 => {
+            let handler = HANDLERS[rng.below(HANDLERS.len() as u64) as usize].1;
+            let entry = [alias(handler), 0][rng.below(2) as usize];
+            calm_call(abi::SET_SYSCALL_ENTRY, entry, edgy(rng), edgy(rng), edgy(rng), edgy(rng));
         }
         11 => {
             // Cancelled, or so far off that it never fires in a run.
@@ -393,6 +404,14 @@ fn calm_request(rng: &mut Rng, memory_size: u64, space: &mut AddressSpace, ring:
         13 => random_trap(rng, int3),
         _ => touch(calm_address(rng, memory_size)),
     }
+}
+
+/// A kernel stack anywhere in the kernel alias, as SET_STACK takes it.
+fn calm_stack(rng: &mut Rng, memory_size: u64) -> (u64, u64) {
+    let len = (1 + rng.below(abi::KERNEL_STACK_MAX / 4096)) * 4096;
+    let alias_end = memory_size.min(KERNEL_ALIAS_SIZE);
+    let top = KERNEL_BASE + len + rng.below((alias_end - len) / 4096 + 1) * 4096;
+    (top, len)
 }
 
 /// Any call but the ones that end the run for sure: a second INIT,

@@ -26,6 +26,9 @@ pub struct SimMemory {
     pub refuse_writes: bool,
     /// When set, every read fails (to provoke the unreadable kill).
     pub refuse_reads: bool,
+    /// When set, the memory says the host backs it with 2 MiB pages
+    /// (`HOST_OFFSET` is 2 MiB-aligned), and the MMU may use 2 MiB leaves.
+    pub large: bool,
 }
 
 impl SimMemory {
@@ -62,6 +65,9 @@ impl GuestMemory for SimMemory {
     }
     fn guest_to_host(&self, gpa: u64) -> u64 {
         gpa + HOST_OFFSET
+    }
+    fn host_large_pages(&self) -> bool {
+        self.large
     }
 }
 
@@ -135,6 +141,13 @@ pub fn mmu_with(limit: u64, cap: usize) -> Mmu {
 
 pub fn mmu() -> Mmu {
     mmu_with(LIMIT, 256)
+}
+
+/// An MMU whose memory the host backs with 2 MiB pages: it may shadow
+/// guest large pages with 2 MiB leaves.
+pub fn mmu_large(limit: u64, cap: usize) -> Mmu {
+    let memory = SimMemory { large: true, ..SimMemory::new(limit) };
+    ShadowMmu::new(memory, SimPool::new(cap)).expect("setup")
 }
 
 /// Flags of a guest table pointer that allows everything below it.
@@ -227,13 +240,15 @@ fn count_table(pool: &SimPool, table: u64, level: Level, base: u64, seen: &mut H
         if level == Level::Pd && entry_base >= 0xFFFF_FFC0_0000 {
             continue;
         }
-        if e & PRESENT != 0 {
+        // A 2 MiB leaf points at guest memory, not at a table.
+        if e & PRESENT != 0 && !(level == Level::Pd && e & HUGE != 0) {
             count_table(pool, e & ADDRESS_MASK, next, entry_base, seen);
         }
     }
 }
 
 /// Every present shadow leaf under a root: (canonical page address, entry).
+/// A 2 MiB leaf comes once, at its first address, with HUGE set.
 pub fn shadow_leaves(pool: &SimPool, root: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     collect(pool, root, Level::Pml4, 0, &mut out);
@@ -249,13 +264,11 @@ fn collect(pool: &SimPool, table: u64, level: Level, base: u64, out: &mut Vec<(u
         if e & PRESENT == 0 {
             continue;
         }
+        let va = if entry_base & (1 << 47) != 0 { entry_base | 0xFFFF_0000_0000_0000 } else { entry_base };
         match level.next() {
+            _ if level == Level::Pd && e & HUGE != 0 => out.push((va, e)),
             Some(next) => collect(pool, e & ADDRESS_MASK, next, entry_base, out),
-            None => {
-                let va =
-                    if entry_base & (1 << 47) != 0 { entry_base | 0xFFFF_0000_0000_0000 } else { entry_base };
-                out.push((va, e));
-            }
+            None => out.push((va, e)),
         }
     }
 }

@@ -44,6 +44,7 @@ mod hypercalls;
 mod paging;
 mod privilege;
 mod switcher;
+mod syscall;
 mod usermode;
 mod vectors;
 
@@ -98,6 +99,7 @@ const ATTACKS: &[&[Attack]] = &[
     vectors::ATTACKS,
     fsbase::ATTACKS,
     usermode::ATTACKS,
+    syscall::ATTACKS,
 ];
 
 /// Runs attack `name`, after INIT.
