@@ -86,17 +86,26 @@ guest_elf="$UMBRA_ROOT/target/$UMBRA_TARGET/release/guest"
 out="$UMBRA_ROOT/target/bench"
 mkdir -p "$out"
 
-# boot MODE KERNEL APPEND LOG: one boot, with a timeout that only
-# catches hangs; the serial log is kept.
-boot() {
-    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg extra=() rc=0
+# qemu_in_mode MODE KERNEL APPEND LOG [QEMU ARGS...]: one QEMU in MODE
+# (tcg, icount or kvm), with a timeout that only catches hangs; the
+# serial log is kept. Sets rc to QEMU's exit code.
+qemu_in_mode() {
+    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg extra=()
+    shift 4
     case "$mode" in
         icount) extra=(-icount shift=0) ;;
         kvm) accel=kvm ;;
     esac
     qemu_args "$accel" "$machine" 2 256M
     QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
-    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${extra[@]}" -append "$append" >"$log" 2>&1 || rc=$?
+    rc=0
+    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${extra[@]}" "$@" -append "$append" >"$log" 2>&1 || rc=$?
+}
+
+# boot MODE KERNEL APPEND LOG: one boot of the built-in benchmark.
+boot() {
+    local mode=$1 kernel=$2 log=$4 rc
+    qemu_in_mode "$@"
     if ! grep -q "guest: benchmark: done" "$log"; then
         say "the $mode run of $kernel did not finish (exit code $rc); see $log"
         return 1
@@ -125,15 +134,8 @@ fi
 # loop; prints "linux-getpid OPS NS EXITS" (EXITS: all of Umbra's, 0
 # natively).
 linux_getpid() {
-    local mode=$1 kernel=$2 append=$3 log=$4 accel=tcg extra=() rc=0
-    case "$mode" in
-        icount) extra=(-icount shift=0) ;;
-        kvm) accel=kvm ;;
-    esac
-    qemu_args "$accel" "$machine" 2 256M
-    QEMU_ARGS[${#QEMU_ARGS[@]} - 1]=$kernel
-    timeout 900 qemu-system-x86_64 "${QEMU_ARGS[@]}" "${extra[@]}" -initrd "$getpid_cpio" \
-        -append "$append" >"$log" 2>&1 || rc=$?
+    local mode=$1 kernel=$2 log=$4 rc
+    qemu_in_mode "$@" -initrd "$getpid_cpio"
     local line exits
     line=$(tr -d '\r' <"$log" | sed -n 's/.*bench linux-getpid: \([0-9]*\) ops, \([0-9]*\) ns.*/\1 \2/p')
     if [ -z "$line" ]; then
