@@ -100,14 +100,8 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         }
         let gate = GuestGate { handler, flags };
         if gate.present() {
-            if !is_canonical(handler) {
-                return Err(bad("non-canonical handler"));
-            }
-            if handler >= SWITCHER_BASE {
-                return Err(bad("handler in the switcher"));
-            }
-            if handler < self.mmu.kernel_boundary() {
-                return Err(bad("handler outside the guest kernel"));
+            if let Some(why) = self.handler_problem(handler) {
+                return Err(bad(why));
             }
             if gate.user() && !user_may_raise(index) {
                 return Err(bad("user mode may not raise this vector"));
@@ -176,21 +170,30 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         self.kernel_stack_top = Some(top);
     }
 
+    /// Why `handler` may not be where the CPU enters the guest kernel: an
+    /// address it could not jump to, the switcher's, or one below the
+    /// guest kernel's half. Shared by IDT gates and the syscall entry.
+    fn handler_problem(&self, handler: u64) -> Option<&'static str> {
+        if !is_canonical(handler) {
+            Some("non-canonical handler")
+        } else if handler >= SWITCHER_BASE {
+            Some("handler in the switcher")
+        } else if handler < self.mmu.kernel_boundary() {
+            Some("handler outside the guest kernel")
+        } else {
+            None
+        }
+    }
+
     /// SET_SYSCALL_ENTRY: where `syscall` from user mode enters the guest
     /// kernel, checked as a handler of LOAD_IDT_ENTRY is; 0 closes the
     /// direct path again.
     pub(crate) fn set_syscall_entry(&mut self, handler: u64) -> Result<u64, Kill> {
         let bad = |why| Kill::BadSyscallEntry { handler, why };
-        if handler != 0 {
-            if !is_canonical(handler) {
-                return Err(bad("non-canonical handler"));
-            }
-            if handler >= SWITCHER_BASE {
-                return Err(bad("handler in the switcher"));
-            }
-            if handler < self.mmu.kernel_boundary() {
-                return Err(bad("handler outside the guest kernel"));
-            }
+        if handler != 0
+            && let Some(why) = self.handler_problem(handler)
+        {
+            return Err(bad(why));
         }
         self.syscall_entry = (handler != 0).then_some(handler);
         self.switcher_changed.syscall = true;
