@@ -713,6 +713,12 @@ fn run_slice<M: Machine>(
     // often enough for a typist, and no port read on the hot path. What
     // was read goes to the owner at its next entry.
     let mut look_for_input = true;
+    // The host ticks every HOST_TICK_NS of the guest's turn, counted from
+    // the slice's start and not from each entry: the timer is armed anew
+    // at every entry, and a guest that exits more often than the tick
+    // would otherwise never see one, never yield the CPU to the others
+    // and never have its console read.
+    let mut next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS);
     loop {
         if core::mem::take(&mut look_for_input) {
             input.pump(machine);
@@ -742,21 +748,27 @@ fn run_slice<M: Machine>(
             return SliceEnd::Finished(console.killed(machine, kill));
         }
         vcpu::sanitize(regs);
-        let until_deadline = vcpu.next_deadline_ns().map_or(HOST_TICK_NS, |d| d.saturating_sub(now));
+        let until_tick = next_tick_ns.saturating_sub(now).max(1);
+        let until_deadline = vcpu.next_deadline_ns().map_or(until_tick, |d| d.saturating_sub(now));
 
-        let exit = machine.enter(regs, until_deadline.min(HOST_TICK_NS));
+        let exit = machine.enter(regs, until_deadline.min(until_tick));
         cycles.guest += exit.guest_cycles;
         if regs.vector == 6 {
             cycles.fastest_hypercall = cycles.fastest_hypercall.min(exit.guest_cycles);
         }
-        look_for_input = exit.host_tick;
+        let host_tick = exit.host_tick || machine.now_ns() >= next_tick_ns;
+        if host_tick {
+            look_for_input = true;
+            next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS);
+        }
         let next = vcpu.handle_exit(regs, exit.cr2, &mut GuestHost { machine, console });
         match next {
-            Next::Resume if exit.host_tick && several => return SliceEnd::Preempted,
+            Next::Resume if host_tick && several => return SliceEnd::Preempted,
             Next::Resume => {}
             Next::Halt if several => return SliceEnd::Halted,
             Next::Halt => match sleep_while_halted(machine, vcpu, watchdog, (number, input)) {
-                Ok(()) => {}
+                // Woken, it has the CPU as if a slice started now.
+                Ok(()) => next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS),
                 Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(machine, kill)),
                 Err(HaltEnd::Watchdog(watchdog)) => {
                     return SliceEnd::Finished(watchdog.kill(machine, console));

@@ -533,8 +533,30 @@ fn runnable_guests_take_turns_round_robin() {
     let mut sim = Sim::new().script(1, &steps).script(2, &steps).script(3, &steps);
     assert_eq!(run(&mut sim, config(3)), status::SUCCESS, "{}", sim.out);
     assert_eq!(sim.turns(), [1, 2, 3].repeat(5), "{}", sim.out);
-    // Every turn but the last of each guest ended at a host tick.
-    assert!(sim.entries.iter().all(|e| e.timer_ns == HOST_TICK_NS));
+    // Every turn but the last of each guest ended at a host tick, which
+    // each turn's first entry armed for a whole tick; later entries of
+    // the same turn, for what is left of it.
+    for turn in sim.entries.chunk_by(|a, b| a.guest == b.guest) {
+        let start = turn[0].at_ns;
+        for entry in turn {
+            assert_eq!(entry.timer_ns, HOST_TICK_NS - (entry.at_ns - start), "{turn:?}");
+        }
+    }
+}
+
+#[test]
+fn a_guest_that_exits_often_still_yields_at_the_host_tick() {
+    // Two host ticks' worth of hypercalls, none of them the timer: the
+    // tick counts from the turn's start, not from each entry.
+    let calls = (2 * HOST_TICK_NS / STEP_NS) as usize;
+    let mut busy = vec![INIT];
+    busy.extend(std::iter::repeat_n(Call(abi::SEND_INTERRUPTS, [0; 5]), calls));
+    busy.push(shutdown(0));
+    let mut sim = Sim::new().script(1, &busy).script(2, &[INIT, shutdown(0)]);
+    assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    let turns = sim.turns();
+    assert_eq!(turns[..3], [1, 2, 1], "{}", sim.out);
+    assert!(sim.entries.iter().all(|e| e.timer_ns <= HOST_TICK_NS));
 }
 
 #[test]
