@@ -33,8 +33,16 @@ pub const MAX_PROCS: usize = 128;
 /// the smallest guests (4 MiB).
 pub const SCENARIO_PROCS: usize = 32;
 pub const KSTACK: u64 = 16 * 1024;
-/// The scheduler's time slice.
+/// The scheduler's time slice: how often the clock ticks while several
+/// processes can run.
 pub const TICK_NS: u64 = 1_000_000;
+/// How often it ticks while at most one can: with nobody to share the
+/// CPU with, a tick only reads the console natively (Umbra interrupts for
+/// input) and wakes sleepers, who have the clock come sooner themselves
+/// (`trap::clock_by`). Under Umbra every tick is an exit, and where exits
+/// are slow (this project's nested KVM: milliseconds each) a lone
+/// program's 1 ms ticks took most of its time.
+pub const LONE_TICK_NS: u64 = 20_000_000;
 /// How far the heap may grow.
 pub const HEAP_MAX: u64 = 256 << 20;
 
@@ -159,6 +167,8 @@ pub struct Kernel {
     /// measure the console instead of the kernel.
     pub quiet: bool,
     pub ticking: bool,
+    /// When the clock is next due to tick (ns since boot), while ticking.
+    pub clock_due: u64,
     /// Who inherits orphans: slot 0 (kernel main), or Linux's init.
     pub reaper: usize,
     /// The slots in use, each with a kernel stack: up to `MAX_PROCS`.
@@ -185,6 +195,7 @@ static KERNEL: Cell = Cell(UnsafeCell::new(Kernel {
     preemptions: 0,
     quiet: false,
     ticking: false,
+    clock_due: 0,
     reaper: 0,
     slots: SCENARIO_PROCS,
     live: 1,
@@ -316,6 +327,8 @@ pub fn fork(frame: &TrapFrame) -> Option<u64> {
         // The live registers are the parent's: the child starts with them.
         platform::fpu_save(fpu_area(index));
     }
+    // Two can run now: the clock slices their time.
+    trap::clock_by(platform::now_ns().saturating_add(TICK_NS));
     Some(pid)
 }
 

@@ -25,7 +25,7 @@
 //! their kernel-half aliases, and RIP-relative references follow.
 
 use super::mem::{self, Fault, PAGE, USER_BASE, USER_STACK_MAX, USER_STACK_TOP};
-use super::proc::{self, HEAP_MAX, TICK_NS, k};
+use super::proc::{self, HEAP_MAX, LONE_TICK_NS, State, TICK_NS, k};
 use crate::platform::{self, Gate};
 
 pub const RFLAGS_IF: u64 = 1 << 9;
@@ -218,13 +218,47 @@ pub fn install() {
 /// Starts the scheduler's clock.
 pub fn start_clock() {
     k().ticking = true;
-    platform::set_timer(TICK_NS);
+    arm_clock(TICK_NS);
 }
 
 /// Stops it.
 pub fn stop_clock() {
     k().ticking = false;
     platform::set_timer(0);
+}
+
+fn arm_clock(delta_ns: u64) {
+    k().clock_due = platform::now_ns().saturating_add(delta_ns);
+    platform::set_timer(delta_ns);
+}
+
+/// Makes sure the clock ticks by `deadline` (ns since boot): a sleeper's,
+/// or a time slice's when a process becomes runnable beside another.
+pub fn clock_by(deadline: u64) {
+    let kernel = k();
+    if kernel.ticking && deadline < kernel.clock_due {
+        arm_clock(deadline.saturating_sub(platform::now_ns()).max(1));
+    }
+}
+
+/// After a tick, when the next one is due: a time slice while others
+/// wait to run, else the lone tick, or the first sleeper's deadline if
+/// that comes sooner.
+fn next_tick_ns() -> u64 {
+    let kernel = k();
+    let mut runnable = 0;
+    for proc in &kernel.procs[..kernel.live] {
+        if matches!(proc.state, State::Runnable | State::Running) {
+            runnable += 1;
+        }
+    }
+    if runnable > 1 {
+        return TICK_NS;
+    }
+    match super::linux::next_wake() {
+        0 => LONE_TICK_NS,
+        wake => wake.saturating_sub(platform::now_ns()).clamp(1, LONE_TICK_NS),
+    }
 }
 
 fn vector_name(vector: u64) -> &'static str {
@@ -258,12 +292,12 @@ extern "C" fn kernel_trap(frame: &mut TrapFrame) {
         v if v == u64::from(CLOCK_VECTOR) => {
             let kernel = k();
             if kernel.ticking {
-                platform::set_timer(TICK_NS);
                 kernel.need_resched = true;
                 if from_user {
                     kernel.preemptions += 1;
                 }
                 super::linux::tick();
+                arm_clock(next_tick_ns());
             }
         }
         v if v == u64::from(CONSOLE_VECTOR) => super::linux::terminal::pump(),

@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use super::fs::Fs;
 use super::heap::HEAP;
 use super::mem::{self, PAGE};
-use super::proc::{self, KSTACK, MAX_PROCS, State, k};
+use super::proc::{self, KSTACK, MAX_PROCS, State, TICK_NS, k};
 use super::trap::{self, TrapFrame};
 use crate::platform;
 use crate::platform::console::Printable;
@@ -145,14 +145,19 @@ pub const POLL_CHANNEL: usize = 1;
 /// Makes every task sleeping on `channel` runnable.
 pub fn wake(channel: usize) {
     let kernel = k();
-    for index in 1..MAX_PROCS {
+    let mut woken = false;
+    for index in 1..kernel.live {
         if kernel.procs[index].state == State::Waiting
             && kernel.procs[index].linux
             && let Some(task) = task::task_slot(index)
             && task.channel == channel
         {
             kernel.procs[index].state = State::Runnable;
+            woken = true;
         }
+    }
+    if woken {
+        trap::clock_by(platform::now_ns().saturating_add(TICK_NS));
     }
 }
 
@@ -207,7 +212,13 @@ pub fn set_wake_at(deadline: u64) {
     let next = NEXT_WAKE.load(Ordering::Relaxed);
     if deadline != 0 && (next == 0 || deadline < next) {
         NEXT_WAKE.store(deadline, Ordering::Relaxed);
+        trap::clock_by(deadline);
     }
+}
+
+/// The earliest deadline a sleeper has set, 0 for none.
+pub fn next_wake() -> u64 {
+    NEXT_WAKE.load(Ordering::Relaxed)
 }
 
 /// The clock's tick: takes what was typed, and wakes the sleepers whose
