@@ -44,6 +44,7 @@ extern crate std;
 
 #[cfg(feature = "acpi")]
 pub mod acpi;
+pub mod clock;
 #[cfg(feature = "rng")]
 pub mod rng;
 pub mod status;

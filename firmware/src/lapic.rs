@@ -21,6 +21,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use umbra_abi::clock::{Bracket, Narrowest};
 use x86_64::registers::model_specific::Msr;
 
 /// The host timer's vector, and the spurious-interrupt vector. Both are
@@ -88,63 +89,38 @@ pub fn init() -> Result<u64, &'static str> {
     tsc_khz
 }
 
-/// One look at the APIC timer's count, between two reads of the TSC.
-#[derive(Clone, Copy)]
-struct Reading {
-    count: u32,
-    tsc_before: u64,
-    tsc_after: u64,
-}
-
-fn reading() -> Reading {
+/// The APIC timer's count, read between two reads of the TSC.
+fn reading() -> (u32, Bracket) {
     let tsc_before = rdtsc();
     let count = read(CURRENT_COUNT);
-    Reading { count, tsc_before, tsc_after: rdtsc() }
+    (count, Bracket { tsc_before, tsc_after: rdtsc() })
 }
 
-/// The TSC's rate in kHz: TSC ticks over a window of about 10 ms of APIC
-/// ticks (1 GHz, so nanoseconds).
-///
-/// Each end of the window is an APIC reading bracketed by two TSC reads,
-/// and the bracket says how sure it is: a host that deschedules this CPU
-/// between the APIC read and the TSC read (a busy machine under TCG does,
-/// for milliseconds) would otherwise add that time to the window and
-/// make the TSC look many times faster than it is. A window whose two
-/// brackets together exceed 1% of it is measured again, up to five
-/// times; the narrowest is kept.
+/// The TSC's rate in kHz: TSC ticks over about 10 ms of APIC ticks (1
+/// GHz, so nanoseconds), measured again while a busy host blurs the
+/// window's ends (`umbra_abi::clock`), up to five times.
 fn calibrate_tsc() -> Result<u64, &'static str> {
     const WINDOW_NS: u32 = 10_000_000;
-    let mut best: Option<(u128, u64)> = None; // (uncertainty, kHz)
+    let mut measured = Narrowest::default();
     for _ in 0..5 {
         write(INITIAL_COUNT, u32::MAX);
-        let start = reading();
-        let mut end = start;
+        let (start_count, start) = reading();
+        let (mut count, mut end) = (start_count, start);
         let mut spins = 0u64;
-        while start.count.wrapping_sub(end.count) < WINDOW_NS {
+        while start_count.wrapping_sub(count) < WINDOW_NS {
             spins += 1;
             if spins > 1_000_000_000 {
                 write(INITIAL_COUNT, 0);
                 return Err("the local APIC timer does not count");
             }
             core::hint::spin_loop();
-            end = reading();
+            (count, end) = reading();
         }
-        let elapsed_ns = u128::from(start.count.wrapping_sub(end.count));
-        // The midpoints of the two brackets; the widths, how far off they
-        // may be.
-        let middle = |r: Reading| (u128::from(r.tsc_before) + u128::from(r.tsc_after)) / 2;
-        let width = |r: Reading| u128::from(r.tsc_after.saturating_sub(r.tsc_before));
-        let tsc_ticks = middle(end).saturating_sub(middle(start));
-        let uncertainty = width(start) + width(end);
-        let khz = (tsc_ticks * 1_000_000 / elapsed_ns).clamp(1, u128::from(u64::MAX)) as u64;
-        if best.is_none_or(|(narrowest, _)| uncertainty < narrowest) {
-            best = Some((uncertainty, khz));
-        }
-        if uncertainty * 100 < tsc_ticks {
+        if measured.offer(start, end, u64::from(start_count.wrapping_sub(count))) {
             break;
         }
     }
-    Ok(best.map_or(1, |(_, khz)| khz))
+    Ok(measured.khz().unwrap_or(1))
 }
 
 /// Software-enable this CPU's APIC at the base it already has; its base.
