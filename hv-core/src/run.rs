@@ -38,7 +38,7 @@
 //! waiting does.
 
 use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use heapless::Vec;
 use log::Level;
@@ -57,8 +57,20 @@ use crate::vcpu::{self, GuestRam, Host, Kill, Next, Vcpu};
 pub const MAX_GUESTS: usize = 8;
 
 /// The host takes the CPU back at least this often, whatever the guest
-/// does with its own interrupt flag.
+/// does with its own interrupt flag: to share it between guests, and to
+/// read the console.
 pub const HOST_TICK_NS: u64 = 10_000_000;
+
+/// The host's tick for a guest that runs alone once nothing has been
+/// typed for [`QUIET_AFTER_NS`]: there is nobody to share the CPU with,
+/// and the console, read at every tick, is quiet. Every tick is an exit,
+/// and where exits cost milliseconds (nested KVM) ten of them a second
+/// took a fifth of a lone program's time. A keystroke brings the 10 ms
+/// tick back at the next look, up to 50 ms later.
+pub const QUIET_TICK_NS: u64 = 50_000_000;
+
+/// How long the console must have been quiet for [`QUIET_TICK_NS`].
+pub const QUIET_AFTER_NS: u64 = 1_000_000_000;
 
 /// One guest to run: its ELF image, its command line, and the root
 /// filesystem (a cpio archive) to copy into its memory, empty for none.
@@ -261,6 +273,8 @@ struct ConsoleInput {
     /// How many bytes the queue holds, readable without the lock: the
     /// owner looks at every entry, and almost always finds none.
     queued: AtomicUsize,
+    /// When a byte was last read from the console (ns on the run's clock).
+    last_input_ns: AtomicU64,
 }
 
 impl ConsoleInput {
@@ -271,6 +285,7 @@ impl ConsoleInput {
             return;
         }
         let mut queue = self.queue.lock();
+        let before = queue.len();
         while !queue.is_full() {
             match machine.read_console() {
                 Some(byte) => {
@@ -279,7 +294,20 @@ impl ConsoleInput {
                 None => break,
             }
         }
+        if queue.len() != before {
+            self.last_input_ns.store(machine.now_ns(), Ordering::Relaxed);
+        }
         self.queued.store(queue.len(), Ordering::Relaxed);
+    }
+
+    /// How long the host may leave a guest running (or a halted owner
+    /// asleep) before its next tick: [`HOST_TICK_NS`] while guests share
+    /// the CPUs or someone types, [`QUIET_TICK_NS`] for a guest alone
+    /// with a quiet console.
+    fn tick_ns(&self, several: bool, now_ns: u64) -> u64 {
+        let typed_lately = self.owner != 0
+            && now_ns.saturating_sub(self.last_input_ns.load(Ordering::Relaxed)) < QUIET_AFTER_NS;
+        if several || typed_lately { HOST_TICK_NS } else { QUIET_TICK_NS }
     }
 
     /// Give guest `number` its input, if it owns the console.
@@ -295,8 +323,8 @@ impl ConsoleInput {
 
     /// When a halted guest `number` must be looked at again for input:
     /// at the next host tick, if it owns the console.
-    fn poll_at(&self, number: usize, now_ns: u64) -> Option<u64> {
-        (number == self.owner).then_some(now_ns + HOST_TICK_NS)
+    fn poll_at(&self, number: usize, several: bool, now_ns: u64) -> Option<u64> {
+        (number == self.owner).then_some(now_ns + self.tick_ns(several, now_ns))
     }
 }
 
@@ -352,6 +380,7 @@ impl<'g, M: Machine> Run<'g, M> {
                 owner: config.console_owner,
                 queue: spin::Mutex::new(heapless::Deque::new()),
                 queued: AtomicUsize::new(0),
+                last_input_ns: AtomicU64::new(0),
             },
         }
     }
@@ -532,7 +561,7 @@ impl<M: Machine> Queue<M> {
                 slot.state = SlotState::Finished(slot.console.killed(machine, kill));
                 continue;
             }
-            match slot.vcpu.halt_state(now, input.poll_at(slot.number, now)) {
+            match slot.vcpu.halt_state(now, input.poll_at(slot.number, true, now)) {
                 HaltState::Ready => slot.state = SlotState::Runnable,
                 HaltState::SleepUntil(deadline) => {
                     earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)))
@@ -718,7 +747,7 @@ fn run_slice<M: Machine>(
     // at every entry, and a guest that exits more often than the tick
     // would otherwise never see one, never yield the CPU to the others
     // and never have its console read.
-    let mut next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS);
+    let mut next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()));
     loop {
         if core::mem::take(&mut look_for_input) {
             input.pump(machine);
@@ -759,7 +788,7 @@ fn run_slice<M: Machine>(
         let host_tick = exit.host_tick || machine.now_ns() >= next_tick_ns;
         if host_tick {
             look_for_input = true;
-            next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS);
+            next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()));
         }
         let next = vcpu.handle_exit(regs, exit.cr2, &mut GuestHost { machine, console });
         match next {
@@ -768,7 +797,9 @@ fn run_slice<M: Machine>(
             Next::Halt if several => return SliceEnd::Halted,
             Next::Halt => match sleep_while_halted(machine, vcpu, watchdog, (number, input)) {
                 // Woken, it has the CPU as if a slice started now.
-                Ok(()) => next_tick_ns = machine.now_ns().saturating_add(HOST_TICK_NS),
+                Ok(()) => {
+                    next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()))
+                }
                 Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(machine, kill)),
                 Err(HaltEnd::Watchdog(watchdog)) => {
                     return SliceEnd::Finished(watchdog.kill(machine, console));
@@ -818,12 +849,12 @@ fn sleep_while_halted<M: Machine>(
         }
         input.pump(machine);
         input.deliver::<M>(number, vcpu).map_err(HaltEnd::Kill)?;
-        match vcpu.halt_state(now, input.poll_at(number, now)) {
+        match vcpu.halt_state(now, input.poll_at(number, false, now)) {
             HaltState::Ready => return Ok(()),
             HaltState::Forever => return Err(HaltEnd::Kill(Kill::HaltForever)),
             HaltState::SleepUntil(deadline) => {
                 let wake = watchdog.map_or(deadline, |w| deadline.min(w.deadline_ns.saturating_add(1)));
-                machine.sleep(wake.saturating_sub(now).min(HOST_TICK_NS));
+                machine.sleep(wake.saturating_sub(now).min(input.tick_ns(false, now)));
             }
         }
     }
