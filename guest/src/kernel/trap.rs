@@ -242,8 +242,8 @@ pub fn clock_by(deadline: u64) {
 }
 
 /// After a tick, when the next one is due: a time slice while others
-/// wait to run, else the lone tick, or the first sleeper's deadline if
-/// that comes sooner.
+/// wait to run (or, natively, while nobody runs), else the lone tick, or
+/// the first sleeper's deadline if that comes sooner.
 fn next_tick_ns() -> u64 {
     let kernel = k();
     let mut runnable = 0;
@@ -252,7 +252,11 @@ fn next_tick_ns() -> u64 {
             runnable += 1;
         }
     }
-    if runnable > 1 {
+    // Natively the tick is also how typed bytes are found (the UART's
+    // interrupt stays off), so an idle machine keeps looking every
+    // millisecond; under Umbra input comes with an interrupt.
+    let idle_and_polling = runnable == 0 && !platform::console_interrupts();
+    if runnable > 1 || idle_and_polling {
         return TICK_NS;
     }
     match super::linux::next_wake() {

@@ -173,6 +173,12 @@ pub fn console(bytes: &[u8]) {
     }
 }
 
+/// Whether typed bytes arrive with an interrupt (Umbra's console IRQ);
+/// natively the UART's interrupt stays off and the kernel polls COM1.
+pub fn console_interrupts() -> bool {
+    !native()
+}
+
 /// Console input that has arrived, up to `buf`'s length; never waits.
 /// Under Umbra it comes through the shared page's input ring (with
 /// `CONSOLE_IRQ` when some arrives); natively straight from COM1.
