@@ -389,7 +389,7 @@ pub struct Vcpu<M: GuestRam, P: FramePool> {
     /// SET_FS_BASE changed `fs_base` since the run loop last applied it.
     pub(crate) fs_base_changed: bool,
     /// The last instruction fetch checked, kept for the next.
-    fetch_cache: Cell<Option<FetchCache>>,
+    fetch_cache: [Cell<Option<FetchCache>>; FETCH_CACHE_ENTRIES],
 }
 
 /// What must be rewritten in this CPU's switcher pages before the next
@@ -411,7 +411,12 @@ impl SwitcherChanges {
     }
 }
 
-/// The last instruction fetch the host checked for the guest (see
+/// How many answers the hypercall check keeps: one per shadow root, for
+/// the last few roots, so that a process switch (whose hypercall comes
+/// from the next process's root) finds its answer too.
+const FETCH_CACHE_ENTRIES: usize = 4;
+
+/// An instruction fetch the host checked for the guest (see
 /// `Vcpu::fetch_address`): the page, the ring, the shadow leaf that mapped
 /// it then, and the guest-physical page the guest's tables named.
 #[derive(Clone, Copy, Debug)]
@@ -456,7 +461,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             input_written: 0,
             fs_base: 0,
             fs_base_changed: false,
-            fetch_cache: Cell::new(None),
+            fetch_cache: [const { Cell::new(None) }; FETCH_CACHE_ENTRIES],
         }
     }
 
@@ -583,40 +588,45 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// Where the guest's tables send an instruction fetch from `va`, at
     /// ring 3 (`user`) or ring 1. Every hypercall asks this for its own
     /// `ud2`, almost always on the page the last one was on, so the last
-    /// answer is kept, with the shadow leaf the CPU ran through: while
+    /// answer per shadow root (for the last few roots: a process switch
+    /// alternates them) is kept, with the shadow leaf the CPU ran through: while
     /// the current shadow still maps that page to the same frame with the
     /// same rights, the CPU fetched from that very frame, and the walk of
     /// the guest's tables (a few hundred instructions) is not repeated.
     /// A change the guest announces drops the leaf, so the next fetch
-    /// walks again. While the root is the same and no leaf has gone
-    /// anywhere (the MMU's leaf epoch), even the shadow is not looked at.
+    /// walks again. While no leaf has gone anywhere since the answer was
+    /// kept for this root (the MMU's leaf epoch), even the shadow is not
+    /// looked at.
     fn fetch_address(&self, va: u64, user: bool) -> Option<u64> {
         let page_va = va & !(PAGE_SIZE - 1);
         let offset = va & (PAGE_SIZE - 1);
         let (root, epoch) = (self.mmu.current_root(), self.mmu.leaf_epoch());
-        let cached = self.fetch_cache.get().filter(|c| c.page_va == page_va && c.user == user);
+        let entries = &self.fetch_cache;
+        let same_page = |c: &FetchCache| c.page_va == page_va && c.user == user;
         // Same root, and no leaf removed or replaced anywhere since: the
-        // leaf is the one looked up last time, without looking again.
-        if let Some(cached) = cached.filter(|c| c.root == root && c.epoch == epoch) {
-            return Some(cached.gpa_page + offset);
+        // leaf is the one looked up last time, without looking again. (A
+        // root freed and built again clears its leaves, which moves the
+        // epoch on.)
+        let mut cached = entries.iter().filter_map(Cell::get);
+        if let Some(hit) = cached.find(|c| same_page(c) && c.root == root && c.epoch == epoch) {
+            return Some(hit.gpa_page + offset);
         }
         let leaf = self.mmu.shadow_entry(va);
-        if let (Some(cached), Some(leaf)) = (cached, leaf)
-            && cached.leaf == leaf
+        // This root's entry, or a free one, or the first.
+        let slot = entries
+            .iter()
+            .position(|c| c.get().is_some_and(|c| c.root == root))
+            .or_else(|| entries.iter().position(|c| c.get().is_none()))
+            .unwrap_or(0);
+        if let Some(leaf) = leaf
+            && let Some(same) = entries.iter().filter_map(Cell::get).find(|c| same_page(c) && c.leaf == leaf)
         {
-            self.fetch_cache.set(Some(FetchCache { root, epoch, ..cached }));
-            return Some(cached.gpa_page + offset);
+            entries[slot].set(Some(FetchCache { root, epoch, ..same }));
+            return Some(same.gpa_page + offset);
         }
         let gpa = self.mmu.translate(va, Access { write: false, user, fetch: true }).ok()?;
         if let Some(leaf) = leaf {
-            self.fetch_cache.set(Some(FetchCache {
-                page_va,
-                user,
-                leaf,
-                gpa_page: gpa - offset,
-                root,
-                epoch,
-            }));
+            entries[slot].set(Some(FetchCache { page_va, user, leaf, gpa_page: gpa - offset, root, epoch }));
         }
         Some(gpa)
     }

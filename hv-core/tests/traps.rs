@@ -390,6 +390,45 @@ fn switch_context_is_new_pgtable_and_set_stack_in_one() {
     assert!(matches!(kill, Kill::Paging(paging::KillReason::Cr3NotAligned)), "{kill:?}");
 }
 
+#[test]
+fn the_hypercall_check_of_one_address_space_is_not_another_s() {
+    let mut vcpu = guest();
+    // B maps the low 2 MiB, where CALL_RIP is, to other memory (2-4 MiB),
+    // whose bytes at CALL_RIP are first a `ud2` and then not.
+    const CR3_B: u64 = 0x1_6000;
+    const PDPT_B: u64 = 0x1_7000;
+    const PD_B: u64 = 0x1_8000;
+    const B_LOW: u64 = 0x20_0000;
+    write(&mut vcpu, CR3_B, PDPT_B | P | W | U);
+    write(&mut vcpu, PDPT_B, PD_B | P | W | U);
+    write(&mut vcpu, PD_B, B_LOW | P | W | U | PS);
+    let high = read(&vcpu, CR3 + 256 * 8);
+    write(&mut vcpu, CR3_B + 256 * 8, high);
+    put_bytes(&mut vcpu, B_LOW + CALL_RIP, &abi::HYPERCALL_INSTRUCTION);
+    let (stack_a, stack_b) = (KERNEL_STACK_TOP, KERNEL_STACK_TOP + 0x8000);
+    let calls = |vcpu: &Vcpu<Ram, Pool>| vcpu.stats.hypercalls.iter().sum::<u64>();
+    // The CPU fetches CALL_RIP in the current space: a fill, so that the
+    // check has a shadow leaf to keep its answer with.
+    let fetch_fault = |vcpu: &mut Vcpu<Ram, Pool>| {
+        let mut regs = GuestRegs { rip: CALL_RIP, ..kernel_regs(14, 0x10) };
+        assert_eq!(vcpu.handle_exit(&mut regs, CALL_RIP, &mut Console::default()), Next::Resume);
+        assert!(vcpu.shadow_entry(CALL_RIP).is_some());
+    };
+    // Calls from each space, back and forth: each space's answer is kept.
+    fetch_fault(&mut vcpu);
+    for (cr3, stack) in [(CR3_B, stack_b), (CR3, stack_a), (CR3_B, stack_b), (CR3, stack_a)] {
+        assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [cr3, stack, 4096]), Next::Resume);
+        fetch_fault(&mut vcpu);
+    }
+    // A's answer (a `ud2` at CALL_RIP) must not serve B, where CALL_RIP
+    // now holds something else: the same #UD in B is no call.
+    put_bytes(&mut vcpu, B_LOW + CALL_RIP, &[0x0f, 0xff]);
+    assert_eq!(hypercall(&mut vcpu, abi::SWITCH_CONTEXT, [CR3_B, stack_b, 4096]), Next::Resume);
+    let before = calls(&vcpu);
+    let next = hypercall(&mut vcpu, abi::FLUSH_ASYNC, [0, 0, 0]);
+    assert_eq!(calls(&vcpu), before, "a #UD in B was taken for a call: {next:?}");
+}
+
 fn put_bytes(vcpu: &mut Vcpu<Ram, Pool>, gpa: u64, bytes: &[u8]) {
     assert!(vcpu::GuestRam::write_bytes(vcpu.memory_mut(), gpa, bytes));
 }
