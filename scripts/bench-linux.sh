@@ -73,13 +73,7 @@ debian_kernel() {
     package=$(apt-cache depends linux-image-amd64 2>/dev/null |
         sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1)
     [ -n "$package" ] || { say "apt-cache does not know linux-image-amd64 (is apt configured?)"; exit 1; }
-    deb=$(find "$cache/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-    if [ -z "$deb" ]; then
-        say "downloading Debian's $package"
-        (cd "$cache/debs" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || true
-        deb=$(find "$cache/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-        [ -n "$deb" ] || { say "could not download $package"; exit 1; }
-    fi
+    deb=$(debian_deb "$package" "$cache/debs") || exit 1
     if ! find "$cache/boot" -name "vmlinuz-${package#linux-image-}" 2>/dev/null | grep -q .; then
         (cd "$cache" && dpkg-deb --fsys-tarfile "$deb" | tar -x --wildcards './boot/vmlinuz-*')
     fi

@@ -25,6 +25,23 @@ ensure_rust_target() {
     }
 }
 
+# debian_deb PACKAGE DIR: the path of PACKAGE's .deb in DIR (a cache),
+# downloaded there with `apt-get download` unless one is there already.
+debian_deb() {
+    local package=$1 dir=$2 deb
+    deb=$(find "$dir" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
+    if [ -z "$deb" ]; then
+        say "downloading Debian's $package"
+        # apt-get download writes into the current directory. The cache
+        # is ours (possibly root's), so apt's sandbox user may not write
+        # there; it falls back to downloading as us and says so.
+        (cd "$dir" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || true
+        deb=$(find "$dir" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
+        [ -n "$deb" ] || { say "could not download $package (is apt configured?)"; exit 1; }
+    fi
+    echo "$deb"
+}
+
 # Debian's PACKAGE, for the command COMMAND, when we are root and it is
 # missing; otherwise say how to install it and stop.
 ensure_from_debian() {

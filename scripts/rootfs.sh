@@ -42,16 +42,7 @@ mkdir -p "$cache/debs"
 # is there, unpack it under $cache/PACKAGE, and print that directory.
 unpack_package() {
     local package=$1 deb
-    deb=$(find "$cache/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-    if [ -z "$deb" ]; then
-        say "downloading Debian's $package"
-        # apt-get download writes into the current directory. The cache
-        # is ours (possibly root's), so apt's sandbox user may not write
-        # there; it falls back to downloading as us and says so.
-        (cd "$cache/debs" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || true
-        deb=$(find "$cache/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n 1)
-        [ -n "$deb" ] || { say "could not download $package (is apt configured?)"; exit 1; }
-    fi
+    deb=$(debian_deb "$package" "$cache/debs") || exit 1
     if [ ! -d "$cache/$package" ] || [ "$deb" -nt "$cache/$package" ]; then
         rm -rf "${cache:?}/${package:?}"
         dpkg-deb -x "$deb" "$cache/$package"
