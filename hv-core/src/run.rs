@@ -747,7 +747,8 @@ fn run_slice<M: Machine>(
     // at every entry, and a guest that exits more often than the tick
     // would otherwise never see one, never yield the CPU to the others
     // and never have its console read.
-    let mut next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()));
+    let tick_after = |now_ns: u64| now_ns.saturating_add(input.tick_ns(several, now_ns));
+    let mut next_tick_ns = tick_after(machine.now_ns());
     loop {
         if core::mem::take(&mut look_for_input) {
             input.pump(machine);
@@ -785,10 +786,11 @@ fn run_slice<M: Machine>(
         if regs.vector == 6 {
             cycles.fastest_hypercall = cycles.fastest_hypercall.min(exit.guest_cycles);
         }
-        let host_tick = exit.host_tick || machine.now_ns() >= next_tick_ns;
+        let exited_ns = machine.now_ns();
+        let host_tick = exit.host_tick || exited_ns >= next_tick_ns;
         if host_tick {
             look_for_input = true;
-            next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()));
+            next_tick_ns = tick_after(exited_ns);
         }
         let next = vcpu.handle_exit(regs, exit.cr2, &mut GuestHost { machine, console });
         match next {
@@ -797,9 +799,7 @@ fn run_slice<M: Machine>(
             Next::Halt if several => return SliceEnd::Halted,
             Next::Halt => match sleep_while_halted(machine, vcpu, watchdog, (number, input)) {
                 // Woken, it has the CPU as if a slice started now.
-                Ok(()) => {
-                    next_tick_ns = machine.now_ns().saturating_add(input.tick_ns(several, machine.now_ns()))
-                }
+                Ok(()) => next_tick_ns = tick_after(machine.now_ns()),
                 Err(HaltEnd::Kill(kill)) => return SliceEnd::Finished(console.killed(machine, kill)),
                 Err(HaltEnd::Watchdog(watchdog)) => {
                     return SliceEnd::Finished(watchdog.kill(machine, console));
