@@ -328,7 +328,7 @@ pub fn fork(frame: &TrapFrame) -> Option<u64> {
         platform::fpu_save(fpu_area(index));
     }
     // Two can run now: the clock slices their time.
-    trap::clock_by(platform::now_ns().saturating_add(TICK_NS));
+    trap::clock_for_slice();
     Some(pid)
 }
 

@@ -232,13 +232,18 @@ fn arm_clock(delta_ns: u64) {
     platform::set_timer(delta_ns);
 }
 
-/// Makes sure the clock ticks by `deadline` (ns since boot): a sleeper's,
-/// or a time slice's when a process becomes runnable beside another.
+/// Makes sure the clock ticks by `deadline` (ns since boot): a sleeper's.
 pub fn clock_by(deadline: u64) {
     let kernel = k();
     if kernel.ticking && deadline < kernel.clock_due {
         arm_clock(deadline.saturating_sub(platform::now_ns()).max(1));
     }
+}
+
+/// A process became runnable (forked, woken), maybe beside another: the
+/// clock ticks within a time slice, to share the CPU between them.
+pub fn clock_for_slice() {
+    clock_by(platform::now_ns().saturating_add(TICK_NS));
 }
 
 /// After a tick, when the next one is due: a time slice while others

@@ -32,7 +32,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use super::fs::Fs;
 use super::heap::HEAP;
 use super::mem::{self, PAGE};
-use super::proc::{self, KSTACK, MAX_PROCS, State, TICK_NS, k};
+use super::proc::{self, KSTACK, MAX_PROCS, State, k};
 use super::trap::{self, TrapFrame};
 use crate::platform;
 use crate::platform::console::Printable;
@@ -157,7 +157,7 @@ pub fn wake(channel: usize) {
         }
     }
     if woken {
-        trap::clock_by(platform::now_ns().saturating_add(TICK_NS));
+        trap::clock_for_slice();
     }
 }
 

@@ -17,7 +17,7 @@
 //! Stopping (SIGSTOP, SIGTSTP...) is not implemented: those signals are
 //! ignored.
 
-use super::super::proc::{MAX_PROCS, State, TICK_NS, k};
+use super::super::proc::{MAX_PROCS, State, k};
 use super::super::trap::{self, TrapFrame};
 use super::task::{SIG_DFL, SIG_IGN, task, task_slot};
 use super::{EINTR, mm, sys};
@@ -81,7 +81,7 @@ pub fn send(index: usize, sig: u64) {
     task(index).pending |= bit(sig);
     if kernel.procs[index].state == State::Waiting && interrupting(index) {
         kernel.procs[index].state = State::Runnable;
-        trap::clock_by(platform::now_ns().saturating_add(TICK_NS));
+        trap::clock_for_slice();
     }
 }
 
