@@ -502,7 +502,12 @@ impl<'g, M: Machine> Run<'g, M> {
         }
         slot.regs = *regs;
         machine.save_fpu(&mut slot.fpu);
-        slot.vcpu.fs_base = machine.fs_base();
+        // The CPU holds the guest's FS base, unless its last exit was a
+        // SET_FS_BASE the run loop has not yet put there: a turn can end
+        // at that very exit.
+        if !slot.vcpu.fs_base_changed {
+            slot.vcpu.fs_base = machine.fs_base();
+        }
         queue.elsewhere -= 1;
         // Room is certain: the slot held a place while it ran.
         let _ = queue.ready.push(slot);

@@ -674,6 +674,24 @@ fn guests_on_one_cpu_each_enter_with_their_own_fs_base() {
 }
 
 #[test]
+fn a_fs_base_set_by_the_call_that_ends_a_turn_is_kept() {
+    // The host tick falls due during guest 1's hypercalls, which each take
+    // a step: one of these runs has it fall due on the SET_FS_BASE, whose
+    // turn then ends before the run loop has put the new base in the CPU.
+    // Every entry checks the CPU holds the entering guest's FS base.
+    let per_tick = (HOST_TICK_NS / STEP_NS) as usize;
+    for calls in per_tick - 8..per_tick + 8 {
+        let mut first = vec![INIT];
+        first.extend(std::iter::repeat_n(Call(abi::SEND_INTERRUPTS, [0; 5]), calls));
+        first.push(set_fs_base(0x1000));
+        first.extend([Tick, Tick]);
+        first.push(shutdown(0));
+        let mut sim = Sim::new().script(1, &first).script(2, &[INIT, Tick, Tick, shutdown(0)]);
+        assert_eq!(run(&mut sim, config(2)), status::SUCCESS, "{}", sim.out);
+    }
+}
+
+#[test]
 fn a_non_canonical_fs_base_kills_the_guest() {
     let mut sim = Sim::new().script(1, &[INIT, set_fs_base(0x0000_8000_0000_0000), shutdown(0)]);
     assert_eq!(run(&mut sim, config(1)), status::GUEST_KILLED, "{}", sim.out);
