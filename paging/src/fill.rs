@@ -98,7 +98,12 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             if access.user || page_va >= self.limit {
                 return Ok(FaultOutcome::Reflect);
             }
-            (page_va, LINEAR_RIGHTS, true, Level::Pt)
+            // The pretend map is one kind of page throughout, so any 2 MiB
+            // wholly inside guest memory may be one leaf: the guest's
+            // early boot then faults a few times, not once per 4 KiB.
+            let large_end = (va & !(LARGE_PAGE - 1)).checked_add(LARGE_PAGE);
+            let whole = large_end.is_some_and(|end| end <= self.limit);
+            (page_va, LINEAR_RIGHTS, true, if whole { Level::Pd } else { Level::Pt })
         } else {
             let Some(cr3) = self.roots[self.current].guest_cr3 else {
                 return Ok(FaultOutcome::Reflect);
@@ -126,19 +131,23 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             let large_page = page & !(LARGE_PAGE - 1);
             let leaf = self.shadow_leaf_value(large_page, rights, writable) | HUGE;
             if self.install_large_leaf(skeleton.pml4, large_va, leaf)? {
-                self.counters.fills += 1;
+                self.count_fill();
                 self.counters.large_fills += 1;
                 return Ok(FaultOutcome::Fixed);
             }
         }
         let leaf = self.shadow_leaf_value(page, rights, writable);
         self.install_leaf(skeleton.pml4, page_va, leaf)?;
+        self.count_fill();
+        Ok(FaultOutcome::Fixed)
+    }
+
+    fn count_fill(&mut self) {
         if self.linear {
             self.counters.linear_fills += 1;
         } else {
             self.counters.fills += 1;
         }
-        Ok(FaultOutcome::Fixed)
     }
 
     /// Whether the 2 MiB around `va` may be one shadow leaf: the host

@@ -219,6 +219,28 @@ mod linear_mode {
     }
 
     #[test]
+    fn where_the_host_backs_2_mib_a_linear_fault_maps_all_of_it() {
+        // 3 MiB of guest memory: the first 2 MiB may be one leaf, the
+        // last MiB may not (a leaf would reach past guest memory).
+        let mut mmu = mmu_large(0x30_0000, 256);
+        assert_eq!(mmu.demand_fill(0x12_3456, WRITE), FaultOutcome::Fixed);
+        for va in [0, 0x12_3000, 0x1F_F000] {
+            let leaf = mmu.shadow_entry(va).unwrap();
+            assert_eq!(leaf & 0x000F_FFFF_FFFF_F000, HOST_OFFSET + va);
+            assert_eq!(leaf & (WRITABLE | USER), WRITABLE, "{leaf:#x}");
+        }
+        assert_eq!(mmu.counters().large_fills, 1);
+        assert_eq!(mmu.shadow_entry(0x20_0000), None);
+        assert_eq!(mmu.demand_fill(0x28_0000, READ), FaultOutcome::Fixed);
+        assert!(mmu.shadow_entry(0x28_0000).is_some());
+        assert_eq!(mmu.shadow_entry(0x29_0000), None);
+        assert_eq!(mmu.counters().linear_fills, 2);
+        assert_eq!(mmu.counters().large_fills, 1);
+        // Ring 3 still gets nothing.
+        assert_eq!(mmu.demand_fill(0x12_3456, USER_READ), FaultOutcome::Reflect);
+    }
+
+    #[test]
     fn the_first_switch_throws_the_fake_away() {
         let mut mmu = mmu();
         for page in 0..10 {
