@@ -19,7 +19,10 @@
 //! - `rng` (feature `rng`): the seeded generator the fuzzers and probes
 //!   draw from; with feature `fuzz`, the host fuzzers' driver too;
 //! - `acpi` (feature `acpi`): powering off the ACPI way, the logic alone,
-//!   which Umbra and the guest's native backend share.
+//!   which Umbra and the guest's native backend share;
+//! - [`clock`]: measuring the TSC's rate against another timer;
+//! - [`tables`]: finding a page table's present entries quickly, for the
+//!   shadow MMU and the guest kernel alike.
 //!
 //! ## Making a call
 //! The guest kernel, at ring 1, puts the call number in `rax` and up to
@@ -48,6 +51,7 @@ pub mod clock;
 #[cfg(feature = "rng")]
 pub mod rng;
 pub mod status;
+pub mod tables;
 
 /// Bumped on any incompatible change.
 pub const ABI_VERSION: u32 = 3;

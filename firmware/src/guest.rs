@@ -174,6 +174,15 @@ impl FramePool for ShadowPool {
         unsafe { core::ptr::write_volatile((frame as *mut u64).add(index % 512), value) };
     }
 
+    fn next_present(&self, frame: u64, from: usize) -> Option<usize> {
+        // SAFETY: `frame` is a shadow table this pool handed out, a whole
+        // page; no CPU runs on it while its guest's exit is handled (a
+        // guest has one vCPU, stopped meanwhile), so nothing writes it
+        // while the scan borrows it.
+        let table = unsafe { &*(frame as *const [u64; umbra_abi::tables::ENTRIES]) };
+        umbra_abi::tables::next_present(table, from)
+    }
+
     fn capacity(&self) -> usize {
         self.cap
     }

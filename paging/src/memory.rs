@@ -48,6 +48,15 @@ pub trait FramePool {
     /// Sets entry `index` (0..512) of `frame`.
     fn write_entry(&mut self, frame: u64, index: usize, value: u64);
 
+    /// The index of the first present entry of `frame` at `from` or after
+    /// it. Freeing and clearing shadow tables asks this of tables that
+    /// are mostly empty; a pool that can lend the frame as an array
+    /// answers with `umbra_abi::tables::next_present`, eight entries a
+    /// step.
+    fn next_present(&self, frame: u64, from: usize) -> Option<usize> {
+        (from..512).find(|&index| self.read_entry(frame, index) & crate::entry::PRESENT != 0)
+    }
+
     /// How many frames the pool may hand out at once.
     fn capacity(&self) -> usize;
 
@@ -85,6 +94,9 @@ impl<T: FramePool + ?Sized> FramePool for &mut T {
     }
     fn write_entry(&mut self, frame: u64, index: usize, value: u64) {
         (**self).write_entry(frame, index, value)
+    }
+    fn next_present(&self, frame: u64, from: usize) -> Option<usize> {
+        (**self).next_present(frame, from)
     }
     fn capacity(&self) -> usize {
         (**self).capacity()

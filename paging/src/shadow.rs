@@ -444,11 +444,10 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         }
         let first = ((from - base) / span) as usize;
         let last = ((to - 1 - base) / span) as usize;
-        for index in first..=last {
+        let mut next = first;
+        while let Some(index) = self.pool.next_present(table, next).filter(|&index| index <= last) {
+            next = index + 1;
             let entry = self.pool.read_entry(table, index);
-            if entry & PRESENT == 0 {
-                continue;
-            }
             let entry_base = base + index as u64 * span;
             self.leaf_epoch += 1;
             let Some(child_level) = level.next() else {
@@ -473,11 +472,12 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
     /// Frees a shadow table and every table below it.
     fn free_table(&mut self, table: u64, level: Level) {
         if let Some(child_level) = level.next() {
-            for index in 0..512 {
+            let mut next = 0;
+            while let Some(index) = self.pool.next_present(table, next) {
+                next = index + 1;
                 let entry = self.pool.read_entry(table, index);
                 // A 2 MiB leaf points at guest memory, not at a table.
-                let large = level == Level::Pd && entry & HUGE != 0;
-                if entry & PRESENT != 0 && !large {
+                if !(level == Level::Pd && entry & HUGE != 0) {
                     self.free_table(entry & ADDRESS_MASK, child_level);
                 }
             }

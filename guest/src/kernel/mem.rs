@@ -367,26 +367,18 @@ enum Visit {
 /// and the two tables above it, which live as long as the root.
 fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
     let first = if is_linux_space(root) { 0 } else { 1 };
-    for l4 in first..256u64 {
+    for l4 in present_entries(root, first, 256) {
         let e4 = read(ptr::<u64>(root + 8 * l4));
-        if e4 & PRESENT == 0 {
-            continue;
-        }
-        for l3 in 0..512u64 {
+        for l3 in present_entries(e4 & ADDRESS, 0, 512) {
             let e3 = read(ptr::<u64>((e4 & ADDRESS) + 8 * l3));
-            if e3 & PRESENT == 0 {
-                continue;
-            }
-            for l2 in 0..512u64 {
+            for l2 in present_entries(e3 & ADDRESS, 0, 512) {
                 let e2 = read(ptr::<u64>((e3 & ADDRESS) + 8 * l2));
-                if e2 & PRESENT == 0 || e2 & HUGE != 0 {
+                if e2 & HUGE != 0 {
                     continue;
                 }
-                for l1 in 0..512u64 {
+                for l1 in present_entries(e2 & ADDRESS, 0, 512) {
                     let entry = ptr::<u64>((e2 & ADDRESS) + 8 * l1);
-                    if read(entry) & PRESENT != 0 {
-                        visit(Visit::Leaf(l4 << 39 | l3 << 30 | l2 << 21 | l1 << 12, entry));
-                    }
+                    visit(Visit::Leaf(l4 << 39 | l3 << 30 | l2 << 21 | l1 << 12, entry));
                 }
                 visit(Visit::TableDone(e2 & ADDRESS));
             }
@@ -398,6 +390,24 @@ fn walk_user_half(root: u64, mut visit: impl FnMut(Visit)) {
             visit(Visit::TableDone(e4 & ADDRESS));
         }
     }
+}
+
+/// The indexes of the present entries of the table at `table`, from
+/// `from` up to `end`, in order. A table is mostly empty, and looked at
+/// eight entries a step (`umbra_abi::tables`), an empty stretch is cheap;
+/// the table is looked at afresh at every step, so the caller may change
+/// it in between.
+fn present_entries(table: u64, from: u64, end: u64) -> impl Iterator<Item = u64> {
+    let mut next = from as usize;
+    core::iter::from_fn(move || {
+        // SAFETY: one of our own page-table pages, a whole page; the
+        // reference lives for this one scan, and nothing writes the table
+        // while it does (the caller's changes come between steps).
+        let table = unsafe { &*ptr::<[u64; umbra_abi::tables::ENTRIES]>(table) };
+        let found = umbra_abi::tables::next_present(table, next)?;
+        next = found + 1;
+        (found < end as usize).then_some(found as u64)
+    })
 }
 
 /// Calls `f(va, entry)` for every present leaf of the user half.

@@ -121,6 +121,11 @@ impl FramePool for SimPool {
         self.frames.get_mut(&frame).unwrap_or_else(|| panic!("write to a frame not in use: {frame:#x}"))
             [index] = value;
     }
+    fn next_present(&self, frame: u64, from: usize) -> Option<usize> {
+        let table =
+            self.frames.get(&frame).unwrap_or_else(|| panic!("scan of a frame not in use: {frame:#x}"));
+        umbra_abi::tables::next_present(table, from)
+    }
     fn capacity(&self) -> usize {
         self.cap
     }
