@@ -754,6 +754,8 @@ fn run_slice<M: Machine>(
     // and never have its console read.
     let tick_after = |now_ns: u64| now_ns.saturating_add(input.tick_ns(several, now_ns));
     let mut next_tick_ns = tick_after(machine.now_ns());
+    // A slice runs on one CPU throughout.
+    let (cpu, entries) = machine.switcher_mapping();
     loop {
         if core::mem::take(&mut look_for_input) {
             input.pump(machine);
@@ -772,7 +774,6 @@ fn run_slice<M: Machine>(
             machine.set_fs_base(vcpu.fs_base);
             vcpu.fs_base_changed = false;
         }
-        let (cpu, entries) = machine.switcher_mapping();
         let root = vcpu.prepare_switcher(cpu, entries);
         machine.set_guest_root(root);
         let now = machine.now_ns();

@@ -511,10 +511,30 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
             self.clock_deadline_ns = None;
             self.raise_irq(abi::CLOCK_IRQ);
         }
+        // Nothing pending and nothing changed since the guest's copy was
+        // written: the common case, decided without a call.
+        let (pending, mirrored) = (&self.pending, &self.pending_mirrored);
+        if any_bit(pending) || any_bit(mirrored) {
+            return self.prepare_interrupts(regs);
+        }
+        Ok(())
+    }
+
+    /// The part of [`Self::prepare_entry`] for when interrupts are or were
+    /// pending: apart, so that the common case stays short.
+    #[inline(never)]
+    fn prepare_interrupts(&mut self, regs: &mut GuestRegs) -> Result<(), Kill> {
         // The guest's copy of the pending bits is written when ours
         // change: Umbra never reads it back, so bits the guest scribbles
         // there deliver nothing, and an unchanged bitmap costs no writes.
-        if any_bit(&core::array::from_fn::<u64, 4, _>(|i| self.pending[i] ^ self.pending_mirrored[i]))
+        let (pending, mirrored) = (&self.pending, &self.pending_mirrored);
+        let changed = [
+            pending[0] ^ mirrored[0],
+            pending[1] ^ mirrored[1],
+            pending[2] ^ mirrored[2],
+            pending[3] ^ mirrored[3],
+        ];
+        if any_bit(&changed)
             && let Some(page) = self.shared_page
         {
             for (index, word) in self.pending.iter().enumerate() {

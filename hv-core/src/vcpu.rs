@@ -411,10 +411,10 @@ impl SwitcherChanges {
     }
 }
 
-/// How many answers the hypercall check keeps: one per shadow root, for
-/// the last few roots, so that a process switch (whose hypercall comes
-/// from the next process's root) finds its answer too.
-const FETCH_CACHE_ENTRIES: usize = 4;
+/// How many answers the hypercall check keeps: one per shadow root slot,
+/// so that a process switch (whose hypercall comes from the next
+/// process's root) finds its answer too, at the first look.
+const FETCH_CACHE_ENTRIES: usize = paging::ROOT_CACHE_SIZE;
 
 /// An instruction fetch the host checked for the guest (see
 /// `Vcpu::fetch_address`): the page, the ring, the shadow leaf that mapped
@@ -588,8 +588,8 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// Where the guest's tables send an instruction fetch from `va`, at
     /// ring 3 (`user`) or ring 1. Every hypercall asks this for its own
     /// `ud2`, almost always on the page the last one was on, so the last
-    /// answer per shadow root (for the last few roots: a process switch
-    /// alternates them) is kept, with the shadow leaf the CPU ran through: while
+    /// answer per shadow root slot (a process switch alternates roots) is
+    /// kept, with the shadow leaf the CPU ran through: while
     /// the current shadow still maps that page to the same frame with the
     /// same rights, the CPU fetched from that very frame, and the walk of
     /// the guest's tables (a few hundred instructions) is not repeated.
@@ -603,21 +603,20 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
         let (root, epoch) = (self.mmu.current_root(), self.mmu.leaf_epoch());
         let entries = &self.fetch_cache;
         let same_page = |c: &FetchCache| c.page_va == page_va && c.user == user;
-        // Same root, and no leaf removed or replaced anywhere since: the
-        // leaf is the one looked up last time, without looking again. (A
-        // root freed and built again clears its leaves, which moves the
-        // epoch on.)
-        let mut cached = entries.iter().filter_map(Cell::get);
-        if let Some(hit) = cached.find(|c| same_page(c) && c.root == root && c.epoch == epoch) {
+        // This root's answer, kept in its slot's entry, and no leaf removed
+        // or replaced anywhere since: the leaf is the one looked up last
+        // time, without looking again. (The slot's root is checked too: a
+        // slot is reused for other roots, and a root freed and built again
+        // clears its leaves, which moves the epoch on.)
+        let slot = self.mmu.current_slot() % FETCH_CACHE_ENTRIES;
+        if let Some(hit) = entries[slot].get()
+            && hit.root == root
+            && hit.epoch == epoch
+            && same_page(&hit)
+        {
             return Some(hit.gpa_page + offset);
         }
         let leaf = self.mmu.shadow_entry(va);
-        // This root's entry, or a free one, or the first.
-        let slot = entries
-            .iter()
-            .position(|c| c.get().is_some_and(|c| c.root == root))
-            .or_else(|| entries.iter().position(|c| c.get().is_none()))
-            .unwrap_or(0);
         if let Some(leaf) = leaf
             && let Some(same) = entries.iter().filter_map(Cell::get).find(|c| same_page(c) && c.leaf == leaf)
         {
@@ -771,6 +770,11 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     /// rewrites it meanwhile only changes what it asked for.
     fn drain_async_ring(&mut self, host: &mut impl Host) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
+        // Almost every call finds the ring empty: one word says so.
+        let first = page + ASYNC_RING_OFFSET + self.async_cursor as u64 * ASYNC_CALL_SIZE;
+        if self.mmu.memory().read_u64(first) != Some(1) {
+            return Ok(());
+        }
         let ran_before = self.stats.async_calls;
         for _ in 0..abi::ASYNC_SLOTS {
             let slot = self.async_cursor;

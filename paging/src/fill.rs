@@ -30,6 +30,9 @@ use crate::walk::{self, WalkStop};
 /// whole memory; ring 3 gets nothing (the guest has no user space yet).
 const LINEAR_RIGHTS: Rights = Rights { writable: true, user: false, executable: true };
 
+/// One past the lower half's last canonical address.
+const LOWER_HALF_END: u64 = 1 << 47;
+
 /// What pinning one page found.
 enum PinStop {
     Kill(KillReason),
@@ -215,21 +218,29 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             return Ok((start & !(PAGE_SIZE - 1), 0));
         }
         let first = start & !(PAGE_SIZE - 1);
-        let pages = ((start - first) as u128 + len as u128).div_ceil(PAGE_SIZE as u128);
-        if pages > MAX_PINNED_PAGES as u128 {
+        let pages = (start - first).checked_add(len).map(|span| span.div_ceil(PAGE_SIZE));
+        let Some(pages) = pages.filter(|&pages| pages <= MAX_PINNED_PAGES) else {
             return Err(KillReason::PinRangeTooLarge);
+        };
+        // Every context switch of the guest asks this, so it looks at the
+        // two ends only, which is enough: the range is contiguous. Up from
+        // a canonical first page, a lower-half range turns non-canonical
+        // past the half's end, and an upper-half one reaches the switcher
+        // (the top of the address space) before anything else.
+        let last = first.wrapping_add((pages - 1) * PAGE_SIZE);
+        if !address::is_canonical(first) {
+            return Err(KillReason::NonCanonicalAddress);
         }
-        let pages = pages as u64;
-        for i in 0..pages {
-            let va = first.wrapping_add(i * PAGE_SIZE);
-            // A range running off the lower half's end is non-canonical
-            // from that page on.
-            if !address::is_canonical(va) || (i > 0 && va < first) {
+        // Below the switcher, a few pages on cannot wrap.
+        if address::in_switcher(first) {
+            return Err(KillReason::SwitcherPin);
+        }
+        if first < address::KERNEL_HALF_START {
+            if last >= LOWER_HALF_END {
                 return Err(KillReason::NonCanonicalAddress);
             }
-            if address::in_switcher(va) {
-                return Err(KillReason::SwitcherPin);
-            }
+        } else if last >= address::SWITCHER_BASE {
+            return Err(KillReason::SwitcherPin);
         }
         Ok((first, pages))
     }
@@ -238,11 +249,22 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
     /// that was found holding it, with no leaf removed or replaced
     /// anywhere since, still holds it: every context switch of the guest
     /// comes here, and the check would find nothing to do.
+    #[inline]
     pub(crate) fn repin(&mut self) -> Result<(), KillReason> {
-        let Some((first, pages)) = self.pinned else { return Ok(()) };
-        if self.roots[self.current].pins_checked == Some((first, pages, self.leaf_epoch)) {
-            return Ok(());
+        match self.pinned {
+            Some((first, pages))
+                if self.roots[self.current].pins_checked != Some((first, pages, self.leaf_epoch)) =>
+            {
+                self.pin_again(first, pages)
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// The rare half of [`Self::repin`], apart so that the common half
+    /// stays a few instructions where it is inlined.
+    #[inline(never)]
+    fn pin_again(&mut self, first: u64, pages: u64) -> Result<(), KillReason> {
         self.pin_pages(first, pages, true)?;
         self.roots[self.current].pins_checked = Some((first, pages, self.leaf_epoch));
         Ok(())

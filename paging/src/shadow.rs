@@ -207,6 +207,13 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         self.roots[self.current].skeleton.map_or(0, |s| s.pml4)
     }
 
+    /// Which of the [`ROOT_CACHE_SIZE`] root slots is current: the host
+    /// may keep what it learned about a root by its slot (checking the
+    /// root's address too, since a slot is reused for other roots).
+    pub fn current_slot(&self) -> usize {
+        self.current
+    }
+
     /// The cached roots, in slot order.
     pub fn roots(&self) -> impl Iterator<Item = RootInfo> + '_ {
         self.roots.iter().enumerate().filter_map(|(i, slot)| {

@@ -600,10 +600,54 @@ mod switcher_region {
             Err(KillReason::SwitcherInvalidation)
         );
         assert_eq!(mmu.pin_range(0xFFFF_FFFF_FFBF_F000, 0x2000, true), Err(KillReason::SwitcherPin));
+        assert_eq!(mmu.pin_range(0xFFFF_FFFF_FFFF_F000, 0x3000, true), Err(KillReason::SwitcherPin));
+        assert_eq!(mmu.pin_range(0x7FFF_FFFF_E000, 0x4000, true), Err(KillReason::NonCanonicalAddress));
         assert_eq!(
             mmu.translate(0xFFFF_FFFF_FFC0_0008, READ),
             Err(TranslateError::Kill(KillReason::SwitcherTranslate))
         );
+    }
+
+    /// A pin range is judged by its two ends; page by page, the first page
+    /// that is wrong says why. The two must agree wherever a range ends.
+    #[test]
+    fn a_pin_range_is_refused_as_its_first_bad_page_would_be() {
+        let page_by_page = |start: u64, len: u64| -> Option<KillReason> {
+            let first = start & !0xFFF;
+            let pages = ((start - first) + len).div_ceil(0x1000);
+            for i in 0..pages {
+                let va = first.wrapping_add(i * 0x1000);
+                if !paging::address::is_canonical(va) || (i > 0 && va < first) {
+                    return Some(KillReason::NonCanonicalAddress);
+                }
+                if va >= 0xFFFF_FFFF_FFC0_0000 {
+                    return Some(KillReason::SwitcherPin);
+                }
+            }
+            None
+        };
+        let edges: [u64; 6] = [
+            0,
+            0x7FFF_FFFF_F000,
+            0x8000_0000_0000,
+            0xFFFF_8000_0000_0000,
+            0xFFFF_FFFF_FFC0_0000,
+            0xFFFF_FFFF_FFFF_F000,
+        ];
+        for edge in edges {
+            for back in 0..6u64 {
+                for len in [1, 0x1000, 0x1001, 0x3000, 0x4000] {
+                    let start = edge.wrapping_sub(back * 0x1000).wrapping_add(0x800 * (len & 1));
+                    // Only the refusal matters here: a range that passes
+                    // may still fail later for want of a mapping.
+                    let got = mmu()
+                        .pin_range(start, len, true)
+                        .err()
+                        .filter(|r| matches!(r, KillReason::NonCanonicalAddress | KillReason::SwitcherPin));
+                    assert_eq!(got, page_by_page(start, len), "pin {start:#x}+{len:#x}");
+                }
+            }
+        }
     }
 }
 
