@@ -17,21 +17,18 @@ const PRESENT: u64 = 1;
 
 /// The index of the first present entry of `table` at or after `from`.
 pub fn next_present(table: &[u64; ENTRIES], from: usize) -> Option<usize> {
-    let mut index = from;
+    let start = from.min(ENTRIES);
     // One at a time up to a multiple of eight.
-    while index < ENTRIES && !index.is_multiple_of(8) {
-        if table[index] & PRESENT != 0 {
-            return Some(index);
-        }
-        index += 1;
+    let aligned = start.next_multiple_of(8).min(ENTRIES);
+    if let Some(at) = table[start..aligned].iter().position(|entry| entry & PRESENT != 0) {
+        return Some(start + at);
     }
-    while index < ENTRIES {
-        let eight = &table[index..index + 8];
+    for (step, eight) in table[aligned..].chunks_exact(8).enumerate() {
         let any = eight[0] | eight[1] | eight[2] | eight[3] | eight[4] | eight[5] | eight[6] | eight[7];
         if any & PRESENT != 0 {
-            return eight.iter().position(|entry| entry & PRESENT != 0).map(|at| index + at);
+            let at = eight.iter().position(|entry| entry & PRESENT != 0).unwrap_or(0);
+            return Some(aligned + step * 8 + at);
         }
-        index += 8;
     }
     None
 }
