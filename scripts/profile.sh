@@ -2,6 +2,7 @@
 # Where the instructions of one guest operation go, function by function.
 #
 #   scripts/profile.sh [--native] [--top K] [--per OPS] [--extra WORDS] [--initrd FILE] TEST N1 N2
+#   scripts/profile.sh --compare [--top K] [--extra WORDS] WORDS1 WORDS2
 #
 # TEST is the guest's test word with {N} where the count goes, e.g.
 # "test=bench:yield={N}" or "test=null-hypercalls:{N}". The script boots
@@ -18,17 +19,22 @@
 # Blocks that fault half-way are charged whole, so figures are good to a
 # few instructions. The log is read as QEMU writes it (through a pipe),
 # never stored: a run of a few hundred operations logs gigabytes.
+# --compare profiles two whole runs instead, the guest's words WORDS1
+# and WORDS2 (no {N}), and prints what the second adds over the first,
+# undivided: e.g. --compare "test=exit:0" "test=showcase" is everything
+# the showcase costs beyond booting.
 # --extra passes firmware words (Umbra only), e.g. "guest_mem=16M";
 # --initrd a root filesystem, for a Linux program's loop: e.g.
 # --initrd target/bench/getpid.cpio "init=/getpid {N}" 1000 2000.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-native=no top=40 per=1 extra="" initrd=()
-usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+native=no top=40 per=1 extra="" initrd=() compare=no
+usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --native) native=yes; shift ;;
+        --compare) compare=yes; shift ;;
         --top) top=${2:?}; shift 2 ;;
         --per) per=${2:?}; shift 2 ;;
         --extra) extra=${2:?}; shift 2 ;;
@@ -38,8 +44,14 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-[ $# -eq 3 ] || usage
-test_word=$1 n1=$2 n2=$3
+if [ "$compare" = yes ]; then
+    [ $# -eq 2 ] || usage
+    # The words are the runs; {N} stands for all of them.
+    test_word="{N}" n1=$1 n2=$2
+else
+    [ $# -eq 3 ] || usage
+    test_word=$1 n1=$2 n2=$3
+fi
 
 ensure_qemu
 ensure_binutils
@@ -146,7 +158,8 @@ by_function() {
 say "profiling ${test_word//\{N\}/$n1} and ${test_word//\{N\}/$n2} ($([ "$native" = yes ] && echo natively || echo under Umbra))"
 count "$n1" | by_function >"$work/a"
 count "$n2" | by_function >"$work/b"
-awk -F'\t' -v d="$((n2 - n1))" -v per="$per" '
+if [ "$compare" = yes ]; then difference=1; else difference=$((n2 - n1)); fi
+awk -F'\t' -v d="$difference" -v per="$per" '
     NR == FNR { a[$2] = $1; next }
     { b[$2] = $1 }
     END {
