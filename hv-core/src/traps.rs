@@ -505,6 +505,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
 
     /// Before every entry: update the guest's clock, fire its clock event
     /// if due, and deliver the first pending interrupt it can take.
+    #[inline]
     pub fn prepare_entry(&mut self, regs: &mut GuestRegs, now_ns: u64) -> Result<(), Kill> {
         self.update_shared_time(now_ns);
         if self.clock_deadline_ns.is_some_and(|deadline| deadline <= now_ns) {

@@ -770,6 +770,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     }
 
     /// Before each entry: the guest's clock, and its count of exits.
+    #[inline]
     pub fn update_shared_time(&mut self, now_ns: u64) {
         if let Some(page) = self.shared_page {
             let exits = self.stats.exits;
