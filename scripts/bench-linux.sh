@@ -116,6 +116,14 @@ workload find 'for d in $(seq 1 20); do mkdir d$d; for f in $(seq 1 100); do : >
     'find /tmp/w -name "*.txt" | wc -l > count'
 workload sha256 'seq 1 1000000 | head -c 4194304 > part; cat part part part part > in; rm part' 'sha256sum in > sum'
 workload pipeline "seq 1 1000000 | head -c 4194304 > in" 'cat in | tr 0-9 a-j | grep -v bb | wc -l > count'
+# procs at any size, for a per-process profile:
+#   scripts/profile.sh --initrd target/bench/linux/bench.cpio "init=/bin/sh /bench/true-loop.sh {N}" 20 40
+cat > "$tree/bench/true-loop.sh" <<'EOF'
+#!/bin/sh
+# /bin/true, $1 times.
+i=0
+while [ "$i" -lt "$1" ]; do /bin/true; i=$((i + 1)); done
+EOF
 cat > "$tree/bench/run.sh" <<'EOF'
 #!/bin/sh
 # Run the workloads named in the arguments, one after the other.

@@ -59,7 +59,7 @@ build_image >&2
 (cd "$UMBRA_ROOT" && cargo build --release --target "$UMBRA_TARGET" -p guest) >&2 || exit 1
 guest_elf="$UMBRA_ROOT/target/$UMBRA_TARGET/release/guest"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[ -e "$work/keep" ] || rm -rf "$work"' EXIT
 
 # Symbols as "ADDRESS NAME", 16 lowercase hex digits, sorted: fixed-width
 # strings compare as the numbers do, which awk's doubles could not.
@@ -104,8 +104,10 @@ count() {
         END { for (key in execs) { split(key, k, " "); n = (key in size) ? size[key] : bypc[k[1]]; print k[1], n, execs[key] } }
     ' <"$work/log"
     wait "$qemu" || true
-    grep -q "benchmark: done\|exit status 0\|exited with status 0\|bench " "$work/serial-$n.log" ||
-        say "the run with $n did not end cleanly; see its serial log in $work (kept)" 
+    grep -q "benchmark: done\|exit status 0\|exited with status 0\|bench " "$work/serial-$n.log" || {
+        : >"$work/keep"
+        say "the run with $n did not end cleanly; see its serial log in $work (kept)"
+    }
 }
 
 # by_function: "PC INSNS EXECS" lines in, "FUNCTION INSTRUCTIONS" out.
