@@ -351,6 +351,12 @@ pub fn sanitize(regs: &mut GuestRegs) {
 const ASYNC_RING_OFFSET: u64 = offset_of!(SharedPage, async_ring) as u64;
 const ASYNC_CALL_SIZE: u64 = core::mem::size_of::<AsyncCall>() as u64;
 
+/// The guest-physical address of async ring slot `slot`, in the shared
+/// page at `page`.
+fn async_slot(page: u64, slot: usize) -> u64 {
+    page + ASYNC_RING_OFFSET + slot as u64 * ASYNC_CALL_SIZE
+}
+
 /// One guest's CPU: its shadow MMU and what it told us at INIT.
 ///
 /// The shadow MMU is the vCPU's own: the run loop reaches it only through
@@ -786,14 +792,13 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
     fn drain_async_ring(&mut self, host: &mut impl Host) -> Result<(), Kill> {
         let Some(page) = self.shared_page else { return Ok(()) };
         // Almost every call finds the ring empty: one word says so.
-        let first = page + ASYNC_RING_OFFSET + self.async_cursor as u64 * ASYNC_CALL_SIZE;
-        if self.mmu.memory().read_u64(first) != Some(1) {
+        if self.mmu.memory().read_u64(async_slot(page, self.async_cursor)) != Some(1) {
             return Ok(());
         }
         let ran_before = self.stats.async_calls;
         for _ in 0..abi::ASYNC_SLOTS {
             let slot = self.async_cursor;
-            let base = page + ASYNC_RING_OFFSET + slot as u64 * ASYNC_CALL_SIZE;
+            let base = async_slot(page, slot);
             let word = |i: u64| self.mmu.memory().read_u64(base + i * 8).unwrap_or(0);
             if word(0) != 1 {
                 break;

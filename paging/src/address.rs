@@ -20,6 +20,9 @@ pub(crate) const FLAT_END: u64 = 1 << 48;
 /// the default boundary of the guest's kernel half until it declares its own.
 pub const KERNEL_HALF_START: u64 = 0xFFFF_8000_0000_0000;
 
+/// One past the lower half's last canonical address.
+pub(crate) const LOWER_HALF_END: u64 = 1 << 47;
+
 /// The switcher region: the top 4 MiB of every address space, reached
 /// through `PML4[511] -> PDPT[511] -> PD[510..=511]`. It belongs to the host;
 /// the guest may never map, update, fault on or pin anything in it. Where

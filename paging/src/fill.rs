@@ -30,9 +30,6 @@ use crate::walk::{self, WalkStop};
 /// whole memory; ring 3 gets nothing (the guest has no user space yet).
 const LINEAR_RIGHTS: Rights = Rights { writable: true, user: false, executable: true };
 
-/// One past the lower half's last canonical address.
-const LOWER_HALF_END: u64 = 1 << 47;
-
 /// What pinning one page found.
 enum PinStop {
     Kill(KillReason),
@@ -236,7 +233,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             return Err(KillReason::SwitcherPin);
         }
         if first < address::KERNEL_HALF_START {
-            if last >= LOWER_HALF_END {
+            if last >= address::LOWER_HALF_END {
                 return Err(KillReason::NonCanonicalAddress);
             }
         } else if last >= address::SWITCHER_BASE {
