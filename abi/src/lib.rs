@@ -54,7 +54,7 @@ pub mod status;
 pub mod tables;
 
 /// Bumped on any incompatible change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The hypercall instruction, `ud2`, and its length.
 pub const HYPERCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x0b];

@@ -813,6 +813,7 @@ impl<M: GuestRam, P: FramePool> Vcpu<M, P> {
                     | abi::SET_PGD
                     | abi::FLUSH_TLB
                     | abi::CONSOLE_WRITE
+                    | abi::LOAD_IDT_ENTRY
             ) {
                 return Err(Kill::BadAsyncCall { slot, number });
             }

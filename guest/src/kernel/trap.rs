@@ -211,6 +211,8 @@ pub fn install() {
     // Without a handler, console input would stay pending and wake every
     // HALT at once.
     platform::set_trap_handler(CONSOLE_VECTOR, stub(34), interrupt);
+    // Under Umbra the handlers went in as one batch: installed now.
+    platform::sync();
     platform::set_interrupt_return(mem::high(kernel_noirq_iret as *const () as u64));
     platform::set_syscall_entry(mem::high(kernel_syscall_entry as *const () as u64));
 }

@@ -74,7 +74,7 @@ pub fn set_pte(root: u64, va: u64, pte: u64, now: bool) {
     }
 }
 
-/// Makes every batched page-table change count.
+/// Makes every batched change count: page tables, trap handlers.
 pub fn sync() {
     if !native() {
         hypercall::flush_async();
@@ -196,7 +196,10 @@ pub struct Gate {
     pub user: bool,
 }
 
-/// Installs `handler` (a kernel-half address) for `vector`.
+/// Installs `handler` (a kernel-half address) for `vector`. Under Umbra
+/// the call waits in the async ring, with the others a kernel installs
+/// at once, until [`sync`] or the next synchronous call: each would
+/// otherwise be an exit.
 pub fn set_trap_handler(vector: u8, handler: u64, gate: Gate) {
     if native() {
         native::set_trap_handler(vector, handler, gate);
@@ -209,8 +212,7 @@ pub fn set_trap_handler(vector: u8, handler: u64, gate: Gate) {
     if gate.user {
         flags |= abi::IDT_USER;
     }
-    // SAFETY: the handler is ours, in the kernel half.
-    unsafe { hypercall(abi::LOAD_IDT_ENTRY, u64::from(vector), handler, flags, 0, 0) };
+    hypercall::queue_async(abi::LOAD_IDT_ENTRY, [u64::from(vector), handler, flags, 0, 0]);
 }
 
 /// Where the CPU finds the registers for `iretq` with interrupts going
