@@ -211,7 +211,6 @@ impl ThisCpu {
     fn new(cpu: CpuPages, tsc_khz: u64, boot_tsc: u64) -> ThisCpu {
         let ns_per_tick_q32 = ((1_000_000u128 << 32) / u128::from(tsc_khz.max(1))) as u64;
         let syscall_on = Efer::read().contains(EferFlags::SYSTEM_CALL_EXTENSIONS);
-        lapic::unmask_timer();
         ThisCpu { cpu, tsc_khz, boot_tsc, ns_per_tick_q32, syscall_on }
     }
 }

@@ -235,19 +235,11 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Unmask this CPU's timer, stopped, for [`arm_ns`]: once per run on
-/// each CPU, not at every arming. Under a nested hypervisor each APIC
-/// write is a trip to the outer one, and the run loop arms the timer at
-/// every guest entry. ([`countdown`] masks it again, but nothing calls
-/// that while a run is on.)
-pub fn unmask_timer() {
-    write(INITIAL_COUNT, 0);
-    write(LVT_TIMER, u32::from(TIMER_VECTOR));
-}
-
 /// Interrupt once, `ns` from now (at most about 4.3 s; the run loop
-/// re-arms anyway), on a timer [`unmask_timer`] unmasked.
+/// re-arms anyway). The timer's LVT is written each time too, unmasked:
+/// whatever masked it ([`countdown`]) or left it, every arming is sure.
 pub fn arm_ns(ns: u64) {
+    write(LVT_TIMER, u32::from(TIMER_VECTOR));
     write(INITIAL_COUNT, ns.clamp(1, u64::from(u32::MAX)) as u32);
 }
 
