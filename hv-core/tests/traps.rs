@@ -130,27 +130,19 @@ fn idt_entries_are_checked() {
     );
 }
 
-/// Queue a call in the async ring's slot `slot`, as the guest does.
-fn queue(vcpu: &mut Vcpu<Ram, Pool>, slot: u64, number: u64, args: [u64; 3]) {
-    let base = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + slot * 56;
-    for (i, word) in [number, args[0], args[1], args[2]].into_iter().enumerate() {
-        write(vcpu, base + 8 + 8 * i as u64, word);
-    }
-    write(vcpu, base, 1);
-}
-
 #[test]
 fn idt_entries_may_wait_in_the_async_ring_and_are_checked_there_too() {
     let mut vcpu = guest();
     let user_trap = abi::IDT_PRESENT | abi::IDT_TRAP_GATE | abi::IDT_USER;
-    queue(&mut vcpu, 0, abi::LOAD_IDT_ENTRY, [0x80, HANDLER, user_trap]);
+    common::queue_async(vcpu.memory_mut(), SHARED, 0, abi::LOAD_IDT_ENTRY, [0x80, HANDLER, user_trap, 0, 0]);
     assert!(vcpu.direct_gate(0x80).is_none(), "nothing runs before the next call");
     assert_eq!(hypercall(&mut vcpu, abi::FLUSH_ASYNC, [0; 3]), Next::Resume);
     assert_eq!(vcpu.direct_gate(0x80).map(|gate| gate.handler), Some(HANDLER));
     assert!(vcpu.take_switcher_changes().gates, "the real IDT must learn of it");
 
     let mut vcpu = guest();
-    queue(&mut vcpu, 0, abi::LOAD_IDT_ENTRY, [13, HANDLER, abi::IDT_PRESENT | abi::IDT_USER]);
+    let flags = abi::IDT_PRESENT | abi::IDT_USER;
+    common::queue_async(vcpu.memory_mut(), SHARED, 0, abi::LOAD_IDT_ENTRY, [13, HANDLER, flags, 0, 0]);
     match kill_of(hypercall(&mut vcpu, abi::FLUSH_ASYNC, [0; 3])) {
         Kill::BadIdtEntry { why, .. } => assert_eq!(why, "user mode may not raise this vector"),
         other => panic!("{other:?}"),

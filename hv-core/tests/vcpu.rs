@@ -195,13 +195,7 @@ fn linear_mode_faults_are_filled_and_interrupts_resume() {
 }
 
 fn write_async(vcpu: &mut Vcpu<Ram, Pool>, slot: u64, number: u64, args: [u64; 5]) {
-    let base = SHARED + std::mem::offset_of!(SharedPage, async_ring) as u64 + slot * 56;
-    let memory = vcpu.memory_mut();
-    memory.write_u64(base + 8, number);
-    for (i, arg) in args.iter().enumerate() {
-        memory.write_u64(base + 16 + i as u64 * 8, *arg);
-    }
-    memory.write_u64(base, 1);
+    common::queue_async(vcpu.memory_mut(), SHARED, slot, number, args);
 }
 
 #[test]

@@ -110,3 +110,17 @@ impl Host for Console {
         2_600_000
     }
 }
+
+/// Queue call `number` in slot `slot` of the async ring of the shared page
+/// at guest-physical `shared`, as a guest does: arguments first, `ready`
+/// last.
+pub fn queue_async(ram: &mut Ram, shared: u64, slot: u64, number: u64, args: [u64; 5]) {
+    let base = shared
+        + std::mem::offset_of!(umbra_abi::SharedPage, async_ring) as u64
+        + slot * std::mem::size_of::<umbra_abi::AsyncCall>() as u64;
+    ram.write_u64(base + 8, number);
+    for (i, arg) in args.iter().enumerate() {
+        ram.write_u64(base + 16 + i as u64 * 8, *arg);
+    }
+    ram.write_u64(base, 1);
+}
