@@ -224,11 +224,12 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         // a canonical first page, a lower-half range turns non-canonical
         // past the half's end, and an upper-half one reaches the switcher
         // (the top of the address space) before anything else.
+        // Wrapping only where `first` is in the switcher, refused below
+        // before `last` is looked at.
         let last = first.wrapping_add((pages - 1) * PAGE_SIZE);
         if !address::is_canonical(first) {
             return Err(KillReason::NonCanonicalAddress);
         }
-        // Below the switcher, a few pages on cannot wrap.
         if address::in_switcher(first) {
             return Err(KillReason::SwitcherPin);
         }
