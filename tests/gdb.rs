@@ -12,7 +12,7 @@
 //!   (`cs` 0x19), with a backtrace down to `guest_entry`;
 //! - `higher_half`: it stops at the kernel's system-call handler, in its
 //!   higher half, with a backtrace naming the trap path, and steps out of
-//!   it (`finish`) back into that path.
+//!   it (`finish`) back into that path, in a scenario of one process.
 //!
 //! Both let the boot go on, and Umbra exits with status 0.
 //!
@@ -45,8 +45,8 @@ use umbra_abi::status::SUCCESS;
 struct Session {
     /// The case's name after `<accel>_microvm_gdb_`.
     name: &'static str,
-    /// debug.sh's breakpoint options.
-    breaks: &'static [&'static str],
+    /// debug.sh's options: where to stop, and what the guest runs.
+    options: &'static [&'static str],
     /// What gdb does once stopped at the first breakpoint.
     commands: &'static str,
     steps: &'static [Step],
@@ -89,7 +89,7 @@ const fn step(what: &'static str, starts: &'static str, contains: &'static str) 
 /// its physical addresses.
 const LINEAR_MODE: Session = Session {
     name: "firmware_and_linear_mode",
-    breaks: &["--break", "umbra_main", "--guest-break", "guest_main"],
+    options: &["--break", "umbra_main", "--guest-break", "guest_main"],
     commands: "bt\ncontinue\nbt\ninfo registers cs\ndelete\ncontinue\n",
     steps: &[
         step("a stop at umbra_main", "", "hit Breakpoint 1, umbra::boot::umbra_main ("),
@@ -108,12 +108,15 @@ const LINEAR_MODE: Session = Session {
 };
 
 /// The guest kernel's system-call handler, in its higher half, and a
-/// step out of it. Breakpoints are deleted once passed: KVM has four
+/// step out of it. The guest runs a scenario of one process: with more,
+/// the timer may hand the CPU to another process while `finish` runs,
+/// and that one's system call would stop at the breakpoint first (seen
+/// once under TCG on a loaded machine). Breakpoints are deleted once passed: KVM has four
 /// debug registers, and a guest breakpoint takes two (one per address the
 /// kernel runs at).
 const HIGHER_HALF: Session = Session {
     name: "higher_half",
-    breaks: &["--guest-break", "guest::kernel::trap::syscall"],
+    options: &["--guest-break", "guest::kernel::trap::syscall", "--append", "-- test=scenario:sbrk"],
     commands: "bt\ninfo registers cs\nfinish\ndelete\ncontinue\n",
     steps: &[
         step(
@@ -187,7 +190,7 @@ fn gdb_session(accel: Accel, session: &'static Session) -> Case {
             script
                 .arg(workspace_root().join("scripts/debug.sh"))
                 .args(["--accel", accel.name(), "--machine", "microvm"])
-                .args(session.breaks)
+                .args(session.options)
                 .arg("--batch")
                 .arg(&commands)
                 .args(["--port", &port.to_string(), "--timeout", &limit.to_string()])
@@ -243,8 +246,10 @@ fn gdb_session(accel: Accel, session: &'static Session) -> Case {
             exit_code: outcome.exit_code,
             log: console.to_path_buf(),
         };
-        if !boot.has_line("guest: scenario showcase: all 6 programs ended as expected") {
-            return fail("the showcase did not run to its end after the debugging", transcript, console);
+        let ended =
+            boot.lines_starting("guest: scenario ").iter().any(|l| l.ends_with("programs ended as expected"));
+        if !ended {
+            return fail("the scenario did not run to its end after the debugging", transcript, console);
         }
         match check_exit(&boot, SUCCESS, Exit::Status) {
             Verdict::Fail(why) => {
