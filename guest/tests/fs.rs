@@ -668,6 +668,32 @@ fn path_of_directories() {
 // ---------------------------------------------------------------------
 // Files.
 
+/// The version a copy of a file's bytes is checked against: it moves with
+/// every change of the bytes and with nothing else, and an inode number
+/// used again does not bring an old version back.
+#[test]
+fn a_files_content_version_changes_with_its_bytes_only() {
+    let mut fs = Fs::new();
+    let f = fs.create(ROOT, b"f", 0o644, NOW).unwrap();
+    let created = fs.content_version(f).unwrap();
+    fs.write(f, 0, b"hello", NOW).unwrap();
+    let written = fs.content_version(f).unwrap();
+    assert_ne!(written, created);
+    let mut buf = [0; 8];
+    fs.read(f, 0, &mut buf).unwrap();
+    fs.chmod(f, 0o600, LATER).unwrap();
+    assert_eq!(fs.content_version(f), Ok(written), "reads and metadata leave it");
+    fs.truncate(f, 2, NOW).unwrap();
+    let truncated = fs.content_version(f).unwrap();
+    assert_ne!(truncated, written);
+
+    fs.unlink(ROOT, b"f", NOW).unwrap();
+    let g = fs.create(ROOT, b"g", 0o644, NOW).unwrap();
+    assert_eq!(g, f, "the number is used again");
+    assert!(![created, written, truncated].contains(&fs.content_version(g).unwrap()));
+    assert_eq!(fs.content_version(ROOT), Err(EISDIR));
+}
+
 #[test]
 fn writes_reads_holes_and_truncation() {
     let mut fs = Fs::new();

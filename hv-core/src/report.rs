@@ -231,12 +231,13 @@ pub(crate) fn print_stats(
     machine.log(
         Level::Info,
         format_args!(
-            "stats: paging: fills {} (linear {}, 2 MiB {}), prefills {}, reflects {}, roots hit {} missed {} \
+            "stats: paging: fills {} (linear {}, 2 MiB {}), prefills {}, prefetches {}, reflects {}, roots hit {} missed {} \
              evicted {}, flushes {} user {} full, frames now {} peak {}",
             paging.fills,
             paging.linear_fills,
             paging.large_fills,
             paging.prefills,
+            paging.prefetches,
             paging.reflects,
             paging.root_hits,
             paging.root_misses,

@@ -18,6 +18,9 @@ pub struct Counters {
     pub kills: u64,
     /// Shadow entries filled at once from an announced PTE.
     pub prefills: u64,
+    /// Shadow entries filled ahead of a fault, next to a page filled for
+    /// one: the guest had mapped them ahead and marked them accessed.
+    pub prefetches: u64,
     /// Cached roots given up: reused for another CR3, or freed under
     /// memory pressure.
     pub evictions: u64,

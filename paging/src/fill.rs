@@ -11,6 +11,12 @@
 //! stay as honest as the hardware's would be. Accessed bits are set at every
 //! level walked, as the CPU does.
 //!
+//! A leaf the guest marked accessed before any access was mapped ahead of
+//! use: its kernel maps a program's pages in blocks (Linux's fault-around)
+//! and marks them so. A fill of such a leaf maps its marked neighbours in
+//! the shadow too (prefetch), each checked as a walk would check it, so
+//! the program does not fault once per page all over again here.
+//!
 //! Until the guest's first `new_pagetable` it has no tables of its own, and
 //! we pretend it has a 1:1 map of its memory (lguest's linear mode, which
 //! spared the host any knowledge of where the guest keeps its kernel).
@@ -20,11 +26,15 @@
 //! there cannot fault inside the fault.
 
 use crate::address::{self, Level, PAGE_SIZE};
-use crate::entry::{ACCESSED, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::entry::{self, ACCESSED, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
 use crate::memory::{FramePool, GuestMemory};
 use crate::outcome::{Access, FaultOutcome, KillReason, Rights};
 use crate::shadow::{Exhausted, LARGE_PAGE, MAX_PINNED_PAGES, ShadowMmu};
-use crate::walk::{self, WalkStop};
+use crate::walk::{self, GuestMapping, WalkStop};
+
+/// The aligned block of page-table entries a fill looks at for neighbours
+/// to map ahead (64 KiB, as Linux's fault-around).
+const PREFETCH_PAGES: usize = 16;
 
 /// The linear-mode pretence: the guest kernel may read, write and run its
 /// whole memory; ring 3 gets nothing (the guest has no user space yet).
@@ -94,6 +104,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         };
         let page_va = va & !(PAGE_SIZE - 1);
 
+        let mut prefetch_from = None;
         let (page, rights, writable, leaf_level) = if self.linear {
             if access.user || page_va >= self.limit {
                 return Ok(FaultOutcome::Reflect);
@@ -119,6 +130,11 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             if let Err(reason) = walk::mark_accessed(&mut self.memory, &mapping, access.write) {
                 return Ok(FaultOutcome::Kill(reason));
             }
+            // A leaf the guest marked accessed before any access was
+            // mapped ahead of use, and likely its neighbours with it.
+            if mapping.leaf_level == Level::Pt && mapping.leaf().value & ACCESSED != 0 {
+                prefetch_from = Some(mapping);
+            }
             // Writable only once the guest's dirty bit is honestly set.
             let writable = mapping.rights.writable && (access.write || mapping.leaf_dirty());
             (mapping.page, mapping.rights, writable, mapping.leaf_level)
@@ -137,9 +153,61 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             }
         }
         let leaf = self.shadow_leaf_value(page, rights, writable);
-        self.install_leaf(skeleton.pml4, page_va, leaf)?;
+        let table = self.install_leaf(skeleton.pml4, page_va, leaf)?;
         self.count_fill();
+        if let Some(mapping) = prefetch_from {
+            self.prefetch_neighbours(table, &mapping);
+        }
         Ok(FaultOutcome::Fixed)
+    }
+
+    /// Fills the shadow page table `table` ahead of faults with the
+    /// neighbours of the 4 KiB page `mapping` just filled there: those of
+    /// the aligned block of [`PREFETCH_PAGES`] around it that the guest's
+    /// page table holds present and accessed, and the shadow does not hold
+    /// yet. A guest kernel that maps a program's pages ahead of use (as
+    /// Linux's fault-around does) marks them accessed, as it marks the
+    /// page it faulted in: each would otherwise cost a fault of its own.
+    ///
+    /// Each entry is checked as a walk would check it, and only empty
+    /// shadow slots are written, so nothing the guest could not have had
+    /// by faulting is mapped, and no leaf is replaced. The rights above
+    /// the page table are the fault's walk's, the same for the whole
+    /// table; a neighbour is writable only once its dirty bit is set.
+    fn prefetch_neighbours(&mut self, table: u64, mapping: &GuestMapping) {
+        let leaf = mapping.leaf();
+        let guest_table = leaf.gpa & !(PAGE_SIZE - 1);
+        let filled = ((leaf.gpa & (PAGE_SIZE - 1)) / 8) as usize;
+        let mut above = Rights::ALL;
+        for step in &mapping.steps[..mapping.depth - 1] {
+            above.writable &= step.value & WRITABLE != 0;
+            above.user &= step.value & USER != 0;
+            above.executable &= step.value & NO_EXECUTE == 0;
+        }
+        let block = filled & !(PREFETCH_PAGES - 1);
+        for index in (block..block + PREFETCH_PAGES).filter(|&i| i != filled) {
+            if self.pool.read_entry(table, index) & PRESENT != 0 {
+                continue;
+            }
+            let Some(pte) = self.memory.read_u64(guest_table + 8 * index as u64) else { continue };
+            let wanted = PRESENT | ACCESSED;
+            if pte & wanted != wanted || pte & entry::reserved_bits(Level::Pt, pte) != 0 {
+                continue;
+            }
+            let frame = entry::target(Level::Pt, pte);
+            if frame.checked_add(PAGE_SIZE).is_none_or(|end| end > self.limit) {
+                continue;
+            }
+            let rights = Rights {
+                writable: above.writable && pte & WRITABLE != 0,
+                user: above.user && pte & USER != 0,
+                executable: above.executable && pte & NO_EXECUTE == 0,
+            };
+            let writable = rights.writable && pte & DIRTY != 0;
+            let value = self.shadow_leaf_value(frame, rights, writable);
+            self.pool.write_entry(table, index, value);
+            self.counters.prefetches += 1;
+        }
     }
 
     fn count_fill(&mut self) {

@@ -345,9 +345,9 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
 
     /// Writes `leaf` as the shadow PTE for `va` under `pml4`, building the
     /// tables on the way (a 2 MiB leaf in the way gives its slot to a new
-    /// table). Tables built before an exhaustion stay linked and are
-    /// released with the root.
-    pub(crate) fn install_leaf(&mut self, pml4: u64, va: u64, leaf: u64) -> Result<(), Exhausted> {
+    /// table), and returns the page table it wrote into. Tables built
+    /// before an exhaustion stay linked and are released with the root.
+    pub(crate) fn install_leaf(&mut self, pml4: u64, va: u64, leaf: u64) -> Result<u64, Exhausted> {
         let mut table = pml4;
         for level in [Level::Pml4, Level::Pdpt, Level::Pd] {
             let index = level.index(va);
@@ -370,7 +370,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             self.leaf_epoch += 1;
         }
         self.pool.write_entry(table, index, leaf);
-        Ok(())
+        Ok(table)
     }
 
     /// Writes `leaf`, a 2 MiB leaf, into the page-directory slot for `va`

@@ -94,6 +94,22 @@ const ADDRESSES: &[u64] = &[
 ];
 const MAPPABLE: usize = 18;
 
+/// Every address the ledger follows: the mappable ones and the aligned
+/// block of 16 pages around each, which a fill there may map ahead
+/// (`prefetch_neighbours`).
+fn tracked() -> &'static [u64] {
+    static TRACKED: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    TRACKED.get_or_init(|| {
+        let mut all: Vec<u64> = ADDRESSES[..MAPPABLE]
+            .iter()
+            .flat_map(|&va| (0..16).map(move |i| (va & !0xFFFF) + i * 0x1000))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    })
+}
+
 fn address(i: usize) -> u64 {
     ADDRESSES[i % ADDRESSES.len()]
 }
@@ -297,7 +313,7 @@ impl Model {
             return;
         }
         for &cr3 in cached {
-            for &va in &ADDRESSES[..MAPPABLE] {
+            for &va in tracked() {
                 if let RefWalk::Mapped { page, write, user, exec, dirty, .. } =
                     reference_walk(&self.mem, cr3, va)
                 {
@@ -823,7 +839,7 @@ impl Run {
             Op::FlushUser => {
                 let got = self.mmu.flush_user_half();
                 if let Some(cr3) = self.model.cr3 {
-                    for &va in &ADDRESSES[..MAPPABLE] {
+                    for &va in tracked() {
                         if !self.model.is_kernel(va) {
                             self.model.user_grants.remove(&(cr3, va));
                         }
@@ -883,7 +899,7 @@ impl Run {
 
     /// Wipes the ledger for every tracked address in `start..start + len`.
     fn announce_range(&mut self, cr3: u64, start: u64, len: u64) {
-        for &va in &ADDRESSES[..MAPPABLE] {
+        for &va in tracked() {
             if va >= start && va - start < len {
                 self.model.announce(cr3, va);
             }
@@ -1063,7 +1079,7 @@ impl Run {
                 host >= HOST_OFFSET && host - HOST_OFFSET + 0x20_0000 <= LIMIT,
                 "2 MiB leaf {va:#x} -> {host:#x} runs outside guest memory"
             );
-            for &address in &ADDRESSES[..MAPPABLE] {
+            for &address in tracked() {
                 if (va..va + 0x20_0000).contains(&address) {
                     pieces.push((address, (e & !HUGE) + (address - va)));
                 }
@@ -1201,6 +1217,7 @@ fn the_generator_reaches_every_path() {
         total.linear_fills += c.linear_fills;
         total.reflects += c.reflects;
         total.prefills += c.prefills;
+        total.prefetches += c.prefetches;
         total.evictions += c.evictions;
         total.root_hits += c.root_hits;
         total.root_misses += c.root_misses;
@@ -1213,6 +1230,7 @@ fn the_generator_reaches_every_path() {
     assert!(total.linear_fills > 50, "{total:?}");
     assert!(total.reflects > 500, "{total:?}");
     assert!(total.prefills > 20, "{total:?}");
+    assert!(total.prefetches > 20, "{total:?}");
     assert!(total.evictions > 30, "{total:?}");
     assert!(total.root_hits > 150, "{total:?}");
     assert!(total.pressure_events > 30, "{total:?}");

@@ -119,6 +119,98 @@ mod demand_fill {
         assert_ne!(mmu.shadow_entry(nx_va).unwrap() & NO_EXECUTE, 0);
     }
 
+    /// A guest kernel that maps a program's pages ahead of use marks them
+    /// accessed; a fill of one such page maps the others of its aligned
+    /// block of 16 ahead too, each as a fault there would have, and
+    /// nothing the guest has not marked.
+    #[test]
+    fn a_fill_of_a_page_mapped_ahead_maps_its_marked_neighbours_ahead() {
+        let (mut mmu, mut b) = paged();
+        let page = |i: u64| USER_VA + i * 0x1000;
+        let frame = |i: u64| DATA + i * 0x1000;
+        let marked = PRESENT | USER | ACCESSED;
+        map(&mut mmu, &mut b, CR3, page(0), frame(0), marked);
+        map(&mut mmu, &mut b, CR3, page(1), frame(1), marked | WRITABLE);
+        map(&mut mmu, &mut b, CR3, page(2), frame(2), marked | WRITABLE | DIRTY);
+        map(&mut mmu, &mut b, CR3, page(3), frame(3), PRESENT | USER);
+        map(&mut mmu, &mut b, CR3, page(4), frame(4), marked | NO_EXECUTE);
+        map(&mut mmu, &mut b, CR3, page(16), frame(16), marked);
+        let before = mmu.memory().words.clone();
+
+        assert_eq!(mmu.demand_fill(page(0), USER_READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().prefetches, 3);
+        let leaf = |mmu: &Mmu, i: u64| mmu.shadow_entry(page(i));
+        assert_eq!(
+            leaf(&mmu, 1).unwrap() & !NO_EXECUTE,
+            (frame(1) + HOST_OFFSET) | PRESENT | USER | ACCESSED
+        );
+        assert_eq!(leaf(&mmu, 1).unwrap() & WRITABLE, 0, "writable only once dirty");
+        assert_ne!(leaf(&mmu, 2).unwrap() & WRITABLE, 0);
+        assert_ne!(leaf(&mmu, 4).unwrap() & NO_EXECUTE, 0);
+        assert_eq!(leaf(&mmu, 3), None, "not marked: left to its own fault");
+        assert_eq!(leaf(&mmu, 16), None, "another block");
+        // The guest's tables: only the fill's own accessed bits are new.
+        for (gpa, value) in &mmu.memory().words {
+            if before.get(gpa) != Some(value) {
+                assert_eq!(before.get(gpa).copied().unwrap_or(0) | ACCESSED, *value, "at {gpa:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_ordinary_fill_maps_nothing_ahead() {
+        let (mut mmu, mut b) = paged();
+        map(&mut mmu, &mut b, CR3, USER_VA, DATA, PRESENT | USER);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x1000, DATA + 0x1000, PRESENT | USER | ACCESSED);
+        assert_eq!(mmu.demand_fill(USER_VA, USER_READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.shadow_entry(USER_VA + 0x1000), None);
+        assert_eq!(mmu.counters().prefetches, 0);
+    }
+
+    /// What a neighbour may not be, it is not mapped ahead, and nobody is
+    /// killed for it: its own fault, if it ever comes, judges it.
+    #[test]
+    fn a_neighbour_that_a_walk_would_refuse_is_not_mapped_ahead() {
+        let (mut mmu, mut b) = paged();
+        let marked = PRESENT | USER | ACCESSED;
+        map(&mut mmu, &mut b, CR3, USER_VA, DATA, marked);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x1000, LIMIT, marked);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x2000, DATA | 1 << 50, marked);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x3000, DATA + 0x3000, USER | ACCESSED);
+        assert_eq!(mmu.demand_fill(USER_VA, USER_READ), FaultOutcome::Fixed);
+        for i in 1..4 {
+            assert_eq!(mmu.shadow_entry(USER_VA + i * 0x1000), None, "page {i}");
+        }
+        assert_eq!(mmu.counters().prefetches, 0);
+        assert_eq!(mmu.counters().kills, 0);
+    }
+
+    /// The rights above the page table hold for the neighbours too, and a
+    /// leaf the shadow already has is left as it is.
+    #[test]
+    fn a_neighbour_mapped_ahead_has_the_rights_of_the_levels_above() {
+        let (mut mmu, mut b) = paged();
+        let marked = PRESENT | USER | ACCESSED | WRITABLE | DIRTY;
+        map(&mut mmu, &mut b, CR3, USER_VA, DATA, marked);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x1000, DATA + 0x1000, marked);
+        map(&mut mmu, &mut b, CR3, USER_VA + 0x2000, DATA + 0x2000, PRESENT | USER | WRITABLE | DIRTY);
+        let pde = b.entry_addr(mmu.memory_mut(), CR3, USER_VA, Level::Pd, TABLE);
+        let v = mmu.memory().get(pde);
+        mmu.memory_mut().set(pde, v & !(USER | WRITABLE));
+
+        // Not marked: an ordinary fill, read-only from the PDE down.
+        assert_eq!(mmu.demand_fill(USER_VA + 0x2000, READ), FaultOutcome::Fixed);
+        let kept = mmu.shadow_entry(USER_VA + 0x2000).unwrap();
+        assert_eq!(mmu.counters().prefetches, 0);
+
+        assert_eq!(mmu.demand_fill(USER_VA, READ), FaultOutcome::Fixed);
+        assert_eq!(mmu.counters().prefetches, 1);
+        let ahead = mmu.shadow_entry(USER_VA + 0x1000).unwrap();
+        assert_eq!(ahead & (USER | WRITABLE), 0, "the PDE allows neither");
+        assert_eq!(mmu.shadow_entry(USER_VA + 0x2000), Some(kept));
+        assert_eq!(mmu.demand_fill(USER_VA + 0x1000, USER_READ), FaultOutcome::Reflect);
+    }
+
     #[test]
     fn a_refused_access_writes_no_accessed_bits() {
         let (mut mmu, mut b) = paged();

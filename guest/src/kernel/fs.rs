@@ -230,6 +230,8 @@ struct Inode {
     /// Open files (and anything else that keeps the inode alive after its
     /// last name is gone, such as a running program's image).
     open_refs: u32,
+    /// Which bytes a regular file holds: see [`Fs::content_version`].
+    version: u64,
     body: Body,
 }
 
@@ -414,6 +416,8 @@ fn check_new_name(name: &[u8]) -> Result<()> {
 pub struct Fs {
     inodes: Vec<Option<Inode>>,
     free: Vec<Ino>,
+    /// The last content version handed out.
+    versions: u64,
 }
 
 impl Default for Fs {
@@ -441,9 +445,10 @@ impl Fs {
             mtime: now,
             ctime: now,
             open_refs: 0,
+            version: 0,
             body: Body::Directory(Directory::new(ROOT)),
         };
-        let mut fs = Fs { inodes: Vec::new(), free: Vec::new() };
+        let mut fs = Fs { inodes: Vec::new(), free: Vec::new(), versions: 0 };
         fs.inodes.push(None);
         fs.inodes.push(Some(root));
         // Only an empty heap could refuse these few bytes, and then there
@@ -494,6 +499,21 @@ impl Fs {
             return Err(ENOENT);
         }
         Ok(dir)
+    }
+
+    /// A version of a regular file's bytes: it changes with every write
+    /// and truncation, and no other file, even one that takes this one's
+    /// inode number later, ever has it. Whoever keeps a copy of a file's
+    /// bytes (the program pages the Linux layer shares between processes)
+    /// knows by it whether the copy is still the file.
+    pub fn content_version(&self, ino: Ino) -> Result<u64> {
+        self.file(ino)?;
+        Ok(self.node(ino)?.version)
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.versions += 1;
+        self.versions
     }
 
     fn file(&self, ino: Ino) -> Result<&FileData> {
@@ -555,6 +575,7 @@ impl Fs {
             return Err(EMLINK);
         }
         let names = (copy_name(name)?, copy_name(name)?);
+        let version = self.next_version();
         let inode = Inode {
             permissions: permissions & PERMISSIONS,
             nlink: if is_dir { 2 } else { 1 },
@@ -564,6 +585,7 @@ impl Fs {
             mtime: now,
             ctime: now,
             open_refs: 0,
+            version,
             body,
         };
         let ino = self.alloc_inode(inode)?;
@@ -951,6 +973,7 @@ impl Fs {
     /// cut short; if nothing at all could be written, that is `EFBIG` or
     /// `ENOSPC`. A character device takes everything.
     pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8], now: Time) -> Result<usize> {
+        let version = self.next_version();
         let node = self.node_mut(ino)?;
         let file = match &mut node.body {
             Body::Regular(file) => file,
@@ -989,6 +1012,7 @@ impl Fs {
             return Err(failure.unwrap_or(ENOSPC));
         }
         file.size = file.size.max(offset + done as u64);
+        node.version = version;
         node.mtime = now;
         node.ctime = now;
         Ok(done)
@@ -1001,9 +1025,11 @@ impl Fs {
         if size > MAX_FILE_SIZE {
             return Err(EFBIG);
         }
+        let version = self.next_version();
         let node = self.node_mut(ino)?;
         if let Body::Regular(file) = &mut node.body {
             file.set_size(size);
+            node.version = version;
         }
         node.mtime = now;
         node.ctime = now;

@@ -37,6 +37,9 @@ pub const USER_STACK_MAX: u64 = 1 << 20;
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
 pub const USER: u64 = 1 << 2;
+/// Set by the kernel on a page it maps ahead of any access (fault-around),
+/// so that the platform may map it ahead too (the shadow MMU's prefetch).
+pub const ACCESSED: u64 = 1 << 5;
 const HUGE: u64 = 1 << 7;
 /// A software bit: this read-only page is copy-on-write.
 pub const COW: u64 = 1 << 9;
@@ -66,11 +69,19 @@ pub struct Frames {
     free_listed: u64,
     refs: u64,
     ref_count: u64,
+    /// Gives back frames kept only to save work later (the Linux layer's
+    /// program pages) when none are left.
+    reclaim: Option<fn(&mut Frames)>,
 }
 
 impl Frames {
     pub const fn empty() -> Frames {
-        Frames { next: 0, end: 0, free_list: 0, free_listed: 0, refs: 0, ref_count: 0 }
+        Frames { next: 0, end: 0, free_list: 0, free_listed: 0, refs: 0, ref_count: 0, reclaim: None }
+    }
+
+    /// What [`Frames::alloc`] calls before it gives up.
+    pub fn set_reclaim(&mut self, reclaim: fn(&mut Frames)) {
+        self.reclaim = Some(reclaim);
     }
 
     /// The frames in `[start, end)`; the reference counts take the first
@@ -109,6 +120,12 @@ impl Frames {
 
     /// One zeroed frame with a reference count of 1.
     pub fn alloc(&mut self) -> Option<u64> {
+        if self.free_list == 0
+            && self.next >= self.end
+            && let Some(reclaim) = self.reclaim
+        {
+            reclaim(self);
+        }
         let frame = if self.free_list != 0 {
             let frame = self.free_list;
             // SAFETY: a free frame holds the address of the next one.

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use super::super::mem::{self, ADDRESS, COW, Fault, PAGE, PRESENT, USER, WRITABLE};
 use super::super::proc::k;
 use super::task::{Backing, PROT_READ, PROT_WRITE, Task, Vma};
-use super::{EFAULT, ENOMEM, fs};
+use super::{EFAULT, ENOMEM, fs, pagecache};
 use crate::platform;
 
 /// Resolves a fault at `va` in the space `root` with mappings `vmas`.
@@ -44,6 +44,9 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
                 other => Err(other),
             }
         }
+        _ if vma.prot & PROT_WRITE == 0 && matches!(vma.backing, Backing::File { .. }) => {
+            map_program_pages(root, vma, page)
+        }
         _ => {
             let frame = frames.alloc().ok_or(Fault::OutOfMemory)?;
             if let Backing::File { ino, offset, zero_from } = vma.backing {
@@ -63,6 +66,64 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
             Ok(())
         }
     }
+}
+
+/// Pages mapped around a fault in a read-only file mapping, when the
+/// cache has them: the aligned block of this many pages around it.
+const FAULT_AROUND_PAGES: u64 = 16;
+
+/// Where a page of a file mapping comes from: `valid` bytes of file
+/// `ino` from `offset`, zeros after. None for an anonymous mapping.
+fn file_bytes(vma: &Vma, page: u64) -> Option<(super::super::fs::Ino, u64, u64)> {
+    let Backing::File { ino, offset, zero_from } = vma.backing else { return None };
+    Some((ino, offset + (page - vma.start), zero_from.saturating_sub(page).min(PAGE)))
+}
+
+/// A fault on a missing page of a read-only file mapping (program code):
+/// maps the kept copy of the page, or copies it in and keeps it
+/// (`pagecache`), then maps whichever neighbours the cache holds too.
+/// Those are marked accessed, which lets the platform map them ahead of
+/// the program's first touch as well.
+fn map_program_pages(root: u64, vma: &Vma, page: u64) -> Result<(), Fault> {
+    let frames = &mut k().frames;
+    let (ino, offset, valid) = file_bytes(vma, page).ok_or(Fault::Bad)?;
+    let version = fs().content_version(ino).map_err(|_| Fault::Bad)?;
+    let frame = match pagecache::find(ino, offset, valid, version) {
+        Some(kept) => {
+            frames.get(kept);
+            kept
+        }
+        None => {
+            let frame = frames.alloc().ok_or(Fault::OutOfMemory)?;
+            // SAFETY: a fresh frame of ours, through the direct map.
+            let dst = unsafe { core::slice::from_raw_parts_mut(mem::ptr::<u8>(frame), valid as usize) };
+            let _ = fs().read(ino, offset, dst);
+            pagecache::keep(frames, ino, offset, valid, version, frame);
+            frame
+        }
+    };
+    if mem::map_user(frames, root, page, frame, mem::ACCESSED).is_none() {
+        frames.put(frame);
+        return Err(Fault::OutOfMemory);
+    }
+    let block = page & !(FAULT_AROUND_PAGES * PAGE - 1);
+    let around = block.max(vma.start)..(block + FAULT_AROUND_PAGES * PAGE).min(vma.end);
+    for neighbour in around.step_by(PAGE as usize).filter(|&n| n != page) {
+        // The block lies in one page table, which the fault's page has.
+        let Some(entry) = mem::leaf(frames, root, neighbour) else { continue };
+        // SAFETY: a slot of our own tables.
+        if unsafe { entry.read_volatile() } & PRESENT != 0 {
+            continue;
+        }
+        let Some((ino, offset, valid)) = file_bytes(vma, neighbour) else { continue };
+        if let Some(kept) = pagecache::find(ino, offset, valid, version) {
+            frames.get(kept);
+            // SAFETY: as above; a missing page becoming present needs no
+            // announcement.
+            unsafe { entry.write_volatile(kept | PRESENT | USER | mem::ACCESSED) };
+        }
+    }
+    Ok(())
 }
 
 /// The guest-physical address of user byte `va`, ready for a read (or a

@@ -20,6 +20,7 @@
 
 pub mod exec;
 pub mod mm;
+pub mod pagecache;
 pub mod signal;
 pub mod sys;
 pub mod task;
@@ -289,6 +290,7 @@ pub fn run(boot: Boot) -> ! {
     g.rootfs = (boot.rootfs_pa, boot.rootfs_len);
     let kernel = k();
     kernel.frames.init(boot.free_start, boot.free_end);
+    kernel.frames.set_reclaim(pagecache::reclaim);
     kernel.slots = MAX_PROCS;
     kernel.kstacks = kernel.frames.contiguous(MAX_PROCS as u64 * KSTACK / PAGE);
     let heap_pages = kernel.frames.available() * HEAP_SHARE_PERCENT / 100;
