@@ -56,6 +56,13 @@ pub mod tables;
 /// Bumped on any incompatible change.
 pub const ABI_VERSION: u32 = 4;
 
+/// Pages mapped ahead come in aligned blocks of this many last-level
+/// entries (256 KiB): the guest kernel maps a program's pages around a
+/// fault in such a block, marked accessed, and Umbra's fill of a page
+/// marked so looks at the rest of its block (docs/abi.md, SET_PTE's
+/// section).
+pub const MAP_AHEAD_BLOCK_PAGES: usize = 64;
+
 /// The hypercall instruction, `ud2`, and its length.
 pub const HYPERCALL_INSTRUCTION: [u8; 2] = [0x0f, 0x0b];
 

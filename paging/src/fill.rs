@@ -33,8 +33,9 @@ use crate::shadow::{Exhausted, LARGE_PAGE, MAX_PINNED_PAGES, ShadowMmu};
 use crate::walk::{self, GuestMapping, WalkStop};
 
 /// The aligned block of page-table entries a fill looks at for neighbours
-/// to map ahead (64 KiB, as Linux's fault-around).
-const PREFETCH_PAGES: usize = 16;
+/// to map ahead: the guest kernel's own block.
+pub const PREFETCH_PAGES: usize = umbra_abi::MAP_AHEAD_BLOCK_PAGES;
+const _: () = assert!(PREFETCH_PAGES.is_power_of_two() && 512 % PREFETCH_PAGES == 0);
 
 /// The linear-mode pretence: the guest kernel may read, write and run its
 /// whole memory; ring 3 gets nothing (the guest has no user space yet).

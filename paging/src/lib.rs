@@ -52,6 +52,7 @@ mod walk;
 
 pub use address::{KERNEL_HALF_START, Level, SWITCHER_BASE, is_canonical};
 pub use counters::Counters;
+pub use fill::PREFETCH_PAGES;
 pub use memory::{FramePool, GuestMemory};
 pub use outcome::{Access, FaultOutcome, KillReason, Rights, SetupError, TranslateError};
 pub use shadow::{MAX_PINNED_PAGES, MIN_POOL_FRAMES, ROOT_CACHE_SIZE, RootInfo, ShadowMmu};

@@ -35,8 +35,8 @@ use paging::entry::{
     WRITE_THROUGH,
 };
 use paging::{
-    Access, Counters, FaultOutcome, FramePool, KillReason, Level, MIN_POOL_FRAMES, SwitcherEntries,
-    TranslateError,
+    Access, Counters, FaultOutcome, FramePool, KillReason, Level, MIN_POOL_FRAMES, PREFETCH_PAGES,
+    SwitcherEntries, TranslateError,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -95,14 +95,17 @@ const ADDRESSES: &[u64] = &[
 const MAPPABLE: usize = 18;
 
 /// Every address the ledger follows: the mappable ones and the aligned
-/// block of 16 pages around each, which a fill there may map ahead
-/// (`prefetch_neighbours`).
+/// block of `PREFETCH_PAGES` around each, which a fill there may map
+/// ahead.
 fn tracked() -> &'static [u64] {
     static TRACKED: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
     TRACKED.get_or_init(|| {
         let mut all: Vec<u64> = ADDRESSES[..MAPPABLE]
             .iter()
-            .flat_map(|&va| (0..16).map(move |i| (va & !0xFFFF) + i * 0x1000))
+            .flat_map(|&va| {
+                let block = va & !(PREFETCH_PAGES as u64 * 0x1000 - 1);
+                (0..PREFETCH_PAGES as u64).map(move |i| block + i * 0x1000)
+            })
             .collect();
         all.sort_unstable();
         all.dedup();

@@ -8,8 +8,8 @@ use paging::entry::{
     ACCESSED, CACHE_DISABLE, DIRTY, GLOBAL, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE, WRITE_THROUGH,
 };
 use paging::{
-    Access, FaultOutcome, FramePool, KillReason, Level, MIN_POOL_FRAMES, ROOT_CACHE_SIZE, SetupError,
-    ShadowMmu, SwitcherEntries, TranslateError,
+    Access, FaultOutcome, FramePool, KillReason, Level, MIN_POOL_FRAMES, PREFETCH_PAGES, ROOT_CACHE_SIZE,
+    SetupError, ShadowMmu, SwitcherEntries, TranslateError,
 };
 
 const CR3: u64 = 0x8000;
@@ -121,7 +121,7 @@ mod demand_fill {
 
     /// A guest kernel that maps a program's pages ahead of use marks them
     /// accessed; a fill of one such page maps the others of its aligned
-    /// block of 16 ahead too, each as a fault there would have, and
+    /// block (`PREFETCH_PAGES`) ahead too, each as a fault there would have, and
     /// nothing the guest has not marked.
     #[test]
     fn a_fill_of_a_page_mapped_ahead_maps_its_marked_neighbours_ahead() {
@@ -134,7 +134,8 @@ mod demand_fill {
         map(&mut mmu, &mut b, CR3, page(2), frame(2), marked | WRITABLE | DIRTY);
         map(&mut mmu, &mut b, CR3, page(3), frame(3), PRESENT | USER);
         map(&mut mmu, &mut b, CR3, page(4), frame(4), marked | NO_EXECUTE);
-        map(&mut mmu, &mut b, CR3, page(16), frame(16), marked);
+        let next_block = PREFETCH_PAGES as u64;
+        map(&mut mmu, &mut b, CR3, page(next_block), frame(next_block), marked);
         let before = mmu.memory().words.clone();
 
         assert_eq!(mmu.demand_fill(page(0), USER_READ), FaultOutcome::Fixed);
@@ -148,7 +149,7 @@ mod demand_fill {
         assert_ne!(leaf(&mmu, 2).unwrap() & WRITABLE, 0);
         assert_ne!(leaf(&mmu, 4).unwrap() & NO_EXECUTE, 0);
         assert_eq!(leaf(&mmu, 3), None, "not marked: left to its own fault");
-        assert_eq!(leaf(&mmu, 16), None, "another block");
+        assert_eq!(leaf(&mmu, next_block), None, "another block");
         // The guest's tables: only the fill's own accessed bits are new.
         for (gpa, value) in &mmu.memory().words {
             if before.get(gpa) != Some(value) {
