@@ -40,6 +40,9 @@ pub const USER: u64 = 1 << 2;
 /// Set by the kernel on a page it maps ahead of any access (fault-around),
 /// so that the platform may map it ahead too (the shadow MMU's prefetch).
 pub const ACCESSED: u64 = 1 << 5;
+/// Set by the kernel on a private page it maps writable ahead of any
+/// write, so that the platform may map it writable ahead too.
+pub const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
 /// A software bit: this read-only page is copy-on-write.
 pub const COW: u64 = 1 << 9;

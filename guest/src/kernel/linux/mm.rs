@@ -53,20 +53,14 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
             map_program_pages(root, vma, page)
         }
         _ => {
-            let frame = frames.alloc().ok_or(Fault::OutOfMemory)?;
-            if let Backing::File { ino, offset, zero_from } = vma.backing {
-                let file_offset = offset + (page - vma.start);
-                let valid = zero_from.saturating_sub(page).min(PAGE) as usize;
-                if valid > 0 {
-                    // SAFETY: a fresh frame of ours, through the direct map.
-                    let dst = unsafe { core::slice::from_raw_parts_mut(mem::ptr::<u8>(frame), valid) };
-                    let _ = fs().read(ino, file_offset, dst);
-                }
-            }
+            let frame = private_page(frames, vma, page).ok_or(Fault::OutOfMemory)?;
             let flags = if vma.prot & PROT_WRITE != 0 { WRITABLE } else { 0 };
             if mem::map_user(frames, root, page, frame, flags).is_none() {
                 frames.put(frame);
                 return Err(Fault::OutOfMemory);
+            }
+            if flags != 0 && matches!(vma.backing, Backing::File { .. }) {
+                copy_data_pages_ahead(root, vma, page);
             }
             Ok(())
         }
@@ -99,6 +93,51 @@ fn release_copy_on_write_neighbours(root: u64, vma: &Vma, page: u64) {
         // SAFETY: as above.
         unsafe { entry.write_volatile(released) };
         platform::set_pte(root, neighbour, released, false);
+    }
+}
+
+/// A fresh frame holding what the page at `page` of `vma` starts as: the
+/// file's bytes, zeros past them.
+fn private_page(frames: &mut mem::Frames, vma: &Vma, page: u64) -> Option<u64> {
+    let frame = frames.alloc()?;
+    if let Some((ino, offset, valid)) = file_bytes(vma, page)
+        && valid > 0
+    {
+        // SAFETY: a fresh frame of ours, through the direct map.
+        let dst = unsafe { core::slice::from_raw_parts_mut(mem::ptr::<u8>(frame), valid as usize) };
+        let _ = fs().read(ino, offset, dst);
+    }
+    Some(frame)
+}
+
+/// Frames a fault leaves free at least before it copies pages ahead.
+const COPY_AHEAD_RESERVE: u64 = 1024;
+
+/// A fault in a writable private file mapping (a program's data): the
+/// other pages of its block that hold file bytes are copied in too, as
+/// a program touches most of its data as it starts (busybox: nine of its
+/// ten), and each would be a fault of its own. Pages of zeros past the
+/// file's part (.bss) are left to their faults, as is everything once
+/// memory runs low. They are mapped writable, marked accessed and dirty
+/// (they are private copies), so Umbra maps them ahead writable too.
+fn copy_data_pages_ahead(root: u64, vma: &Vma, page: u64) {
+    let frames = &mut k().frames;
+    let Some(entry) = mem::leaf(frames, root, page) else { return };
+    for (neighbour, entry) in block_around(entry, page, vma) {
+        // SAFETY: a slot of our own tables.
+        if unsafe { entry.read_volatile() } & PRESENT != 0 {
+            continue;
+        }
+        if file_bytes(vma, neighbour).is_none_or(|(_, _, valid)| valid == 0) {
+            continue;
+        }
+        if frames.available() < COPY_AHEAD_RESERVE {
+            return;
+        }
+        let Some(frame) = private_page(frames, vma, neighbour) else { return };
+        // SAFETY: as above; a missing page becoming present needs no
+        // announcement.
+        unsafe { entry.write_volatile(frame | PRESENT | USER | WRITABLE | mem::ACCESSED | mem::DIRTY) };
     }
 }
 
