@@ -82,8 +82,7 @@ const FAULT_AROUND_PAGES: u64 = umbra_abi::MAP_AHEAD_BLOCK_PAGES as u64;
 /// per page of its stack and data it writes again.
 fn release_copy_on_write_neighbours(root: u64, vma: &Vma, page: u64) {
     let frames = &mut k().frames;
-    let Some(entry) = mem::leaf(frames, root, page) else { return };
-    for (neighbour, entry) in block_around(entry, page, vma) {
+    for (neighbour, entry) in block_around(frames, root, page, vma) {
         // SAFETY: a slot of our own tables.
         let pte = unsafe { entry.read_volatile() };
         if pte & (PRESENT | COW) != PRESENT | COW || frames.refs(pte & ADDRESS) != 1 {
@@ -122,12 +121,7 @@ const COPY_AHEAD_RESERVE: u64 = 1024;
 /// (they are private copies), so Umbra maps them ahead writable too.
 fn copy_data_pages_ahead(root: u64, vma: &Vma, page: u64) {
     let frames = &mut k().frames;
-    let Some(entry) = mem::leaf(frames, root, page) else { return };
-    for (neighbour, entry) in block_around(entry, page, vma) {
-        // SAFETY: a slot of our own tables.
-        if unsafe { entry.read_volatile() } & PRESENT != 0 {
-            continue;
-        }
+    for (neighbour, entry) in missing_around(frames, root, page, vma) {
         if file_bytes(vma, neighbour).is_none_or(|(_, _, valid)| valid == 0) {
             continue;
         }
@@ -142,15 +136,38 @@ fn copy_data_pages_ahead(root: u64, vma: &Vma, page: u64) {
 }
 
 /// The other pages of the aligned block of [`FAULT_AROUND_PAGES`] around
-/// `page` that lie in `vma`, each with its leaf entry. The block lies in
-/// one page table (the block divides the table's 512 entries), the one
-/// `entry`, `page`'s own leaf entry, is in.
-fn block_around(entry: *mut u64, page: u64, vma: &Vma) -> impl Iterator<Item = (u64, *mut u64)> {
+/// `page` that lie in `vma`, each with its leaf entry in `root`'s tables
+/// (none if `page` has no page table). The block lies in one page table,
+/// `page`'s: the block divides the table's 512 entries.
+fn block_around(
+    frames: &mut mem::Frames,
+    root: u64,
+    page: u64,
+    vma: &Vma,
+) -> impl Iterator<Item = (u64, *mut u64)> + use<> {
+    let entry = mem::leaf(frames, root, page);
     let block = page & !(FAULT_AROUND_PAGES * PAGE - 1);
     let around = block.max(vma.start)..(block + FAULT_AROUND_PAGES * PAGE).min(vma.end);
-    around.step_by(PAGE as usize).filter(move |&n| n != page).map(move |n| {
-        let distance = (n.wrapping_sub(page) as i64) / PAGE as i64;
-        (n, entry.wrapping_offset(distance as isize))
+    let pages = around.step_by(PAGE as usize).filter(move |&n| n != page);
+    entry.into_iter().flat_map(move |entry| {
+        pages.clone().map(move |n| {
+            let distance = (n.wrapping_sub(page) as i64) / PAGE as i64;
+            (n, entry.wrapping_offset(distance as isize))
+        })
+    })
+}
+
+/// Those of [`block_around`] that are not mapped.
+fn missing_around(
+    frames: &mut mem::Frames,
+    root: u64,
+    page: u64,
+    vma: &Vma,
+) -> impl Iterator<Item = (u64, *mut u64)> + use<> {
+    block_around(frames, root, page, vma).filter(|&(_, entry)| {
+        // SAFETY: a slot of our own tables.
+        let pte = unsafe { entry.read_volatile() };
+        pte & PRESENT == 0
     })
 }
 
@@ -176,10 +193,7 @@ fn map_program_pages(root: u64, vma: &Vma, page: u64) -> Result<(), Fault> {
             kept
         }
         None => {
-            let frame = frames.alloc().ok_or(Fault::OutOfMemory)?;
-            // SAFETY: a fresh frame of ours, through the direct map.
-            let dst = unsafe { core::slice::from_raw_parts_mut(mem::ptr::<u8>(frame), valid as usize) };
-            let _ = fs().read(ino, offset, dst);
+            let frame = private_page(frames, vma, page).ok_or(Fault::OutOfMemory)?;
             pagecache::keep(frames, ino, offset, valid, version, frame);
             frame
         }
@@ -188,12 +202,7 @@ fn map_program_pages(root: u64, vma: &Vma, page: u64) -> Result<(), Fault> {
         frames.put(frame);
         return Err(Fault::OutOfMemory);
     }
-    let Some(entry) = mem::leaf(frames, root, page) else { return Ok(()) };
-    for (neighbour, entry) in block_around(entry, page, vma) {
-        // SAFETY: a slot of our own tables.
-        if unsafe { entry.read_volatile() } & PRESENT != 0 {
-            continue;
-        }
+    for (neighbour, entry) in missing_around(frames, root, page, vma) {
         let Some((ino, offset, valid)) = file_bytes(vma, neighbour) else { continue };
         if let Some(kept) = pagecache::find(ino, offset, valid, version) {
             frames.get(kept);
