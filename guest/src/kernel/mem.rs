@@ -263,11 +263,11 @@ pub fn new_space(frames: &mut Frames, kernel_root: u64) -> Option<u64> {
 }
 
 /// Maps frame `pa` at user address `va` (the frame's reference passes to
-/// the mapping).
-pub fn map_user(frames: &mut Frames, root: u64, va: u64, pa: u64, flags: u64) -> Option<()> {
+/// the mapping); returns the leaf entry written.
+pub fn map_user(frames: &mut Frames, root: u64, va: u64, pa: u64, flags: u64) -> Option<*mut u64> {
     let entry = walk(frames, root, va, 0, PRESENT | WRITABLE | USER)?;
     write(entry, pa | flags | PRESENT | USER);
-    Some(())
+    Some(entry)
 }
 
 /// The leaf entry for user address `va`, if its tables exist.

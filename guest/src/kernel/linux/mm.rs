@@ -30,19 +30,20 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
     }
     let frames = &mut k().frames;
     let page = va & !(PAGE - 1);
-    let pte = mem::leaf(frames, root, page).map(|e| {
+    let entry = mem::leaf(frames, root, page);
+    let pte = entry.map(|e| {
         // SAFETY: a slot of our own tables.
         unsafe { e.read_volatile() }
     });
-    match pte {
-        Some(pte) if pte & PRESENT != 0 => {
+    match (entry, pte) {
+        (Some(entry), Some(pte)) if pte & PRESENT != 0 => {
             if !write || pte & WRITABLE != 0 {
                 return Ok(());
             }
             // Before the fault's own announcement, which makes Umbra take
             // these queued ones at the same time.
             if pte & COW != 0 {
-                release_copy_on_write_neighbours(root, vma, page);
+                release_copy_on_write_neighbours(root, vma, page, entry);
             }
             match mem::handle_fault(frames, root, va, true, false) {
                 Fault::CopyOnWrite => Ok(()),
@@ -55,12 +56,12 @@ pub fn resolve(root: u64, vmas: &[Vma], va: u64, write: bool) -> Result<(), Faul
         _ => {
             let frame = private_page(frames, vma, page).ok_or(Fault::OutOfMemory)?;
             let flags = if vma.prot & PROT_WRITE != 0 { WRITABLE } else { 0 };
-            if mem::map_user(frames, root, page, frame, flags).is_none() {
+            let Some(entry) = mem::map_user(frames, root, page, frame, flags) else {
                 frames.put(frame);
                 return Err(Fault::OutOfMemory);
-            }
+            };
             if flags != 0 && matches!(vma.backing, Backing::File { .. }) {
-                copy_data_pages_ahead(root, vma, page);
+                copy_data_pages_ahead(vma, page, entry);
             }
             Ok(())
         }
@@ -80,9 +81,9 @@ const FAULT_AROUND_PAGES: u64 = umbra_abi::MAP_AHEAD_BLOCK_PAGES as u64;
 /// of a shell does) become writable now, as their own first writes would
 /// make them. After every fork a shell would otherwise take one fault
 /// per page of its stack and data it writes again.
-fn release_copy_on_write_neighbours(root: u64, vma: &Vma, page: u64) {
+fn release_copy_on_write_neighbours(root: u64, vma: &Vma, page: u64, entry: *mut u64) {
     let frames = &mut k().frames;
-    for (neighbour, entry) in block_around(frames, root, page, vma) {
+    for (neighbour, entry) in block_around(entry, page, vma) {
         // SAFETY: a slot of our own tables.
         let pte = unsafe { entry.read_volatile() };
         if pte & (PRESENT | COW) != PRESENT | COW || frames.refs(pte & ADDRESS) != 1 {
@@ -119,9 +120,9 @@ const COPY_AHEAD_RESERVE: u64 = 1024;
 /// file's part (.bss) are left to their faults, as is everything once
 /// memory runs low. They are mapped writable, marked accessed and dirty
 /// (they are private copies), so Umbra maps them ahead writable too.
-fn copy_data_pages_ahead(root: u64, vma: &Vma, page: u64) {
+fn copy_data_pages_ahead(vma: &Vma, page: u64, entry: *mut u64) {
     let frames = &mut k().frames;
-    for (neighbour, entry) in missing_around(frames, root, page, vma) {
+    for (neighbour, entry) in missing_around(entry, page, vma) {
         if file_bytes(vma, neighbour).is_none_or(|(_, _, valid)| valid == 0) {
             continue;
         }
@@ -136,35 +137,21 @@ fn copy_data_pages_ahead(root: u64, vma: &Vma, page: u64) {
 }
 
 /// The other pages of the aligned block of [`FAULT_AROUND_PAGES`] around
-/// `page` that lie in `vma`, each with its leaf entry in `root`'s tables
-/// (none if `page` has no page table). The block lies in one page table,
-/// `page`'s: the block divides the table's 512 entries.
-fn block_around(
-    frames: &mut mem::Frames,
-    root: u64,
-    page: u64,
-    vma: &Vma,
-) -> impl Iterator<Item = (u64, *mut u64)> + use<> {
-    let entry = mem::leaf(frames, root, page);
+/// `page` that lie in `vma`, each with its leaf entry, found from
+/// `entry`, `page`'s own: the block lies in one page table, since it
+/// divides the table's 512 entries.
+fn block_around(entry: *mut u64, page: u64, vma: &Vma) -> impl Iterator<Item = (u64, *mut u64)> {
     let block = page & !(FAULT_AROUND_PAGES * PAGE - 1);
     let around = block.max(vma.start)..(block + FAULT_AROUND_PAGES * PAGE).min(vma.end);
-    let pages = around.step_by(PAGE as usize).filter(move |&n| n != page);
-    entry.into_iter().flat_map(move |entry| {
-        pages.clone().map(move |n| {
-            let distance = (n.wrapping_sub(page) as i64) / PAGE as i64;
-            (n, entry.wrapping_offset(distance as isize))
-        })
+    around.step_by(PAGE as usize).filter(move |&n| n != page).map(move |n| {
+        let distance = (n.wrapping_sub(page) as i64) / PAGE as i64;
+        (n, entry.wrapping_offset(distance as isize))
     })
 }
 
 /// Those of [`block_around`] that are not mapped.
-fn missing_around(
-    frames: &mut mem::Frames,
-    root: u64,
-    page: u64,
-    vma: &Vma,
-) -> impl Iterator<Item = (u64, *mut u64)> + use<> {
-    block_around(frames, root, page, vma).filter(|&(_, entry)| {
+fn missing_around(entry: *mut u64, page: u64, vma: &Vma) -> impl Iterator<Item = (u64, *mut u64)> {
+    block_around(entry, page, vma).filter(|&(_, entry)| {
         // SAFETY: a slot of our own tables.
         let pte = unsafe { entry.read_volatile() };
         pte & PRESENT == 0
@@ -198,11 +185,11 @@ fn map_program_pages(root: u64, vma: &Vma, page: u64) -> Result<(), Fault> {
             frame
         }
     };
-    if mem::map_user(frames, root, page, frame, mem::ACCESSED).is_none() {
+    let Some(entry) = mem::map_user(frames, root, page, frame, mem::ACCESSED) else {
         frames.put(frame);
         return Err(Fault::OutOfMemory);
-    }
-    for (neighbour, entry) in missing_around(frames, root, page, vma) {
+    };
+    for (neighbour, entry) in missing_around(entry, page, vma) {
         let Some((ino, offset, valid)) = file_bytes(vma, neighbour) else { continue };
         if let Some(kept) = pagecache::find(ino, offset, valid, version) {
             frames.get(kept);
