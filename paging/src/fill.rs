@@ -179,12 +179,8 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
         let leaf = mapping.leaf();
         let guest_table = leaf.gpa & !(PAGE_SIZE - 1);
         let filled = ((leaf.gpa & (PAGE_SIZE - 1)) / 8) as usize;
-        let mut above = Rights::ALL;
-        for step in &mapping.steps[..mapping.depth - 1] {
-            above.writable &= step.value & WRITABLE != 0;
-            above.user &= step.value & USER != 0;
-            above.executable &= step.value & NO_EXECUTE == 0;
-        }
+        let above =
+            mapping.steps[..mapping.depth - 1].iter().fold(Rights::ALL, |r, step| r.below(step.value));
         let block = filled & !(PREFETCH_PAGES - 1);
         for index in (block..block + PREFETCH_PAGES).filter(|&i| i != filled) {
             if self.pool.read_entry(table, index) & PRESENT != 0 {
@@ -199,11 +195,7 @@ impl<M: GuestMemory, P: FramePool> ShadowMmu<M, P> {
             if frame.checked_add(PAGE_SIZE).is_none_or(|end| end > self.limit) {
                 continue;
             }
-            let rights = Rights {
-                writable: above.writable && pte & WRITABLE != 0,
-                user: above.user && pte & USER != 0,
-                executable: above.executable && pte & NO_EXECUTE == 0,
-            };
+            let rights = above.below(pte);
             let writable = rights.writable && pte & DIRTY != 0;
             let value = self.shadow_leaf_value(frame, rights, writable);
             self.pool.write_entry(table, index, value);

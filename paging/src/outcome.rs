@@ -6,6 +6,7 @@
 //! the hypervisor can print something better than "bad page table".
 
 use crate::address::Level;
+use crate::entry::{NO_EXECUTE, USER, WRITABLE};
 use core::fmt;
 
 /// The kind of access that faulted, or that the hypervisor wants to make on
@@ -61,6 +62,16 @@ impl Rights {
     /// R/W (we assume CR0.WP, as every modern kernel sets it).
     pub const fn permit(self, access: Access) -> bool {
         (!access.write || self.writable) && (!access.user || self.user) && (!access.fetch || self.executable)
+    }
+
+    /// What is left of these rights below a paging entry holding `entry`:
+    /// each level can only take rights away.
+    pub(crate) const fn below(self, entry: u64) -> Rights {
+        Rights {
+            writable: self.writable && entry & WRITABLE != 0,
+            user: self.user && entry & USER != 0,
+            executable: self.executable && entry & NO_EXECUTE == 0,
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! separate step, taken only when an access really succeeds.
 
 use crate::address::Level;
-use crate::entry::{self, ACCESSED, DIRTY, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::entry::{self, ACCESSED, DIRTY, PRESENT};
 use crate::memory::GuestMemory;
 use crate::outcome::{KillReason, Rights};
 
@@ -77,9 +77,7 @@ pub(crate) fn walk<M: GuestMemory + ?Sized>(
             return Err(WalkStop::Kill(KillReason::ReservedBits(level)));
         }
 
-        rights.writable &= value & WRITABLE != 0;
-        rights.user &= value & USER != 0;
-        rights.executable &= value & NO_EXECUTE == 0;
+        rights = rights.below(value);
 
         let target = entry::target(level, value);
         if entry::is_leaf(level, value) {
